@@ -1,0 +1,105 @@
+"""Model checkpoints on disk (orbax) and ``load_pretrained``.
+
+A *model checkpoint* is an orbax composite directory with two items:
+``variables`` ({'params', 'batch_stats'}) and ``model_config`` (JSON: the ``build_model``
+arguments, e.g. ``{"name": "bisenetv1_r18", "num_classes": 19, "stem": "deep"}``).
+The converter writes exactly that; every training checkpoint step directory holds the same
+two items next to the optimizer and data-iterator state, so anything that reads a model
+(``load_pretrained``, evaluation, prediction, fine-tuning) reads both kinds the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from bisenet_jax import models
+from bisenet_jax.errors import UserError
+
+VARIABLES = 'variables'
+MODEL_CONFIG = 'model_config'
+TRAIN_CHECKPOINTS = 'checkpoints'  # Sub-folder of a training workdir.
+
+
+def model_config(name: str, num_classes: int, stem: str = 'deep') -> dict[str, Any]:
+  """The JSON-able description from which ``build_model(**config)`` rebuilds the model."""
+  return {'name': name, 'num_classes': int(num_classes), 'stem': stem}
+
+
+def save_model(directory: str | os.PathLike, variables: dict, config: dict) -> Path:
+  """Writes a model checkpoint; orbax writes to a temporary folder and renames at the end."""
+  directory = Path(directory).absolute()
+  if directory.exists():
+    raise UserError(f'{directory} already exists; remove it or choose another output folder.')
+  variables = {'params': variables['params'], 'batch_stats': variables['batch_stats']}
+  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+    checkpointer.save(directory, ocp.args.Composite(**{
+        VARIABLES: ocp.args.StandardSave(variables),
+        MODEL_CONFIG: ocp.args.JsonSave(config),
+    }))
+  return directory
+
+
+def _is_model_checkpoint(directory: Path) -> bool:
+  return (directory / VARIABLES).is_dir() and (directory / MODEL_CONFIG).exists()
+
+
+def _latest_training_step(workdir: Path) -> Path | None:
+  """The newest complete step folder of a training workdir, or None."""
+  root = workdir / TRAIN_CHECKPOINTS
+  if not root.is_dir():
+    return None
+  steps = sorted((int(p.name), p) for p in root.iterdir() if p.name.isdigit() and
+                 _is_model_checkpoint(p))
+  return steps[-1][1] if steps else None
+
+
+def resolve_model_checkpoint(path: str | os.PathLike) -> Path:
+  """Accepts a model checkpoint, a training step folder or a training workdir (latest step)."""
+  path = Path(path).absolute()
+  if _is_model_checkpoint(path):
+    return path
+  latest = _latest_training_step(path) if path.is_dir() else None
+  if latest is None:
+    raise UserError(
+        f'{path} is not a model checkpoint (expected an official .pth file, a folder written by '
+        'convert/ssseg_to_flax.py, or a training workdir with checkpoints/<step>/).')
+  return latest
+
+
+def restore_model(path: str | os.PathLike) -> tuple[dict, dict]:
+  """Reads ``(model_config, variables)`` from a model checkpoint or a training workdir."""
+  directory = resolve_model_checkpoint(path)
+  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+    restored = checkpointer.restore(directory, ocp.args.Composite(**{
+        VARIABLES: ocp.args.StandardRestore(),
+        MODEL_CONFIG: ocp.args.JsonRestore(),
+    }))
+  variables = jax.tree_util.tree_map(jax.numpy.asarray, dict(restored[VARIABLES]))
+  return dict(restored[MODEL_CONFIG]), variables
+
+
+def build_from_config(config: dict, **overrides) -> models.FCNBiSeNetV1:
+  """``build_model`` from a stored model config (plus e.g. ``dtype`` or ``dropout_rate``)."""
+  return models.build_model(config['name'], num_classes=config['num_classes'],
+                            stem=config.get('stem', 'deep'), **overrides)
+
+
+def load_pretrained(path: str | os.PathLike, **overrides) -> tuple[models.FCNBiSeNetV1, dict]:
+  """Returns ``(model, variables)`` from an official ``.pth`` or any model checkpoint.
+
+  Args:
+    path: an sssegmentation ``.pth`` (converted in memory; needs torch), a folder written by
+      ``convert/ssseg_to_flax.py``, a training step folder or a training workdir.
+    **overrides: extra ``build_model`` arguments, e.g. ``dtype=jnp.bfloat16``.
+  """
+  if Path(path).suffix in ('.pth', '.pt'):
+    from bisenet_jax.interop import ssseg  # Imports torch: only when a .pth is given.
+    config, variables = ssseg.load_official_checkpoint(path)
+  else:
+    config, variables = restore_model(path)
+  return build_from_config(config, **overrides), variables

@@ -1,0 +1,5 @@
+"""Pure architecture: BiSeNetV1 + FCN heads in Flax linen, PyTorch-exact. No task logic here."""
+
+from bisenet_jax.models.segmentor import ARCHS, FCNBiSeNetV1, build_model
+
+__all__ = ['ARCHS', 'FCNBiSeNetV1', 'build_model']

@@ -1,0 +1,207 @@
+"""PyTorch-exact building blocks: convolution, BatchNorm, channel dropout and resizes (NHWC).
+
+Every block here reproduces what the PyTorch reference computes, not merely its shapes:
+explicit symmetric padding (never ``'SAME'``), BatchNorm whose running variance uses the
+unbiased batch variance, floor-index nearest resize and half-pixel bilinear resize without
+antialiasing. Parameter names follow PyTorch's so checkpoints convert by rule, not by table.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+ModuleDef = Any
+
+
+def torch_uniform(fan_in: int) -> Callable:
+  """PyTorch's default Conv2d init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), for kernels and biases."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def conv(features: int, kernel_size: int, strides: int = 1, *, use_bias: bool = False,
+         in_features: int, name: str, dtype: Dtype = jnp.float32,
+         param_dtype: Dtype = jnp.float32) -> nn.Conv:
+  """A Conv2d with PyTorch's padding (k // 2 on every side) and PyTorch's default init.
+
+  ``in_features`` is only needed for the init bound; it must equal the input's channel count.
+  """
+  pad = kernel_size // 2
+  init = torch_uniform(in_features * kernel_size * kernel_size)
+  return nn.Conv(features, (kernel_size, kernel_size), (strides, strides),
+                 padding=((pad, pad), (pad, pad)), use_bias=use_bias, kernel_init=init,
+                 bias_init=init, dtype=dtype, param_dtype=param_dtype, name=name)
+
+
+class BatchNorm(nn.Module):
+  """BatchNorm2d with PyTorch semantics over the last (channel) axis.
+
+  Differences from ``flax.linen.BatchNorm`` that matter for parity:
+  the running variance is updated with the *unbiased* batch variance (n / (n - 1)), as
+  PyTorch does; normalisation uses the biased one. ``momentum`` is Flax-style
+  (0.9 == PyTorch's 0.1).
+
+  Under ``jax.jit`` with the batch sharded over a mesh, the batch statistics below are
+  reductions over the *global* batch, so this is SyncBatchNorm without any ``axis_name``.
+  ``axis_name`` is only needed inside ``shard_map``/``pmap``.
+  """
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  axis_name: str | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    features = x.shape[-1]
+    scale = self.param('scale', nn.initializers.ones, (features,), self.param_dtype)
+    bias = self.param('bias', nn.initializers.zeros, (features,), self.param_dtype)
+    running_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,), jnp.float32)
+    running_var = self.variable('batch_stats', 'var', jnp.ones, (features,), jnp.float32)
+
+    if train:
+      mean, var, count = self._batch_moments(x)
+      if not self.is_initializing():
+        unbiased = var * (count / (count - 1))
+        running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean
+        running_var.value = self.momentum * running_var.value + (1 - self.momentum) * unbiased
+    else:
+      mean, var = running_mean.value, running_var.value
+
+    # Fold normalisation and affine into one multiply-add per element.
+    multiplier = scale.astype(jnp.float32) * jax.lax.rsqrt(var + self.epsilon)
+    offset = bias.astype(jnp.float32) - mean * multiplier
+    return x * multiplier.astype(self.dtype) + offset.astype(self.dtype)
+
+  def _batch_moments(self, x: jax.Array) -> tuple[jax.Array, jax.Array, int]:
+    """Per-channel mean and biased variance over every axis but the last, in float32."""
+    axes = tuple(range(x.ndim - 1))
+    count = math.prod(x.shape[:-1])
+    xf = x.astype(jnp.float32)
+    mean = jnp.mean(xf, axes)
+    mean_sq = jnp.mean(jnp.square(xf), axes)
+    if self.axis_name is not None:
+      mean, mean_sq = jax.lax.pmean((mean, mean_sq), self.axis_name)
+      count *= jax.lax.psum(1, self.axis_name)
+    if count < 2:
+      raise ValueError(
+          f'BatchNorm in training needs more than one value per channel, got input {x.shape}; '
+          'use a global batch size of at least 2.')
+    # E[x^2] - E[x]^2 in float32 is accurate here: activations after conv are O(1) and the
+    # two-pass form would cost a second read of every activation in the backward pass.
+    var = jnp.maximum(mean_sq - jnp.square(mean), 0.0)
+    return mean, var, count
+
+
+class ConvNormModule(nn.Module):
+  """Base for modules built of bias-free convs and BatchNorms, with ``dtype`` threaded through.
+
+  Children are named by the caller with their PyTorch names (``'conv_layer.0'``), so the
+  parameter tree mirrors the reference state dict.
+  """
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def conv(self, features: int, kernel_size: int, strides: int = 1, *, in_features: int,
+           name: str, use_bias: bool = False) -> nn.Conv:
+    return conv(features, kernel_size, strides, use_bias=use_bias, in_features=in_features,
+                name=name, dtype=self.dtype, param_dtype=self.param_dtype)
+
+  def norm(self, name: str) -> BatchNorm:
+    return BatchNorm(dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+
+  def conv_bn(self, x: jax.Array, features: int, kernel_size: int, strides: int = 1, *,
+              names: tuple[str, str], train: bool) -> jax.Array:
+    """Conv (no bias) then BatchNorm, children named ``names = (conv_name, bn_name)``."""
+    conv_name, bn_name = names
+    x = self.conv(features, kernel_size, strides, in_features=x.shape[-1], name=conv_name)(x)
+    return self.norm(bn_name)(x, train)
+
+
+def relu(x: jax.Array) -> jax.Array:
+  return jax.nn.relu(x)
+
+
+def channel_dropout(rate: float, name: str) -> nn.Dropout:
+  """PyTorch's Dropout2d on NHWC: one keep/drop decision per (sample, channel)."""
+  return nn.Dropout(rate, broadcast_dims=(1, 2), name=name)
+
+
+def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
+  """MaxPool2d(3, stride=2, padding=1): padding acts like -inf, output side ceil(n / 2)."""
+  return nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+
+
+def global_avg_pool(x: jax.Array) -> jax.Array:
+  """AdaptiveAvgPool2d(1) on NHWC, keeping the spatial axes (N, 1, 1, C)."""
+  return jnp.mean(x, axis=(1, 2), keepdims=True)
+
+
+@functools.lru_cache(maxsize=None)
+def _nearest_indices(in_size: int, out_size: int) -> np.ndarray:
+  # PyTorch's legacy 'nearest': src = min(floor(dst * (in / out)), in - 1), scale in float32.
+  scale = np.float32(in_size) / np.float32(out_size)
+  src = np.floor(np.arange(out_size, dtype=np.float32) * scale).astype(np.int32)
+  return np.minimum(src, in_size - 1)
+
+
+def _resize_axis_nearest(x: jax.Array, axis: int, out_size: int) -> jax.Array:
+  in_size = x.shape[axis]
+  if out_size == in_size:
+    return x
+  if out_size % in_size == 0:  # Exact integer factor: a repeat, cheaper than a gather.
+    return jnp.repeat(x, out_size // in_size, axis=axis)
+  return jnp.take(x, jnp.asarray(_nearest_indices(in_size, out_size)), axis=axis)
+
+
+def resize_nearest(x: jax.Array, size: Sequence[int]) -> jax.Array:
+  """F.interpolate(x, size, mode='nearest') on NHWC, exact for any sizes."""
+  x = _resize_axis_nearest(x, 1, size[0])
+  return _resize_axis_nearest(x, 2, size[1])
+
+
+@functools.lru_cache(maxsize=None)
+def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  # PyTorch's align_corners=False source index: (dst + 0.5) * in / out - 0.5, clamped at 0.
+  scale = np.float32(in_size) / np.float32(out_size)
+  src = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+  src = np.maximum(src, np.float32(0))
+  lo = np.minimum(np.floor(src).astype(np.int32), in_size - 1)
+  hi = np.minimum(lo + 1, in_size - 1)
+  weight_hi = (src - lo).astype(np.float32)
+  return lo, hi, weight_hi
+
+
+def _resize_axis_linear(x: jax.Array, axis: int, out_size: int) -> jax.Array:
+  in_size = x.shape[axis]
+  if out_size == in_size:
+    return x
+  lo, hi, weight_hi = _linear_taps(in_size, out_size)
+  shape = [1] * x.ndim
+  shape[axis] = out_size
+  weight_hi = jnp.asarray(weight_hi, x.dtype).reshape(shape)
+  x_lo = jnp.take(x, jnp.asarray(lo), axis=axis)
+  x_hi = jnp.take(x, jnp.asarray(hi), axis=axis)
+  return x_lo + (x_hi - x_lo) * weight_hi
+
+
+def resize_bilinear(x: jax.Array, size: Sequence[int]) -> jax.Array:
+  """F.interpolate(x, size, mode='bilinear', align_corners=False) on NHWC.
+
+  Two taps per output pixel and axis, as PyTorch, with no antialiasing when shrinking
+  (``jax.image.resize`` antialiases by default and builds dense weight matrices).
+  """
+  x = _resize_axis_linear(x, 1, size[0])
+  return _resize_axis_linear(x, 2, size[1])
