@@ -191,10 +191,10 @@ def _resize_axis_linear(x: jax.Array, axis: int, out_size: int) -> jax.Array:
   lo, hi, weight_hi = _linear_taps(in_size, out_size)
   shape = [1] * x.ndim
   shape[axis] = out_size
+  weight_lo = jnp.asarray(1 - weight_hi, x.dtype).reshape(shape)
   weight_hi = jnp.asarray(weight_hi, x.dtype).reshape(shape)
-  x_lo = jnp.take(x, jnp.asarray(lo), axis=axis)
-  x_hi = jnp.take(x, jnp.asarray(hi), axis=axis)
-  return x_lo + (x_hi - x_lo) * weight_hi
+  return (jnp.take(x, jnp.asarray(lo), axis=axis) * weight_lo +
+          jnp.take(x, jnp.asarray(hi), axis=axis) * weight_hi)
 
 
 def resize_bilinear(x: jax.Array, size: Sequence[int]) -> jax.Array:
@@ -203,5 +203,6 @@ def resize_bilinear(x: jax.Array, size: Sequence[int]) -> jax.Array:
   Two taps per output pixel and axis, as PyTorch, with no antialiasing when shrinking
   (``jax.image.resize`` antialiases by default and builds dense weight matrices).
   """
-  x = _resize_axis_linear(x, 1, size[0])
-  return _resize_axis_linear(x, 2, size[1])
+  # Width first, then height: PyTorch's order of the two interpolations.
+  x = _resize_axis_linear(x, 2, size[1])
+  return _resize_axis_linear(x, 1, size[0])
