@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-import torch_reference
+from bisenet_jax.interop import torch_reference
 from bisenet_jax import checkpoint, load_pretrained, models
 from bisenet_jax.errors import UserError
 from bisenet_jax.interop import imagenet, ssseg

@@ -13,7 +13,7 @@ import pytest
 import torch
 from flax import traverse_util
 
-import torch_reference
+from bisenet_jax.interop import torch_reference
 from bisenet_jax import load_pretrained
 from conftest import run_cli
 

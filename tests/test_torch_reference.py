@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from torch_reference import (FEATURE_NAMES, ResNet, build_reference, imagenet_state_dict,
+from bisenet_jax.interop.torch_reference import (FEATURE_NAMES, ResNet, build_reference, imagenet_state_dict,
                              randomize_, read_key_list, save_official_checkpoint)
 
 DATA = Path(__file__).parent / 'data'

@@ -1,4 +1,4 @@
-"""Independent PyTorch reference of FCN + BiSeNetV1 (sssegmentation), for parity tests.
+"""Independent PyTorch reference of FCN + BiSeNetV1 (sssegmentation), for parity tests and benchmarks.
 
 This file is written from the spec (`REFERENCE.md`, sections 1-3) alone; no sssegmentation code
 was copied or imported. It exists so the tests can check the Flax port against a second,
@@ -6,7 +6,8 @@ separately written implementation: build a model here, fill it with random weigh
 the official checkpoint layout, convert it, and compare per-block activations and logits.
 
 Module and attribute names mirror the official state-dict keys, and modules are registered in the
-order that makes `state_dict()` list keys exactly as in `tests/data/ssseg_fcn_bisenetv1_*.txt`
+order that makes `state_dict()` list keys exactly as the official checkpoints
+(`tests/data/ssseg_fcn_bisenetv1_*.txt`)
 (the only ordering subtlety: a Bottleneck registers `downsample` before `conv1`, a BasicBlock
 after `bn2`). BatchNorm is plain `nn.BatchNorm2d` (eps 1e-5, momentum 0.1), which has the same keys
 as the SyncBatchNorm used in training. ReLUs are not in-place so that the tensors returned by

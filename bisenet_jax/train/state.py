@@ -1,0 +1,50 @@
+"""TrainState (params, batch_stats, opt_state, step) and its creation, replicated over a Mesh."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = 'data'
+
+
+class TrainState(train_state.TrainState):
+  """flax's TrainState plus BatchNorm running statistics."""
+  batch_stats: Any = None
+
+
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D data-parallel mesh over ``devices`` (default: every device of every process)."""
+  devices = jax.devices() if devices is None else devices
+  return Mesh(devices, (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis split over the data axis; the rest of each array whole."""
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array, mesh: Mesh,
+                       variables: dict | None = None) -> TrainState:
+  """Initialises (or wraps the given ``variables``) as a TrainState replicated on ``mesh``.
+
+  Parameters are built directly on the devices by a jitted init with replicated output
+  shardings, so no host copy of the model is made.
+  """
+
+  def init(rng, variables):
+    if variables is None:
+      variables = model.init(rng, jnp.zeros((1, 64, 64, 3), jnp.float32), train=False)
+    return TrainState.create(apply_fn=model.apply, params=variables['params'],
+                             batch_stats=variables['batch_stats'], tx=tx)
+
+  return jax.jit(init, out_shardings=replicated(mesh))(rng, variables)
