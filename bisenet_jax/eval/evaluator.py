@@ -1,0 +1,130 @@
+"""mIoU over a whole split, sharded over every device: the evaluator of training and ``evaluate``.
+
+Each process reads its own share of the split, batches are sharded over the mesh's data axis,
+and each batch's confusion matrix is one global reduction; the host sums them in int64. Rows
+added to fill the last batch are masked, so every image counts exactly once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from typing import Callable, Iterable, Sequence
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from bisenet_jax.data import pipeline
+from bisenet_jax.eval import inference, metrics
+from bisenet_jax.train.state import batch_sharded, replicated
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceOptions:
+  """How logits are produced; the defaults are the reference protocol (REFERENCE.md §6)."""
+  mode: str = 'whole'
+  crop_size: tuple[int, int] | None = None
+  stride: tuple[int, int] | None = None
+  flip: bool = False
+  scales: tuple[float, ...] = (1.0,)
+
+  def describe(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+class ProcessShard:
+  """Every ``count``-th sample of ``source`` from ``index``: this process's share of a split."""
+
+  def __init__(self, source, index: int, count: int):
+    self.source, self.index, self.count = source, index, count
+
+  def __len__(self):
+    return len(range(self.index, len(self.source), self.count))
+
+  def __getitem__(self, i):
+    return self.source[self.index + i * self.count]
+
+
+def make_segment_fn(model, options: InferenceOptions, num_classes: int) -> Callable:
+  """``(variables, images, out_size) -> uint8 labels``: the jitted shared inference function."""
+
+  @functools.partial(jax.jit, static_argnames='out_size')
+  def segment(variables, images, out_size):
+    logits_fn = lambda x: model.apply(variables, x, train=False)
+    return inference.predict_labels(logits_fn, images, out_size, mode=options.mode,
+                                    crop_size=options.crop_size, stride=options.stride,
+                                    flip=options.flip, scales=options.scales,
+                                    num_classes=num_classes)
+
+  return segment
+
+
+def evaluate(model, variables, source, *, mesh, base_size: Sequence[int],
+             options: InferenceOptions = InferenceOptions(), batch_per_device: int = 1,
+             num_classes: int = 19, progress: bool = True,
+             on_batch: Callable[[dict, np.ndarray], None] | None = None) -> dict:
+  """Evaluates ``model`` on every sample of ``source``.
+
+  Args:
+    model: the Flax segmentor; ``variables`` its params and batch_stats (any placement).
+    source: random-access samples ``{'image', 'label', 'name'}`` (e.g. ``CityscapesFolder``).
+    mesh: the device mesh; the global batch is ``batch_per_device * mesh.size``.
+    base_size: (width, height) of the test Resize (a no-op for 2048x1024 Cityscapes frames).
+    options: whole/slide, flip, scales.
+    on_batch: called with each host batch and its predicted labels (valid rows only), e.g. to
+      write prediction files.
+
+  Returns:
+    ``metrics.segmentation_scores`` of the split plus ``confusion`` (int64 [K, K]),
+    ``images`` (count) and ``seconds``.
+  """
+  segment = make_segment_fn(model, options, num_classes)
+  count_fn = jax.jit(functools.partial(metrics.confusion_matrix, num_classes=num_classes))
+  variables = jax.device_put(variables, replicated(mesh))
+  local_batch = batch_per_device * len(mesh.local_devices)
+  shard = ProcessShard(source, jax.process_index(), jax.process_count())
+  total = np.zeros((num_classes, num_classes), np.int64)
+  start, seen = time.perf_counter(), 0
+  batches = _equal_length(pipeline.make_eval_batches(shard, batch_size=local_batch,
+                                                     base_size=base_size),
+                          _batches_per_process(len(source), local_batch))
+  bar = tqdm(batches, total=_batches_per_process(len(source), local_batch), unit='batch',
+             desc='eval', disable=not progress or jax.process_index() != 0, leave=False)
+  for batch in bar:
+    images, labels, valid = (_to_global(batch[k], mesh) for k in ('image', 'label', 'valid'))
+    predictions = segment(variables, images, out_size=tuple(batch['label'].shape[1:3]))
+    total += np.asarray(count_fn(predictions, labels, valid=valid), np.int64)
+    seen += int(batch['valid'].sum()) * jax.process_count()
+    bar.set_postfix_str(f'{seen / (time.perf_counter() - start):.2f} img/s')
+    if on_batch is not None:
+      on_batch(batch, _local_rows(predictions)[batch['valid']])
+  return {**metrics.segmentation_scores(total), 'confusion': total, 'images': len(source),
+          'seconds': time.perf_counter() - start}
+
+
+def _batches_per_process(num_samples: int, local_batch: int) -> int:
+  """The batch count of the largest process share; smaller shares pad with empty batches so
+  every process runs the same number of collective steps."""
+  return math.ceil(math.ceil(num_samples / jax.process_count()) / local_batch)
+
+
+def _equal_length(batches: Iterable[dict], count: int) -> Iterable[dict]:
+  last = None
+  for last in batches:
+    yield last
+    count -= 1
+  for _ in range(count):  # Only in multi-process runs: a masked copy of the last batch.
+    yield {**last, 'valid': np.zeros_like(last['valid'])}
+
+
+def _to_global(local: np.ndarray, mesh) -> jax.Array:
+  return jax.make_array_from_process_local_data(batch_sharded(mesh), np.asarray(local))
+
+
+def _local_rows(array: jax.Array) -> np.ndarray:
+  """This process's rows of a batch-sharded array, in order."""
+  shards = sorted(array.addressable_shards, key=lambda s: s.index[0].start or 0)
+  return np.concatenate([np.asarray(s.data) for s in shards])

@@ -1,0 +1,312 @@
+"""``train_and_evaluate(config, workdir)``: the training run, resumable from any interruption.
+
+Everything a run writes lives in ``workdir``: ``checkpoints/<step>/`` (orbax: model variables,
+optimizer state, model config, data-iterator position), ``metrics.jsonl`` (one JSON object per
+logged step; evaluation rows carry ``miou``) and ``tensorboard/``. Running the same command
+again in the same workdir resumes from the newest complete checkpoint: the data stream, the
+dropout masks (folded from the step) and the learning rate continue exactly, so a killed and
+resumed run produces the same parameters and per-step losses as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Iterator
+
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import tensorboardX
+from tqdm import tqdm
+
+from bisenet_jax import checkpoint, models
+from bisenet_jax.data import cityscapes, pipeline, synthetic
+from bisenet_jax.errors import UserError
+from bisenet_jax.eval import evaluator
+from bisenet_jax.interop import imagenet
+from bisenet_jax.train import optim, state as state_lib, step as step_lib
+
+OPTIMIZER = 'optimizer'
+DATA_ITERATOR = 'data_iterator'
+METRICS_FILE = 'metrics.jsonl'
+
+
+class TrainingDiverged(UserError):
+  """The loss became NaN or infinite; the last checkpoint on disk predates it."""
+
+
+def make_sources(config: ml_collections.ConfigDict):
+  """(train, val) random-access sources of ``config.data.source``."""
+  data = config.data
+  if data.source == 'cityscapes':
+    if not data.root:
+      raise UserError('config.data.root is empty: pass --config.data.root=/path/to/cityscapes '
+                      '(with leftImg8bit/ and gtFine/), or try --config configs/r18.py:demo.')
+    root = Path(data.root).expanduser()
+    return cityscapes.CityscapesFolder(root, 'train'), cityscapes.CityscapesFolder(root, 'val')
+  if data.source == 'synthetic':
+    root = synthetic.ensure_synthetic_cityscapes(Path(data.root).expanduser(),
+                                                 **data.synthetic.to_dict())
+    return cityscapes.CityscapesFolder(root, 'train'), cityscapes.CityscapesFolder(root, 'val')
+  if data.source == 'tfds':
+    from bisenet_jax.data.tfds import TfdsCityscapes  # Imports tensorflow_datasets.
+    data_dir = data.tfds_data_dir or None
+    return TfdsCityscapes('train', data_dir), TfdsCityscapes('val', data_dir)
+  raise UserError(f"config.data.source must be 'cityscapes', 'tfds' or 'synthetic', "
+                  f'got {data.source!r}.')
+
+
+def make_model(config: ml_collections.ConfigDict):
+  dtypes = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+  if config.model.dtype not in dtypes:
+    raise UserError(f'config.model.dtype must be one of {sorted(dtypes)}, got '
+                    f'{config.model.dtype!r}.')
+  if config.model.name not in models.ARCHS:
+    raise UserError(f'config.model.name must be one of {sorted(models.ARCHS)}, got '
+                    f'{config.model.name!r}.')
+  return models.build_model(config.model.name, config.model.num_classes,
+                            config.model.dropout_rate, stem=config.model.stem,
+                            dtype=dtypes[config.model.dtype])
+
+
+def model_config(config: ml_collections.ConfigDict) -> dict:
+  return checkpoint.model_config(config.model.name, config.model.num_classes, config.model.stem)
+
+
+def initial_variables(config: ml_collections.ConfigDict, model) -> dict | None:
+  """Variables to start from: a fine-tuning checkpoint, an ImageNet backbone, or None (init)."""
+  if config.init.checkpoint and config.init.backbone:
+    raise UserError('Set only one of config.init.checkpoint and config.init.backbone.')
+  if config.init.checkpoint:
+    loaded, variables = checkpoint.load_pretrained(config.init.checkpoint)
+    if (loaded.depth, loaded.num_classes, loaded.stem) != (model.depth, model.num_classes,
+                                                           model.stem):
+      raise UserError(f'{config.init.checkpoint} holds a different model (ResNet-{loaded.depth}, '
+                      f'{loaded.num_classes} classes, {loaded.stem} stem) than '
+                      f'config.model ({config.model.name}, {config.model.num_classes} classes).')
+    log(f'initialised from {config.init.checkpoint}')
+    return variables
+  if config.init.backbone:
+    variables = model.init(jax.random.key(config.seed), jnp.zeros((1, 64, 64, 3)), train=False)
+    variables, report = imagenet.load_backbone(config.init.backbone, variables, model.stem)
+    log(f'{config.init.backbone}: {report}')
+    return variables
+  return None
+
+
+def make_checkpoint_manager(workdir: Path, config) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
+                                         enable_async_checkpointing=True, create=True)
+  return ocp.CheckpointManager(workdir / checkpoint.TRAIN_CHECKPOINTS, options=options)
+
+
+def save_checkpoint(manager, state, data_iterator, config) -> None:
+  manager.save(int(state.step), args=ocp.args.Composite(**{
+      checkpoint.VARIABLES: ocp.args.StandardSave(
+          {'params': state.params, 'batch_stats': state.batch_stats}),
+      OPTIMIZER: ocp.args.StandardSave({'opt_state': state.opt_state, 'step': state.step}),
+      checkpoint.MODEL_CONFIG: ocp.args.JsonSave(model_config(config)),
+      DATA_ITERATOR: grain.checkpoint.CheckpointSave(data_iterator),
+  }))
+
+
+def restore_checkpoint(manager, step: int, abstract_state, data_iterator, config):
+  """Restores ``step`` into the shapes and shardings of ``abstract_state`` (and the iterator)."""
+  restored = manager.restore(step, args=ocp.args.Composite(**{
+      checkpoint.VARIABLES: ocp.args.StandardRestore(
+          {'params': abstract_state.params, 'batch_stats': abstract_state.batch_stats}),
+      OPTIMIZER: ocp.args.StandardRestore(
+          {'opt_state': abstract_state.opt_state, 'step': abstract_state.step}),
+      checkpoint.MODEL_CONFIG: ocp.args.JsonRestore(),
+      DATA_ITERATOR: grain.checkpoint.CheckpointRestore(data_iterator),
+  }))
+  if dict(restored[checkpoint.MODEL_CONFIG]) != model_config(config):
+    raise UserError(f'The checkpoint in {manager.directory} is of another model '
+                    f'({dict(restored[checkpoint.MODEL_CONFIG])}); use a new --workdir.')
+  variables, optimizer = restored[checkpoint.VARIABLES], restored[OPTIMIZER]
+  return abstract_state.replace(params=variables['params'],
+                                batch_stats=variables['batch_stats'],
+                                opt_state=optimizer['opt_state'], step=optimizer['step'])
+
+
+class MetricsLog:
+  """``metrics.jsonl`` + TensorBoard, written by process 0 only."""
+
+  def __init__(self, workdir: Path, resume_step: int):
+    self.enabled = jax.process_index() == 0
+    self.path = workdir / METRICS_FILE
+    if not self.enabled:
+      return
+    self._drop_rows_after(resume_step)
+    self.tensorboard = tensorboardX.SummaryWriter(str(workdir / 'tensorboard'))
+
+  def _drop_rows_after(self, step: int) -> None:
+    """A resumed run recomputes the steps after its checkpoint: forget their old rows."""
+    if not self.path.exists():
+      return
+    rows = [line for line in self.path.read_text().splitlines()
+            if line.strip() and json.loads(line)['step'] <= step]
+    self.path.write_text(''.join(f'{row}\n' for row in rows))
+
+  def write(self, step: int, values: dict) -> None:
+    if not self.enabled:
+      return
+    with self.path.open('a') as f:
+      f.write(json.dumps({'step': step, **values}) + '\n')
+    for name, value in values.items():
+      if isinstance(value, (int, float)) and math.isfinite(value):
+        self.tensorboard.add_scalar(name, value, step)
+    self.tensorboard.flush()
+
+  def close(self) -> None:
+    if self.enabled:
+      self.tensorboard.close()
+
+
+@contextlib.contextmanager
+def sigterm_requests_stop() -> Iterator[dict]:
+  """While active, SIGTERM sets ``flag['stop']`` instead of killing: save, then exit."""
+  flag = {'stop': False}
+
+  def handler(signum, frame):
+    flag['stop'] = True
+
+  previous = signal.signal(signal.SIGTERM, handler)
+  try:
+    yield flag
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+def mean_metrics(pending: list[dict]) -> dict:
+  """Host means of the per-step metrics since the last log; stops on a non-finite loss."""
+  fetched = jax.device_get(pending)
+  losses = np.array([m['loss'] for m in fetched])
+  if not np.all(np.isfinite(losses)):
+    raise TrainingDiverged(
+        f'the loss became {losses[~np.isfinite(losses)][0]} within the last {len(pending)} '
+        'steps; training stopped and the newest checkpoint predates it. Lower '
+        '--config.optimizer.base_lr or check the labels.')
+  return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+
+
+def check_config(config: ml_collections.ConfigDict, mesh) -> None:
+  if config.batch_size % mesh.size:
+    raise UserError(f'config.batch_size={config.batch_size} is not divisible by the '
+                    f'{mesh.size} devices; use a multiple of {mesh.size}.')
+  for key in ('total_steps', 'log_every_steps', 'checkpoint_every_steps', 'eval_every_steps',
+              'keep_checkpoints', 'eval_batch_per_device'):
+    if config[key] <= 0:
+      raise UserError(f'config.{key} must be positive, got {config[key]}.')
+
+
+def log(message: str) -> None:
+  """Prints on process 0, above the progress bar."""
+  if jax.process_index() == 0:
+    tqdm.write(message)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
+  """Trains (or resumes) in ``workdir`` and evaluates; returns the final summary.
+
+  Returns:
+    ``{'step', 'miou', 'checkpoint'}`` of the final state.
+  """
+  workdir = Path(workdir).expanduser().absolute()
+  mesh = state_lib.make_mesh()
+  check_config(config, mesh)
+  train_source, val_source = make_sources(config)
+  model = make_model(config)
+  schedule = optim.poly_warmup_schedule(
+      config.optimizer.base_lr, config.total_steps, config.optimizer.min_lr,
+      config.optimizer.power, config.optimizer.warmup_steps, config.optimizer.warmup_ratio)
+  tx = optim.make_optimizer(schedule, config.optimizer.momentum, config.optimizer.weight_decay)
+  data_iterator = pipeline.make_train_iterator(
+      train_source, global_batch_size=config.batch_size, seed=config.seed,
+      crop_size=config.data.crop_size, base_size=config.data.base_size,
+      scale_range=config.data.scale_range, worker_count=config.data.worker_count,
+      process_index=jax.process_index(), process_count=jax.process_count())
+
+  manager = make_checkpoint_manager(workdir, config)
+  create = lambda variables: state_lib.create_train_state(model, tx, jax.random.key(config.seed),
+                                                          mesh, variables)
+  latest = manager.latest_step()
+  if latest is None:
+    state = create(initial_variables(config, model))
+  else:
+    state = restore_checkpoint(manager, latest, jax.eval_shape(lambda: create(None)),
+                               data_iterator, config)
+    log(f'resumed from {manager.directory / str(latest)}')
+  train_step = step_lib.jit_train_step(mesh, learning_rate_fn=schedule, dropout_seed=config.seed)
+  metrics_log = MetricsLog(workdir, resume_step=int(state.step))
+
+  def run_eval(state) -> dict:
+    scores = evaluator.evaluate(
+        model, {'params': state.params, 'batch_stats': state.batch_stats}, val_source,
+        mesh=mesh, base_size=config.data.base_size, batch_per_device=config.eval_batch_per_device,
+        num_classes=config.model.num_classes)
+    metrics_log.write(int(state.step), {'miou': scores['miou'], 'aacc': scores['aacc'],
+                                        'eval_seconds': scores['seconds']})
+    log(f"step {int(state.step)}: val mIoU {100 * scores['miou']:.2f}%, "
+        f"aAcc {100 * scores['aacc']:.2f}%")
+    return scores
+
+  step, scores, pending = int(state.step), None, []
+  bar = tqdm(total=config.total_steps, initial=step, unit='step', dynamic_ncols=True,
+             disable=jax.process_index() != 0)
+  window_start = time.perf_counter()
+  try:
+    with sigterm_requests_stop() as stop:
+      while step < config.total_steps:
+        batch = next(data_iterator)
+        batch = {k: jax.make_array_from_process_local_data(state_lib.batch_sharded(mesh), v)
+                 for k, v in batch.items()}
+        state, metrics = train_step(state, batch)
+        pending.append(metrics)
+        step += 1
+        bar.update()
+        stopping = stop['stop'] or manager.reached_preemption(step)
+        is_last = step == config.total_steps
+        if step % config.log_every_steps == 0 or is_last or stopping:
+          values = mean_metrics(pending)
+          seconds = time.perf_counter() - window_start
+          values['img_per_s'] = len(pending) * config.batch_size / seconds
+          metrics_log.write(step, values)
+          bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}",
+                          img_s=f"{values['img_per_s']:.1f}")
+          pending, window_start = [], time.perf_counter()
+        if step % config.checkpoint_every_steps == 0 or is_last or stopping:
+          if pending:
+            mean_metrics(pending)  # Never checkpoint a state that came from a non-finite loss.
+          save_checkpoint(manager, state, data_iterator, config)
+        if step % config.eval_every_steps == 0 or is_last:
+          scores = run_eval(state)
+          window_start = time.perf_counter()
+        if stopping:
+          log(f'stopping at step {step} (SIGTERM / preemption); checkpoint saved, rerun the '
+              'same command to resume')
+          break
+  finally:
+    bar.close()
+    manager.wait_until_finished()
+    manager.close()
+    metrics_log.close()
+    if hasattr(data_iterator, 'close'):
+      data_iterator.close()
+  if scores is None and step == config.total_steps:
+    scores = run_eval(state)  # Resumed after the last checkpoint: still report the final mIoU.
+  summary = {'step': step, 'miou': scores['miou'] if scores else None,
+             'checkpoint': str(manager.directory / str(step))}
+  if scores is not None:
+    log(f"done: step {step}, val mIoU {100 * scores['miou']:.2f}%, "
+        f"checkpoint {summary['checkpoint']}")
+  return summary
