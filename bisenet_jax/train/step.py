@@ -40,8 +40,8 @@ def train_step(state: TrainState, batch: dict, *, learning_rate_fn, dropout_seed
   metrics = {
       **losses,
       'lr': learning_rate_fn(state.step),
-      'grad_norm': optax.global_norm(grads),
-      'param_norm': optax.global_norm(new_state.params),
+      'grad_norm': optax.tree.norm(grads),
+      'param_norm': optax.tree.norm(new_state.params),
   }
   return new_state, metrics
 

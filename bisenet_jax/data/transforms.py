@@ -1,0 +1,286 @@
+"""The reference's train and test transforms (REFERENCE.md 5.3, 5.4), on the host: NumPy + OpenCV.
+
+Every op is a small pure function of a sample dict `{'image': [H, W, 3], 'label': uint8 [H, W]}`
+(inputs are never modified; unchanged arrays may be shared). Random ops take a
+`np.random.Generator` (grain's random map gives one per record) and draw from it in exactly
+the reference's order and with the same distributions: `random_sample()` -> `rng.random()`,
+`randint(a, b)` -> `rng.integers(a, b)` (upper bound exclusive in both), `uniform` ->
+`rng.uniform`. The draws therefore sit where the reference's do, but a seed does not reproduce
+the reference's NumPy global-RNG stream.
+
+Images are RGB throughout, while the reference keeps BGR until Normalize. The two places where
+channel order matters (the HSV conversions of the photometric distortion and Normalize's
+BGR->RGB swap) say why the result is still bit-identical.
+"""
+
+import cv2
+import numpy as np
+
+from bisenet_jax.data.cityscapes import IGNORE_LABEL
+
+# ImageNet statistics in RGB order, on the 0..255 scale (the reference's Normalize).
+MEAN_RGB = (123.675, 116.28, 103.53)
+STD_RGB = (58.395, 57.12, 57.375)
+
+
+def resize_keep_ratio(sample, base_size=(2048, 1024), scale=1.0):
+  """The reference Resize with keep_ratio=True, at one scale.
+
+  The target is `(int(base_size[0] * scale), int(base_size[1] * scale))`. The frame is scaled
+  by `sf = min(max(target) / max(h, w), min(target) / min(h, w))` to
+  `(int(w * sf + 0.5), int(h * sf + 0.5))`. The image uses cv2.INTER_LINEAR (fixed-point on
+  uint8, no antialiasing), the label cv2.INTER_NEAREST (source index floor(dst * in / out)).
+
+  Args:
+    sample: dict with 'image' uint8 [H, W, 3] and optionally 'label' uint8 [H, W]; any other
+      keys pass through.
+    base_size: (width, height) of the target at scale 1; only its long and short side matter.
+    scale: factor applied to `base_size`.
+
+  Returns:
+    The sample with 'image' (and 'label', if present) resized. When the size does not change
+    the sample is returned as it is (cv2.resize would only copy it).
+  """
+  height, width = sample['image'].shape[:2]
+  target = (int(base_size[0] * scale), int(base_size[1] * scale))
+  factor = min(max(target) / max(height, width), min(target) / min(height, width))
+  dsize = (int(width * factor + 0.5), int(height * factor + 0.5))
+  if dsize == (width, height):
+    return sample
+  resized = {**sample, 'image': cv2.resize(sample['image'], dsize, interpolation=cv2.INTER_LINEAR)}
+  if 'label' in sample:
+    resized['label'] = cv2.resize(sample['label'], dsize, interpolation=cv2.INTER_NEAREST)
+  return resized
+
+
+def random_resize(sample, rng, base_size=(2048, 1024), scale_range=(0.5, 2.0)):
+  """`resize_keep_ratio` at a scale drawn uniformly from [scale_range[0], scale_range[1])."""
+  low, high = scale_range
+  return resize_keep_ratio(sample, base_size, rng.random() * (high - low) + low)
+
+
+def random_crop(sample, rng, crop_size, one_category_max_ratio=0.75, max_tries=10):
+  """The reference RandomCrop: retries crops that are dominated by one class.
+
+  Each try crops `min(crop_size, (H, W))` at `top = integers(0, H - h + 1)`, then
+  `left = integers(0, W - w + 1)`, and is accepted when its non-ignored pixels hold at least two
+  classes and the largest one is below `one_category_max_ratio` of them. When no try is
+  accepted the last crop is kept, unless it has no non-ignored pixel at all: then the sample
+  comes back uncropped (and `center_pad` later centre-crops it).
+
+  Args:
+    sample: dict with 'image' [H, W, 3] and 'label' uint8 [H, W]; other keys pass through.
+    rng: the record's generator; draws 2 integers per try.
+    crop_size: (height, width) of the crop.
+    one_category_max_ratio: the largest share of non-ignored pixels one class may have.
+    max_tries: number of crops to try.
+
+  Returns:
+    The sample with 'image' and 'label' cropped (views into the inputs).
+  """
+  height, width = sample['label'].shape
+  crop_h, crop_w = min(crop_size[0], height), min(crop_size[1], width)
+  for _ in range(max_tries):
+    top = rng.integers(0, height - crop_h + 1)
+    left = rng.integers(0, width - crop_w + 1)
+    window = (slice(top, top + crop_h), slice(left, left + crop_w))
+    counts = _class_counts(sample['label'][window])
+    if len(counts) > 1 and counts.max() / counts.sum() < one_category_max_ratio:
+      break
+  if len(counts) == 0:
+    return sample
+  return {**sample, 'image': sample['image'][window], 'label': sample['label'][window]}
+
+
+def _class_counts(label):
+  """Pixel counts of the label values present in uint8 `label`, leaving out IGNORE_LABEL."""
+  counts = np.bincount(label.ravel(), minlength=256)
+  counts[IGNORE_LABEL] = 0
+  return counts[counts > 0]
+
+
+def random_flip(sample, rng, prob=0.5):
+  """The reference RandomFlip: flips image and label left-right unless `rng.random() > prob`."""
+  if rng.random() > prob:
+    return sample
+  return {**sample,
+          'image': np.ascontiguousarray(sample['image'][:, ::-1]),
+          'label': np.ascontiguousarray(sample['label'][:, ::-1])}
+
+
+def photometric_distortion(image, rng, *, brightness_delta=32, contrast_range=(0.5, 1.5),
+                           saturation_range=(0.5, 1.5), hue_delta=18):
+  """The reference PhotoMetricDistortion, with its draw order and uint8 truncation.
+
+  Order: brightness, mode = integers(2), contrast if mode == 1, saturation, hue, contrast if
+  mode == 0. Each step first draws integers(2) and is skipped on 0; every applied step rounds
+  its result down to uint8.
+
+  Args:
+    image: uint8 [H, W, 3] RGB.
+    rng: the record's generator.
+    brightness_delta: brightness offset drawn from U(-delta, delta).
+    contrast_range: contrast factor range.
+    saturation_range: factor range for the 8-bit HSV saturation.
+    hue_delta: hue offset drawn from integers(-delta, delta), i.e. -delta..delta-1, in OpenCV's
+      8-bit hue units (0..179).
+
+  Returns:
+    uint8 [H, W, 3] RGB.
+  """
+  image = _brightness(image, rng, brightness_delta)
+  contrast_first = rng.integers(2) == 1
+  if contrast_first:
+    image = _contrast(image, rng, contrast_range)
+  image = _saturation(image, rng, saturation_range)
+  image = _hue(image, rng, hue_delta)
+  if not contrast_first:
+    image = _contrast(image, rng, contrast_range)
+  return image
+
+
+def _brightness(image, rng, delta):
+  if not rng.integers(2):
+    return image
+  return _convert(image, beta=rng.uniform(-delta, delta))
+
+
+def _contrast(image, rng, contrast_range):
+  if not rng.integers(2):
+    return image
+  return _convert(image, alpha=rng.uniform(*contrast_range))
+
+
+def _saturation(image, rng, saturation_range):
+  if not rng.integers(2):
+    return image
+  hsv = _to_hsv(image)
+  hsv[..., 1] = _convert(hsv[..., 1], alpha=rng.uniform(*saturation_range))
+  return _from_hsv(hsv)
+
+
+def _hue(image, rng, delta):
+  if not rng.integers(2):
+    return image
+  hsv = _to_hsv(image)
+  hsv[..., 0] = (hsv[..., 0].astype(int) + rng.integers(-delta, delta)) % 180
+  return _from_hsv(hsv)
+
+
+def _convert(image, alpha=1.0, beta=0.0):
+  """float32(image) * alpha + beta, clipped to [0, 255] and truncated to uint8 (the reference's)."""
+  # NumPy multiplies a float32 array by a Python float in float32 (before and after NEP 50);
+  # the explicit casts keep that true for NumPy float64 scalars as well.
+  out = image.astype(np.float32) * np.float32(alpha) + np.float32(beta)
+  return np.clip(out, 0, 255).astype(np.uint8)
+
+
+# The reference calls COLOR_RGB2HSV / COLOR_HSV2RGB on its BGR array, so OpenCV takes the
+# physical blue channel for red. COLOR_BGR2HSV / COLOR_HSV2BGR on our RGB array also take the
+# physical blue channel for red (and write it back to the same slot), so the results are
+# bit-identical to the reference, including its hue being measured with red and blue swapped.
+def _to_hsv(rgb):
+  return cv2.cvtColor(rgb, cv2.COLOR_BGR2HSV)
+
+
+def _from_hsv(hsv):
+  return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+
+
+def normalize(image, mean=MEAN_RGB, std=STD_RGB):
+  """(image - mean) / std per channel, as the reference's Normalize computes it.
+
+  The reference casts to float32, swaps BGR->RGB (our image is RGB already) and calls
+  `cv2.subtract(x, mean)` and `cv2.multiply(x, 1 / std)` with float64 [1, 3] arrays. The same
+  calls are made here, so the result is bit-identical; OpenCV subtracts in float32 (the mean
+  rounded to float32) and multiplies in float64 before rounding to float32.
+
+  Args:
+    image: uint8 [H, W, 3] RGB.
+    mean: per-channel mean, RGB order.
+    std: per-channel standard deviation, RGB order.
+
+  Returns:
+    float32 [H, W, 3] RGB.
+  """
+  out = image.astype(np.float32, order='C')
+  cv2.subtract(out, np.array(mean, np.float64).reshape(1, 3), out)
+  cv2.multiply(out, 1 / np.array(std, np.float64).reshape(1, 3), out)
+  return out
+
+
+def center_pad(sample, size):
+  """The reference Padding (done after Normalize): centres the sample in `size`.
+
+  `top = (H - h) // 2` and `left = (W - w) // 2`, the rest goes to the bottom and right. The
+  image is filled with 0.0 (the mean colour once normalised), the label with IGNORE_LABEL. A
+  side longer than the target is centre-cropped, as the reference's negative padding does.
+  Unlike the reference, the target is never transposed to match a portrait sample: a batch
+  needs one shape, and for the reference's square crops the transpose does nothing.
+
+  Args:
+    sample: dict with 'image' float32 [h, w, 3] and 'label' uint8 [h, w]; other keys pass through.
+    size: (H, W) of the output.
+
+  Returns:
+    The sample with 'image' float32 [H, W, 3] and 'label' uint8 [H, W].
+  """
+  return {**sample,
+          'image': _pad_or_crop(sample['image'], size, 0.0),
+          'label': _pad_or_crop(sample['label'], size, IGNORE_LABEL)}
+
+
+def _pad_or_crop(array, size, fill):
+  """Centres `array` [h, w, ...] in a `fill`ed array [size[0], size[1], ...]."""
+  out = np.full(tuple(size) + array.shape[2:], fill, array.dtype)
+  src, dst = zip(*(_centred_window(length, target) for length, target in zip(array.shape, size)))
+  out[dst] = array[src]
+  return out
+
+
+def _centred_window(length, target):
+  """Source and destination slices that put `length` elements at offset (target - length) // 2.
+
+  A negative offset drops that many elements from the start of the source instead.
+  """
+  offset = (target - length) // 2
+  src_start, dst_start = max(-offset, 0), max(offset, 0)
+  count = min(length - src_start, target - dst_start)
+  return slice(src_start, src_start + count), slice(dst_start, dst_start + count)
+
+
+def train_transform(sample, rng, *, crop_size, base_size, scale_range):
+  """The reference training pipeline: resize, crop, flip, photometric, normalise, pad.
+
+  Args:
+    sample: dict with 'image' uint8 [H, W, 3] RGB and 'label' uint8 [H, W] trainIds.
+    rng: the record's generator.
+    crop_size: (height, width) of the crop and of the output.
+    base_size: (width, height) of the Resize target at scale 1, e.g. (2048, 1024).
+    scale_range: (low, high) of the random Resize scale.
+
+  Returns:
+    `{'image': float32 [h, w, 3] normalised RGB, 'label': uint8 [h, w]}` with (h, w) = crop_size.
+  """
+  sample = random_resize(sample, rng, base_size, scale_range)
+  sample = random_crop(sample, rng, crop_size)
+  sample = random_flip(sample, rng)
+  image = normalize(photometric_distortion(sample['image'], rng))
+  return center_pad({'image': image, 'label': sample['label']}, crop_size)
+
+
+def eval_transform(sample, *, base_size):
+  """The reference test pipeline: resize the image (a no-op for 2048x1024 frames) and normalise.
+
+  The label is left at its original size, untouched, as the reference does in TEST mode; the
+  prediction is resized to it instead.
+
+  Args:
+    sample: dict with 'image' uint8 [H, W, 3] RGB and 'label' uint8 [H, W] trainIds.
+    base_size: (width, height) of the Resize target, e.g. (2048, 1024).
+
+  Returns:
+    `{'image': float32 [h, w, 3] normalised RGB, 'label': uint8 [H, W]}`.
+  """
+  image = resize_keep_ratio({'image': sample['image']}, base_size)['image']
+  return {'image': normalize(image), 'label': sample['label']}

@@ -1,0 +1,72 @@
+"""Tests of bisenet_jax.data.synthetic: determinism, the Cityscapes layout, the cache."""
+
+import json
+
+import numpy as np
+import pytest
+
+from bisenet_jax.data import synthetic
+from bisenet_jax.data.cityscapes import LABEL_ID_TO_TRAIN_ID, NUM_CLASSES, CityscapesFolder
+
+SMALL = dict(num_train=3, num_val=2, height=64, width=128)
+
+
+def file_bytes(root):
+  return {path.relative_to(root): path.read_bytes() for path in root.rglob('*') if path.is_file()}
+
+
+def test_same_seed_gives_identical_files_and_another_seed_does_not(tmp_path):
+  first = synthetic.write_synthetic_cityscapes(tmp_path / 'a', seed=1, **SMALL)
+  second = synthetic.write_synthetic_cityscapes(tmp_path / 'b', seed=1, **SMALL)
+  other = synthetic.write_synthetic_cityscapes(tmp_path / 'c', seed=2, **SMALL)
+  assert file_bytes(first) == file_bytes(second)
+  assert file_bytes(first).keys() == file_bytes(other).keys()
+  assert file_bytes(first) != file_bytes(other)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['a', 'b', 'c']  # no staging folders left
+
+
+def test_written_layout_is_read_by_cityscapes_folder(tmp_path):
+  root = synthetic.write_synthetic_cityscapes(tmp_path / 'demo', **SMALL)
+  assert (root / 'leftImg8bit/train/synthetic/synthetic_000000_000002_leftImg8bit.png').is_file()
+  assert (root / 'gtFine/val/synthetic/synthetic_000000_000001_gtFine_labelIds.png').is_file()
+  train, val = CityscapesFolder(root, 'train'), CityscapesFolder(root, 'val')
+  assert (len(train), len(val)) == (3, 2)
+  sample = val[0]
+  assert sample['image'].shape == (64, 128, 3) and sample['label'].shape == (64, 128)
+  assert sample['name'] == 'synthetic/synthetic_000000_000000'
+  assert 255 in sample['label'][-2:]  # the ego vehicle along the bottom edge is ignored
+
+
+def test_scenes_use_many_real_classes():
+  present = set()
+  for index in range(8):
+    _, label_ids = synthetic.draw_street_scene(np.random.default_rng(index), 256, 512)
+    present |= set(np.unique(label_ids).tolist())
+  train_ids = {int(LABEL_ID_TO_TRAIN_ID[i]) for i in present} - {255}
+  assert len(train_ids) >= 10 and train_ids <= set(range(NUM_CLASSES))
+  assert {1, 4} <= present  # 'ego vehicle' and 'static' map to the ignore label
+
+
+def test_ensure_reuses_a_matching_copy_and_regenerates_otherwise(tmp_path, monkeypatch):
+  root = synthetic.ensure_synthetic_cityscapes(tmp_path, **SMALL)
+  marker = json.loads((root / 'synthetic.json').read_text())
+  assert marker == {'generator_version': synthetic._GENERATOR_VERSION, 'seed': 0, **SMALL}
+
+  def fail(*args, **kwargs):
+    raise AssertionError('regenerated a matching copy')
+  with monkeypatch.context() as patch:
+    patch.setattr(synthetic, 'write_synthetic_cityscapes', fail)
+    assert synthetic.ensure_synthetic_cityscapes(tmp_path, **SMALL) == root
+
+  changed = synthetic.ensure_synthetic_cityscapes(tmp_path, **{**SMALL, 'num_val': 1})
+  assert changed == root and len(CityscapesFolder(root, 'val')) == 1
+
+  (root / 'synthetic.json').unlink()  # an incomplete copy has no marker
+  synthetic.ensure_synthetic_cityscapes(tmp_path, **SMALL)
+  assert len(CityscapesFolder(root, 'val')) == 2
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['synthetic_cityscapes']
+
+
+def test_unknown_parameter_is_rejected(tmp_path):
+  with pytest.raises(TypeError, match='num_tran'):
+    synthetic.ensure_synthetic_cityscapes(tmp_path, num_tran=3)

@@ -1,0 +1,242 @@
+"""Training: configs, the jitted step on 1 vs 8 devices, a real short run, kill-and-resume, errors."""
+
+import importlib.util
+import json
+import signal
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from bisenet_jax.errors import UserError
+from bisenet_jax.train import config as config_lib
+from bisenet_jax.train import loop
+from conftest import ROOT, run_cli
+
+CONFIG_FILES = sorted((ROOT / 'configs').glob('*.py'))
+
+
+def load_config_file(path: Path, arg: str | None):
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+@pytest.mark.parametrize('path', CONFIG_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize('variant', [None, 'demo'])
+def test_every_config_loads_builds_and_is_locked(path, variant):
+  config = load_config_file(path, variant)
+  model = loop.make_model(config)
+  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 64, 64, 3),
+                                                                           np.float32)))
+  assert 'auxiliary_decoder' in abstract['params']
+  assert path.stem.split('_')[0] in config.model.name
+  with pytest.raises(AttributeError):
+    config.batch_szie = 8  # A typo must fail, not add a key.
+  assert load_config_file(path, None).total_steps == 159_960
+
+
+def test_reference_recipe_values():
+  config = config_lib.get_config('bisenetv1_r18')
+  assert (config.batch_size, tuple(config.data.crop_size), config.total_steps) == (16, (1024, 1024),
+                                                                                  159_960)
+  assert config.optimizer.to_dict() == dict(base_lr=0.05, min_lr=1e-4, power=0.9,
+                                            warmup_steps=1000, warmup_ratio=0.1, momentum=0.9,
+                                            weight_decay=5e-4)
+  with pytest.raises(UserError, match='variant'):
+    config_lib.get_config('bisenetv1_r18', 'nope')
+
+
+def tiny_overrides(root: Path, steps: int, **extra) -> dict:
+  """A few-second R18 run on 64x128 synthetic scenes."""
+  values = {
+      'data.root': str(root), 'data.synthetic.num_train': 8, 'data.synthetic.num_val': 2,
+      'data.synthetic.height': 64, 'data.synthetic.width': 128, 'data.base_size': (128, 64),
+      'data.crop_size': (64, 64), 'batch_size': 2, 'total_steps': steps,
+      'optimizer.warmup_steps': 2, 'log_every_steps': 1, 'checkpoint_every_steps': 3,
+      'eval_every_steps': 100, 'eval_batch_per_device': 2, **extra}
+  return values
+
+
+def tiny_config(root: Path, steps: int, **extra):
+  config = config_lib.get_config('bisenetv1_r18', 'demo')
+  for key, value in tiny_overrides(root, steps, **extra).items():
+    *parents, leaf = key.split('.')
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
+def as_flags(overrides: dict) -> list[str]:
+  render = lambda v: f'({v[0]},{v[1]})' if isinstance(v, tuple) else str(v)
+  return [f'--config.{k}={render(v)}' for k, v in overrides.items()]
+
+
+def read_rows(workdir: Path) -> list[dict]:
+  return [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+
+
+def test_short_run_lowers_the_loss_and_writes_everything(tmp_path):
+  summary = loop.train_and_evaluate(tiny_config(tmp_path / 'data', 12, **{
+      'optimizer.base_lr': 0.02}), tmp_path / 'run')
+  rows = read_rows(tmp_path / 'run')
+  losses = [r['loss'] for r in rows if 'loss' in r]
+  assert len(losses) == 12
+  assert np.mean(losses[-3:]) < np.mean(losses[:3])
+  assert {'loss_cls', 'loss_aux1', 'loss_aux2', 'lr', 'grad_norm', 'img_per_s'} <= set(rows[0])
+  assert 'miou' in rows[-1] and rows[-1]['step'] == 12
+  assert summary['step'] == 12 and 0 <= summary['miou'] <= 1
+  assert (tmp_path / 'run' / 'checkpoints' / '12' / 'variables').is_dir()
+  assert list((tmp_path / 'run' / 'tensorboard').glob('events.out.tfevents.*'))
+  from bisenet_jax import load_pretrained
+  model, _ = load_pretrained(tmp_path / 'run')  # A training workdir is a model checkpoint.
+  assert model.depth == 18
+
+
+def train_command(root: Path, workdir: Path, steps: int) -> list[str]:
+  return [sys.executable, 'train.py', '--config', 'configs/r18.py:demo', '--workdir',
+          str(workdir), *as_flags(tiny_overrides(root, steps))]
+
+
+def final_params(workdir: Path):
+  from bisenet_jax.checkpoint import restore_model
+  return restore_model(workdir)[1]
+
+
+def test_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
+  steps = 9
+  straight = subprocess.run(train_command(tmp_path / 'data', tmp_path / 'a', steps), cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
+  assert straight.returncode == 0, straight.stderr[-2000:]
+
+  killed = subprocess.Popen(train_command(tmp_path / 'data', tmp_path / 'b', steps), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  first_checkpoint = tmp_path / 'b' / 'checkpoints' / '3' / 'commit_success.txt'
+  deadline = time.time() + 300
+  while not first_checkpoint.exists() and killed.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  killed.send_signal(signal.SIGKILL)
+  killed.wait()
+  assert killed.returncode == -signal.SIGKILL, 'the run ended before it could be killed'
+  assert not (tmp_path / 'b' / 'checkpoints' / str(steps)).exists()
+
+  resumed = subprocess.run(train_command(tmp_path / 'data', tmp_path / 'b', steps), cwd=ROOT,
+                           capture_output=True, text=True, timeout=600)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert 'resumed from' in resumed.stderr + resumed.stdout
+
+  loss = lambda d: [(r['step'], r['loss']) for r in read_rows(d) if 'loss' in r]
+  assert loss(tmp_path / 'b') == loss(tmp_path / 'a')  # Every step's loss, bit for bit.
+  same = jax.tree_util.tree_map(lambda x, y: bool(np.array_equal(x, y)),
+                                final_params(tmp_path / 'a'), final_params(tmp_path / 'b'))
+  assert all(jax.tree_util.tree_leaves(same))
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+  process = subprocess.Popen(train_command(tmp_path / 'data', tmp_path / 'run', 500), cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  metrics = tmp_path / 'run' / 'metrics.jsonl'
+  deadline = time.time() + 300
+  while not (metrics.exists() and metrics.read_text().count('\n') >= 2) and time.time() < deadline:
+    time.sleep(0.05)
+  process.send_signal(signal.SIGTERM)
+  output, _ = process.communicate(timeout=300)
+  assert process.returncode == 0, output[-2000:]
+  assert 'stopping at step' in output
+  steps = [int(p.name) for p in (tmp_path / 'run' / 'checkpoints').iterdir() if p.name.isdigit()]
+  assert max(steps) == read_rows(tmp_path / 'run')[-1]['step'] < 500
+
+
+EIGHT_VS_ONE = r'''
+import json, jax, numpy as np
+from bisenet_jax import models
+from bisenet_jax.train import optim, state as state_lib, step as step_lib
+model = models.build_model('bisenetv1_r18', dropout_rate=0.1)
+schedule = optim.poly_warmup_schedule()  # The reference schedule: its first, warming-up steps.
+tx = optim.make_optimizer(schedule)
+# Diverse images whose labels follow from the pixels. Near-identical images would make the BNs on
+# 1x1 pooled maps divide by a variance close to zero, and random labels make the stem gradient a
+# sum of cancelling terms: either way float rounding alone (even re-ordering the batch on one
+# device) would move the result by more than the tolerance.
+rng = np.random.default_rng(0)
+def batch():
+  image = rng.standard_normal((8, 64, 64, 3), dtype=np.float32)
+  label = np.clip((image[..., 0] + 2) * 19 / 4, 0, 18).astype(np.uint8)
+  return {'image': image, 'label': label}
+batches = [batch() for _ in range(3)]
+results = {}
+for n in (1, 8):
+  mesh = state_lib.make_mesh(jax.devices()[:n])
+  state = state_lib.create_train_state(model, tx, jax.random.key(0), mesh)
+  step = step_lib.jit_train_step(mesh, learning_rate_fn=schedule, dropout_seed=0)
+  losses = []
+  for batch in batches:
+    state, metrics = step(state, batch)
+    losses.append(float(metrics['loss']))
+  results[n] = (losses, jax.device_get(state.params), jax.device_get(state.batch_stats))
+diff = lambda a, b: max(float(np.max(np.abs(x - y))) for x, y in
+                        zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+print(json.dumps({'devices': jax.device_count(), 'losses': [results[1][0], results[8][0]],
+                  'params': diff(results[1][1], results[8][1]),
+                  'stats': diff(results[1][2], results[8][2])}))
+'''
+
+
+def test_eight_devices_train_like_one():
+  result = run_cli('-c', EIGHT_VS_ONE,
+                   env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
+  assert result.returncode == 0, result.stderr[-2000:]
+  out = json.loads(result.stdout.strip().splitlines()[-1])
+  assert out['devices'] == 8
+  np.testing.assert_allclose(out['losses'][0], out['losses'][1], rtol=1e-5)
+  assert out['params'] < 1e-5 and out['stats'] < 1e-5, out
+
+
+def test_batch_size_that_devices_do_not_divide_is_refused():
+  config = config_lib.get_config('bisenetv1_r18', 'demo')
+  config.batch_size = 12
+  with pytest.raises(UserError, match='not divisible by the 8 devices'):
+    loop.check_config(config, types.SimpleNamespace(size=8))
+
+
+def test_missing_data_root_names_the_layout_and_the_demo(tmp_path):
+  result = run_cli('train.py', '--config', 'configs/r18.py', '--workdir', str(tmp_path / 'w'),
+                   f'--config.data.root={tmp_path / "nowhere"}')
+  assert result.returncode == 2
+  message = result.stderr.strip().splitlines()[-1]
+  assert 'leftImg8bit' in message and 'configs/r18.py:demo' in message
+  assert not (tmp_path / 'w').exists()
+
+
+def test_config_typo_fails(tmp_path):
+  result = run_cli('train.py', '--config', 'configs/r18.py:demo', '--config.batch_szie=4')
+  assert result.returncode != 0 and 'batch_szie' in result.stderr
+
+
+def test_imagenet_file_matching_nothing_is_refused_before_training(tmp_path):
+  import torch
+  torch.save({'state_dict': {'head.weight': torch.zeros(3)}}, tmp_path / 'bad.pth')
+  config = tiny_config(tmp_path / 'data', 2, **{'init.backbone': str(tmp_path / 'bad.pth')})
+  with pytest.raises(UserError, match='matches no key'):
+    loop.train_and_evaluate(config, tmp_path / 'run')
+  assert not (tmp_path / 'run' / 'checkpoints' / '2').exists()
+
+
+def test_diverging_loss_stops_with_the_last_good_checkpoint(tmp_path):
+  config = tiny_config(tmp_path / 'data', 9, **{'optimizer.base_lr': 1e30,
+                                                'optimizer.warmup_steps': 0})
+  with pytest.raises(loop.TrainingDiverged, match='loss became'):
+    loop.train_and_evaluate(config, tmp_path / 'run')
+  rows = read_rows(tmp_path / 'run')
+  saved = [int(p.name) for p in (tmp_path / 'run' / 'checkpoints').glob('[0-9]*')]
+  assert all(step < len(rows) + 1 for step in saved)
+  for step in saved:
+    assert all(np.isfinite(r['loss']) for r in rows if r['step'] <= step)

@@ -1,0 +1,281 @@
+"""Tests of bisenet_jax.data.transforms against the reference semantics (REFERENCE.md 5.3, 5.4)."""
+
+import cv2
+import numpy as np
+import pytest
+
+from bisenet_jax.data import transforms as T
+
+
+class ScriptedRng:
+  """Stands in for np.random.Generator: returns scripted values and records every call."""
+
+  def __init__(self, integers=(), uniform=(), random=()):
+    self.values = {'integers': list(integers), 'uniform': list(uniform), 'random': list(random)}
+    self.calls = []
+
+  def _next(self, method, *args):
+    self.calls.append((method, *args))
+    return self.values[method].pop(0)
+
+  def integers(self, *args):
+    return self._next('integers', *args)
+
+  def uniform(self, *args):
+    return self._next('uniform', *args)
+
+  def random(self):
+    return self._next('random')
+
+
+def frame(height, width, seed=0):
+  rng = np.random.default_rng(seed)
+  return {'image': rng.integers(0, 256, (height, width, 3), dtype=np.uint8),
+          'label': rng.integers(0, 19, (height, width), dtype=np.uint8)}
+
+
+# --- resize ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('scale, size', [(0.7, (716, 1432)), (1.37, (1402, 2804))])
+def test_resize_sizes_on_a_full_frame(scale, size):
+  sample = {'image': np.zeros((1024, 2048, 3), np.uint8), 'label': np.zeros((1024, 2048), np.uint8)}
+  out = T.resize_keep_ratio(sample, (2048, 1024), scale)
+  assert out['image'].shape == size + (3,)
+  assert out['label'].shape == size
+
+
+def test_resize_is_a_no_op_at_the_base_size():
+  sample = frame(1024, 2048)
+  assert T.resize_keep_ratio(sample, (2048, 1024), 1.0) is sample
+
+
+def test_resize_label_is_nearest_with_floor_index_and_image_is_bilinear():
+  # A 40x100 frame fitted into (70, 28): sf = min(70/100, 28/40) = 0.7 -> 70x28.
+  image = frame(40, 100)['image']
+  row_ids = np.repeat(np.arange(40, dtype=np.uint8)[:, None], 100, axis=1)
+  col_ids = np.repeat(np.arange(100, dtype=np.uint8)[None, :], 40, axis=0)
+  rows, cols = np.arange(28) * 40 // 28, np.arange(70) * 100 // 70
+  for label in (row_ids, col_ids):
+    out = T.resize_keep_ratio({'image': image, 'label': label, 'name': 'x'}, (70, 28))
+    np.testing.assert_array_equal(out['label'], label[rows][:, cols])
+    assert out['name'] == 'x'
+  bilinear = cv2.resize(image, (70, 28), interpolation=cv2.INTER_LINEAR)
+  np.testing.assert_array_equal(out['image'], bilinear)
+
+
+def test_resize_without_label_resizes_the_image_only():
+  out = T.resize_keep_ratio({'image': frame(20, 40)['image']}, (80, 40))
+  assert out.keys() == {'image'} and out['image'].shape == (40, 80, 3)
+
+
+def test_random_resize_draws_the_scale_uniformly():
+  sample = frame(64, 128)
+  rng = ScriptedRng(random=[0.2])
+  out = T.random_resize(sample, rng, (128, 64), (0.5, 2.0))
+  expected = T.resize_keep_ratio(sample, (128, 64), 0.2 * 1.5 + 0.5)
+  assert rng.calls == [('random',)]
+  np.testing.assert_array_equal(out['image'], expected['image'])
+  assert out['image'].shape == (51, 102, 3)  # target (102, 51) for s = 0.8
+
+
+# --- crop -----------------------------------------------------------------------------------
+
+def striped(height=100, width=50):
+  """Class 0 on rows 0..89, class 1 on rows 90..99."""
+  label = np.zeros((height, width), np.uint8)
+  label[90:] = 1
+  return {'image': frame(height, width)['image'], 'label': label}
+
+
+def test_crop_retries_until_no_class_reaches_the_max_ratio():
+  sample = striped()
+  # tops: 0 (one class), 75 (exactly 0.75: rejected, the rule is "< 0.75"), 80 (accepted).
+  rng = ScriptedRng(integers=[0, 0, 75, 0, 80, 0, 5, 0])
+  out = T.random_crop(sample, rng, (20, 50))
+  assert rng.calls == [('integers', 0, 81), ('integers', 0, 1)] * 3
+  np.testing.assert_array_equal(out['label'], sample['label'][80:100])
+  np.testing.assert_array_equal(out['image'], sample['image'][80:100])
+
+
+def test_crop_keeps_the_tenth_crop_and_ignores_the_ignore_label():
+  sample = striped()
+  sample['label'][:, :20] = 255  # class 0 plus ignore is still one class
+  tops = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
+  rng = ScriptedRng(integers=[v for top in tops for v in (top, 0)])
+  out = T.random_crop(sample, rng, (20, 50))
+  assert len(rng.calls) == 20
+  np.testing.assert_array_equal(out['label'], sample['label'][9:29])
+
+
+def test_crop_without_labelled_pixels_returns_the_sample_uncropped():
+  sample = {'image': frame(30, 40)['image'], 'label': np.full((30, 40), 255, np.uint8)}
+  rng = ScriptedRng(integers=[0] * 20)
+  assert T.random_crop(sample, rng, (10, 10)) is sample
+  assert len(rng.calls) == 20
+
+
+def test_crop_is_clamped_to_a_smaller_frame():
+  sample = frame(16, 64)
+  rng = ScriptedRng(integers=[0, 7])
+  out = T.random_crop(sample, rng, (32, 32))
+  assert rng.calls == [('integers', 0, 1), ('integers', 0, 33)]
+  np.testing.assert_array_equal(out['label'], sample['label'][:, 7:39])
+
+
+# --- flip -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('draw, flipped', [(0.5, True), (0.1, True), (0.51, False)])
+def test_flip_unless_draw_exceeds_prob(draw, flipped):
+  sample = frame(4, 6)
+  out = T.random_flip(sample, ScriptedRng(random=[draw]), prob=0.5)
+  expected_image = sample['image'][:, ::-1] if flipped else sample['image']
+  expected_label = sample['label'][:, ::-1] if flipped else sample['label']
+  np.testing.assert_array_equal(out['image'], expected_image)
+  np.testing.assert_array_equal(out['label'], expected_label)
+
+
+# --- photometric distortion -----------------------------------------------------------------
+
+def reference_photometric_distortion(bgr, rng):
+  """The reference PhotoMetricDistortion as written: BGR data, RGB<->HSV flags, np.random -> rng."""
+  def convert(image, alpha=1, beta=0):
+    return np.clip(image.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+
+  def brightness(image):
+    return convert(image, beta=rng.uniform(-32, 32)) if rng.integers(2) else image
+
+  def contrast(image):
+    return convert(image, alpha=rng.uniform(0.5, 1.5)) if rng.integers(2) else image
+
+  def saturation(image):
+    if not rng.integers(2):
+      return image
+    image = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+    image[..., 1] = convert(image[..., 1], alpha=rng.uniform(0.5, 1.5))
+    return cv2.cvtColor(image, cv2.COLOR_HSV2RGB)
+
+  def hue(image):
+    if not rng.integers(2):
+      return image
+    image = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+    image[..., 0] = (image[..., 0].astype(int) + rng.integers(-18, 18)) % 180
+    return cv2.cvtColor(image, cv2.COLOR_HSV2RGB)
+
+  image = brightness(bgr)
+  mode = rng.integers(2)
+  if mode == 1:
+    image = contrast(image)
+  image = saturation(image)
+  image = hue(image)
+  if mode == 0:
+    image = contrast(image)
+  return image
+
+
+def test_photometric_matches_the_reference_on_bgr_data_bit_for_bit():
+  rgb = frame(24, 32)['image']
+  for seed in range(64):  # enough seeds to take every branch
+    out = T.photometric_distortion(rgb, np.random.default_rng(seed))
+    bgr = rgb[..., ::-1].copy()
+    reference = reference_photometric_distortion(bgr, np.random.default_rng(seed))
+    np.testing.assert_array_equal(out, reference[..., ::-1])
+  # The flags matter: converting the RGB array with the RGB flags would measure hue differently.
+  naive = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
+  assert not np.array_equal(naive, cv2.cvtColor(rgb, cv2.COLOR_BGR2HSV))
+
+
+def test_photometric_draw_order_with_contrast_last():
+  rng = ScriptedRng(integers=[1, 0, 1, 1, 5, 1], uniform=[3.0, 1.2, 0.8])
+  T.photometric_distortion(frame(4, 4)['image'], rng)
+  assert rng.calls == [
+      ('integers', 2), ('uniform', -32, 32),  # a. brightness
+      ('integers', 2),  # b. mode 0
+      ('integers', 2), ('uniform', 0.5, 1.5),  # d. saturation
+      ('integers', 2), ('integers', -18, 18),  # e. hue, upper bound exclusive
+      ('integers', 2), ('uniform', 0.5, 1.5),  # f. contrast (mode 0)
+  ]
+
+
+def test_photometric_draw_order_with_contrast_first():
+  rng = ScriptedRng(integers=[0, 1, 1, 0, 0], uniform=[0.7])
+  image = frame(4, 4)['image']
+  out = T.photometric_distortion(image, rng)
+  assert rng.calls == [('integers', 2), ('integers', 2), ('integers', 2), ('uniform', 0.5, 1.5),
+                       ('integers', 2), ('integers', 2)]
+  np.testing.assert_array_equal(out, (image.astype(np.float32) * np.float32(0.7)).astype(np.uint8))
+
+
+@pytest.mark.parametrize('beta, value, expected', [(0.99, 10, 10), (-0.5, 10, 9), (40.0, 250, 255),
+                                                   (-20.0, 5, 0)])
+def test_photometric_truncates_and_clips(beta, value, expected):
+  image = np.full((2, 2, 3), value, np.uint8)
+  out = T.photometric_distortion(image, ScriptedRng(integers=[1, 0, 0, 0, 0], uniform=[beta]))
+  assert (out == expected).all()
+
+
+def test_photometric_returns_the_input_when_nothing_fires():
+  image = frame(4, 4)['image']
+  assert T.photometric_distortion(image, ScriptedRng(integers=[0, 0, 0, 0, 0])) is image
+
+
+# --- normalize and pad ----------------------------------------------------------------------
+
+def test_normalize_values_and_float_arithmetic():
+  image = frame(16, 16)['image']
+  out = T.normalize(image)
+  mean, std = np.array(T.MEAN_RGB), np.array(T.STD_RGB)
+  # OpenCV subtracts in float32 and multiplies in float64: bit-exact with this formula.
+  exact = ((image.astype(np.float32) - mean.astype(np.float32)).astype(np.float64) * (1 / std))
+  assert out.dtype == np.float32 and out.shape == (16, 16, 3)
+  np.testing.assert_array_equal(out, exact.astype(np.float32))
+  np.testing.assert_allclose(out, (image - mean) / std, rtol=0, atol=1e-6)
+
+
+def test_normalize_channel_order_is_rgb():
+  red = np.zeros((1, 1, 3), np.uint8)
+  red[..., 0] = 255
+  expected = [(255 - 123.675) / 58.395, -116.28 / 57.12, -103.53 / 57.375]
+  np.testing.assert_allclose(T.normalize(red)[0, 0], expected, rtol=1e-6)
+
+
+def test_center_pad_700_gives_162_162_with_fills():
+  sample = {'image': np.ones((700, 6, 3), np.float32), 'label': np.zeros((700, 6), np.uint8)}
+  out = T.center_pad(sample, (1024, 8))
+  assert out['image'].shape == (1024, 8, 3) and out['label'].shape == (1024, 8)
+  assert (out['image'][162:862, 1:7] == 1).all() and (out['label'][162:862, 1:7] == 0).all()
+  assert out['image'].sum() == 700 * 6 * 3  # everything else is 0.0
+  assert (out['label'][:162] == 255).all() and (out['label'][862:] == 255).all()
+  assert (out['label'][:, 0] == 255).all() and (out['label'][:, 7] == 255).all()
+
+
+def test_center_pad_odd_remainder_goes_to_the_bottom_and_longer_sides_are_centre_cropped():
+  label = np.arange(11 * 9, dtype=np.uint8).reshape(11, 9)
+  out = T.center_pad({'image': np.zeros((11, 9, 3), np.float32), 'label': label}, (14, 5))
+  # rows: top = (14 - 11) // 2 = 1, bottom 2; cols: left = (5 - 9) // 2 = -2, i.e. drop 2 and 2.
+  np.testing.assert_array_equal(out['label'][1:12], label[:, 2:7])
+  assert (out['label'][0] == 255).all() and (out['label'][12:] == 255).all()
+
+
+# --- compositions ---------------------------------------------------------------------------
+
+def test_train_transform_shapes_types_and_determinism():
+  sample = frame(128, 256)
+  kwargs = dict(crop_size=(96, 80), base_size=(256, 128), scale_range=(0.5, 2.0))
+  out = T.train_transform(sample, np.random.default_rng(1), **kwargs)
+  again = T.train_transform(sample, np.random.default_rng(1), **kwargs)
+  assert out.keys() == {'image', 'label'}
+  assert out['image'].shape == (96, 80, 3) and out['image'].dtype == np.float32
+  assert out['label'].shape == (96, 80) and out['label'].dtype == np.uint8
+  assert set(np.unique(out['label'])) <= set(range(19)) | {255}
+  np.testing.assert_array_equal(out['image'], again['image'])
+  np.testing.assert_array_equal(out['label'], again['label'])
+
+
+def test_eval_transform_keeps_the_label_at_its_original_size():
+  sample = frame(20, 40)
+  out = T.eval_transform(sample, base_size=(80, 40))
+  assert out['image'].shape == (40, 80, 3) and out['image'].dtype == np.float32
+  assert out['label'] is sample['label']
+  full = frame(1024, 2048)
+  np.testing.assert_array_equal(T.eval_transform(full, base_size=(2048, 1024))['image'],
+                                T.normalize(full['image']))
