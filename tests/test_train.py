@@ -156,22 +156,17 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
 
 
 EIGHT_VS_ONE = r'''
-import json, jax, numpy as np
+import json, sys, jax, numpy as np
+dtype = sys.argv[1]
+jax.config.update('jax_enable_x64', dtype == 'float64')
 from bisenet_jax import models
 from bisenet_jax.train import optim, state as state_lib, step as step_lib
-model = models.build_model('bisenetv1_r18', dropout_rate=0.1)
+model = models.build_model('bisenetv1_r18', dropout_rate=0.1, dtype=dtype, param_dtype=dtype)
 schedule = optim.poly_warmup_schedule()  # The reference schedule: its first, warming-up steps.
 tx = optim.make_optimizer(schedule)
-# Diverse images whose labels follow from the pixels. Near-identical images would make the BNs on
-# 1x1 pooled maps divide by a variance close to zero, and random labels make the stem gradient a
-# sum of cancelling terms: either way float rounding alone (even re-ordering the batch on one
-# device) would move the result by more than the tolerance.
 rng = np.random.default_rng(0)
-def batch():
-  image = rng.standard_normal((8, 64, 64, 3), dtype=np.float32)
-  label = np.clip((image[..., 0] + 2) * 19 / 4, 0, 18).astype(np.uint8)
-  return {'image': image, 'label': label}
-batches = [batch() for _ in range(3)]
+batches = [{'image': rng.standard_normal((8, 64, 64, 3)).astype(dtype),
+            'label': rng.integers(0, 19, (8, 64, 64)).astype(np.uint8)} for _ in range(3)]
 results = {}
 for n in (1, 8):
   mesh = state_lib.make_mesh(jax.devices()[:n])
@@ -190,14 +185,29 @@ print(json.dumps({'devices': jax.device_count(), 'losses': [results[1][0], resul
 '''
 
 
-def test_eight_devices_train_like_one():
-  result = run_cli('-c', EIGHT_VS_ONE,
+def eight_vs_one(dtype: str) -> dict:
+  result = run_cli('-c', EIGHT_VS_ONE, dtype,
                    env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
   assert result.returncode == 0, result.stderr[-2000:]
   out = json.loads(result.stdout.strip().splitlines()[-1])
   assert out['devices'] == 8
+  return out
+
+
+def test_eight_devices_train_exactly_like_one():
+  """Sharding changes nothing but the order of float additions: in float64, 3 steps agree."""
+  out = eight_vs_one('float64')
   np.testing.assert_allclose(out['losses'][0], out['losses'][1], rtol=1e-5)
   assert out['params'] < 1e-5 and out['stats'] < 1e-5, out
+
+
+def test_eight_devices_train_like_one_in_float32():
+  """In float32 the stem's gradient (convs feeding train-mode BNs: a sum over every pixel minus
+  its mean) cancels heavily, so rounding alone moves it by ~0.5% (re-ordering the batch on one
+  device does too); the losses still agree to 1e-5 and parameters to a few 1e-4."""
+  out = eight_vs_one('float32')
+  np.testing.assert_allclose(out['losses'][0], out['losses'][1], rtol=1e-5)
+  assert out['params'] < 1e-3 and out['stats'] < 1e-3, out
 
 
 def test_batch_size_that_devices_do_not_divide_is_refused():

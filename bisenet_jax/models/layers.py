@@ -21,6 +21,11 @@ Dtype = Any
 ModuleDef = Any
 
 
+def at_least_float32(dtype: Dtype) -> Dtype:
+  """The dtype for statistics and losses: float32 for bf16/fp16/fp32 inputs, float64 for float64."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
 def torch_uniform(fan_in: int) -> Callable:
   """PyTorch's default Conv2d init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), for kernels and biases."""
   bound = 1.0 / math.sqrt(fan_in)
@@ -68,8 +73,9 @@ class BatchNorm(nn.Module):
     features = x.shape[-1]
     scale = self.param('scale', nn.initializers.ones, (features,), self.param_dtype)
     bias = self.param('bias', nn.initializers.zeros, (features,), self.param_dtype)
-    running_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,), jnp.float32)
-    running_var = self.variable('batch_stats', 'var', jnp.ones, (features,), jnp.float32)
+    stats_dtype = at_least_float32(self.param_dtype)
+    running_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,), stats_dtype)
+    running_var = self.variable('batch_stats', 'var', jnp.ones, (features,), stats_dtype)
 
     if train:
       mean, var, count = self._batch_moments(x)
@@ -81,15 +87,15 @@ class BatchNorm(nn.Module):
       mean, var = running_mean.value, running_var.value
 
     # Fold normalisation and affine into one multiply-add per element.
-    multiplier = scale.astype(jnp.float32) * jax.lax.rsqrt(var + self.epsilon)
-    offset = bias.astype(jnp.float32) - mean * multiplier
+    multiplier = scale.astype(mean.dtype) * jax.lax.rsqrt(var + self.epsilon)
+    offset = bias.astype(mean.dtype) - mean * multiplier
     return x * multiplier.astype(self.dtype) + offset.astype(self.dtype)
 
   def _batch_moments(self, x: jax.Array) -> tuple[jax.Array, jax.Array, int]:
-    """Per-channel mean and biased variance over every axis but the last, in float32."""
+    """Per-channel mean and biased variance over every axis but the last, in >= float32."""
     axes = tuple(range(x.ndim - 1))
     count = math.prod(x.shape[:-1])
-    xf = x.astype(jnp.float32)
+    xf = x.astype(at_least_float32(x.dtype))
     mean = jnp.mean(xf, axes)
     mean_sq = jnp.mean(jnp.square(xf), axes)
     if self.axis_name is not None:

@@ -63,12 +63,11 @@ def demo_config(arch: str) -> ml_collections.ConfigDict:
   config.data.scale_range = (0.75, 1.5)
   config.data.worker_count = 0
   config.batch_size = 8
-  config.total_steps = 240
-  config.optimizer.base_lr = 0.05
-  config.optimizer.warmup_steps = 20
+  config.total_steps = 120
+  config.optimizer.warmup_steps = 10
   config.log_every_steps = 10
-  config.checkpoint_every_steps = 60
-  config.eval_every_steps = 120
+  config.checkpoint_every_steps = 40
+  config.eval_every_steps = 60
   config.eval_batch_per_device = 4
   return config
 

@@ -271,6 +271,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         batch = {k: jax.make_array_from_process_local_data(state_lib.batch_sharded(mesh), v)
                  for k, v in batch.items()}
         state, metrics = train_step(state, batch)
+        if pending:  # Keep one step in flight, so the bar shows real progress and img/s.
+          jax.block_until_ready(pending[-1])
         pending.append(metrics)
         step += 1
         bar.update()

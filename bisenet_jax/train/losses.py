@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bisenet_jax.models.layers import resize_bilinear
+from bisenet_jax.models.layers import at_least_float32, resize_bilinear
 
 LOSS_NAMES = ('loss_cls', 'loss_aux1', 'loss_aux2')
 
@@ -41,7 +41,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, ignore_label: int = 255)
   # Ignored pixels get a placeholder class 0; `where` (not a multiply) then drops their loss and
   # gives them an exactly zero gradient.
   per_pixel = optax.softmax_cross_entropy_with_integer_labels(
-      logits.astype(jnp.float32), jnp.where(valid, labels, 0))
+      logits.astype(at_least_float32(logits.dtype)), jnp.where(valid, labels, 0))
   return jnp.sum(jnp.where(valid, per_pixel, 0.0)) / jnp.sum(valid)
 
 
@@ -65,7 +65,7 @@ def segmentation_losses(outputs: Sequence[jax.Array], labels: jax.Array,
   for name, logits in zip(LOSS_NAMES, outputs, strict=True):
     # Upsample in float32: resize_bilinear interpolates in the input's dtype, and bf16 would
     # round the interpolation weights themselves.
-    upsampled = resize_bilinear(logits.astype(jnp.float32), size)
+    upsampled = resize_bilinear(logits.astype(at_least_float32(logits.dtype)), size)
     losses[name] = cross_entropy(upsampled, labels, ignore_label)
   losses['loss'] = sum(losses.values())
   return losses
