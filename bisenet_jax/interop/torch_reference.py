@@ -35,335 +35,360 @@ from torch import nn
 # Per-variant widths (REFERENCE.md 1.1): spatial-path widths S0..S3, context widths C0..C2,
 # FFM output / main-head width F, aux-head feature width A.
 ARCHS = {
-    'r18': dict(depth=18, spatial=(64, 64, 64, 128), context=(128, 256, 512), ffm_out=256, aux=64),
-    'r50': dict(depth=50, spatial=(256, 256, 256, 512), context=(512, 1024, 2048), ffm_out=1024,
-                aux=256),
+  'r18': dict(depth=18, spatial=(64, 64, 64, 128), context=(128, 256, 512), ffm_out=256, aux=64),
+  'r50': dict(
+    depth=50, spatial=(256, 256, 256, 512), context=(512, 1024, 2048), ffm_out=1024, aux=256
+  ),
 }
 
 # Names of the activations returned by `FCNBiSeNetV1.forward_features`, in forward order.
-FEATURE_NAMES = ('stem', 'maxpool', 'layer1', 'layer2', 'layer3', 'layer4', 'gap_conv', 'arm32',
-                 'c16', 'arm16', 'c8', 'spatial', 'ffm', 'logits')
+FEATURE_NAMES = (
+  'stem',
+  'maxpool',
+  'layer1',
+  'layer2',
+  'layer3',
+  'layer4',
+  'gap_conv',
+  'arm32',
+  'c16',
+  'arm16',
+  'c8',
+  'spatial',
+  'ffm',
+  'logits',
+)
 
 
 def conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Sequential:
-    """Conv (no bias, padding kernel // 2) -> BN -> ReLU, keys `.0` and `.1`."""
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(),
-    )
+  """Conv (no bias, padding kernel // 2) -> BN -> ReLU, keys `.0` and `.1`."""
+  return nn.Sequential(
+    nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False),
+    nn.BatchNorm2d(cout),
+    nn.ReLU(),
+  )
 
 
 # --------------------------------------------------------------------------------------------
 # ResNet (REFERENCE.md 1.3)
 # --------------------------------------------------------------------------------------------
 
+
 def _shortcut(cin: int, cout: int, stride: int) -> Optional[nn.Sequential]:
-    """The projection shortcut (1x1 conv with the block's stride, then BN), or None for identity."""
-    if stride == 1 and cin == cout:
-        return None
-    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+  """The projection shortcut (1x1 conv with the block's stride, then BN), or None for identity."""
+  if stride == 1 and cin == cout:
+    return None
+  return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convs; the stride sits on the first. `downsample` is registered last."""
+  """Two 3x3 convs; the stride sits on the first. `downsample` is registered last."""
 
-    expansion = 1
+  expansion = 1
 
-    def __init__(self, cin: int, planes: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU()
-        self.downsample = _shortcut(cin, planes, stride)
+  def __init__(self, cin: int, planes: int, stride: int):
+    super().__init__()
+    self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+    self.bn1 = nn.BatchNorm2d(planes)
+    self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+    self.bn2 = nn.BatchNorm2d(planes)
+    self.relu = nn.ReLU()
+    self.downsample = _shortcut(cin, planes, stride)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    identity = x if self.downsample is None else self.downsample(x)
+    out = self.relu(self.bn1(self.conv1(x)))
+    out = self.bn2(self.conv2(out))
+    return self.relu(out + identity)
 
 
 class Bottleneck(nn.Module):
-    """1x1 -> 3x3 (stride here, 'pytorch' style) -> 1x1 x4. `downsample` is registered first."""
+  """1x1 -> 3x3 (stride here, 'pytorch' style) -> 1x1 x4. `downsample` is registered first."""
 
-    expansion = 4
+  expansion = 4
 
-    def __init__(self, cin: int, planes: int, stride: int):
-        super().__init__()
-        self.downsample = _shortcut(cin, planes * self.expansion, stride)
-        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.relu = nn.ReLU()
+  def __init__(self, cin: int, planes: int, stride: int):
+    super().__init__()
+    self.downsample = _shortcut(cin, planes * self.expansion, stride)
+    self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+    self.bn1 = nn.BatchNorm2d(planes)
+    self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+    self.bn2 = nn.BatchNorm2d(planes)
+    self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
+    self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+    self.relu = nn.ReLU()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    identity = x if self.downsample is None else self.downsample(x)
+    out = self.relu(self.bn1(self.conv1(x)))
+    out = self.relu(self.bn2(self.conv2(out)))
+    out = self.bn3(self.conv3(out))
+    return self.relu(out + identity)
 
 
 RESNET_SPECS = {
-    18: (BasicBlock, (2, 2, 2, 2)),
-    34: (BasicBlock, (3, 4, 6, 3)),
-    50: (Bottleneck, (3, 4, 6, 3)),
-    101: (Bottleneck, (3, 4, 23, 3)),
+  18: (BasicBlock, (2, 2, 2, 2)),
+  34: (BasicBlock, (3, 4, 6, 3)),
+  50: (Bottleneck, (3, 4, 6, 3)),
+  101: (Bottleneck, (3, 4, 23, 3)),
 }
 
 
 def _deep_stem() -> nn.Sequential:
-    """v1c stem: three 3x3 Conv-BN-ReLU (3->32 s2, 32->32, 32->64), keys stem.0 .. stem.8."""
-    return nn.Sequential(
-        *conv_bn_relu(3, 32, 3, 2), *conv_bn_relu(32, 32, 3), *conv_bn_relu(32, 64, 3))
+  """v1c stem: three 3x3 Conv-BN-ReLU (3->32 s2, 32->32, 32->64), keys stem.0 .. stem.8."""
+  return nn.Sequential(
+    *conv_bn_relu(3, 32, 3, 2), *conv_bn_relu(32, 32, 3), *conv_bn_relu(32, 64, 3)
+  )
 
 
 class ResNet(nn.Module):
-    """ResNet with output stride 32 returning all four stages (x4, x8, x16, x32).
+  """ResNet with output stride 32 returning all four stages (x4, x8, x16, x32).
 
-    stem='deep' is ResNet-v1c (keys `stem.*`, as in the context path); stem='classic' is the
-    torchvision 7x7 stem (keys `conv1`, `bn1`). No classifier: see `imagenet_state_dict`.
-    """
+  stem='deep' is ResNet-v1c (keys `stem.*`, as in the context path); stem='classic' is the
+  torchvision 7x7 stem (keys `conv1`, `bn1`). No classifier: see `imagenet_state_dict`.
+  """
 
-    def __init__(self, depth: int, stem: str = 'deep'):
-        super().__init__()
-        if stem not in ('deep', 'classic'):
-            raise ValueError(f"stem must be 'deep' or 'classic', got {stem!r}")
-        block, num_blocks = RESNET_SPECS[depth]
-        if stem == 'deep':
-            self.stem = _deep_stem()
-        else:
-            self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-            self.bn1 = nn.BatchNorm2d(64)
-            self.relu = nn.ReLU()
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
-        cin = 64
-        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), num_blocks)):
-            stride = 1 if i == 0 else 2
-            blocks = []
-            for j in range(n):
-                blocks.append(block(cin, planes, stride if j == 0 else 1))
-                cin = planes * block.expansion
-            self.add_module(f'layer{i + 1}', nn.Sequential(*blocks))
-        self.out_channels = cin
+  def __init__(self, depth: int, stem: str = 'deep'):
+    super().__init__()
+    if stem not in ('deep', 'classic'):
+      raise ValueError(f"stem must be 'deep' or 'classic', got {stem!r}")
+    block, num_blocks = RESNET_SPECS[depth]
+    if stem == 'deep':
+      self.stem = _deep_stem()
+    else:
+      self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+      self.bn1 = nn.BatchNorm2d(64)
+      self.relu = nn.ReLU()
+    self.maxpool = nn.MaxPool2d(3, 2, 1)
+    cin = 64
+    for i, (planes, n) in enumerate(zip((64, 128, 256, 512), num_blocks)):
+      stride = 1 if i == 0 else 2
+      blocks = []
+      for j in range(n):
+        blocks.append(block(cin, planes, stride if j == 0 else 1))
+        cin = planes * block.expansion
+      self.add_module(f'layer{i + 1}', nn.Sequential(*blocks))
+    self.out_channels = cin
 
-    def _stem(self, x: torch.Tensor) -> torch.Tensor:
-        if hasattr(self, 'stem'):
-            return self.stem(x)
-        return self.relu(self.bn1(self.conv1(x)))
+  def _stem(self, x: torch.Tensor) -> torch.Tensor:
+    if hasattr(self, 'stem'):
+      return self.stem(x)
+    return self.relu(self.bn1(self.conv1(x)))
 
-    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Activations 'stem' (before max-pool), 'maxpool', 'layer1' .. 'layer4'."""
-        feats = {'stem': self._stem(x)}
-        feats['maxpool'] = out = self.maxpool(feats['stem'])
-        for i in range(1, 5):
-            feats[f'layer{i}'] = out = getattr(self, f'layer{i}')(out)
-        return feats
+  def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Activations 'stem' (before max-pool), 'maxpool', 'layer1' .. 'layer4'."""
+    feats = {'stem': self._stem(x)}
+    feats['maxpool'] = out = self.maxpool(feats['stem'])
+    for i in range(1, 5):
+      feats[f'layer{i}'] = out = getattr(self, f'layer{i}')(out)
+    return feats
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        feats = self.forward_features(x)
-        return tuple(feats[f'layer{i}'] for i in range(1, 5))
+  def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    feats = self.forward_features(x)
+    return tuple(feats[f'layer{i}'] for i in range(1, 5))
 
 
 def resnet_v1c(depth: int) -> ResNet:
-    """The deep-stem ResNet used as BiSeNetV1's context backbone."""
-    return ResNet(depth, stem='deep')
+  """The deep-stem ResNet used as BiSeNetV1's context backbone."""
+  return ResNet(depth, stem='deep')
 
 
 # --------------------------------------------------------------------------------------------
 # BiSeNetV1 (REFERENCE.md 1.4 - 1.6)
 # --------------------------------------------------------------------------------------------
 
+
 class SpatialPath(nn.Module):
-    """Four Conv-BN-ReLU layers: 7x7/s2, 3x3/s2, 3x3/s2, 1x1/s1 (output stride 8)."""
+  """Four Conv-BN-ReLU layers: 7x7/s2, 3x3/s2, 3x3/s2, 1x1/s1 (output stride 8)."""
 
-    def __init__(self, widths: tuple[int, int, int, int]):
-        super().__init__()
-        s0, s1, s2, s3 = widths
-        self.layer1 = conv_bn_relu(3, s0, 7, 2)
-        self.layer2 = conv_bn_relu(s0, s1, 3, 2)
-        self.layer3 = conv_bn_relu(s1, s2, 3, 2)
-        self.layer4 = conv_bn_relu(s2, s3, 1, 1)
+  def __init__(self, widths: tuple[int, int, int, int]):
+    super().__init__()
+    s0, s1, s2, s3 = widths
+    self.layer1 = conv_bn_relu(3, s0, 7, 2)
+    self.layer2 = conv_bn_relu(s0, s1, 3, 2)
+    self.layer3 = conv_bn_relu(s1, s2, 3, 2)
+    self.layer4 = conv_bn_relu(s2, s3, 1, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
 class AttentionRefinementModule(nn.Module):
-    """y = Conv-BN-ReLU(x); out = y * Sigmoid(BN(conv1x1(GAP(y)))). No ReLU before the Sigmoid."""
+  """y = Conv-BN-ReLU(x); out = y * Sigmoid(BN(conv1x1(GAP(y)))). No ReLU before the Sigmoid."""
 
-    def __init__(self, cin: int, cout: int):
-        super().__init__()
-        self.conv_layer = conv_bn_relu(cin, cout, 3)
-        self.atten_conv_layer = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1),
-            nn.Conv2d(cout, cout, 1, bias=False),
-            nn.BatchNorm2d(cout),
-            nn.Sigmoid(),
-        )
+  def __init__(self, cin: int, cout: int):
+    super().__init__()
+    self.conv_layer = conv_bn_relu(cin, cout, 3)
+    self.atten_conv_layer = nn.Sequential(
+      nn.AdaptiveAvgPool2d(1),
+      nn.Conv2d(cout, cout, 1, bias=False),
+      nn.BatchNorm2d(cout),
+      nn.Sigmoid(),
+    )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv_layer(x)
-        return y * self.atten_conv_layer(y)
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    y = self.conv_layer(x)
+    return y * self.atten_conv_layer(y)
 
 
 class ContextPath(nn.Module):
-    """ResNet-v1c plus two ARMs, a global-context branch and two 3x3 heads; returns (c8, c16)."""
+  """ResNet-v1c plus two ARMs, a global-context branch and two 3x3 heads; returns (c8, c16)."""
 
-    def __init__(self, depth: int, widths: tuple[int, int, int]):
-        super().__init__()
-        c0, c1, c2 = widths
-        self.backbone_net = resnet_v1c(depth)
-        self.arm16 = AttentionRefinementModule(c1, c0)
-        self.arm32 = AttentionRefinementModule(c2, c0)
-        self.conv_head32 = conv_bn_relu(c0, c0, 3)
-        self.conv_head16 = conv_bn_relu(c0, c0, 3)
-        self.gap_conv = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1),
-            nn.Conv2d(c2, c0, 1, bias=False),
-            nn.BatchNorm2d(c0),
-            nn.ReLU(),
-        )
+  def __init__(self, depth: int, widths: tuple[int, int, int]):
+    super().__init__()
+    c0, c1, c2 = widths
+    self.backbone_net = resnet_v1c(depth)
+    self.arm16 = AttentionRefinementModule(c1, c0)
+    self.arm32 = AttentionRefinementModule(c2, c0)
+    self.conv_head32 = conv_bn_relu(c0, c0, 3)
+    self.conv_head16 = conv_bn_relu(c0, c0, 3)
+    self.gap_conv = nn.Sequential(
+      nn.AdaptiveAvgPool2d(1),
+      nn.Conv2d(c2, c0, 1, bias=False),
+      nn.BatchNorm2d(c0),
+      nn.ReLU(),
+    )
 
-    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """ResNet activations plus 'gap_conv', 'arm32', 'c16', 'arm16', 'c8'.
+  def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """ResNet activations plus 'gap_conv', 'arm32', 'c16', 'arm16', 'c8'.
 
-        'arm32' / 'arm16' are the ARM outputs before the broadcast add of 'gap_conv' / 'c16'.
-        """
-        feats = self.backbone_net.forward_features(x)
-        x16, x32 = feats['layer3'], feats['layer4']
-        feats['gap_conv'] = self.gap_conv(x32)
-        feats['arm32'] = self.arm32(x32)
-        up32 = _nearest(feats['arm32'] + feats['gap_conv'], size=x16.shape[2:])
-        feats['c16'] = self.conv_head32(up32)
-        feats['arm16'] = self.arm16(x16)
-        up16 = _nearest(feats['arm16'] + feats['c16'], size=feats['layer2'].shape[2:])
-        feats['c8'] = self.conv_head16(up16)
-        return feats
+    'arm32' / 'arm16' are the ARM outputs before the broadcast add of 'gap_conv' / 'c16'.
+    """
+    feats = self.backbone_net.forward_features(x)
+    x16, x32 = feats['layer3'], feats['layer4']
+    feats['gap_conv'] = self.gap_conv(x32)
+    feats['arm32'] = self.arm32(x32)
+    up32 = _nearest(feats['arm32'] + feats['gap_conv'], size=x16.shape[2:])
+    feats['c16'] = self.conv_head32(up32)
+    feats['arm16'] = self.arm16(x16)
+    up16 = _nearest(feats['arm16'] + feats['c16'], size=feats['layer2'].shape[2:])
+    feats['c8'] = self.conv_head16(up16)
+    return feats
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = self.forward_features(x)
-        return feats['c8'], feats['c16']
+  def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    feats = self.forward_features(x)
+    return feats['c8'], feats['c16']
 
 
 def _nearest(x: torch.Tensor, size: torch.Size) -> torch.Tensor:
-    """PyTorch legacy nearest resize (src = floor(dst * in / out)) to an explicit size."""
-    return F.interpolate(x, size=tuple(size), mode='nearest')
+  """PyTorch legacy nearest resize (src = floor(dst * in / out)) to an explicit size."""
+  return F.interpolate(x, size=tuple(size), mode='nearest')
 
 
 class FeatureFusionModule(nn.Module):
-    """f = Conv-BN-ReLU(concat[spatial, context]); a = Sigmoid(ReLU(BN(conv(GAP(f))))); f*a + f."""
+  """f = Conv-BN-ReLU(concat[spatial, context]); a = Sigmoid(ReLU(BN(conv(GAP(f))))); f*a + f."""
 
-    def __init__(self, cin: int, cout: int):
-        super().__init__()
-        self.conv1 = conv_bn_relu(cin, cout, 1)
-        self.gap = nn.AdaptiveAvgPool2d(1)
-        self.conv_atten = nn.Sequential(
-            nn.Conv2d(cout, cout, 1, bias=False),
-            nn.BatchNorm2d(cout),
-            nn.ReLU(),
-            nn.Sigmoid(),
-        )
+  def __init__(self, cin: int, cout: int):
+    super().__init__()
+    self.conv1 = conv_bn_relu(cin, cout, 1)
+    self.gap = nn.AdaptiveAvgPool2d(1)
+    self.conv_atten = nn.Sequential(
+      nn.Conv2d(cout, cout, 1, bias=False),
+      nn.BatchNorm2d(cout),
+      nn.ReLU(),
+      nn.Sigmoid(),
+    )
 
-    def forward(self, spatial: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        f = self.conv1(torch.cat([spatial, context], dim=1))
-        a = self.conv_atten(self.gap(f))
-        return f * a + f
+  def forward(self, spatial: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    f = self.conv1(torch.cat([spatial, context], dim=1))
+    a = self.conv_atten(self.gap(f))
+    return f * a + f
 
 
 class BiSeNetV1(nn.Module):
-    """Context path + spatial path + FFM; forward returns (c8, c16, ffm_out)."""
+  """Context path + spatial path + FFM; forward returns (c8, c16, ffm_out)."""
 
-    def __init__(self, depth: int, spatial_widths: tuple[int, ...], context_widths: tuple[int, ...],
-                 out_channels: int):
-        super().__init__()
-        self.context_path = ContextPath(depth, context_widths)
-        self.spatial_path = SpatialPath(spatial_widths)
-        self.ffm = FeatureFusionModule(spatial_widths[-1] + context_widths[0], out_channels)
+  def __init__(
+    self,
+    depth: int,
+    spatial_widths: tuple[int, ...],
+    context_widths: tuple[int, ...],
+    out_channels: int,
+  ):
+    super().__init__()
+    self.context_path = ContextPath(depth, context_widths)
+    self.spatial_path = SpatialPath(spatial_widths)
+    self.ffm = FeatureFusionModule(spatial_widths[-1] + context_widths[0], out_channels)
 
-    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Context-path activations plus 'spatial' and 'ffm'."""
-        feats = self.context_path.forward_features(x)
-        feats['spatial'] = self.spatial_path(x)
-        feats['ffm'] = self.ffm(feats['spatial'], feats['c8'])
-        return feats
+  def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Context-path activations plus 'spatial' and 'ffm'."""
+    feats = self.context_path.forward_features(x)
+    feats['spatial'] = self.spatial_path(x)
+    feats['ffm'] = self.ffm(feats['spatial'], feats['c8'])
+    return feats
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        feats = self.forward_features(x)
-        return feats['c8'], feats['c16'], feats['ffm']
+  def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    feats = self.forward_features(x)
+    return feats['c8'], feats['c16'], feats['ffm']
 
 
 # --------------------------------------------------------------------------------------------
 # Segmentor (REFERENCE.md 1.7)
 # --------------------------------------------------------------------------------------------
 
+
 def fcn_head(cin: int, width: int, num_classes: int, dropout: float) -> nn.Sequential:
-    """conv3x3 (no bias) -> BN -> ReLU -> Dropout2d -> conv1x1 with bias, keys .0 .1 .4."""
-    return nn.Sequential(
-        nn.Conv2d(cin, width, 3, 1, 1, bias=False),
-        nn.BatchNorm2d(width),
-        nn.ReLU(),
-        nn.Dropout2d(dropout),
-        nn.Conv2d(width, num_classes, 1),
-    )
+  """conv3x3 (no bias) -> BN -> ReLU -> Dropout2d -> conv1x1 with bias, keys .0 .1 .4."""
+  return nn.Sequential(
+    nn.Conv2d(cin, width, 3, 1, 1, bias=False),
+    nn.BatchNorm2d(width),
+    nn.ReLU(),
+    nn.Dropout2d(dropout),
+    nn.Conv2d(width, num_classes, 1),
+  )
 
 
 class FCNBiSeNetV1(nn.Module):
-    """The FCN segmentor: BiSeNetV1 backbone, main head on the FFM output, aux heads on c8, c16.
+  """The FCN segmentor: BiSeNetV1 backbone, main head on the FFM output, aux heads on c8, c16.
 
-    forward(x) in eval mode returns the main logits (N, K, ceil(H/8), ceil(W/8)) and skips the
-    aux heads. In train mode it returns (logits, aux8, aux16) at strides 8, 8 and 16; nothing is
-    upsampled (that, and the losses, belong to the task, not the model).
+  forward(x) in eval mode returns the main logits (N, K, ceil(H/8), ceil(W/8)) and skips the
+  aux heads. In train mode it returns (logits, aux8, aux16) at strides 8, 8 and 16; nothing is
+  upsampled (that, and the losses, belong to the task, not the model).
+  """
+
+  def __init__(self, arch: str, num_classes: int = 19, dropout: float = 0.1):
+    super().__init__()
+    cfg = ARCHS[arch]
+    c0, ffm_out = cfg['context'][0], cfg['ffm_out']
+    self.backbone_net = BiSeNetV1(cfg['depth'], cfg['spatial'], cfg['context'], ffm_out)
+    self.decoder = fcn_head(ffm_out, ffm_out, num_classes, dropout)
+    self.auxiliary_decoder = nn.ModuleList(
+      [fcn_head(c0, cfg['aux'], num_classes, dropout) for _ in range(2)]
+    )
+
+  def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Named activations (NCHW) for per-block parity checks, keyed by FEATURE_NAMES:
+
+    'stem'      after the deep stem's last ReLU, before max-pool   (stride 2, 64 ch)
+    'maxpool'   after the 3x3/s2 max-pool                          (stride 4)
+    'layer1'..'layer4'  ResNet stage outputs x4, x8, x16, x32
+    'gap_conv'  global-context branch on x32                       (N, C0, 1, 1)
+    'arm32'     arm32(x32), before adding 'gap_conv'                (stride 32)
+    'c16'       conv_head32 output (aux 1 input)                    (stride 16)
+    'arm16'     arm16(x16), before adding 'c16'                     (stride 16)
+    'c8'        conv_head16 output (aux 0 input)                    (stride 8)
+    'spatial'   spatial-path output                                (stride 8, S3 ch)
+    'ffm'       feature-fusion output (main head input)            (stride 8)
+    'logits'    main head output                                   (stride 8, K ch)
     """
+    feats = self.backbone_net.forward_features(x)
+    feats['logits'] = self.decoder(feats['ffm'])
+    return feats
 
-    def __init__(self, arch: str, num_classes: int = 19, dropout: float = 0.1):
-        super().__init__()
-        cfg = ARCHS[arch]
-        c0, ffm_out = cfg['context'][0], cfg['ffm_out']
-        self.backbone_net = BiSeNetV1(cfg['depth'], cfg['spatial'], cfg['context'], ffm_out)
-        self.decoder = fcn_head(ffm_out, ffm_out, num_classes, dropout)
-        self.auxiliary_decoder = nn.ModuleList(
-            [fcn_head(c0, cfg['aux'], num_classes, dropout) for _ in range(2)])
-
-    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Named activations (NCHW) for per-block parity checks, keyed by FEATURE_NAMES:
-
-        'stem'      after the deep stem's last ReLU, before max-pool   (stride 2, 64 ch)
-        'maxpool'   after the 3x3/s2 max-pool                          (stride 4)
-        'layer1'..'layer4'  ResNet stage outputs x4, x8, x16, x32
-        'gap_conv'  global-context branch on x32                       (N, C0, 1, 1)
-        'arm32'     arm32(x32), before adding 'gap_conv'                (stride 32)
-        'c16'       conv_head32 output (aux 1 input)                    (stride 16)
-        'arm16'     arm16(x16), before adding 'c16'                     (stride 16)
-        'c8'        conv_head16 output (aux 0 input)                    (stride 8)
-        'spatial'   spatial-path output                                (stride 8, S3 ch)
-        'ffm'       feature-fusion output (main head input)            (stride 8)
-        'logits'    main head output                                   (stride 8, K ch)
-        """
-        feats = self.backbone_net.forward_features(x)
-        feats['logits'] = self.decoder(feats['ffm'])
-        return feats
-
-    def forward(self, x: torch.Tensor):
-        feats = self.forward_features(x)
-        if not self.training:
-            return feats['logits']
-        aux8 = self.auxiliary_decoder[0](feats['c8'])
-        aux16 = self.auxiliary_decoder[1](feats['c16'])
-        return feats['logits'], aux8, aux16
+  def forward(self, x: torch.Tensor):
+    feats = self.forward_features(x)
+    if not self.training:
+      return feats['logits']
+    aux8 = self.auxiliary_decoder[0](feats['c8'])
+    aux16 = self.auxiliary_decoder[1](feats['c16'])
+    return feats['logits'], aux8, aux16
 
 
 def build_reference(arch: str, num_classes: int = 19, dropout: float = 0.1) -> FCNBiSeNetV1:
-    """The official segmentor for arch 'r18' or 'r50', with PyTorch's default initialisation."""
-    if arch not in ARCHS:
-        raise ValueError(f'arch must be one of {sorted(ARCHS)}, got {arch!r}')
-    return FCNBiSeNetV1(arch, num_classes, dropout)
+  """The official segmentor for arch 'r18' or 'r50', with PyTorch's default initialisation."""
+  if arch not in ARCHS:
+    raise ValueError(f'arch must be one of {sorted(ARCHS)}, got {arch!r}')
+  return FCNBiSeNetV1(arch, num_classes, dropout)
 
 
 # --------------------------------------------------------------------------------------------
@@ -378,110 +403,110 @@ WEIGHT_GAIN = 1.1
 
 
 def _uniform(shape, low: float, high: float, gen: torch.Generator) -> torch.Tensor:
-    return torch.empty(shape).uniform_(low, high, generator=gen)
+  return torch.empty(shape).uniform_(low, high, generator=gen)
 
 
 def _randomize_weight_(module: nn.Module, gen: torch.Generator) -> None:
-    """Conv / Linear: weight N(0, std) with std = WEIGHT_GAIN / sqrt(fan_in); bias U(-0.2, 0.2)."""
-    weight = module.weight
-    fan_in = weight[0].numel()
-    std = WEIGHT_GAIN / math.sqrt(fan_in)
-    weight.copy_(torch.empty(weight.shape).normal_(0.0, std, generator=gen))
-    if module.bias is not None:
-        module.bias.copy_(_uniform(module.bias.shape, -0.2, 0.2, gen))
+  """Conv / Linear: weight N(0, std) with std = WEIGHT_GAIN / sqrt(fan_in); bias U(-0.2, 0.2)."""
+  weight = module.weight
+  fan_in = weight[0].numel()
+  std = WEIGHT_GAIN / math.sqrt(fan_in)
+  weight.copy_(torch.empty(weight.shape).normal_(0.0, std, generator=gen))
+  if module.bias is not None:
+    module.bias.copy_(_uniform(module.bias.shape, -0.2, 0.2, gen))
 
 
 def _randomize_bn_(bn: nn.BatchNorm2d, gen: torch.Generator) -> None:
-    n = bn.num_features
-    bn.weight.copy_(_uniform(n, 0.5, 1.5, gen))
-    bn.bias.copy_(_uniform(n, -0.2, 0.2, gen))
-    bn.running_mean.copy_(_uniform(n, -0.2, 0.2, gen))
-    bn.running_var.copy_(_uniform(n, 0.5, 2.0, gen))
-    bn.num_batches_tracked.fill_(int(torch.randint(1, 1000, (), generator=gen)))
+  n = bn.num_features
+  bn.weight.copy_(_uniform(n, 0.5, 1.5, gen))
+  bn.bias.copy_(_uniform(n, -0.2, 0.2, gen))
+  bn.running_mean.copy_(_uniform(n, -0.2, 0.2, gen))
+  bn.running_var.copy_(_uniform(n, 0.5, 2.0, gen))
+  bn.num_batches_tracked.fill_(int(torch.randint(1, 1000, (), generator=gen)))
 
 
 @torch.no_grad()
 def randomize_(model: nn.Module, seed: int) -> nn.Module:
-    """Fill every parameter and buffer of `model` deterministically (in place) and return it.
+  """Fill every parameter and buffer of `model` deterministically (in place) and return it.
 
-    Raises TypeError on a module type with its own tensors that this function does not know,
-    so no tensor can silently keep its default value.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)):
-            _randomize_weight_(module, gen)
-        elif isinstance(module, nn.BatchNorm2d):
-            _randomize_bn_(module, gen)
-        elif list(module.parameters(recurse=False)) or list(module.buffers(recurse=False)):
-            raise TypeError(f'randomize_ does not handle {type(module).__name__} at {name!r}')
-    return model
+  Raises TypeError on a module type with its own tensors that this function does not know,
+  so no tensor can silently keep its default value.
+  """
+  gen = torch.Generator().manual_seed(seed)
+  for name, module in model.named_modules():
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+      _randomize_weight_(module, gen)
+    elif isinstance(module, nn.BatchNorm2d):
+      _randomize_bn_(module, gen)
+    elif list(module.parameters(recurse=False)) or list(module.buffers(recurse=False)):
+      raise TypeError(f'randomize_ does not handle {type(module).__name__} at {name!r}')
+  return model
 
 
-def imagenet_state_dict(depth: int, stem: str = 'deep', with_fc: bool = True,
-                        seed: int = 0) -> OrderedDict:
-    """A random bare-ResNet state dict shaped like an ImageNet file.
+def imagenet_state_dict(
+  depth: int, stem: str = 'deep', with_fc: bool = True, seed: int = 0
+) -> OrderedDict:
+  """A random bare-ResNet state dict shaped like an ImageNet file.
 
-    stem='deep' mimics the OpenMMLab v1c files the reference loads (keys `stem.*`); stem='classic'
-    mimics torchvision's (keys `conv1`, `bn1`). With `with_fc`, the 1000-class classifier
-    `fc.weight` (1000, C) and `fc.bias` (1000,) are appended, as in the real files.
-    """
-    resnet = randomize_(ResNet(depth, stem), seed)
-    state = resnet.state_dict()
-    if with_fc:
-        fc = randomize_(nn.Linear(resnet.out_channels, 1000), seed + 1)
-        state['fc.weight'] = fc.weight.detach()
-        state['fc.bias'] = fc.bias.detach()
-    return state
+  stem='deep' mimics the OpenMMLab v1c files the reference loads (keys `stem.*`); stem='classic'
+  mimics torchvision's (keys `conv1`, `bn1`). With `with_fc`, the 1000-class classifier
+  `fc.weight` (1000, C) and `fc.bias` (1000,) are appended, as in the real files.
+  """
+  resnet = randomize_(ResNet(depth, stem), seed)
+  state = resnet.state_dict()
+  if with_fc:
+    fc = randomize_(nn.Linear(resnet.out_channels, 1000), seed + 1)
+    state['fc.weight'] = fc.weight.detach()
+    state['fc.bias'] = fc.bias.detach()
+  return state
 
 
 def _sgd_state(model: nn.Module) -> dict:
-    """SGD state dict (REFERENCE.md 2) after one step, taken on copies so `model` is untouched."""
-    params = [p.detach().clone().requires_grad_(True) for p in model.parameters()]
-    optimizer = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
-    for p in params:
-        p.grad = torch.full_like(p, 1e-3)
-    optimizer.step()
-    return optimizer.state_dict()
+  """SGD state dict (REFERENCE.md 2) after one step, taken on copies so `model` is untouched."""
+  params = [p.detach().clone().requires_grad_(True) for p in model.parameters()]
+  optimizer = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
+  for p in params:
+    p.grad = torch.full_like(p, 1e-3)
+  optimizer.step()
+  return optimizer.state_dict()
 
 
 def save_official_checkpoint(model: nn.Module, path, kind: str = 'full') -> None:
-    """Write `model` as sssegmentation would, with torch.save.
+  """Write `model` as sssegmentation would, with torch.save.
 
-    kind='full':   the training checkpoint {'cur_epoch': 860, 'cur_iter': 159960,
-                   'optimizer': SGD state dict, 'model': state_dict}.
-    kind='bare':   the state dict alone.
-    kind='module': the state dict alone with every key prefixed by 'module.' (a DDP-wrapped save).
-    """
-    state = model.state_dict()
-    if kind == 'full':
-        payload = {'cur_epoch': 860, 'cur_iter': 159960, 'optimizer': _sgd_state(model),
-                   'model': state}
-    elif kind == 'bare':
-        payload = state
-    elif kind == 'module':
-        payload = OrderedDict((f'module.{k}', v) for k, v in state.items())
-    else:
-        raise ValueError(f"kind must be 'full', 'bare' or 'module', got {kind!r}")
-    torch.save(payload, path)
+  kind='full':   the training checkpoint {'cur_epoch': 860, 'cur_iter': 159960,
+                 'optimizer': SGD state dict, 'model': state_dict}.
+  kind='bare':   the state dict alone.
+  kind='module': the state dict alone with every key prefixed by 'module.' (a DDP-wrapped save).
+  """
+  state = model.state_dict()
+  if kind == 'full':
+    payload = {'cur_epoch': 860, 'cur_iter': 159960, 'optimizer': _sgd_state(model), 'model': state}
+  elif kind == 'bare':
+    payload = state
+  elif kind == 'module':
+    payload = OrderedDict((f'module.{k}', v) for k, v in state.items())
+  else:
+    raise ValueError(f"kind must be 'full', 'bare' or 'module', got {kind!r}")
+  torch.save(payload, path)
 
 
 def read_key_list(path) -> tuple[list[tuple[str, tuple[int, ...]]], int]:
-    """Parse a key-list file: header '<n_keys> params <n_params>', then 'key (d0, d1, ...)' lines.
+  """Parse a key-list file: header '<n_keys> params <n_params>', then 'key (d0, d1, ...)' lines.
 
-    Returns ([(key, shape), ...] in file order, n_params). Raises ValueError if the number of
-    key lines disagrees with the header.
-    """
-    with open(path) as f:
-        header, *lines = [line.strip() for line in f if line.strip()]
-    n_keys, word, n_params = header.split()
-    if word != 'params':
-        raise ValueError(f'{path}: unexpected header {header!r}')
-    entries = []
-    for line in lines:
-        key, shape = line.split(' ', 1)
-        dims = shape.strip('()').replace(' ', '').split(',')
-        entries.append((key, tuple(int(d) for d in dims if d)))
-    if len(entries) != int(n_keys):
-        raise ValueError(f'{path}: header says {n_keys} keys, found {len(entries)}')
-    return entries, int(n_params)
+  Returns ([(key, shape), ...] in file order, n_params). Raises ValueError if the number of
+  key lines disagrees with the header.
+  """
+  with open(path) as f:
+    header, *lines = [line.strip() for line in f if line.strip()]
+  n_keys, word, n_params = header.split()
+  if word != 'params':
+    raise ValueError(f'{path}: unexpected header {header!r}')
+  entries = []
+  for line in lines:
+    key, shape = line.split(' ', 1)
+    dims = shape.strip('()').replace(' ', '').split(',')
+    entries.append((key, tuple(int(d) for d in dims if d)))
+  if len(entries) != int(n_keys):
+    raise ValueError(f'{path}: header says {n_keys} keys, found {len(entries)}')
+  return entries, int(n_params)
