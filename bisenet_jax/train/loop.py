@@ -144,10 +144,10 @@ class MetricsLog:
   def __init__(self, workdir: Path, resume_step: int):
     self.enabled = jax.process_index() == 0
     self.path = workdir / METRICS_FILE
-    if not self.enabled:
-      return
-    self._drop_rows_after(resume_step)
-    self.tensorboard = tensorboardX.SummaryWriter(str(workdir / 'tensorboard'))
+    self.tensorboard_dir = workdir / 'tensorboard'
+    self.tensorboard = None  # Opened at the first write: a run that fails early leaves no file.
+    if self.enabled:
+      self._drop_rows_after(resume_step)
 
   def _drop_rows_after(self, step: int) -> None:
     """A resumed run recomputes the steps after its checkpoint: forget their old rows."""
@@ -162,13 +162,15 @@ class MetricsLog:
       return
     with self.path.open('a') as f:
       f.write(json.dumps({'step': step, **values}) + '\n')
+    if self.tensorboard is None:
+      self.tensorboard = tensorboardX.SummaryWriter(str(self.tensorboard_dir))
     for name, value in values.items():
       if isinstance(value, (int, float)) and math.isfinite(value):
         self.tensorboard.add_scalar(name, value, step)
     self.tensorboard.flush()
 
   def close(self) -> None:
-    if self.enabled:
+    if self.tensorboard is not None:
       self.tensorboard.close()
 
 
