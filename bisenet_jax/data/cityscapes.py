@@ -34,7 +34,7 @@ LABEL_ID_TO_TRAIN_ID[TRAIN_ID_TO_LABEL_ID] = np.arange(NUM_CLASSES)
 
 _IMAGE_SUFFIX = '_leftImg8bit.png'
 _LABEL_SUFFIX = '_gtFine_labelIds.png'
-_DEMO_HINT = 'for a quick try without Cityscapes use --config configs/r18.py:demo'
+_DEMO_HINT = 'to try the project without Cityscapes: python train.py --config configs/r18.py:demo'
 
 
 class CityscapesFolder:

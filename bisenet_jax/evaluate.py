@@ -1,0 +1,284 @@
+"""Evaluates a checkpoint on Cityscapes: per-class IoU, mIoU and pixel accuracy.
+
+  python -m bisenet_jax.evaluate --checkpoint fcn_bisenetv1_resnet18os32_cityscapes.pth \
+      --data-root /data/cityscapes --output results.json
+
+The defaults are the reference protocol (REFERENCE.md §6): the val split, each image whole at
+full resolution, the stride-8 logits upsampled bilinearly to the label size, argmax, one
+confusion matrix over the whole split (19 classes, ignored pixels dropped) and mIoU as the mean
+of the defined class IoUs. ``--mode slide``, ``--flip`` and ``--scales`` switch to sliding
+windows and test-time augmentation. The checkpoint may be an official ``.pth`` (converted in
+memory; needs torch), a folder written by ``convert/ssseg_to_flax.py`` or a training workdir;
+the architecture comes from the checkpoint.
+
+The split is sharded over every device (``--batch-size`` images per device per step). With
+``--output`` the scores go to a JSON file, written only once evaluation has succeeded.
+``--save-predictions DIR`` writes one labelId PNG per image as the official cityscapesscripts
+evaluation and the test server expect. Sizes on the command line are WIDTHxHEIGHT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import jax
+import numpy as np
+
+from bisenet_jax import checkpoint
+from bisenet_jax.cli import user_errors_exit
+from bisenet_jax.data import cityscapes
+from bisenet_jax.errors import UserError
+from bisenet_jax.eval import evaluator, inference, metrics
+from bisenet_jax.train.state import make_mesh
+
+# Predictions are named after their input image, as the test server asks; the official
+# evaluation finds them by globbing '<city>_<seq>_<frame>*.png', which that name matches.
+PREDICTION_SUFFIX = '_leftImg8bit.png'
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+  """The flags that choose how logits are computed, shared with ``bisenet_jax.predict``."""
+  group = parser.add_argument_group('inference (default: one whole-image forward pass)')
+  group.add_argument('--mode', choices=inference.MODES, default='whole',
+                     help="'whole': the full image in one pass (the reference protocol); "
+                     "'slide': average logits over a grid of --crop windows.")
+  group.add_argument('--crop', metavar='WxH', help="window size for --mode slide, e.g. 1024x1024")
+  group.add_argument('--stride', metavar='WxH',
+                     help='step between windows for --mode slide, e.g. 768x768')
+  group.add_argument('--flip', action='store_true',
+                     help='also run each image mirrored left-right and average the logits')
+  group.add_argument('--scales', default='1.0', metavar='S1,S2,...',
+                     help='image scale factors whose logits are averaged, e.g. '
+                     '0.75,1.0,1.25,1.5,1.75 (default: 1.0)')
+
+
+def inference_options(args: argparse.Namespace) -> evaluator.InferenceOptions:
+  """Validates the inference flags; ``InferenceOptions`` takes sizes as (height, width)."""
+  if args.mode == 'slide' and not (args.crop and args.stride):
+    raise UserError('--mode slide needs --crop and --stride, '
+                    'e.g. --crop 1024x1024 --stride 768x768')
+  if args.mode == 'whole' and (args.crop or args.stride):
+    raise UserError('--crop and --stride only apply to --mode slide')
+  crop, stride = _height_width(args.crop, '--crop'), _height_width(args.stride, '--stride')
+  if crop and (stride[0] > crop[0] or stride[1] > crop[1]):
+    raise UserError(f'--stride {args.stride} is larger than --crop {args.crop}: '
+                    'the windows would leave pixels uncovered')
+  return evaluator.InferenceOptions(mode=args.mode, crop_size=crop, stride=stride,
+                                    flip=args.flip, scales=parse_scales(args.scales))
+
+
+def parse_size(text: str, flag: str) -> tuple[int, int]:
+  """'WIDTHxHEIGHT' -> (width, height), both positive."""
+  try:
+    width, height = (int(part) for part in text.lower().split('x'))
+  except ValueError:
+    width = height = 0
+  if width <= 0 or height <= 0:
+    raise UserError(f'{flag} {text!r} is not a size: write WIDTHxHEIGHT, e.g. 2048x1024')
+  return width, height
+
+
+def _height_width(text: str | None, flag: str) -> tuple[int, int] | None:
+  return None if text is None else parse_size(text, flag)[::-1]
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+  """'0.75,1.0,1.25' -> (0.75, 1.0, 1.25); every scale must be a positive finite number."""
+  try:
+    scales = tuple(float(part) for part in text.split(','))
+  except ValueError:
+    scales = ()
+  if not scales or not all(math.isfinite(s) and s > 0 for s in scales):
+    raise UserError(f'--scales {text!r} is not a list of positive numbers: '
+                    'write e.g. 0.75,1.0,1.25')
+  return scales
+
+
+def load_cityscapes_model(path: str):
+  """``load_pretrained`` that insists on the 19 Cityscapes classes: ``(model, variables)``."""
+  model, variables = checkpoint.load_pretrained(path)
+  if model.num_classes != cityscapes.NUM_CLASSES:
+    raise UserError(f'checkpoint {path} has {model.num_classes} classes, Cityscapes has '
+                    f'{cityscapes.NUM_CLASSES}: use a Cityscapes checkpoint')
+  return model, variables
+
+
+def prediction_writer(directory: Path) -> Callable[[dict, np.ndarray], None]:
+  """An ``on_batch`` hook writing ``<dir>/<city>/<city>_<seq>_<frame>_leftImg8bit.png``.
+
+  Each file is a single-channel uint8 PNG of Cityscapes labelIds (the 19 trainIds mapped back
+  with ``TRAIN_ID_TO_LABEL_ID``), which is what cityscapesscripts' evaluation and the test
+  server read.
+  """
+
+  def write(batch: dict, predictions: np.ndarray) -> None:
+    names = [name for name, valid in zip(batch['name'], batch['valid']) if valid]
+    for name, labels in zip(names, predictions):
+      path = directory / f'{name}{PREDICTION_SUFFIX}'
+      path.parent.mkdir(parents=True, exist_ok=True)
+      if not cv2.imwrite(str(path), cityscapes.TRAIN_ID_TO_LABEL_ID[labels]):
+        raise UserError(f'Cannot write {path}: check that the folder is writable')
+
+  return write
+
+
+class SteadyThroughput:
+  """An ``on_batch`` hook timing every batch after the first, i.e. without compilation."""
+
+  def __init__(self):
+    self.first_done, self.images = None, 0
+
+  def __call__(self, batch: dict, predictions: np.ndarray) -> None:
+    if self.first_done is None:
+      self.first_done = time.perf_counter()
+    else:
+      self.images += len(predictions) * jax.process_count()
+
+  def images_per_second(self) -> float | None:
+    """None when there was a single batch (nothing to time after the compilation)."""
+    if not self.images:
+      return None
+    return self.images / (time.perf_counter() - self.first_done)
+
+
+def results_record(scores: dict, args: argparse.Namespace,
+                   options: evaluator.InferenceOptions) -> dict:
+  """The JSON content: scores as fractions (NaN -> null), the protocol and the run's size."""
+  return {
+      'miou': _finite_or_none(scores['miou']),
+      'iou': [_finite_or_none(v) for v in scores['iou']],
+      'class_names': list(cityscapes.CLASS_NAMES),
+      'aacc': _finite_or_none(scores['aacc']),
+      'protocol': {
+          'mode': args.mode, 'crop': args.crop, 'stride': args.stride, 'flip': args.flip,
+          'scales': list(options.scales), 'base_size': args.base_size,
+          'split': args.split,
+      },
+      'checkpoint': str(Path(args.checkpoint).absolute()),
+      'images': scores['images'],
+      'seconds': scores['seconds'],
+      # Rows are ground truth, columns predictions: lets runs be compared or merged exactly.
+      'confusion': scores['confusion'].tolist(),
+  }
+
+
+def _finite_or_none(value: float) -> float | None:
+  return None if math.isnan(value) else float(value)
+
+
+def write_json_atomically(path: Path, content: dict) -> None:
+  """Writes a temporary file next to ``path`` and renames it: never a partial file."""
+  temporary = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+  try:
+    try:
+      with open(temporary, 'w') as f:
+        json.dump(content, f, indent=2)
+        f.write('\n')
+      os.replace(temporary, path)
+    finally:
+      temporary.unlink(missing_ok=True)
+  except OSError as e:
+    raise UserError(f'Cannot write {path} ({e.strerror}): choose a writable --output') from e
+
+
+def _prepare_output(path: str | None) -> Path | None:
+  """Checks the results path before the (long) evaluation, creating its folder."""
+  if path is None:
+    return None
+  path = Path(path)
+  if path.is_dir():
+    raise UserError(f'--output {path} is a folder: give a file name, e.g. {path}/results.json')
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise UserError(f'Cannot create {path.parent} ({e.strerror}): choose another --output') from e
+  return path
+
+
+def _timing_line(scores: dict, steady: float | None) -> str:
+  line = f"{scores['images']} images in {scores['seconds']:.1f} s"
+  if steady is not None:
+    line += f', {steady:.2f} img/s after the first batch (which includes compilation)'
+  return line
+
+
+def describe_protocol(args: argparse.Namespace, devices: int) -> str:
+  mode = ('whole image' if args.mode == 'whole'
+          else f'sliding {args.crop} windows, stride {args.stride}')
+  return (f'protocol: {mode}, scales {args.scales}, flip {"on" if args.flip else "off"}, '
+          f'base size {args.base_size}, split {args.split}, '
+          f'{args.batch_size} image(s) per device on {devices} device(s)')
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(
+      prog='python -m bisenet_jax.evaluate', description=__doc__.splitlines()[0],
+      epilog='Sizes are WIDTHxHEIGHT. Without inference flags this is the reference protocol.')
+  parser.add_argument('--checkpoint', required=True,
+                      help='official .pth, a folder from convert/ssseg_to_flax.py, or a training '
+                      'workdir (its latest checkpoint)')
+  parser.add_argument('--data-root', required=True,
+                      help='Cityscapes root holding leftImg8bit/ and gtFine/')
+  parser.add_argument('--split', default='val', help='split to evaluate (default: val)')
+  parser.add_argument('--batch-size', type=int, default=1,
+                      help='images per device per step (default: 1, as the reference)')
+  parser.add_argument('--base-size', default='2048x1024', metavar='WxH',
+                      help='target of the reference test Resize (keeps the aspect ratio; a '
+                      'no-op for 2048x1024 frames). Default: 2048x1024')
+  parser.add_argument('--output', metavar='FILE',
+                      help='write the scores, protocol and confusion matrix to this JSON file')
+  parser.add_argument('--save-predictions', metavar='DIR',
+                      help='write <city>/<city>_<seq>_<frame>_leftImg8bit.png labelId maps '
+                      'for cityscapesscripts or the Cityscapes test server')
+  add_inference_arguments(parser)
+  return parser.parse_args(argv)
+
+
+@user_errors_exit
+def main(argv=None) -> dict:
+  args = parse_args(argv)
+  options = inference_options(args)
+  base_size = parse_size(args.base_size, '--base-size')
+  if args.batch_size <= 0:
+    raise UserError(f'--batch-size {args.batch_size} must be positive')
+  output = _prepare_output(args.output)
+  source = cityscapes.CityscapesFolder(args.data_root, args.split)
+  model, variables = load_cityscapes_model(args.checkpoint)
+  mesh = make_mesh()
+  print(describe_protocol(args, mesh.size))
+  throughput = SteadyThroughput()
+  hooks = [throughput]
+  if args.save_predictions:
+    hooks.append(prediction_writer(Path(args.save_predictions)))
+
+  def on_batch(batch, labels):
+    for hook in hooks:
+      hook(batch, labels)
+
+  # ssseg evaluates in full fp32 (TF32 off); GPUs would otherwise use TF32 convolutions.
+  with jax.default_matmul_precision('highest'):
+    scores = evaluator.evaluate(model, variables, source, mesh=mesh, base_size=base_size,
+                                options=options, batch_per_device=args.batch_size,
+                                num_classes=cityscapes.NUM_CLASSES, on_batch=on_batch,
+                                progress=sys.stderr.isatty())  # No bar in logs.
+
+  print(metrics.format_table(scores, cityscapes.CLASS_NAMES))
+  print(_timing_line(scores, throughput.images_per_second()))
+  if output is not None and jax.process_index() == 0:  # One file, even on a shared disk.
+    write_json_atomically(output, results_record(scores, args, options))
+    print(f'wrote {output}')
+  if args.save_predictions:
+    print(f'wrote {scores["images"]} prediction(s) to {args.save_predictions}')
+  return scores
+
+
+if __name__ == '__main__':
+  main()

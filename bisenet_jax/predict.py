@@ -1,0 +1,163 @@
+"""Segments images of any size and writes Cityscapes-coloured masks (and overlays).
+
+  python -m bisenet_jax.predict --checkpoint fcn_bisenetv1_resnet18os32_cityscapes.pth \
+      street.jpg photos/ --output masks/ --overlay
+
+INPUTs are image files or folders (searched recursively for *.png, *.jpg, *.jpeg). For each
+image ``<stem>.<ext>`` the output folder receives ``<stem>_mask.png`` (every pixel in the
+``PALETTE`` colour of its predicted class) and, with ``--overlay``, ``<stem>_overlay.png``
+(the image and the mask blended 50/50); images found in a folder keep their sub-folder path
+below it. ``legend.png`` names the colours.
+
+Each image is normalised as in evaluation (``transforms.normalize``) but NOT resized: the model
+sees it at its own size, so objects should appear at roughly Cityscapes scale (a 2048x1024
+street frame) for good results; ``--scales`` runs it at other sizes too. Inference is the
+shared, jitted ``evaluator.make_segment_fn`` on one device with the same flags as
+``bisenet_jax.evaluate``; it compiles once per distinct image size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import cv2
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from bisenet_jax import evaluate
+from bisenet_jax.cli import user_errors_exit
+from bisenet_jax.data import cityscapes, transforms
+from bisenet_jax.errors import UserError
+from bisenet_jax.eval import evaluator
+
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
+LEGEND_NAME = 'legend.png'
+
+
+def find_images(inputs: list[str]) -> list[tuple[Path, Path]]:
+  """``(image file, output stem relative to the output folder)`` for every input image.
+
+  A file is taken whatever its extension (decoding decides); a folder contributes its images
+  below it, in sorted order, keeping their sub-folders so equal names in different places do
+  not collide.
+  """
+  found = []
+  for text in inputs:
+    path = Path(text)
+    if path.is_file():
+      found.append((path, Path(path.stem)))
+    elif path.is_dir():
+      images = sorted(p for p in path.rglob('*')
+                      if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+      if not images:
+        raise UserError(f'No *.png, *.jpg or *.jpeg files under {path}')
+      found.extend((p, p.relative_to(path).with_suffix('')) for p in images)
+    else:
+      raise UserError(f'Input {path} does not exist')
+  _check_unique(found)
+  return found
+
+
+def _check_unique(found: list[tuple[Path, Path]]) -> None:
+  owners = {}
+  for image, stem in found:
+    if stem in owners and owners[stem] != image:
+      raise UserError(f'{owners[stem]} and {image} would both be written as {stem}_mask.png: '
+                      'predict them into different --output folders')
+    owners[stem] = image
+
+
+def read_rgb(path: Path) -> np.ndarray:
+  """Decodes an image file to uint8 [H, W, 3] RGB."""
+  image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+  if image is None:
+    raise UserError(f'Cannot read image {path}: the file is corrupt or not an image')
+  return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def colorize(labels: np.ndarray) -> np.ndarray:
+  """uint8 [H, W] trainIds -> uint8 [H, W, 3] RGB palette colours."""
+  return cityscapes.PALETTE[labels]
+
+
+def blend(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """The image and its colour mask mixed 50/50 (uint8 RGB)."""
+  return cv2.addWeighted(image, 0.5, mask, 0.5, 0.0)
+
+
+def draw_legend(swatch: int = 24, width: int = 220) -> np.ndarray:
+  """uint8 RGB image: one row per class, a colour swatch followed by the class name."""
+  legend = np.full((swatch * cityscapes.NUM_CLASSES, width, 3), 255, np.uint8)
+  for train_id, (name, colour) in enumerate(zip(cityscapes.CLASS_NAMES, cityscapes.PALETTE)):
+    top = train_id * swatch
+    legend[top + 2:top + swatch - 2, 4:4 + swatch] = colour
+    cv2.putText(legend, f'{train_id:2d} {name}', (swatch + 12, top + swatch - 7),
+                cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+  return legend
+
+
+def write_rgb(path: Path, image: np.ndarray) -> None:
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written = cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+  except OSError:
+    written = False
+  if not written:
+    raise UserError(f'Cannot write {path}: check that --output is a writable folder')
+
+
+def predictor(model, variables, options: evaluator.InferenceOptions):
+  """``uint8 [H, W, 3] RGB image -> uint8 [H, W] trainIds`` through the shared inference."""
+  segment = evaluator.make_segment_fn(model, options, cityscapes.NUM_CLASSES)
+  variables = jax.device_put(variables, jax.devices()[0])
+
+  def predict(image: np.ndarray) -> np.ndarray:
+    batch = transforms.normalize(image)[None]
+    return np.asarray(segment(variables, batch, out_size=image.shape[:2]))[0]
+
+  return predict
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(prog='python -m bisenet_jax.predict',
+                                   description=__doc__.splitlines()[0],
+                                   epilog='Sizes are WIDTHxHEIGHT.')
+  parser.add_argument('inputs', nargs='+', metavar='INPUT',
+                      help='image files, or folders searched recursively for .png/.jpg/.jpeg')
+  parser.add_argument('--checkpoint', required=True,
+                      help='official .pth, a folder from convert/ssseg_to_flax.py, or a training '
+                      'workdir (its latest checkpoint)')
+  parser.add_argument('--output', required=True, help='folder for the masks (created if needed)')
+  parser.add_argument('--overlay', action='store_true',
+                      help='also write <stem>_overlay.png, the image blended with its mask')
+  evaluate.add_inference_arguments(parser)
+  return parser.parse_args(argv)
+
+
+@user_errors_exit
+def main(argv=None) -> None:
+  args = parse_args(argv)
+  options = evaluate.inference_options(args)
+  images = find_images(args.inputs)
+  predict = predictor(*evaluate.load_cityscapes_model(args.checkpoint), options)
+
+  output = Path(args.output)
+  write_rgb(output / LEGEND_NAME, draw_legend())
+  bar = tqdm(images, unit='image', desc='predict', leave=False, disable=not sys.stderr.isatty())
+  # Full fp32 as in evaluation (the reference runs with TF32 off).
+  with jax.default_matmul_precision('highest'):
+    for path, stem in bar:
+      image = read_rgb(path)
+      mask = colorize(predict(image))
+      write_rgb(output / f'{stem}_mask.png', mask)
+      if args.overlay:
+        write_rgb(output / f'{stem}_overlay.png', blend(image, mask))
+  print(f'wrote {len(images)} mask(s){" and overlays" if args.overlay else ""} and '
+        f'{LEGEND_NAME} to {output}')
+
+
+if __name__ == '__main__':
+  main()

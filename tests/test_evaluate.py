@@ -1,0 +1,230 @@
+"""End-to-end tests of ``python -m bisenet_jax.evaluate``.
+
+A fake Cityscapes val split (official layout, real labelIds including ignored ids, 64x128
+street scenes in two cities) and an official-format ``.pth`` written by the PyTorch reference
+with random weights go through the command line. Its scores must equal what PyTorch
+predicts on the same files, scored by an independent NumPy confusion matrix; its saved
+predictions must score the same in cityscapesscripts' official evaluation; 8 simulated
+devices must count exactly what 1 device counts; bad input must fail in one line.
+"""
+
+import copy
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as cs_eval
+from cityscapesscripts.helpers.labels import id2label, trainId2label
+
+from bisenet_jax import evaluate
+from bisenet_jax.data.synthetic import draw_street_scene
+from bisenet_jax.interop import torch_reference
+from conftest import run_cli
+
+K = 19
+HEIGHT, WIDTH = 64, 128
+# Five images: with 8 devices x 1 image the only batch has 3 padding rows.
+CITIES = {'aachen': 3, 'bochum': 2}
+MODEL_SEED = 0
+# PyTorch and XLA logits differ by ~1e-5 at most; where PyTorch's top two logits are closer than
+# this, either class is a correct prediction.
+TIE = 1e-4
+# The reference's Normalize (REFERENCE.md 5.3), RGB order.
+MEAN = np.array([123.675, 116.28, 103.53], np.float32)
+STD = np.array([58.395, 57.12, 57.375], np.float32)
+# Independent of the project's tables: cityscapesscripts' labelId -> trainId (ignored: 255 or -1).
+TRAIN_ID_OF_LABEL_ID = np.array([id2label[i].trainId if i in id2label else 255
+                                 for i in range(256)], np.int64)
+LABEL_ID_OF_TRAIN_ID = {t: trainId2label[t].id for t in range(K)}
+
+
+def write_fake_cityscapes(root, split='val'):
+  """Writes street scenes in the official layout; returns (image, GT) files in reading order."""
+  files = []
+  for city_index, (city, count) in enumerate(CITIES.items()):
+    for frame in range(count):
+      stem = f'{city}_000000_{frame + 19:06d}'
+      image, label_ids = draw_street_scene(np.random.default_rng([city_index, frame]),
+                                           HEIGHT, WIDTH)
+      files.append((root / 'leftImg8bit' / split / city / f'{stem}_leftImg8bit.png',
+                    root / 'gtFine' / split / city / f'{stem}_gtFine_labelIds.png'))
+      for path, array in zip(files[-1], (cv2.cvtColor(image, cv2.COLOR_RGB2BGR), label_ids)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        assert cv2.imwrite(str(path), array)
+  return files
+
+
+def torch_predictions(model, image_files):
+  """The reference procedure in PyTorch: (trainId predictions, top-1 minus top-2 logit margin)."""
+  bgr = np.stack([cv2.imread(str(f), cv2.IMREAD_COLOR) for f in image_files])
+  images = (bgr[..., ::-1].astype(np.float32) - MEAN) / STD  # BGR -> RGB, as Normalize does.
+  with torch.no_grad():
+    logits = model.eval()(torch.from_numpy(images).permute(0, 3, 1, 2))
+    logits = F.interpolate(logits, size=(HEIGHT, WIDTH), mode='bilinear', align_corners=False)
+  top2 = logits.topk(2, dim=1).values
+  return logits.argmax(1).numpy(), (top2[:, 0] - top2[:, 1]).numpy()
+
+
+def numpy_iou(preds, label_ids):
+  """Dataset-level IoU per trainId from a NumPy confusion matrix, ignored labels dropped."""
+  train_ids = TRAIN_ID_OF_LABEL_ID[label_ids]
+  keep = train_ids < K
+  confusion = np.bincount(train_ids[keep] * K + preds[keep], minlength=K * K).reshape(K, K)
+  intersect = np.diag(confusion).astype(np.float64)
+  with np.errstate(invalid='ignore'):
+    return intersect / (confusion.sum(0) + confusion.sum(1) - intersect)
+
+
+def read_predictions(directory, gt_files):
+  """The saved labelId PNGs of each GT file, as trainIds."""
+  preds = []
+  for gt_file in gt_files:
+    name = gt_file.name.replace('_gtFine_labelIds.png', '_leftImg8bit.png')
+    label_ids = cv2.imread(str(directory / gt_file.parent.name / name), cv2.IMREAD_UNCHANGED)
+    assert label_ids.dtype == np.uint8 and label_ids.shape == (HEIGHT, WIDTH)
+    preds.append(TRAIN_ID_OF_LABEL_ID[label_ids])
+  return np.stack(preds)
+
+
+def iou_array(results):
+  return np.array([np.nan if v is None else v for v in results['iou']])
+
+
+def run_evaluate(checkpoint, root, output, predictions, *extra, env=None):
+  result = run_cli('-m', 'bisenet_jax.evaluate', '--checkpoint', str(checkpoint),
+                   '--data-root', str(root), '--base-size', f'{WIDTH}x{HEIGHT}',
+                   '--output', str(output), '--save-predictions', str(predictions), *extra,
+                   env=env)
+  assert result.returncode == 0, result.stderr
+  return json.loads(output.read_text()), result.stdout
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+  """The fake split, the reference model and its official-format checkpoint."""
+  tmp = tmp_path_factory.mktemp('evaluate')
+  image_files, gt_files = zip(*write_fake_cityscapes(tmp / 'cityscapes'))
+  model = torch_reference.randomize_(torch_reference.build_reference('r18'), MODEL_SEED)
+  torch_reference.save_official_checkpoint(model, tmp / 'official.pth', kind='full')
+  return {'tmp': tmp, 'root': tmp / 'cityscapes', 'image_files': image_files,
+          'gt_files': gt_files, 'model': model, 'checkpoint': tmp / 'official.pth'}
+
+
+@pytest.fixture(scope='module')
+def one_device(setup):
+  """One run of the command on one device: (results.json content, stdout, predictions dir)."""
+  tmp = setup['tmp']
+  results, stdout = run_evaluate(setup['checkpoint'], setup['root'], tmp / 'results.json',
+                                 tmp / 'predictions')
+  return results, stdout, tmp / 'predictions'
+
+
+def test_scores_equal_pytorch_reference_predictions(setup, one_device):
+  results, stdout, predictions = one_device
+  gt_files = setup['gt_files']
+  label_ids = np.stack([cv2.imread(str(f), cv2.IMREAD_UNCHANGED) for f in gt_files])
+  torch_preds, margin = torch_predictions(setup['model'], setup['image_files'])
+  # The comparison means something: several classes predicted, ignored pixels in the labels,
+  # some class overlap, and a class absent from both sides (a null IoU).
+  assert len(np.unique(torch_preds)) >= 5
+  assert (TRAIN_ID_OF_LABEL_ID[label_ids] == 255).mean() > 0.01
+  want_iou = numpy_iou(torch_preds, label_ids)
+  assert np.nanmax(want_iou) > 0.05 and np.isnan(want_iou).any()
+
+  ties = margin < TIE
+  assert ties.mean() < 0.01
+  saved = read_predictions(predictions, gt_files)
+  np.testing.assert_array_equal(saved[~ties], torch_preds[~ties])
+  want_iou = numpy_iou(np.where(ties, saved, torch_preds), label_ids)
+  got_iou = iou_array(results)
+  np.testing.assert_array_equal(np.isnan(got_iou), np.isnan(want_iou))
+  np.testing.assert_allclose(got_iou, want_iou, rtol=1e-12)
+  assert results['miou'] == pytest.approx(np.nanmean(want_iou), rel=1e-12)
+
+  assert results['class_names'] == [trainId2label[t].name for t in range(K)]
+  assert results['images'] == len(gt_files) and results['seconds'] > 0
+  assert results['protocol'] == {'mode': 'whole', 'crop': None, 'stride': None, 'flip': False,
+                                 'scales': [1.0], 'base_size': f'{WIDTH}x{HEIGHT}',
+                                 'split': 'val'}
+  miou_line = next(line for line in stdout.splitlines() if line.startswith('mIoU'))
+  assert miou_line.split() == ['mIoU', f'{100 * results["miou"]:.2f}']
+
+
+def test_saved_predictions_score_the_same_in_cityscapesscripts(setup, one_device):
+  results, _, predictions = one_device
+  args = copy.copy(cs_eval.args)  # The module keeps its options in a global; leave it alone.
+  args.evalInstLevelScore = False  # Needs instanceIds files; instance-weighted IoU is not ours.
+  args.JSONOutput = False
+  args.quiet = True
+  args.predictionPath, args.predictionWalk = str(predictions), None
+  gt_files = [str(f) for f in setup['gt_files']]
+  # getPrediction finds each file the way the official script and the test server do.
+  pred_files = [cs_eval.getPrediction(args, gt) for gt in gt_files]
+  official = cs_eval.evaluateImgLists(pred_files, gt_files, args)
+
+  want_iou = np.array([official['classScores'][trainId2label[t].name] for t in range(K)])
+  got_iou = iou_array(results)
+  np.testing.assert_array_equal(np.isnan(got_iou), np.isnan(want_iou))
+  np.testing.assert_allclose(got_iou, want_iou, rtol=1e-12)
+  assert results['miou'] == pytest.approx(official['averageScoreClasses'], rel=1e-12)
+
+
+def test_eight_devices_count_what_one_device_counts(setup, one_device):
+  results, _, predictions = one_device
+  tmp = setup['tmp']
+  sharded, stdout = run_evaluate(setup['checkpoint'], setup['root'], tmp / 'results8.json',
+                                 tmp / 'predictions8', '--batch-size', '1',
+                                 env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
+  assert 'on 8 device(s)' in stdout
+  assert sharded['images'] == results['images'] == 5
+  np.testing.assert_array_equal(sharded['confusion'], results['confusion'])
+  # Every image's prediction comes back under its own name, not a neighbour's.
+  np.testing.assert_array_equal(read_predictions(tmp / 'predictions8', setup['gt_files']),
+                                read_predictions(predictions, setup['gt_files']))
+
+
+def _garbage_image(root):
+  """An undecodable first image (so the error comes before any compilation)."""
+  first_image, _ = write_fake_cityscapes(root)[0]
+  first_image.write_bytes(b'\x89PNG junk')
+
+
+def _seven_classes(root, tmp):
+  write_fake_cityscapes(root)
+  model = torch_reference.build_reference('r18', num_classes=7)
+  torch_reference.save_official_checkpoint(model, tmp / 'seven.pth', kind='full')
+  return tmp / 'seven.pth'
+
+
+@pytest.mark.parametrize('case, expected', [
+    ('missing root', 'does not exist'),
+    ('empty split', 'no *_leftImg8bit.png files'),
+    ('unreadable image', 'Cannot decode image'),
+    ('seven classes', 'has 7 classes, Cityscapes has 19'),
+    ('bad scales', "--scales '1.0,big'"),
+    ('bad crop', "--crop '1024'"),
+])
+def test_bad_input_is_a_one_line_error_and_writes_nothing(setup, tmp_path, capsys, case, expected):
+  root, checkpoint, extra = tmp_path / 'cityscapes', setup['checkpoint'], []
+  if case == 'empty split':
+    (root / 'leftImg8bit' / 'val').mkdir(parents=True)
+  elif case == 'unreadable image':
+    _garbage_image(root)
+  elif case == 'seven classes':
+    checkpoint = _seven_classes(root, tmp_path)
+  elif case == 'bad scales':
+    extra = ['--scales', '1.0,big']
+  elif case == 'bad crop':
+    extra = ['--mode', 'slide', '--crop', '1024', '--stride', '768x768']
+  output = tmp_path / 'out' / 'results.json'
+  with pytest.raises(SystemExit) as exit_info:
+    evaluate.main(['--checkpoint', str(checkpoint), '--data-root', str(root),
+                   '--base-size', f'{WIDTH}x{HEIGHT}', '--output', str(output), *extra])
+  assert exit_info.value.code == 2
+  stderr = capsys.readouterr().err
+  assert len(stderr.strip().splitlines()) == 1 and stderr.startswith('error: '), stderr
+  assert expected in stderr
+  assert not output.exists() and not list(tmp_path.glob('out/*'))
