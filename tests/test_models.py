@@ -81,7 +81,7 @@ def test_max_pool_and_strided_conv_padding_match_torch():
   np.testing.assert_array_equal(layers.max_pool_3x3_s2(jnp.asarray(x)), nhwc(expected))
   conv = layers.conv(5, 7, 2, in_features=4, name='c')
   params = conv.init(jax.random.key(0), x)
-  kernel = np.asarray(params['params']['kernel']).transpose(3, 2, 0, 1)
+  kernel = np.array(params['params']['kernel']).transpose(3, 2, 0, 1).copy()
   with jax.default_matmul_precision('highest'):
     got = conv.apply(params, x)
   np.testing.assert_allclose(got, nhwc(F.conv2d(nchw(x), torch.from_numpy(kernel), stride=2,
