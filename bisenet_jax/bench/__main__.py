@@ -1,0 +1,137 @@
+"""Benchmarks the JAX model (and optionally the PyTorch reference) over a sweep.
+
+  python -m bisenet_jax.bench infer --arch r18 --resolution 1024x2048 --compare-torch
+  python -m bisenet_jax.bench train --arch r18,r50 --dtype float32,bfloat16 \
+      --resolution 1024x1024 --batch-per-device 2 --devices 1,2,4,8 --output results.jsonl --plot scaling.png
+
+Every point states what it measured: compile time apart, then the median and p90 step time of
+``--steps`` blocked steps after ``--warmup`` ones; img/s over all devices and per device;
+weak-scaling efficiency vs the 1-device point (same per-device batch); FLOPs per image from
+XLA's cost analysis and from the analytic convolution count; MFU against datasheet peaks ('n/a'
+for devices without one, e.g. CPUs, unless ``--peak-tflops``); peak device memory where the
+backend reports it; for 'train' the input pipeline's img/s and the share of a fed step spent
+waiting for data. ``--compare-torch`` runs the same 1-device points with the PyTorch reference in
+this process, on the same inputs and thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import platform
+
+import jax
+
+from bisenet_jax.bench import jax_side, report, torch_side
+from bisenet_jax.cli import user_errors_exit
+from bisenet_jax.errors import UserError
+
+
+def _list(cast):
+  return lambda text: [cast(item) for item in text.split(',') if item]
+
+
+def _resolution(text: str) -> tuple[int, int]:
+  try:
+    height, width = (int(v) for v in text.lower().split('x'))
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(f'expected HEIGHTxWIDTH, got {text!r}') from e
+  return height, width
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(prog='python -m bisenet_jax.bench', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('mode', choices=['infer', 'train'])
+  parser.add_argument('--arch', type=_list(str), default=['r18'], help='r18,r50')
+  parser.add_argument('--devices', type=_list(int),
+                      help='device counts (sub-meshes); default 1, 2, 4, ... up to all')
+  parser.add_argument('--batch-per-device', type=_list(int), default=[1])
+  parser.add_argument('--resolution', type=_list(_resolution), default=None,
+                      help='HEIGHTxWIDTH list; default 1024x2048 (infer), 1024x1024 (train)')
+  parser.add_argument('--dtype', type=_list(str), default=['float32'], help='float32,bfloat16')
+  parser.add_argument('--warmup', type=int, default=2)
+  parser.add_argument('--steps', type=int, default=5)
+  parser.add_argument('--compare-torch', action='store_true')
+  parser.add_argument('--torch-variants', type=_list(str), default=['eager', 'channels_last'],
+                      help=f'any of {",".join(torch_side.VARIANTS)}')
+  parser.add_argument('--threads', type=int, help='torch threads (default: torch\'s own)')
+  parser.add_argument('--peak-tflops', type=float, help='per-device peak for MFU, if not listed')
+  parser.add_argument('--output', help='append one JSON object per point to this .jsonl')
+  parser.add_argument('--plot', help='write a PNG of img/s and scaling efficiency vs devices')
+  return parser.parse_args(argv)
+
+
+def check(args) -> None:
+  available = jax.device_count()
+  args.devices = args.devices or [2**i for i in range(available.bit_length()) if 2**i <= available]
+  if max(args.devices) > available:
+    raise UserError(f'--devices asks for {max(args.devices)} but only {available} are visible.')
+  unknown = set(args.arch) - {'r18', 'r50'} or set(args.dtype) - set(jax_side.DTYPES) or set(
+      args.torch_variants) - set(torch_side.VARIANTS)
+  if unknown:
+    raise UserError(f'unknown value(s) {sorted(unknown)}; see --help for the choices.')
+  args.resolution = args.resolution or [(1024, 2048) if args.mode == 'infer' else (1024, 1024)]
+  if args.mode == 'train' and 1 in args.batch_per_device and 1 in args.devices:
+    raise UserError('training needs at least 2 images per step (BatchNorm over 1x1 maps): '
+                    'use --batch-per-device 2 or more.')
+
+
+def environment() -> dict:
+  return {'jax': jax.__version__, 'backend': jax.default_backend(), 'host': platform.node(),
+          'cpu_count': os.cpu_count(), 'xla_flags': os.environ.get('XLA_FLAGS', '')}
+
+
+def run(args) -> list[dict]:
+  measure = jax_side.measure_infer if args.mode == 'infer' else jax_side.measure_train
+  rows, single = [], {}
+  for arch, dtype, (height, width), batch, devices in itertools.product(
+      args.arch, args.dtype, args.resolution, args.batch_per_device, sorted(args.devices)):
+    point = jax_side.Point(args.mode, arch, devices, batch, height, width, dtype)
+    base = dict(impl='jax', mode=args.mode, arch=arch, dtype=dtype, devices=devices,
+                batch_per_device=batch, resolution=f'{height}x{width}',
+                warmup=args.warmup, steps=args.steps, **environment())
+    row = {**base, **measure(point, args.warmup, args.steps, args.peak_tflops)}
+    row['img_per_s_per_device'] = row['img_per_s'] / devices
+    key = (arch, dtype, height, width, batch)
+    single.setdefault(key, row['img_per_s_per_device'] if devices == 1 else None)
+    row['scaling_efficiency'] = (row['img_per_s_per_device'] / single[key]) if single[key] else None
+    rows.append(row)
+    print(report.table([row]).splitlines()[1], flush=True)
+    if args.compare_torch and devices == 1:
+      rows += torch_rows(args, point, base, row)
+  return rows
+
+
+def torch_rows(args, point, base, jax_row) -> list[dict]:
+  images, labels = jax_side.random_inputs(point)
+  rows = []
+  for variant in args.torch_variants:
+    result = torch_side.measure(point, variant, images, labels, args.warmup, args.steps,
+                                args.threads)
+    row = {**base, 'impl': f'torch-{variant}', **result}
+    if 'img_per_s' in row:
+      row['img_per_s_per_device'] = row['img_per_s']
+      row['jax_speedup'] = jax_row['img_per_s'] / row['img_per_s']
+    rows.append(row)
+  return rows
+
+
+@user_errors_exit
+def main(argv=None) -> None:
+  args = parse_args(argv)
+  check(args)
+  rows = run(args)
+  print()
+  print(report.table(rows))
+  if args.output:
+    report.append_jsonl(rows, args.output)
+    print(f'appended {len(rows)} rows to {args.output}')
+  if args.plot:
+    report.plot(rows, args.plot)
+    print(f'wrote {args.plot}')
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,77 @@
+"""Model FLOPs two ways: XLA's cost analysis of the compiled program, and an analytic conv count.
+
+The analytic count is REFERENCE.md §7.3's method: for every convolution, 2 x output elements x
+(Cin / groups) x kh x kw, nothing else (256.7 GFLOPs for R18 at 1024x2048 inference). It walks
+the jaxpr, so it counts exactly the convolutions the program runs, in any nested call.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+from jax.extend import core as jax_core
+
+PEAKS_SOURCE = 'vendor datasheets, dense (no sparsity)'
+# Per-device peak TFLOP/s by device_kind substring, for MFU. Only datasheet numbers: anything
+# not listed (CPUs included) reports MFU 'n/a' unless --peak-tflops is given.
+PEAK_TFLOPS = {
+    # NVIDIA H100 SXM5 datasheet: BF16 989.4, TF32 494.7, FP32 66.9. H200 has the same compute.
+    'H100': {'bfloat16': 989.4, 'float32': 66.9},
+    'H200': {'bfloat16': 989.4, 'float32': 66.9},
+    # NVIDIA A100 (SXM) datasheet: BF16 312, FP32 19.5.
+    'A100': {'bfloat16': 312.0, 'float32': 19.5},
+    # Google Cloud TPU docs, per chip, BF16.
+    'TPU v4': {'bfloat16': 275.0},
+    'TPU v5 lite': {'bfloat16': 197.0},
+    'TPU v5e': {'bfloat16': 197.0},
+    'TPU v5p': {'bfloat16': 459.0},
+}
+
+
+def peak_tflops(device_kind: str, dtype: str, override: float | None = None) -> float | None:
+  """The datasheet peak of one device for ``dtype``, or None when unknown (never a guess)."""
+  if override:
+    return override
+  for name, peaks in PEAK_TFLOPS.items():
+    if name.lower() in device_kind.lower():
+      return peaks.get(dtype)
+  return None
+
+
+def _sub_jaxprs(params: dict):
+  for value in params.values():
+    for item in value if isinstance(value, (tuple, list)) else (value,):
+      if isinstance(item, jax_core.ClosedJaxpr):
+        yield item.jaxpr
+      elif isinstance(item, jax_core.Jaxpr):
+        yield item
+
+
+def _conv_flops(jaxpr) -> float:
+  total = 0.0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == 'conv_general_dilated':
+      lhs, rhs = (v.aval for v in eqn.invars)
+      out = eqn.outvars[0].aval
+      dims = eqn.params['dimension_numbers']
+      kernel_spatial = [rhs.shape[d] for d in dims.rhs_spec[2:]]
+      in_features = rhs.shape[dims.rhs_spec[1]]
+      total += 2.0 * math.prod(out.shape) * in_features * math.prod(kernel_spatial)
+    for sub in _sub_jaxprs(eqn.params):
+      total += _conv_flops(sub)
+  return total
+
+
+def analytic_conv_flops(fn, *args) -> float:
+  """2 x MACs of every convolution ``fn(*args)`` runs (args may be ShapeDtypeStructs)."""
+  return _conv_flops(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+def xla_flops(compiled) -> float | None:
+  """FLOPs of one execution of a compiled (per-device) program, from XLA's cost analysis."""
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, list):
+    analysis = analysis[0] if analysis else None
+  flops = analysis.get('flops') if analysis else None
+  return float(flops) if flops and flops > 0 else None

@@ -1,0 +1,88 @@
+"""The same points for the PyTorch reference model, in the same process and on the same inputs.
+
+Variants: 'eager' (fp32 NCHW), 'channels_last', 'bf16' (autocast; where the device supports it)
+and 'compile' (``torch.compile``; reported 'n/a' with the reason when it fails). Inference is
+forward + bilinear upsample to the input size + argmax, as the JAX side; training is forward in
+train mode, the three cross-entropies on upsampled logits, backward and an SGD step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import numpy as np
+
+VARIANTS = ('eager', 'channels_last', 'bf16', 'compile')
+
+
+def _timed(fn, warmup: int, steps: int, sync) -> np.ndarray:
+  for _ in range(warmup):
+    fn()
+    sync()
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    fn()
+    sync()
+    times.append(time.perf_counter() - start)
+  return np.asarray(times)
+
+
+def measure(point, variant: str, images: np.ndarray, labels: np.ndarray, warmup: int,
+            steps: int, threads: int | None = None) -> dict:
+  """Times ``point`` ('infer' or 'train', one device) for one PyTorch ``variant``."""
+  import torch
+  import torch.nn.functional as F
+
+  from bisenet_jax.interop.torch_reference import build_reference
+
+  if threads:
+    torch.set_num_threads(threads)
+  device = 'cuda' if torch.cuda.is_available() else 'cpu'
+  sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+  model = build_reference(point.arch).to(device)
+  x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(device)
+  y = torch.from_numpy(labels.astype(np.int64)).to(device)
+  if variant in ('channels_last', 'compile'):
+    model = model.to(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
+  autocast = (torch.autocast(device, dtype=torch.bfloat16) if variant == 'bf16'
+              else contextlib.nullcontext())
+  net = model
+  if variant == 'compile':
+    net = torch.compile(model)
+  size = x.shape[2:]
+  upsample = lambda o: F.interpolate(o.float(), size=size, mode='bilinear', align_corners=False)
+
+  if point.mode == 'infer':
+    model.eval()
+
+    def step():
+      with torch.no_grad(), autocast:
+        return upsample(net(x)).argmax(1)
+  else:
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.005, momentum=0.9, weight_decay=5e-4)
+
+    def step():
+      optimizer.zero_grad(set_to_none=True)
+      with autocast:
+        outputs = net(x)
+      loss = sum(F.cross_entropy(upsample(o), y, ignore_index=255) for o in outputs)
+      loss.backward()
+      optimizer.step()
+
+  start = time.perf_counter()
+  try:
+    step()  # The first call compiles (torch.compile) or warms the allocator.
+    sync()
+  except Exception as e:  # An unsupported variant is a result to report, not a crash.
+    return {'error': f'{type(e).__name__}: {str(e).splitlines()[0][:120]}'}
+  first_s = time.perf_counter() - start
+  times = _timed(step, max(0, warmup - 1), steps, sync)
+  median = float(np.median(times))
+  return {'compile_s': first_s if variant == 'compile' else None,
+          'step_ms_median': 1e3 * median, 'step_ms_p90': 1e3 * float(np.percentile(times, 90)),
+          'img_per_s': point.global_batch / median, 'device_kind': device,
+          'threads': torch.get_num_threads()}

@@ -1,0 +1,50 @@
+"""The benchmark harness: every field on 8 simulated devices, FLOPs vs the analytic count, MFU."""
+
+import json
+
+import pytest
+
+from bisenet_jax.bench import flops, jax_side
+from conftest import run_cli
+
+INFER_FIELDS = {'impl', 'mode', 'arch', 'dtype', 'devices', 'batch_per_device', 'resolution',
+                'compile_s', 'step_ms_median', 'step_ms_p90', 'img_per_s',
+                'img_per_s_per_device', 'scaling_efficiency', 'gflops_per_image_xla',
+                'gflops_per_image_analytic', 'peak_tflops_per_device', 'mfu', 'peak_memory_gib',
+                'compiled_temp_gib', 'device_kind', 'jax', 'backend', 'warmup', 'steps'}
+TRAIN_FIELDS = INFER_FIELDS | {'data_img_per_s', 'data_wait_fraction'}
+
+
+@pytest.mark.parametrize('mode,fields', [('infer', INFER_FIELDS), ('train', TRAIN_FIELDS)])
+def test_harness_on_eight_simulated_devices_writes_every_field(tmp_path, mode, fields):
+  result = run_cli('-m', 'bisenet_jax.bench', mode, '--resolution', '64x64', '--devices', '1,2,8',
+                   '--batch-per-device', '2', '--warmup', '1', '--steps', '1',
+                   '--output', str(tmp_path / 'r.jsonl'), '--plot', str(tmp_path / 'r.png'),
+                   env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [json.loads(line) for line in (tmp_path / 'r.jsonl').read_text().splitlines()]
+  assert [r['devices'] for r in rows] == [1, 2, 8]
+  for row in rows:
+    assert fields <= set(row), fields - set(row)
+    assert row['img_per_s'] > 0 and row['step_ms_p90'] >= row['step_ms_median'] > 0
+    assert row['mfu'] is None  # A CPU has no datasheet peak: 'n/a', never a guess.
+  assert rows[0]['scaling_efficiency'] == 1.0
+  assert (tmp_path / 'r.png').read_bytes()[:4] == b'\x89PNG'
+  assert 'img/s/dev' in result.stdout and 'n/a' in result.stdout
+
+
+def test_xla_flops_per_image_match_the_analytic_conv_count():
+  point = jax_side.Point('infer', 'r18', 1, 1, 256, 512, 'float32')
+  row = jax_side.measure_infer(point, warmup=0, steps=1)
+  # The analytic count is REFERENCE.md 7.3's (256.7 GFLOPs at 1024x2048, i.e. 16.04 here); XLA
+  # leaves out the kernel taps that fall on padding, a few percent at this size.
+  assert row['gflops_per_image_analytic'] == pytest.approx(256.7085 / 16, rel=1e-4)
+  assert row['gflops_per_image_xla'] == pytest.approx(row['gflops_per_image_analytic'], rel=0.05)
+
+
+def test_peak_table_knows_datasheet_devices_only():
+  assert flops.peak_tflops('NVIDIA H100 80GB HBM3', 'bfloat16') == 989.4
+  assert flops.peak_tflops('TPU v5 lite', 'bfloat16') == 197.0
+  assert flops.peak_tflops('cpu', 'float32') is None
+  assert flops.peak_tflops('TPU v4', 'float32') is None  # No fp32 datasheet figure.
+  assert flops.peak_tflops('cpu', 'float32', override=0.17) == 0.17
