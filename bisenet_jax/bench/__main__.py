@@ -11,12 +11,16 @@ XLA's cost analysis and from the analytic convolution count; MFU against datashe
 for devices without one, e.g. CPUs, unless ``--peak-tflops``); peak device memory where the
 backend reports it; for 'train' the input pipeline's img/s and the share of a fed step spent
 waiting for data. ``--compare-torch`` runs the same 1-device points with the PyTorch reference in
-this process, on the same inputs and thread count.
+this process, on the same inputs and thread count, and prints the JAX/PyTorch ratios. A multi-host
+run (GPU cluster, TPU pod slice) starts the same command with ``--distributed`` on every host;
+see docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import itertools
 import os
 import platform
@@ -54,18 +58,23 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--steps', type=int, default=5)
   parser.add_argument('--compare-torch', action='store_true')
-  parser.add_argument('--torch-variants', type=_list(str), default=['eager', 'channels_last'],
-                      help=f'any of {",".join(torch_side.VARIANTS)}')
+  parser.add_argument('--torch-variants', type=_list(str), default=list(torch_side.VARIANTS),
+                      help=f'any of {",".join(torch_side.VARIANTS)} (default: all)')
   parser.add_argument('--threads', type=int, help='torch threads (default: torch\'s own)')
   parser.add_argument('--peak-tflops', type=float, help='per-device peak for MFU, if not listed')
   parser.add_argument('--output', help='append one JSON object per point to this .jsonl')
   parser.add_argument('--plot', help='write a PNG of img/s and scaling efficiency vs devices')
+  parser.add_argument('--distributed', action='store_true',
+                      help='call jax.distributed.initialize() first: a multi-host run, the same '
+                           'command on every host (only process 0 prints and writes)')
   return parser.parse_args(argv)
 
 
 def check(args) -> None:
-  available = jax.device_count()
-  args.devices = args.devices or [2**i for i in range(available.bit_length()) if 2**i <= available]
+  available, processes = jax.device_count(), jax.process_count()
+  # A sub-mesh takes the same number of devices from every process (jax_side.mesh_devices).
+  args.devices = args.devices or [2**i for i in range(available.bit_length())
+                                  if 2**i <= available and 2**i % processes == 0]
   if max(args.devices) > available:
     raise UserError(f'--devices asks for {max(args.devices)} but only {available} are visible.')
   unknown = set(args.arch) - {'r18', 'r50'} or set(args.dtype) - set(jax_side.DTYPES) or set(
@@ -83,9 +92,44 @@ def environment() -> dict:
           'cpu_count': os.cpu_count(), 'xla_flags': os.environ.get('XLA_FLAGS', '')}
 
 
+def header(args) -> str:
+  """What the numbers depend on besides the code: versions, device, flags, threads."""
+  env = environment()
+  lines = [f"jax {env['jax']} on {env['backend']} ({jax.devices()[0].device_kind}, "
+           f"devices: {jax.device_count()}, host CPUs: {env['cpu_count']}), "
+           f"XLA_FLAGS={env['xla_flags'] or '(none)'}"]
+  if args.compare_torch:
+    import torch
+    if args.threads:
+      torch.set_num_threads(args.threads)
+    lines.append(f'torch {torch.__version__}, {torch.get_num_threads()} threads')
+  return '\n'.join(lines)
+
+
+def ratios(rows: list[dict]) -> list[str]:
+  """'JAX/PyTorch' lines: vs eager fp32 and vs the fastest PyTorch variant, per 1-device point."""
+  lines = []
+  for jax_row in (r for r in rows if r['impl'] == 'jax' and r['devices'] == 1):
+    same = lambda r: all(r[k] == jax_row[k] for k in ('mode', 'arch', 'dtype', 'resolution',
+                                                      'batch_per_device'))
+    torch_results = [r for r in rows if r['impl'].startswith('torch-') and same(r)
+                     and r.get('img_per_s')]
+    if not torch_results:
+      continue
+    eager = next((r for r in torch_results if r['impl'] == 'torch-eager'), None)
+    fastest = max(torch_results, key=lambda r: r['img_per_s'])
+    text = (f"JAX/PyTorch {jax_row['mode']} {jax_row['arch']} {jax_row['dtype']} "
+            f"{jax_row['batch_per_device']}x{jax_row['resolution']}: ")
+    if eager:
+      text += f"{jax_row['img_per_s'] / eager['img_per_s']:.2f}x vs eager fp32, "
+    text += f"{jax_row['img_per_s'] / fastest['img_per_s']:.2f}x vs fastest ({fastest['impl']})"
+    lines.append(text)
+  return lines
+
+
 def run(args) -> list[dict]:
   measure = jax_side.measure_infer if args.mode == 'infer' else jax_side.measure_train
-  rows, single = [], {}
+  rows, smallest = [], {}
   for arch, dtype, (height, width), batch, devices in itertools.product(
       args.arch, args.dtype, args.resolution, args.batch_per_device, sorted(args.devices)):
     point = jax_side.Point(args.mode, arch, devices, batch, height, width, dtype)
@@ -94,9 +138,11 @@ def run(args) -> list[dict]:
                 warmup=args.warmup, steps=args.steps, **environment())
     row = {**base, **measure(point, args.warmup, args.steps, args.peak_tflops)}
     row['img_per_s_per_device'] = row['img_per_s'] / devices
-    key = (arch, dtype, height, width, batch)
-    single.setdefault(key, row['img_per_s_per_device'] if devices == 1 else None)
-    row['scaling_efficiency'] = (row['img_per_s_per_device'] / single[key]) if single[key] else None
+    # Weak scaling: per-device throughput vs the smallest device count of the same configuration
+    # (the 1-device point, unless a multi-host sweep cannot run one).
+    baseline = smallest.setdefault((arch, dtype, height, width, batch), row)
+    row['scaling_baseline_devices'] = baseline['devices']
+    row['scaling_efficiency'] = row['img_per_s_per_device'] / baseline['img_per_s_per_device']
     rows.append(row)
     print(report.table([row]).splitlines()[1], flush=True)
     if args.compare_torch and devices == 1:
@@ -121,10 +167,19 @@ def torch_rows(args, point, base, jax_row) -> list[dict]:
 @user_errors_exit
 def main(argv=None) -> None:
   args = parse_args(argv)
+  if args.distributed:
+    jax.distributed.initialize()
   check(args)
+  if jax.process_index() != 0:  # Every process measures; process 0 alone reports.
+    with contextlib.redirect_stdout(io.StringIO()):
+      run(args)
+    return
+  print(header(args), flush=True)
   rows = run(args)
   print()
   print(report.table(rows))
+  for line in ratios(rows):
+    print(line)
   if args.output:
     report.append_jsonl(rows, args.output)
     print(f'appended {len(rows)} rows to {args.output}')

@@ -13,6 +13,7 @@ import numpy as np
 from bisenet_jax import models
 from bisenet_jax.bench import flops as flops_lib, timing
 from bisenet_jax.data import pipeline
+from bisenet_jax.errors import UserError
 from bisenet_jax.eval import evaluator
 from bisenet_jax.train import optim, state as state_lib, step as step_lib
 
@@ -67,9 +68,29 @@ def _flops_fields(point: Point, compiled, analytic_per_image: float, seconds_per
           'peak_tflops_per_device': peak, 'mfu': achieved / (peak * 1e12) if peak else None}
 
 
+def mesh_devices(count: int) -> list:
+  """``count`` devices, the first ``count / P`` of each of the P processes.
+
+  Every process of a multi-host run executes every program, so a sub-mesh must hold devices of
+  all of them; on one host this is simply the first ``count`` devices.
+  """
+  processes = jax.process_count()
+  if count % processes:
+    raise UserError(f'{count} devices cannot be split evenly over {processes} processes: '
+                    f'use multiples of {processes} in --devices.')
+  per_process = count // processes
+  return [device for process in range(processes)
+          for device in [d for d in jax.devices() if d.process_index == process][:per_process]]
+
+
+def _global_array(value: np.ndarray, sharding) -> jax.Array:
+  """``value`` (the same on every process) as a global array with ``sharding``."""
+  return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
 def _setup(point: Point):
   model = models.build_model(point.model_name, dtype=DTYPES[point.dtype])
-  mesh = state_lib.make_mesh(jax.devices()[:point.devices])
+  mesh = state_lib.make_mesh(mesh_devices(point.devices))
   images, labels = random_inputs(point)
   return model, mesh, images, labels
 
@@ -79,7 +100,7 @@ def measure_infer(point: Point, warmup: int, steps: int, peak_override=None) -> 
   model, mesh, images, _ = _setup(point)
   variables = jax.device_put(model.init(jax.random.key(0), images[:1, :64, :64], train=False),
                              state_lib.replicated(mesh))
-  images = jax.device_put(images, state_lib.batch_sharded(mesh))
+  images = _global_array(images, state_lib.batch_sharded(mesh))
   segment = evaluator.make_segment_fn(model, evaluator.InferenceOptions(), num_classes=19)
   size = (point.height, point.width)
   compiled, compile_s = timing.time_compile(segment, variables, images, size)
@@ -99,7 +120,8 @@ def measure_train(point: Point, warmup: int, steps: int, peak_override=None,
   schedule = optim.poly_warmup_schedule()
   state = state_lib.create_train_state(model, optim.make_optimizer(schedule), jax.random.key(0),
                                        mesh)
-  batch = jax.device_put({'image': images, 'label': labels}, state_lib.batch_sharded(mesh))
+  batch = {'image': _global_array(images, state_lib.batch_sharded(mesh)),
+           'label': _global_array(labels, state_lib.batch_sharded(mesh))}
   train_step = step_lib.jit_train_step(mesh, learning_rate_fn=schedule, dropout_seed=0)
   compiled, compile_s = timing.time_compile(train_step, state, batch)
   holder = {'state': state}  # The step donates its state: always call it with the newest.
@@ -139,18 +161,20 @@ class RandomFrames:
 
 
 def measure_data(point: Point, step, mesh, steps: int) -> dict:
-  """The train pipeline's img/s alone, and the share of a fed step spent waiting for data."""
+  """This host's train pipeline img/s alone, and the share of a fed step spent waiting for data."""
   source = RandomFrames(point.height, point.width)
   make = functools.partial(pipeline.make_train_iterator, source,
                            global_batch_size=point.global_batch, seed=0,
                            crop_size=(point.height, point.width),
-                           base_size=(2 * point.width, point.height), scale_range=(0.5, 2.0))
+                           base_size=(2 * point.width, point.height), scale_range=(0.5, 2.0),
+                           process_index=jax.process_index(), process_count=jax.process_count())
   iterator = make()
   next(iterator)
   start = time.perf_counter()
   for _ in range(steps):
     next(iterator)
-  data_img_per_s = steps * point.global_batch / (time.perf_counter() - start)
+  local_batch = point.global_batch // jax.process_count()
+  data_img_per_s = steps * local_batch / (time.perf_counter() - start)
 
   iterator, waited = make(), 0.0
   start = time.perf_counter()
@@ -158,6 +182,7 @@ def measure_data(point: Point, step, mesh, steps: int) -> dict:
     before = time.perf_counter()
     host = next(iterator)
     waited += time.perf_counter() - before
-    jax.block_until_ready(step(jax.device_put(host, state_lib.batch_sharded(mesh))))
+    batch = jax.make_array_from_process_local_data(state_lib.batch_sharded(mesh), host)
+    jax.block_until_ready(step(batch))
   return {'data_img_per_s': data_img_per_s,
           'data_wait_fraction': waited / (time.perf_counter() - start)}

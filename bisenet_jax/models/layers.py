@@ -4,6 +4,11 @@ Every block here reproduces what the PyTorch reference computes, not merely its 
 explicit symmetric padding (never ``'SAME'``), BatchNorm whose running variance uses the
 unbiased batch variance, floor-index nearest resize and half-pixel bilinear resize without
 antialiasing. Parameter names follow PyTorch's so checkpoints convert by rule, not by table.
+
+Two blocks carry a hand-written backward pass, for speed only (the values are the autodiff ones
+up to float rounding): ``conv2d`` (on CPU, XLA's own convolution gradients run at a fraction of
+its forward speed on the large maps of a segmentation network; other backends keep XLA's) and
+``max_pool_3x3_s2`` (XLA's reduce-window gradient is a slow select-and-scatter on CPU).
 """
 
 from __future__ import annotations
@@ -47,7 +52,127 @@ def conv(features: int, kernel_size: int, strides: int = 1, *, use_bias: bool = 
   init = torch_uniform(in_features * kernel_size * kernel_size)
   return nn.Conv(features, (kernel_size, kernel_size), (strides, strides),
                  padding=((pad, pad), (pad, pad)), use_bias=use_bias, kernel_init=init,
-                 bias_init=init, dtype=dtype, param_dtype=param_dtype, name=name)
+                 bias_init=init, dtype=dtype, param_dtype=param_dtype, name=name,
+                 conv_general_dilated=conv2d)
+
+
+_NHWC = ('NHWC', 'HWIO', 'NHWC')
+# On CPU the kernel gradient is one im2col matmul (below) when the output gradient has at least
+# this many values and the kernel is not a thin 3-channel stem: measured on R18 at 2x1024x1024,
+# that is where XLA's own kernel gradient (a convolution whose "kernel" is the output gradient)
+# drops to 30-60 GFLOP/s while the matmul keeps 100-160. On smaller maps XLA's own is as fast
+# or faster, and needs no patch matrix, so it is kept there.
+_IM2COL_MIN_GRAD_SIZE = 2 ** 23
+_IM2COL_MIN_CHANNEL_PRODUCT = 1024
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, window_strides: Sequence[int],
+           padding: Sequence[tuple[int, int]], lhs_dilation=None, rhs_dilation=None,
+           dimension_numbers=None, feature_group_count: int = 1, precision=None) -> jax.Array:
+  """``lax.conv_general_dilated`` for NHWC inputs and HWIO kernels, with a CPU-tuned backward.
+
+  The signature is the one ``nn.Conv`` calls (its ``conv_general_dilated`` hook). The forward
+  pass is XLA's convolution. Dilation and feature groups, which no layer here uses, are refused.
+  """
+  if any(d not in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))):
+    raise NotImplementedError('conv2d supports no dilation.')
+  if feature_group_count != 1:
+    raise NotImplementedError('conv2d supports no feature groups.')
+  del dimension_numbers  # Always NHWC / HWIO here.
+  padding = tuple(tuple(int(p) for p in pair) for pair in padding)
+  return _conv2d(x, kernel, tuple(int(s) for s in window_strides), padding, precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv2d(x, kernel, strides, padding, precision):
+  return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_NHWC,
+                                      precision=precision)
+
+
+def _conv2d_fwd(x, kernel, strides, padding, precision):
+  return _conv2d(x, kernel, strides, padding, precision), (x, kernel)
+
+
+def _conv2d_bwd(strides, padding, precision, residuals, grad):
+  x, kernel = residuals
+  # XLA's transpose rules everywhere but on CPU, where the formulations below are faster.
+  return jax.lax.platform_dependent(
+      x, kernel, grad, cpu=functools.partial(_conv_grads_cpu, strides, padding, precision),
+      default=functools.partial(_conv_grads_xla, strides, padding, precision))
+
+
+def _conv_grads_xla(strides, padding, precision, x, kernel, grad):
+  forward = functools.partial(jax.lax.conv_general_dilated, window_strides=strides,
+                              padding=padding, dimension_numbers=_NHWC, precision=precision)
+  return jax.vjp(forward, x, kernel)[1](grad)
+
+
+def _conv_grads_cpu(strides, padding, precision, x, kernel, grad):
+  return (_input_grad_cpu(strides, padding, precision, x, kernel, grad),
+          _kernel_grad_cpu(strides, padding, precision, x, kernel, grad))
+
+
+_conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+def _input_grad_cpu(strides, padding, precision, x, kernel, grad):
+  """Input gradient; strided kxk convs use the sub-pixel form, the rest XLA's transpose."""
+  kh, kw = kernel.shape[:2]
+  if strides[0] == strides[1] > 1 and (kh, kw) != (1, 1):
+    return _strided_input_grad(grad, kernel, strides[0], padding, x.shape[1:3], precision)
+  forward = lambda x: jax.lax.conv_general_dilated(x, kernel, strides, padding,
+                                                   dimension_numbers=_NHWC, precision=precision)
+  return jax.vjp(forward, x)[1](grad)[0]
+
+
+def _strided_input_grad(grad, kernel, stride, padding, in_hw, precision):
+  """Input gradient of a stride-s conv as ONE stride-1 conv giving s*s phase planes.
+
+  Padded input row s*u + r receives ``sum_q grad[u - q] * kernel[r + s*q]``: for each phase r
+  a stride-1 correlation of the gradient with the flipped sub-kernel ``kernel[r::s]``. All
+  phases come out of one convolution with s*s times the input channels (sub-kernels
+  zero-padded to ceil(k/s) taps), then interleave back (depth-to-space). XLA's own transpose
+  convolves a zero-dilated gradient instead, which its CPU backend runs 2-4x slower.
+  """
+  s = stride
+  kh, kw, cin, cout = kernel.shape
+  batch, out_h, out_w, _ = grad.shape
+  (pad_h, _), (pad_w, _) = padding
+  taps_h, taps_w = -(-kh // s), -(-kw // s)
+  # Number of padded input rows/columns of each phase.
+  rows, cols = -(-(in_hw[0] + 2 * pad_h) // s), -(-(in_hw[1] + 2 * pad_w) // s)
+  sub = jnp.pad(kernel, ((0, s * taps_h - kh), (0, s * taps_w - kw), (0, 0), (0, 0)))
+  sub = sub.reshape(taps_h, s, taps_w, s, cin, cout)[::-1, :, ::-1]  # [q_h, r_h, q_w, r_w, ...]
+  sub = sub.transpose(0, 2, 5, 1, 3, 4).reshape(taps_h, taps_w, cout, s * s * cin)
+  padded = jnp.pad(grad, ((0, 0), (taps_h - 1, max(0, rows - out_h)),
+                          (taps_w - 1, max(0, cols - out_w)), (0, 0)))
+  phases = jax.lax.conv_general_dilated(padded, sub, (1, 1), 'VALID', dimension_numbers=_NHWC,
+                                        precision=precision)[:, :rows, :cols]
+  dx = phases.reshape(batch, rows, cols, s, s, cin).transpose(0, 1, 3, 2, 4, 5)
+  dx = dx.reshape(batch, s * rows, s * cols, cin)
+  return dx[:, pad_h:pad_h + in_hw[0], pad_w:pad_w + in_hw[1]]
+
+
+def _kernel_grad_cpu(strides, padding, precision, x, kernel, grad):
+  """Kernel gradient as ONE matmul, (kh*kw*Cin x N*H*W) @ (N*H*W x Cout), or XLA's own."""
+  kh, kw, cin, cout = kernel.shape
+  if (kh, kw) != (1, 1) and (grad.size < _IM2COL_MIN_GRAD_SIZE
+                             or cin * cout < _IM2COL_MIN_CHANNEL_PRODUCT):
+    forward = lambda k: jax.lax.conv_general_dilated(x, k, strides, padding,
+                                                     dimension_numbers=_NHWC, precision=precision)
+    return jax.vjp(forward, kernel)[1](grad)[0]
+  # im2col: the kh*kw strided windows of the padded input side by side, (N*H*W, kh*kw*Cin).
+  batch, out_h, out_w, _ = grad.shape
+  padded = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+  windows = [jax.lax.slice(padded, (0, i, j, 0),
+                           (batch, i + (out_h - 1) * strides[0] + 1,
+                            j + (out_w - 1) * strides[1] + 1, cin), (1, *strides, 1))
+             for i in range(kh) for j in range(kw)]
+  patches = jnp.stack(windows, axis=3).reshape(-1, kh * kw * cin)
+  dkernel = jax.lax.dot_general(patches, grad.reshape(-1, cout), (((0,), (0,)), ((), ())),
+                                precision=precision,
+                                preferred_element_type=at_least_float32(x.dtype))
+  return dkernel.reshape(kernel.shape).astype(kernel.dtype)
 
 
 class BatchNorm(nn.Module):
@@ -145,9 +270,55 @@ def channel_dropout(rate: float, name: str) -> nn.Dropout:
   return nn.Dropout(rate, broadcast_dims=(1, 2), name=name)
 
 
+@jax.custom_vjp
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
-  """MaxPool2d(3, stride=2, padding=1): padding acts like -inf, output side ceil(n / 2)."""
-  return nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+  """MaxPool2d(3, stride=2, padding=1): padding acts like -inf, output side ceil(n / 2).
+
+  The maximum of the nine strided window taps. The gradient goes to the first maximal tap in
+  row-major window order, as PyTorch's max-pool backward does (ties are common after a ReLU).
+  """
+  padded, out_hw = _pool_input(x)
+  return functools.reduce(jnp.maximum, _pool_taps(padded, out_hw))
+
+
+def _pool_input(x):
+  """x padded with -inf: 1 before, and after as far as the last window reaches."""
+  out_hw = ((x.shape[1] + 1) // 2, (x.shape[2] + 1) // 2)
+  pads = ((0, 0), (1, 2 * out_hw[0] - x.shape[1]), (1, 2 * out_hw[1] - x.shape[2]), (0, 0))
+  return jnp.pad(x, pads, constant_values=-jnp.inf), out_hw
+
+
+def _pool_taps(padded, out_hw):
+  """The nine (N, out_h, out_w, C) views padded[:, i::2, j::2], row-major over (i, j)."""
+  batch, _, _, channels = padded.shape
+  return [jax.lax.slice(padded, (0, i, j, 0), (batch, i + 2 * out_hw[0] - 1,
+                                               j + 2 * out_hw[1] - 1, channels), (1, 2, 2, 1))
+          for i in range(3) for j in range(3)]
+
+
+def _max_pool_fwd(x):
+  y = max_pool_3x3_s2(x)
+  return y, (x, y)
+
+
+def _max_pool_bwd(residuals, grad):
+  x, y = residuals
+  padded, out_hw = _pool_input(x)
+  taken = jnp.zeros(y.shape, bool)
+  dpadded = jnp.zeros(padded.shape, grad.dtype)
+  zero = jnp.zeros((), grad.dtype)
+  for index, tap in enumerate(_pool_taps(padded, out_hw)):
+    i, j = divmod(index, 3)
+    first = (tap == y) & ~taken
+    taken = taken | first
+    # Scatter back to padded[:, i::2, j::2]: a pad with interior (stride) padding.
+    dpadded = dpadded + jax.lax.pad(jnp.where(first, grad, zero), zero, (
+        (0, 0, 0), (i, padded.shape[1] - i - 2 * out_hw[0] + 1, 1),
+        (j, padded.shape[2] - j - 2 * out_hw[1] + 1, 1), (0, 0, 0)))
+  return (dpadded[:, 1:1 + x.shape[1], 1:1 + x.shape[2]],)
+
+
+max_pool_3x3_s2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def global_avg_pool(x: jax.Array) -> jax.Array:
@@ -188,6 +359,22 @@ def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, n
   hi = np.minimum(lo + 1, in_size - 1)
   weight_hi = (src - lo).astype(np.float32)
   return lo, hi, weight_hi
+
+
+def linear_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
+  """The (out_size, in_size) float32 matrix of ``resize_bilinear`` along one axis.
+
+  Row o holds PyTorch's two align_corners=False taps for output pixel o (weights summing to 1),
+  so ``matrix @ x`` along an axis is that axis' interpolation; the other entries are exact
+  zeros. Useful where a matmul beats a gather, e.g. for the backward pass (a matmul with the
+  transpose instead of a scatter-add).
+  """
+  lo, hi, weight_hi = _linear_taps(in_size, out_size)
+  matrix = np.zeros((out_size, in_size), np.float32)
+  rows = np.arange(out_size)
+  np.add.at(matrix, (rows, lo), 1 - weight_hi)
+  np.add.at(matrix, (rows, hi), weight_hi)
+  return matrix
 
 
 def _resize_axis_linear(x: jax.Array, axis: int, out_size: int) -> jax.Array:
