@@ -75,9 +75,9 @@ def conv2d(x: jax.Array, kernel: jax.Array, window_strides: Sequence[int],
   pass is XLA's convolution. Dilation and feature groups, which no layer here uses, are refused.
   """
   if any(d not in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))):
-    raise NotImplementedError('conv2d supports no dilation.')
+    raise ValueError('conv2d supports no dilation (no layer of this model uses it).')
   if feature_group_count != 1:
-    raise NotImplementedError('conv2d supports no feature groups.')
+    raise ValueError('conv2d supports no feature groups (no layer of this model uses them).')
   del dimension_numbers  # Always NHWC / HWIO here.
   padding = tuple(tuple(int(p) for p in pair) for pair in padding)
   return _conv2d(x, kernel, tuple(int(s) for s in window_strides), padding, precision)

@@ -43,7 +43,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, ignore_label: int = 255)
   """
   labels = labels.astype(jnp.int32)
   valid = labels != ignore_label
-  # Ignored pixels get a placeholder class 0; `where` (not a multiply) then drops their loss and
+  # Ignored pixels get a stand-in class 0; `where` (not a multiply) then drops their loss and
   # gives them an exactly zero gradient.
   per_pixel = optax.softmax_cross_entropy_with_integer_labels(
       logits.astype(at_least_float32(logits.dtype)), jnp.where(valid, labels, 0))
