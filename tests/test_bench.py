@@ -10,8 +10,9 @@ from conftest import run_cli
 INFER_FIELDS = {'impl', 'mode', 'arch', 'dtype', 'devices', 'batch_per_device', 'resolution',
                 'compile_s', 'step_ms_median', 'step_ms_p90', 'img_per_s',
                 'img_per_s_per_device', 'scaling_efficiency', 'gflops_per_image_xla',
-                'gflops_per_image_analytic', 'peak_tflops_per_device', 'mfu', 'peak_memory_gib',
-                'compiled_temp_gib', 'device_kind', 'jax', 'backend', 'warmup', 'steps'}
+                'gflops_per_image_analytic', 'peak_tflops_per_device', 'mfu',
+                'program_memory_gib', 'process_peak_memory_gib', 'compiled_temp_gib',
+                'device_kind', 'jax', 'backend', 'matmul_precision', 'warmup', 'steps'}
 TRAIN_FIELDS = INFER_FIELDS | {'data_img_per_s', 'data_wait_fraction'}
 
 
@@ -28,6 +29,7 @@ def test_harness_on_eight_simulated_devices_writes_every_field(tmp_path, mode, f
     assert fields <= set(row), fields - set(row)
     assert row['img_per_s'] > 0 and row['step_ms_p90'] >= row['step_ms_median'] > 0
     assert row['mfu'] is None  # A CPU has no datasheet peak: 'n/a', never a guess.
+    assert row['program_memory_gib'] > row['compiled_temp_gib'] > 0
   assert rows[0]['scaling_efficiency'] == 1.0
   assert (tmp_path / 'r.png').read_bytes()[:4] == b'\x89PNG'
   assert 'img/s/dev' in result.stdout and 'n/a' in result.stdout
@@ -48,3 +50,22 @@ def test_peak_table_knows_datasheet_devices_only():
   assert flops.peak_tflops('cpu', 'float32') is None
   assert flops.peak_tflops('TPU v4', 'float32') is None  # No fp32 datasheet figure.
   assert flops.peak_tflops('cpu', 'float32', override=0.17) == 0.17
+
+
+def test_compare_torch_measures_each_workload_once_and_prints_ratios(tmp_path):
+  result = run_cli('-m', 'bisenet_jax.bench', 'infer', '--resolution', '64x128', '--devices', '1',
+                   '--dtype', 'float32,bfloat16', '--compare-torch', '--torch-variants',
+                   'eager,bf16', '--warmup', '1', '--steps', '2', '--threads', '1',
+                   '--output', str(tmp_path / 'r.jsonl'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [json.loads(line) for line in (tmp_path / 'r.jsonl').read_text().splitlines()]
+  # Rows are written as they are measured: JAX fp32, then the two PyTorch variants, JAX bf16.
+  assert [(r['impl'], r['dtype']) for r in rows] == [
+      ('jax', 'float32'), ('torch-eager', 'float32'), ('torch-bf16', 'bfloat16'),
+      ('jax', 'bfloat16')]
+  jax_fp32, torch_eager = rows[:2]
+  assert torch_eager['img_per_s'] > 0 and torch_eager['threads'] == 1
+  assert torch_eager['jax_speedup'] == pytest.approx(jax_fp32['img_per_s']
+                                                     / torch_eager['img_per_s'])
+  ratio_lines = [line for line in result.stdout.splitlines() if line.startswith('JAX/PyTorch')]
+  assert len(ratio_lines) == 2 and all('vs eager fp32' in line for line in ratio_lines)

@@ -1,1 +1,1 @@
-"""``python -m bisenet_jax.bench``: throughput, FLOPs, MFU, memory and scaling, with PyTorch beside."""
+"""``python -m bisenet_jax.bench``: throughput, FLOPs, MFU, memory, scaling; PyTorch beside."""

@@ -2,7 +2,8 @@
 
   python -m bisenet_jax.bench infer --arch r18 --resolution 1024x2048 --compare-torch
   python -m bisenet_jax.bench train --arch r18,r50 --dtype float32,bfloat16 \
-      --resolution 1024x1024 --batch-per-device 2 --devices 1,2,4,8 --output results.jsonl --plot scaling.png
+      --resolution 1024x1024 --batch-per-device 2 --devices 1,2,4,8 \
+      --output results.jsonl --plot scaling.png
 
 Every point states what it measured: compile time apart, then the median and p90 step time of
 ``--steps`` blocked steps after ``--warmup`` ones; img/s over all devices and per device;
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import itertools
 import os
@@ -61,6 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--torch-variants', type=_list(str), default=list(torch_side.VARIANTS),
                       help=f'any of {",".join(torch_side.VARIANTS)} (default: all)')
   parser.add_argument('--threads', type=int, help='torch threads (default: torch\'s own)')
+  parser.add_argument('--data-workers', type=int, default=0,
+                      help='train: grain worker processes of the measured input pipeline '
+                           '(config.data.worker_count; 0 = threads in this process)')
   parser.add_argument('--peak-tflops', type=float, help='per-device peak for MFU, if not listed')
   parser.add_argument('--output', help='append one JSON object per point to this .jsonl')
   parser.add_argument('--plot', help='write a PNG of img/s and scaling efficiency vs devices')
@@ -89,7 +94,8 @@ def check(args) -> None:
 
 def environment() -> dict:
   return {'jax': jax.__version__, 'backend': jax.default_backend(), 'host': platform.node(),
-          'cpu_count': os.cpu_count(), 'xla_flags': os.environ.get('XLA_FLAGS', '')}
+          'cpu_count': os.cpu_count(), 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+          'matmul_precision': jax.config.jax_default_matmul_precision or 'default'}
 
 
 def header(args) -> str:
@@ -97,7 +103,8 @@ def header(args) -> str:
   env = environment()
   lines = [f"jax {env['jax']} on {env['backend']} ({jax.devices()[0].device_kind}, "
            f"devices: {jax.device_count()}, host CPUs: {env['cpu_count']}), "
-           f"XLA_FLAGS={env['xla_flags'] or '(none)'}"]
+           f"XLA_FLAGS={env['xla_flags'] or '(none)'}, "
+           f"default matmul/conv precision: {env['matmul_precision']}"]
   if args.compare_torch:
     import torch
     if args.threads:
@@ -106,14 +113,16 @@ def header(args) -> str:
   return '\n'.join(lines)
 
 
+def _same_workload(a: dict, b: dict) -> bool:
+  return all(a[k] == b[k] for k in ('mode', 'arch', 'resolution', 'batch_per_device'))
+
+
 def ratios(rows: list[dict]) -> list[str]:
   """'JAX/PyTorch' lines: vs eager fp32 and vs the fastest PyTorch variant, per 1-device point."""
   lines = []
   for jax_row in (r for r in rows if r['impl'] == 'jax' and r['devices'] == 1):
-    same = lambda r: all(r[k] == jax_row[k] for k in ('mode', 'arch', 'dtype', 'resolution',
-                                                      'batch_per_device'))
-    torch_results = [r for r in rows if r['impl'].startswith('torch-') and same(r)
-                     and r.get('img_per_s')]
+    torch_results = [r for r in rows if r['impl'].startswith('torch-')
+                     and _same_workload(r, jax_row) and r.get('img_per_s')]
     if not torch_results:
       continue
     eager = next((r for r in torch_results if r['impl'] == 'torch-eager'), None)
@@ -127,8 +136,10 @@ def ratios(rows: list[dict]) -> list[str]:
   return lines
 
 
-def run(args) -> list[dict]:
-  measure = jax_side.measure_infer if args.mode == 'infer' else jax_side.measure_train
+def run(args, emit) -> list[dict]:
+  """Measures every point; ``emit(row)`` is called as each row is done (console, .jsonl)."""
+  measure = (jax_side.measure_infer if args.mode == 'infer' else
+             functools.partial(jax_side.measure_train, data_workers=args.data_workers))
   rows, smallest = [], {}
   for arch, dtype, (height, width), batch, devices in itertools.product(
       args.arch, args.dtype, args.resolution, args.batch_per_device, sorted(args.devices)):
@@ -144,24 +155,28 @@ def run(args) -> list[dict]:
     row['scaling_baseline_devices'] = baseline['devices']
     row['scaling_efficiency'] = row['img_per_s_per_device'] / baseline['img_per_s_per_device']
     rows.append(row)
-    print(report.table([row]).splitlines()[1], flush=True)
-    if args.compare_torch and devices == 1:
-      rows += torch_rows(args, point, base, row)
+    emit(row)
+    # The PyTorch variants fix their own precision, so each workload is measured once, beside
+    # the first JAX dtype that runs it.
+    if args.compare_torch and devices == 1 and not any(
+        r['impl'].startswith('torch-') and _same_workload(r, row) for r in rows):
+      for torch_row in torch_rows(args, point, base, row):
+        rows.append(torch_row)
+        emit(torch_row)
   return rows
 
 
-def torch_rows(args, point, base, jax_row) -> list[dict]:
+def torch_rows(args, point, base, jax_row):
   images, labels = jax_side.random_inputs(point)
-  rows = []
   for variant in args.torch_variants:
     result = torch_side.measure(point, variant, images, labels, args.warmup, args.steps,
                                 args.threads)
-    row = {**base, 'impl': f'torch-{variant}', **result}
+    row = {**base, 'impl': f'torch-{variant}', 'dtype': torch_side.VARIANT_DTYPES[variant],
+           **result}
     if 'img_per_s' in row:
       row['img_per_s_per_device'] = row['img_per_s']
       row['jax_speedup'] = jax_row['img_per_s'] / row['img_per_s']
-    rows.append(row)
-  return rows
+    yield row
 
 
 @user_errors_exit
@@ -172,16 +187,22 @@ def main(argv=None) -> None:
   check(args)
   if jax.process_index() != 0:  # Every process measures; process 0 alone reports.
     with contextlib.redirect_stdout(io.StringIO()):
-      run(args)
+      run(args, emit=lambda row: None)
     return
   print(header(args), flush=True)
-  rows = run(args)
+  print(report.table([]), flush=True)
+
+  def emit(row):
+    print(report.table([row]).splitlines()[1], flush=True)
+    if args.output:  # Row by row, so an interrupted sweep keeps what it measured.
+      report.append_jsonl([row], args.output)
+
+  rows = run(args, emit)
   print()
   print(report.table(rows))
   for line in ratios(rows):
     print(line)
   if args.output:
-    report.append_jsonl(rows, args.output)
     print(f'appended {len(rows)} rows to {args.output}')
   if args.plot:
     report.plot(rows, args.plot)

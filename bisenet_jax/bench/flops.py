@@ -2,7 +2,10 @@
 
 The analytic count is REFERENCE.md §7.3's method: for every convolution, 2 x output elements x
 (Cin / groups) x kh x kw, nothing else (256.7 GFLOPs for R18 at 1024x2048 inference). It walks
-the jaxpr, so it counts exactly the convolutions the program runs, in any nested call.
+the jaxpr, so it counts exactly the convolutions the program runs, in any nested call. It is
+the count MFU uses. XLA's cost analysis agrees with it within a few percent on CPU and TPU; on
+GPU, where convolutions are cuDNN library calls, XLA does not count them and reports only the
+rest of the program (about 1% of the work).
 """
 
 from __future__ import annotations
@@ -14,13 +17,16 @@ from jax.extend import core as jax_core
 
 PEAKS_SOURCE = 'vendor datasheets, dense (no sparsity)'
 # Per-device peak TFLOP/s by device_kind substring, for MFU. Only datasheet numbers: anything
-# not listed (CPUs included) reports MFU 'n/a' unless --peak-tflops is given.
+# not listed (CPUs included) reports MFU 'n/a' unless --peak-tflops is given. On NVIDIA Ampere
+# and later, 'float32' is the TF32 tensor-core peak: XLA's default precision (and cuDNN's, in
+# PyTorch) runs float32 convolutions as TF32 there; with jax_default_matmul_precision='highest'
+# the relevant peak is the FP32 one in the comment, and --peak-tflops should say so.
 PEAK_TFLOPS = {
     # NVIDIA H100 SXM5 datasheet: BF16 989.4, TF32 494.7, FP32 66.9. H200 has the same compute.
-    'H100': {'bfloat16': 989.4, 'float32': 66.9},
-    'H200': {'bfloat16': 989.4, 'float32': 66.9},
-    # NVIDIA A100 (SXM) datasheet: BF16 312, FP32 19.5.
-    'A100': {'bfloat16': 312.0, 'float32': 19.5},
+    'H100': {'bfloat16': 989.4, 'float32': 494.7},
+    'H200': {'bfloat16': 989.4, 'float32': 494.7},
+    # NVIDIA A100 (SXM) datasheet: BF16 312, TF32 156, FP32 19.5.
+    'A100': {'bfloat16': 312.0, 'float32': 156.0},
     # Google Cloud TPU docs, per chip, BF16.
     'TPU v4': {'bfloat16': 275.0},
     'TPU v5 lite': {'bfloat16': 197.0},

@@ -15,7 +15,7 @@ COLUMNS = (  # (header, key, format)
     ('scal eff', 'scaling_efficiency', '{:.0%}'), ('GFLOP/img xla', 'gflops_per_image_xla',
                                                    '{:.1f}'),
     ('GFLOP/img conv', 'gflops_per_image_analytic', '{:.1f}'), ('MFU', 'mfu', '{:.1%}'),
-    ('peak GiB', 'peak_memory_gib', '{:.2f}'), ('data img/s', 'data_img_per_s', '{:.1f}'),
+    ('mem GiB', 'program_memory_gib', '{:.2f}'), ('data img/s', 'data_img_per_s', '{:.1f}'),
     ('data wait', 'data_wait_fraction', '{:.0%}'), ('vs jax', 'jax_speedup', '{:.2f}x'),
 )
 
@@ -55,7 +55,8 @@ def plot(rows: list[dict], path: str | Path) -> None:
   series: dict[str, list[dict]] = {}
   for row in rows:
     if row.get('impl') == 'jax' and 'img_per_s' in row:
-      label = f"{row['mode']} {row['arch']} {row['dtype']} {row['resolution']} b{row['batch_per_device']}"
+      label = (f"{row['mode']} {row['arch']} {row['dtype']} {row['resolution']} "
+               f"b{row['batch_per_device']}")
       series.setdefault(label, []).append(row)
   for label, points in series.items():
     points.sort(key=lambda r: r['devices'])

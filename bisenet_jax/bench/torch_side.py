@@ -14,6 +14,8 @@ import time
 import numpy as np
 
 VARIANTS = ('eager', 'channels_last', 'bf16', 'compile')
+VARIANT_DTYPES = {'eager': 'float32', 'channels_last': 'float32', 'bf16': 'bfloat16',
+                  'compile': 'float32'}
 
 
 def _timed(fn, warmup: int, steps: int, sync) -> np.ndarray:
@@ -41,6 +43,8 @@ def measure(point, variant: str, images: np.ndarray, labels: np.ndarray, warmup:
     torch.set_num_threads(threads)
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
   sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+  if device == 'cuda':
+    torch.backends.cudnn.benchmark = True  # Fixed shapes: let cuDNN pick its fastest kernels.
   model = build_reference(point.arch).to(device)
   x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(device)
   y = torch.from_numpy(labels.astype(np.int64)).to(device)
@@ -80,9 +84,13 @@ def measure(point, variant: str, images: np.ndarray, labels: np.ndarray, warmup:
   except Exception as e:  # An unsupported variant is a result to report, not a crash.
     return {'error': f'{type(e).__name__}: {str(e).splitlines()[0][:120]}'}
   first_s = time.perf_counter() - start
+  if device == 'cuda':  # Steady state: not cuDNN's algorithm search in the first step.
+    torch.cuda.reset_peak_memory_stats()
   times = _timed(step, max(0, warmup - 1), steps, sync)
   median = float(np.median(times))
   return {'compile_s': first_s if variant == 'compile' else None,
           'step_ms_median': 1e3 * median, 'step_ms_p90': 1e3 * float(np.percentile(times, 90)),
-          'img_per_s': point.global_batch / median, 'device_kind': device,
-          'threads': torch.get_num_threads()}
+          'img_per_s': point.global_batch / median, 'threads': torch.get_num_threads(),
+          'device_kind': torch.cuda.get_device_name() if device == 'cuda' else device,
+          'program_memory_gib': (torch.cuda.max_memory_allocated() / 2**30
+                                 if device == 'cuda' else None)}

@@ -7,8 +7,6 @@ labelIds 0..33 as uint8 [H, W, 1], which this source maps to trainIds with the s
 `CityscapesFolder`.
 """
 
-import tensorflow_datasets as tfds
-
 from bisenet_jax.data.cityscapes import LABEL_ID_TO_TRAIN_ID
 from bisenet_jax.errors import UserError
 
@@ -31,6 +29,9 @@ class TfdsCityscapes:
     Raises:
       UserError: the dataset is not prepared there in a random-access (array_record) format.
     """
+    # Imported here: TFDS takes seconds to import and only this source needs it.
+    import tensorflow_datasets as tfds
+
     name = f'cityscapes/{builder_config}'
     try:
       # download=False: never start preparing (which needs TensorFlow and the manual zips).
