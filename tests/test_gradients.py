@@ -16,13 +16,12 @@ def grads_of(fn, *args):
   return jax.grad(lambda *a: jnp.sum(jnp.sin(fn(*a))), argnums=tuple(range(len(args))))(*args)
 
 
-@pytest.mark.parametrize('matmul_path', [False, True], ids=['xla-path', 'matmul-path'])
+@pytest.mark.parametrize('chunk_bytes', [None, 170_000], ids=['one-chunk', 'padded-chunks'])
 @pytest.mark.parametrize('kernel,stride,cin,cout', [(3, 1, 32, 40), (3, 2, 32, 40), (7, 2, 3, 64),
                                                     (1, 2, 32, 48), (1, 1, 40, 32)])
-def test_conv_gradients_equal_autodiff(monkeypatch, matmul_path, kernel, stride, cin, cout):
-  if matmul_path:  # Force the tap-matmul kernel gradient, normally reserved for large maps.
-    monkeypatch.setattr(layers, '_IM2COL_MIN_GRAD_SIZE', 0)
-    monkeypatch.setattr(layers, '_IM2COL_MIN_CHANNEL_PRODUCT', 0)
+def test_conv_gradients_equal_autodiff(monkeypatch, chunk_bytes, kernel, stride, cin, cout):
+  if chunk_bytes:  # 3x3, stride 1: chunks of 3 of the 19 output rows, the last padded.
+    monkeypatch.setattr(layers, '_IM2COL_CHUNK_BYTES', chunk_bytes)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((2, 19, 23, cin), np.float32))
   k = jnp.asarray(rng.standard_normal((kernel, kernel, cin, cout), np.float32) / kernel)

@@ -1,11 +1,10 @@
 """Model FLOPs two ways: XLA's cost analysis of the compiled program, and an analytic conv count.
 
 The analytic count is REFERENCE.md §7.3's method: for every convolution, 2 x output elements x
-(Cin / groups) x kh x kw, nothing else (256.7 GFLOPs for R18 at 1024x2048 inference). It walks
-the jaxpr, so it counts exactly the convolutions the program runs, in any nested call. It is
-the count MFU uses. XLA's cost analysis agrees with it within a few percent on CPU and TPU; on
-GPU, where convolutions are cuDNN library calls, XLA does not count them and reports only the
-rest of the program (about 1% of the work).
+(Cin / groups) x kh x kw, nothing else (256.7 GFLOPs for R18 at 1024x2048 inference), counted
+over the model's ``nn.Conv`` calls. It is the count MFU uses. XLA's cost analysis agrees with it
+within a few percent on CPU; on GPU, where convolutions are cuDNN library calls, XLA does not
+count them and reports only the rest of the program (about 1% of the work).
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from __future__ import annotations
 import math
 
 import jax
-from jax.extend import core as jax_core
+from flax import linen as nn
 
 PEAKS_SOURCE = 'vendor datasheets, dense (no sparsity)'
 # Per-device peak TFLOP/s by device_kind substring, for MFU. Only datasheet numbers: anything
@@ -45,33 +44,25 @@ def peak_tflops(device_kind: str, dtype: str, override: float | None = None) -> 
   return None
 
 
-def _sub_jaxprs(params: dict):
-  for value in params.values():
-    for item in value if isinstance(value, (tuple, list)) else (value,):
-      if isinstance(item, jax_core.ClosedJaxpr):
-        yield item.jaxpr
-      elif isinstance(item, jax_core.Jaxpr):
-        yield item
-
-
-def _conv_flops(jaxpr) -> float:
-  total = 0.0
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == 'conv_general_dilated':
-      lhs, rhs = (v.aval for v in eqn.invars)
-      out = eqn.outvars[0].aval
-      dims = eqn.params['dimension_numbers']
-      kernel_spatial = [rhs.shape[d] for d in dims.rhs_spec[2:]]
-      in_features = rhs.shape[dims.rhs_spec[1]]
-      total += 2.0 * math.prod(out.shape) * in_features * math.prod(kernel_spatial)
-    for sub in _sub_jaxprs(eqn.params):
-      total += _conv_flops(sub)
-  return total
-
-
 def analytic_conv_flops(fn, *args) -> float:
-  """2 x MACs of every convolution ``fn(*args)`` runs (args may be ShapeDtypeStructs)."""
-  return _conv_flops(jax.make_jaxpr(fn)(*args).jaxpr)
+  """2 x MACs of every ``nn.Conv`` that ``fn(*args)`` calls (args may be ShapeDtypeStructs).
+
+  Counted per module call (output elements x kh x kw x Cin per group), so it does not depend on
+  how a convolution is lowered: the 1x1 ones run as matrix products (models/layers.py).
+  """
+  total = 0.0
+
+  def count(next_fun, call_args, call_kwargs, context):
+    nonlocal total
+    out = next_fun(*call_args, **call_kwargs)
+    if isinstance(context.module, nn.Conv) and context.method_name == '__call__':
+      kernel = context.module.get_variable('params', 'kernel')
+      total += 2.0 * math.prod(out.shape) * math.prod(kernel.shape[:-1])
+    return out
+
+  with nn.intercept_methods(count):
+    jax.eval_shape(fn, *args)
+  return total
 
 
 def xla_flops(compiled) -> float | None:
