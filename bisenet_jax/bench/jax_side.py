@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 
 import jax
@@ -179,16 +178,13 @@ def measure_data(point: Point, step, mesh, steps: int, workers: int = 0) -> dict
   ``workers`` is ``config.data.worker_count``: 0 runs the transforms in threads of this process.
   """
   source = RandomFrames(point.height, point.width)
-  make = functools.partial(pipeline.make_train_iterator, source,
-                           global_batch_size=point.global_batch, seed=0,
-                           crop_size=(point.height, point.width),
-                           base_size=(2 * point.width, point.height), scale_range=(0.5, 2.0),
-                           worker_count=workers, process_index=jax.process_index(),
-                           process_count=jax.process_count())
+  iterator = pipeline.make_train_iterator(
+      source, global_batch_size=point.global_batch, seed=0, crop_size=(point.height, point.width),
+      base_size=(2 * point.width, point.height), scale_range=(0.5, 2.0), worker_count=workers,
+      process_index=jax.process_index(), process_count=jax.process_count())
   local_batch = point.global_batch // jax.process_count()
   to_global = lambda host: jax.make_array_from_process_local_data(state_lib.batch_sharded(mesh),
                                                                    host)
-  iterator = make()
   try:
     next(iterator)  # Started (workers spawned, buffers filled) before the clock runs.
     start = time.perf_counter()
