@@ -29,7 +29,7 @@ import platform
 
 import jax
 
-from bisenet_jax.bench import jax_side, report, torch_side
+from bisenet_jax.bench import flops, jax_side, report, torch_side
 from bisenet_jax.cli import user_errors_exit
 from bisenet_jax.errors import UserError
 
@@ -104,7 +104,8 @@ def header(args) -> str:
   lines = [f"jax {env['jax']} on {env['backend']} ({jax.devices()[0].device_kind}, "
            f"devices: {jax.device_count()}, host CPUs: {env['cpu_count']}), "
            f"XLA_FLAGS={env['xla_flags'] or '(none)'}, "
-           f"default matmul/conv precision: {env['matmul_precision']}"]
+           f"default matmul/conv precision: {env['matmul_precision']}",
+           f'MFU peaks: {flops.PEAKS_SOURCE} (bisenet_jax/bench/flops.py; CPUs: n/a)']
   if args.compare_torch:
     import torch
     if args.threads:

@@ -16,14 +16,19 @@ def time_compile(jitted, *args):
   return compiled, time.perf_counter() - start
 
 
-def time_steps(step: Callable[[], object], warmup: int, steps: int) -> np.ndarray:
-  """Seconds of each of ``steps`` calls of ``step`` (result blocked on), after ``warmup`` calls."""
+def time_steps(step: Callable[[], object], warmup: int, steps: int,
+               wait: Callable[[object], object] = jax.block_until_ready) -> np.ndarray:
+  """Seconds of each of ``steps`` calls of ``step`` after ``warmup`` calls.
+
+  Each call counts until ``wait(result)`` returns: JAX's ``block_until_ready`` by default; the
+  PyTorch side passes its device synchronisation.
+  """
   for _ in range(warmup):
-    jax.block_until_ready(step())
+    wait(step())
   times = []
   for _ in range(steps):
     start = time.perf_counter()
-    jax.block_until_ready(step())
+    wait(step())
     times.append(time.perf_counter() - start)
   return np.asarray(times)
 

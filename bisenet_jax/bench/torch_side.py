@@ -13,22 +13,11 @@ import time
 
 import numpy as np
 
+from bisenet_jax.bench import timing
+
 VARIANTS = ('eager', 'channels_last', 'bf16', 'compile')
 VARIANT_DTYPES = {'eager': 'float32', 'channels_last': 'float32', 'bf16': 'bfloat16',
                   'compile': 'float32'}
-
-
-def _timed(fn, warmup: int, steps: int, sync) -> np.ndarray:
-  for _ in range(warmup):
-    fn()
-    sync()
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    fn()
-    sync()
-    times.append(time.perf_counter() - start)
-  return np.asarray(times)
 
 
 def measure(point, variant: str, images: np.ndarray, labels: np.ndarray, warmup: int,
@@ -86,7 +75,7 @@ def measure(point, variant: str, images: np.ndarray, labels: np.ndarray, warmup:
   first_s = time.perf_counter() - start
   if device == 'cuda':  # Steady state: not cuDNN's algorithm search in the first step.
     torch.cuda.reset_peak_memory_stats()
-  times = _timed(step, max(0, warmup - 1), steps, sync)
+  times = timing.time_steps(step, max(0, warmup - 1), steps, wait=lambda _: sync())
   median = float(np.median(times))
   return {'compile_s': first_s if variant == 'compile' else None,
           'step_ms_median': 1e3 * median, 'step_ms_p90': 1e3 * float(np.percentile(times, 90)),

@@ -69,7 +69,8 @@ def conv2d(x: jax.Array, kernel: jax.Array, window_strides: Sequence[int],
   """``lax.conv_general_dilated`` for NHWC inputs and HWIO kernels, with a CPU-tuned backward.
 
   The signature is the one ``nn.Conv`` calls (its ``conv_general_dilated`` hook). The forward
-  pass is XLA's convolution. Dilation and feature groups, which no layer here uses, are refused.
+  pass is XLA's convolution, except for unpadded 1x1 kernels, which are matrix products.
+  Dilation and feature groups, which no layer here uses, are refused.
   """
   if any(d not in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))):
     raise ValueError('conv2d supports no dilation (no layer of this model uses it).')
