@@ -48,14 +48,19 @@ def _is_model_checkpoint(directory: Path) -> bool:
   return (directory / VARIABLES).is_dir() and (directory / MODEL_CONFIG).exists()
 
 
+def finalized_steps(workdir: str | os.PathLike) -> list[int]:
+  """The steps of a training workdir whose checkpoints orbax has finished writing, ascending.
+
+  A checkpoint being written (or left half-written by a crash) is not listed: orbax writes
+  into a temporary folder and finalizes it only once every process has written its part.
+  """
+  return sorted(ocp.step.checkpoint_steps(Path(workdir) / TRAIN_CHECKPOINTS))
+
+
 def _latest_training_step(workdir: Path) -> Path | None:
-  """The newest complete step folder of a training workdir, or None."""
-  root = workdir / TRAIN_CHECKPOINTS
-  if not root.is_dir():
-    return None
-  steps = sorted((int(p.name), p) for p in root.iterdir() if p.name.isdigit() and
-                 _is_model_checkpoint(p))
-  return steps[-1][1] if steps else None
+  """The newest finalized step folder of a training workdir, or None."""
+  steps = finalized_steps(workdir) if (workdir / TRAIN_CHECKPOINTS).is_dir() else []
+  return workdir / TRAIN_CHECKPOINTS / str(steps[-1]) if steps else None
 
 
 def resolve_model_checkpoint(path: str | os.PathLike) -> Path:

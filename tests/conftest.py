@@ -1,6 +1,7 @@
 """Shared fixtures: the PyTorch reference (tests/torch_reference.py) and its converted twins."""
 
 import contextlib
+import hashlib
 import io
 import os
 import runpy
@@ -8,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,3 +42,15 @@ def torch_threads():
   import torch
   torch.set_num_threads(max(1, os.cpu_count() or 1))
   return torch
+
+
+@pytest.fixture(scope='session')
+def opencv4_golden():
+  """What the data code's OpenCV calls give on OpenCV 4 (tests/data/make_opencv4_golden.py)."""
+  with np.load(DATA / 'opencv4_golden.npz') as golden:
+    return dict(golden)
+
+
+@pytest.fixture(scope='session')
+def sha256():
+  return lambda array: hashlib.sha256(np.ascontiguousarray(array).tobytes()).digest()

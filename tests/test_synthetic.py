@@ -70,3 +70,10 @@ def test_ensure_reuses_a_matching_copy_and_regenerates_otherwise(tmp_path, monke
 def test_unknown_parameter_is_rejected(tmp_path):
   with pytest.raises(TypeError, match='num_tran'):
     synthetic.ensure_synthetic_cityscapes(tmp_path, num_tran=3)
+
+
+def test_drawing_equals_opencv4(opencv4_golden, sha256):
+  """The demo's data depends on OpenCV's shape drawing and blur: they must match OpenCV 4's."""
+  image, label_ids = synthetic.draw_street_scene(np.random.default_rng(3), 96, 192)
+  assert sha256(image) == bytes(opencv4_golden['synthetic/image_sha256'])
+  assert sha256(label_ids) == bytes(opencv4_golden['synthetic/label_sha256'])

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+from bisenet_jax import checkpoint
 from bisenet_jax.errors import UserError
 from bisenet_jax.train import config as config_lib
 from bisenet_jax.train import loop
@@ -119,9 +120,9 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
 
   killed = subprocess.Popen(train_command(tmp_path / 'data', tmp_path / 'b', steps), cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  first_checkpoint = tmp_path / 'b' / 'checkpoints' / '3' / 'commit_success.txt'
   deadline = time.time() + 300
-  while not first_checkpoint.exists() and killed.poll() is None and time.time() < deadline:
+  while (not checkpoint.finalized_steps(tmp_path / 'b') and killed.poll() is None and
+         time.time() < deadline):
     time.sleep(0.02)
   killed.send_signal(signal.SIGKILL)
   killed.wait()

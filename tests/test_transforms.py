@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from bisenet_jax.data import transforms as T
+from bisenet_jax.data.normalization import normalize
 
 
 class ScriptedRng:
@@ -66,6 +67,25 @@ def test_resize_label_is_nearest_with_floor_index_and_image_is_bilinear():
 def test_resize_without_label_resizes_the_image_only():
   out = T.resize_keep_ratio({'image': frame(20, 40)['image']}, (80, 40))
   assert out.keys() == {'image'} and out['image'].shape == (40, 80, 3)
+
+
+@pytest.mark.parametrize('scale', [0.03, 0.05, 0.3, 0.7, 1.37, 2.0])
+def test_resize_equals_opencv4_on_a_small_frame(opencv4_golden, scale):
+  """The reference ran on OpenCV 4: the installed OpenCV must resize to the same bits."""
+  sample = {'image': opencv4_golden['resize/small/image'],
+            'label': opencv4_golden['resize/small/label']}
+  out = T.resize_keep_ratio(sample, base_size=(53, 37), scale=scale)
+  np.testing.assert_array_equal(out['image'], opencv4_golden[f'resize/small/{scale}/image'])
+  np.testing.assert_array_equal(out['label'], opencv4_golden[f'resize/small/{scale}/label'])
+
+
+@pytest.mark.parametrize('scale', [0.7, 1.37])
+def test_resize_equals_opencv4_on_a_full_frame(opencv4_golden, sha256, scale):
+  full = {'image': np.random.default_rng(1).integers(0, 256, (1024, 2048, 3), np.uint8),
+          'label': np.random.default_rng(2).integers(0, 19, (1024, 2048), np.uint8)}
+  out = T.resize_keep_ratio(full, scale=scale)
+  assert sha256(out['image']) == bytes(opencv4_golden[f'resize/full/{scale}/image_sha256'])
+  assert sha256(out['label']) == bytes(opencv4_golden[f'resize/full/{scale}/label_sha256'])
 
 
 def test_random_resize_draws_the_scale_uniformly():
@@ -184,6 +204,12 @@ def test_photometric_matches_the_reference_on_bgr_data_bit_for_bit():
   assert not np.array_equal(naive, cv2.cvtColor(rgb, cv2.COLOR_BGR2HSV))
 
 
+def test_hsv_conversions_equal_opencv4(opencv4_golden):
+  hsv = T._to_hsv(opencv4_golden['hsv/input'])
+  np.testing.assert_array_equal(hsv, opencv4_golden['hsv/to_hsv'])
+  np.testing.assert_array_equal(T._from_hsv(hsv), opencv4_golden['hsv/from_hsv'])
+
+
 def test_photometric_draw_order_with_contrast_last():
   rng = ScriptedRng(integers=[1, 0, 1, 1, 5, 1], uniform=[3.0, 1.2, 0.8])
   T.photometric_distortion(frame(4, 4)['image'], rng)
@@ -218,25 +244,7 @@ def test_photometric_returns_the_input_when_nothing_fires():
   assert T.photometric_distortion(image, ScriptedRng(integers=[0, 0, 0, 0, 0])) is image
 
 
-# --- normalize and pad ----------------------------------------------------------------------
-
-def test_normalize_values_and_float_arithmetic():
-  image = frame(16, 16)['image']
-  out = T.normalize(image)
-  mean, std = np.array(T.MEAN_RGB), np.array(T.STD_RGB)
-  # OpenCV subtracts in float32 and multiplies in float64: bit-exact with this formula.
-  exact = ((image.astype(np.float32) - mean.astype(np.float32)).astype(np.float64) * (1 / std))
-  assert out.dtype == np.float32 and out.shape == (16, 16, 3)
-  np.testing.assert_array_equal(out, exact.astype(np.float32))
-  np.testing.assert_allclose(out, (image - mean) / std, rtol=0, atol=1e-6)
-
-
-def test_normalize_channel_order_is_rgb():
-  red = np.zeros((1, 1, 3), np.uint8)
-  red[..., 0] = 255
-  expected = [(255 - 123.675) / 58.395, -116.28 / 57.12, -103.53 / 57.375]
-  np.testing.assert_allclose(T.normalize(red)[0, 0], expected, rtol=1e-6)
-
+# --- pad ------------------------------------------------------------------------------------
 
 def test_center_pad_700_gives_162_162_with_fills():
   sample = {'image': np.ones((700, 6, 3), np.float32), 'label': np.zeros((700, 6), np.uint8)}
@@ -278,4 +286,4 @@ def test_eval_transform_keeps_the_label_at_its_original_size():
   assert out['label'] is sample['label']
   full = frame(1024, 2048)
   np.testing.assert_array_equal(T.eval_transform(full, base_size=(2048, 1024))['image'],
-                                T.normalize(full['image']))
+                                normalize(full['image']))

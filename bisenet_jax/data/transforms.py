@@ -8,19 +8,17 @@ the reference's order and with the same distributions: `random_sample()` -> `rng
 `rng.uniform`. The draws therefore sit where the reference's do, but a seed does not reproduce
 the reference's NumPy global-RNG stream.
 
-Images are RGB throughout, while the reference keeps BGR until Normalize. The two places where
-channel order matters (the HSV conversions of the photometric distortion and Normalize's
-BGR->RGB swap) say why the result is still bit-identical.
+Images are RGB throughout, while the reference keeps BGR until Normalize. Where channel order
+matters, the HSV conversions of the photometric distortion say below why the result is still
+bit-identical; Normalize's BGR->RGB swap is a no-op for RGB data (`normalization` takes the
+statistics in RGB order and reproduces the reference's arithmetic without calling OpenCV).
 """
 
 import cv2
 import numpy as np
 
 from bisenet_jax.data.cityscapes import IGNORE_LABEL
-
-# ImageNet statistics in RGB order, on the 0..255 scale (the reference's Normalize).
-MEAN_RGB = (123.675, 116.28, 103.53)
-STD_RGB = (58.395, 57.12, 57.375)
+from bisenet_jax.data.normalization import normalize
 
 
 def resize_keep_ratio(sample, base_size=(2048, 1024), scale=1.0):
@@ -185,28 +183,6 @@ def _to_hsv(rgb):
 
 def _from_hsv(hsv):
   return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
-
-
-def normalize(image, mean=MEAN_RGB, std=STD_RGB):
-  """(image - mean) / std per channel, as the reference's Normalize computes it.
-
-  The reference casts to float32, swaps BGR->RGB (our image is RGB already) and calls
-  `cv2.subtract(x, mean)` and `cv2.multiply(x, 1 / std)` with float64 [1, 3] arrays. The same
-  calls are made here, so the result is bit-identical; OpenCV subtracts in float32 (the mean
-  rounded to float32) and multiplies in float64 before rounding to float32.
-
-  Args:
-    image: uint8 [H, W, 3] RGB.
-    mean: per-channel mean, RGB order.
-    std: per-channel standard deviation, RGB order.
-
-  Returns:
-    float32 [H, W, 3] RGB.
-  """
-  out = image.astype(np.float32, order='C')
-  cv2.subtract(out, np.array(mean, np.float64).reshape(1, 3), out)
-  cv2.multiply(out, 1 / np.array(std, np.float64).reshape(1, 3), out)
-  return out
 
 
 def center_pad(sample, size):
