@@ -5,16 +5,16 @@
       --config.data.root=/data/cityscapes --config.init.backbone=resnet18_v1c-b5776b93.pth
 
 Rerunning a command with the same ``--workdir`` resumes it. Launched as several processes
-(GPU cluster, TPU pod), ``jax.distributed.initialize()`` connects them first.
+(SLURM, a TPU pod slice, or JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID),
+``bisenet_jax.parallel.setup`` connects them first.
 """
 
 import os
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bisenet_jax.errors import UserError
+from bisenet_jax.cli import user_errors_exit
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/r18.py[:demo]).',
                                           lock_config=True)
@@ -22,15 +22,9 @@ _WORKDIR = flags.DEFINE_string('workdir', None,
                                'Where checkpoints and logs go (default: runs/<config name>).')
 _DISTRIBUTED = flags.DEFINE_enum(
     'distributed', 'auto', ['auto', 'yes', 'no'],
-    "Call jax.distributed.initialize(): 'auto' does when a cluster launcher is detected "
-    '(SLURM with several tasks, a TPU pod slice, or JAX_COORDINATOR_ADDRESS set).')
-
-
-def launched_as_several_processes() -> bool:
-  env = os.environ
-  return bool(env.get('JAX_COORDINATOR_ADDRESS') or int(env.get('SLURM_NTASKS', '1')) > 1 or
-              ',' in env.get('TPU_WORKER_HOSTNAMES', '') or
-              int(env.get('OMPI_COMM_WORLD_SIZE', '1')) > 1)
+    "Connect the processes of a multi-process launch: 'auto' when SLURM with several tasks, a "
+    'TPU pod slice, Open MPI or JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID '
+    'are detected.')
 
 
 def default_workdir(config_path: str) -> str:
@@ -39,21 +33,17 @@ def default_workdir(config_path: str) -> str:
   return os.path.join('runs', f'{stem}_{variant}' if variant else stem)
 
 
+@user_errors_exit
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO.
-  import jax  # After flag parsing: absl flags must be parsed before grain's workers start.
-  if _DISTRIBUTED.value == 'yes' or (_DISTRIBUTED.value == 'auto' and
-                                     launched_as_several_processes()):
-    jax.distributed.initialize()
+  # Imported after flag parsing: absl flags must be parsed before grain's workers start.
+  from bisenet_jax import parallel
   from bisenet_jax.train.loop import train_and_evaluate
   workdir = _WORKDIR.value or default_workdir(flags.FLAGS['config'].config_filename)
-  try:
-    train_and_evaluate(_CONFIG.value, workdir)
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+  parallel.setup(_DISTRIBUTED.value)
+  train_and_evaluate(_CONFIG.value, workdir)
 
 
 if __name__ == '__main__':

@@ -4,15 +4,14 @@ A *model checkpoint* is an orbax composite directory with two items:
 ``variables`` ({'params', 'batch_stats'}) and ``model_config`` (JSON: the ``build_model``
 arguments, e.g. ``{"name": "bisenetv1_r18", "num_classes": 19, "stem": "deep"}``).
 The converter writes exactly that; every training checkpoint step directory holds the same
-two items next to the optimizer and data-iterator state, so anything that reads a model
-(``load_pretrained``, evaluation, prediction, fine-tuning) reads both kinds the same way.
+two items next to the optimizer state, so anything that reads a model (``load_pretrained``,
+evaluation, prediction, fine-tuning) reads both kinds the same way.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
@@ -23,11 +22,6 @@ from bisenet_jax.errors import UserError
 VARIABLES = 'variables'
 MODEL_CONFIG = 'model_config'
 TRAIN_CHECKPOINTS = 'checkpoints'  # Sub-folder of a training workdir.
-
-
-def model_config(name: str, num_classes: int, stem: str = 'deep') -> dict[str, Any]:
-  """The JSON-able description from which ``build_model(**config)`` rebuilds the model."""
-  return {'name': name, 'num_classes': int(num_classes), 'stem': stem}
 
 
 def save_model(directory: str | os.PathLike, variables: dict, config: dict) -> Path:
@@ -77,21 +71,23 @@ def resolve_model_checkpoint(path: str | os.PathLike) -> Path:
 
 
 def restore_model(path: str | os.PathLike) -> tuple[dict, dict]:
-  """Reads ``(model_config, variables)`` from a model checkpoint or a training workdir."""
+  """Reads ``(model_config, variables)`` from a model checkpoint or a training workdir.
+
+  The variables land on this process's first device, whatever devices and processes wrote
+  them (orbax would otherwise insist on the writer's layout).
+  """
   directory = resolve_model_checkpoint(path)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  with ocp.StandardCheckpointer() as reader:
+    stored = reader.metadata(directory / VARIABLES).item_metadata
+  target = jax.tree_util.tree_map(
+      lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), stored)
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
     restored = checkpointer.restore(directory, ocp.args.Composite(**{
-        VARIABLES: ocp.args.StandardRestore(),
+        VARIABLES: ocp.args.StandardRestore(target),
         MODEL_CONFIG: ocp.args.JsonRestore(),
     }))
-  variables = jax.tree_util.tree_map(jax.numpy.asarray, dict(restored[VARIABLES]))
-  return dict(restored[MODEL_CONFIG]), variables
-
-
-def build_from_config(config: dict, **overrides) -> models.FCNBiSeNetV1:
-  """``build_model`` from a stored model config (plus e.g. ``dtype`` or ``dropout_rate``)."""
-  return models.build_model(config['name'], num_classes=config['num_classes'],
-                            stem=config.get('stem', 'deep'), **overrides)
+  return dict(restored[MODEL_CONFIG]), dict(restored[VARIABLES])
 
 
 def load_pretrained(path: str | os.PathLike, **overrides) -> tuple[models.FCNBiSeNetV1, dict]:
@@ -107,4 +103,13 @@ def load_pretrained(path: str | os.PathLike, **overrides) -> tuple[models.FCNBiS
     config, variables = ssseg.load_official_checkpoint(path)
   else:
     config, variables = restore_model(path)
-  return build_from_config(config, **overrides), variables
+  return models.build_from_config(config, **overrides), variables
+
+
+def export_official_checkpoint(model_path: str | os.PathLike, output: str | os.PathLike,
+                               num_batches_tracked: int = 0) -> Path:
+  """A model checkpoint (or training workdir) -> ``{'model': state_dict}`` ``.pth`` (needs torch)."""
+  from bisenet_jax.interop import ssseg, torch_files  # Imports torch.
+  _, variables = restore_model(model_path)
+  return torch_files.write_state_dict(ssseg.export_state_dict(variables, num_batches_tracked),
+                                      output)

@@ -32,12 +32,11 @@ import cv2
 import jax
 import numpy as np
 
-from bisenet_jax import checkpoint
-from bisenet_jax.cli import user_errors_exit
+from bisenet_jax import checkpoint, parallel
+from bisenet_jax.cli import add_distributed_argument, user_errors_exit
 from bisenet_jax.data import cityscapes
 from bisenet_jax.errors import UserError
 from bisenet_jax.eval import evaluator, inference, metrics
-from bisenet_jax.train.state import make_mesh
 
 # Predictions are named after their input image, as the test server asks; the official
 # evaluation finds them by globbing '<city>_<seq>_<frame>*.png', which that name matches.
@@ -239,12 +238,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help='write <city>/<city>_<seq>_<frame>_leftImg8bit.png labelId maps '
                       'for cityscapesscripts or the Cityscapes test server')
   add_inference_arguments(parser)
+  add_distributed_argument(parser)
   return parser.parse_args(argv)
 
 
 @user_errors_exit
 def main(argv=None) -> dict:
   args = parse_args(argv)
+  parallel.setup(args.distributed)
   options = inference_options(args)
   base_size = parse_size(args.base_size, '--base-size')
   if args.batch_size <= 0:
@@ -252,8 +253,9 @@ def main(argv=None) -> dict:
   output = _prepare_output(args.output)
   source = cityscapes.CityscapesFolder(args.data_root, args.split)
   model, variables = load_cityscapes_model(args.checkpoint)
-  mesh = make_mesh()
-  print(describe_protocol(args, mesh.size))
+  mesh = parallel.make_mesh()
+  say = print if jax.process_index() == 0 else lambda *_: None  # One report per run.
+  say(describe_protocol(args, mesh.size))
   throughput = SteadyThroughput()
   hooks = [throughput]
   if args.save_predictions:
@@ -270,13 +272,13 @@ def main(argv=None) -> dict:
                                 num_classes=cityscapes.NUM_CLASSES, on_batch=on_batch,
                                 progress=sys.stderr.isatty())  # No bar in logs.
 
-  print(metrics.format_table(scores, cityscapes.CLASS_NAMES))
-  print(_timing_line(scores, throughput.images_per_second()))
+  say(metrics.format_table(scores, cityscapes.CLASS_NAMES))
+  say(_timing_line(scores, throughput.images_per_second()))
   if output is not None and jax.process_index() == 0:  # One file, even on a shared disk.
     write_json_atomically(output, results_record(scores, args, options))
-    print(f'wrote {output}')
+    say(f'wrote {output}')
   if args.save_predictions:
-    print(f'wrote {scores["images"]} prediction(s) to {args.save_predictions}')
+    say(f'wrote {scores["images"]} prediction(s) to {args.save_predictions}')
   return scores
 
 

@@ -9,7 +9,7 @@ image ``<stem>.<ext>`` the output folder receives ``<stem>_mask.png`` (every pix
 (the image and the mask blended 50/50); images found in a folder keep their sub-folder path
 below it. ``legend.png`` names the colours.
 
-Each image is normalised as in evaluation (``transforms.normalize``) but NOT resized: the model
+Each image is normalised as in evaluation (on the device) but NOT resized: the model
 sees it at its own size, so objects should appear at roughly Cityscapes scale (a 2048x1024
 street frame) for good results; ``--scales`` runs it at other sizes too. Inference is the
 shared, jitted ``evaluator.make_segment_fn`` on one device with the same flags as
@@ -27,9 +27,9 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from bisenet_jax import evaluate
+from bisenet_jax import evaluate, parallel
 from bisenet_jax.cli import user_errors_exit
-from bisenet_jax.data import cityscapes, transforms
+from bisenet_jax.data import cityscapes
 from bisenet_jax.errors import UserError
 from bisenet_jax.eval import evaluator
 
@@ -115,8 +115,7 @@ def predictor(model, variables, options: evaluator.InferenceOptions):
   variables = jax.device_put(variables, jax.devices()[0])
 
   def predict(image: np.ndarray) -> np.ndarray:
-    batch = transforms.normalize(image)[None]
-    return np.asarray(segment(variables, batch, out_size=image.shape[:2]))[0]
+    return np.asarray(segment(variables, image[None], out_size=image.shape[:2]))[0]
 
   return predict
 
@@ -140,6 +139,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 @user_errors_exit
 def main(argv=None) -> None:
   args = parse_args(argv)
+  parallel.setup('no')  # One device, one process.
   options = evaluate.inference_options(args)
   images = find_images(args.inputs)
   predict = predictor(*evaluate.load_cityscapes_model(args.checkpoint), options)

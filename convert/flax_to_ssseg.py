@@ -9,8 +9,8 @@ including each BatchNorm's ``num_batches_tracked``.
 
 import argparse
 
+from bisenet_jax import checkpoint
 from bisenet_jax.cli import user_errors_exit
-from bisenet_jax.interop import ssseg
 
 
 @user_errors_exit
@@ -21,7 +21,7 @@ def main(argv=None):
   parser.add_argument('--num-batches-tracked', type=int, default=0,
                       help="value of every BN's num_batches_tracked counter (train steps seen)")
   args = parser.parse_args(argv)
-  path = ssseg.export_checkpoint(args.input, args.output, args.num_batches_tracked)
+  path = checkpoint.export_official_checkpoint(args.input, args.output, args.num_batches_tracked)
   print(f'exported {args.input} -> {path}')
 
 

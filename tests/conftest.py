@@ -5,8 +5,10 @@ import hashlib
 import io
 import os
 import runpy
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,53 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
   """Runs ``python <args>`` from the repository root, capturing output (never raises)."""
   return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
                         env={**os.environ, **(env or {})}, timeout=900)
+
+
+def cpu_devices(count: int) -> dict:
+  """Environment for a subprocess that should see ``count`` CPU devices."""
+  return {'XLA_FLAGS': f'--xla_force_host_platform_device_count={count}'}
+
+
+def free_port() -> int:
+  with socket.socket() as probe:
+    probe.bind(('127.0.0.1', 0))
+    return probe.getsockname()[1]
+
+
+def launch_processes(args: list[str], processes: int, devices_per_process: int, log_dir: Path,
+                     env: dict | None = None) -> list[subprocess.Popen]:
+  """Starts ``python <args>`` as the ``processes`` processes of one run on this machine.
+
+  Exactly README's generic launch: every process gets JAX_COORDINATOR_ADDRESS (a free port on
+  127.0.0.1), JAX_NUM_PROCESSES and its JAX_PROCESS_ID, and sees ``devices_per_process`` CPU
+  devices. Each one's output goes to ``<log_dir>/process_<i>.log`` (``.log_path``).
+  """
+  coordinator = f'127.0.0.1:{free_port()}'
+  started = []
+  for index in range(processes):
+    process_env = {**os.environ, **cpu_devices(devices_per_process), **(env or {}),
+                   'JAX_COORDINATOR_ADDRESS': coordinator, 'JAX_NUM_PROCESSES': str(processes),
+                   'JAX_PROCESS_ID': str(index)}
+    log_path = Path(log_dir) / f'process_{index}.log'
+    with log_path.open('w') as log:
+      process = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=process_env, stdout=log,
+                                 stderr=subprocess.STDOUT, text=True)
+    process.log_path = log_path
+    started.append(process)
+  return started
+
+
+def wait_for(processes: list[subprocess.Popen], timeout: float = 900) -> list[str]:
+  """Waits for every process; returns each one's output (the caller checks return codes)."""
+  deadline = time.time() + timeout
+  for process in processes:
+    try:
+      process.wait(max(1.0, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+      for other in processes:
+        other.kill()
+      raise
+  return [process.log_path.read_text() for process in processes]
 
 
 def run_script(script: str, *args: str) -> subprocess.CompletedProcess:

@@ -2,10 +2,11 @@
 
 import json
 
+import cv2
 import pytest
 
 from bisenet_jax.bench import flops, jax_side
-from conftest import run_cli
+from conftest import cpu_devices, launch_processes, run_cli, wait_for
 
 INFER_FIELDS = {'impl', 'mode', 'arch', 'dtype', 'devices', 'batch_per_device', 'resolution',
                 'compile_s', 'step_ms_median', 'step_ms_p90', 'img_per_s',
@@ -13,26 +14,48 @@ INFER_FIELDS = {'impl', 'mode', 'arch', 'dtype', 'devices', 'batch_per_device', 
                 'gflops_per_image_analytic', 'peak_tflops_per_device', 'mfu',
                 'program_memory_gib', 'process_peak_memory_gib', 'compiled_temp_gib',
                 'device_kind', 'jax', 'backend', 'matmul_precision', 'warmup', 'steps'}
-TRAIN_FIELDS = INFER_FIELDS | {'data_img_per_s', 'data_wait_fraction'}
+DATA_FIELDS = {'data_img_per_s', 'data_img_per_s_per_core', 'data_cores_per_device',
+               'data_wait_fraction'}
+TRAIN_FIELDS = INFER_FIELDS | DATA_FIELDS
 
 
 @pytest.mark.parametrize('mode,fields', [('infer', INFER_FIELDS), ('train', TRAIN_FIELDS)])
 def test_harness_on_eight_simulated_devices_writes_every_field(tmp_path, mode, fields):
-  result = run_cli('-m', 'bisenet_jax.bench', mode, '--resolution', '64x64', '--devices', '1,2,8',
+  result = run_cli('-m', 'bisenet_jax.bench', mode, '--resolution', '64x64', '--devices', '1,8',
                    '--batch-per-device', '2', '--warmup', '1', '--steps', '1',
+                   '--data-frames', str(tmp_path / 'frames'),
                    '--output', str(tmp_path / 'r.jsonl'), '--plot', str(tmp_path / 'r.png'),
-                   env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8'})
+                   env=cpu_devices(8))
   assert result.returncode == 0, result.stderr[-3000:]
   rows = [json.loads(line) for line in (tmp_path / 'r.jsonl').read_text().splitlines()]
-  assert [r['devices'] for r in rows] == [1, 2, 8]
+  assert [r['devices'] for r in rows] == [1, 8]
   for row in rows:
     assert fields <= set(row), fields - set(row)
     assert row['img_per_s'] > 0 and row['step_ms_p90'] >= row['step_ms_median'] > 0
     assert row['mfu'] is None  # A CPU has no datasheet peak: 'n/a', never a guess.
     assert row['program_memory_gib'] > row['compiled_temp_gib'] > 0
+    if mode == 'train':  # Real 2048x1024 PNG files were read, at some rate per CPU core.
+      assert row['data_img_per_s'] > 0 and row['data_img_per_s_per_core'] > 0
+      assert row['data_cores_per_device'] == pytest.approx(
+          row['img_per_s_per_device'] / row['data_img_per_s_per_core'])
+  if mode == 'train':
+    frames = sorted((tmp_path / 'frames').rglob('*_leftImg8bit.png'))
+    assert frames and cv2.imread(str(frames[0])).shape == (1024, 2048, 3)
   assert rows[0]['scaling_efficiency'] == 1.0
   assert (tmp_path / 'r.png').read_bytes()[:4] == b'\x89PNG'
   assert 'img/s/dev' in result.stdout and 'n/a' in result.stdout
+
+
+def test_two_processes_measure_one_sweep_and_process_zero_reports(tmp_path):
+  """``bench`` launched as two processes (README's generic launch): one mesh over both."""
+  args = ['-m', 'bisenet_jax.bench', 'infer', '--resolution', '64x64', '--devices', '2,4',
+          '--warmup', '1', '--steps', '1', '--output', str(tmp_path / 'r.jsonl')]
+  processes = launch_processes(args, 2, 2, tmp_path)
+  outputs = wait_for(processes)
+  assert [p.returncode for p in processes] == [0, 0], outputs
+  rows = [json.loads(line) for line in (tmp_path / 'r.jsonl').read_text().splitlines()]
+  assert [r['devices'] for r in rows] == [2, 4]  # Written once, by process 0.
+  assert 'img/s/dev' in outputs[0] and 'img/s/dev' not in outputs[1]
 
 
 def test_xla_flops_per_image_match_the_analytic_conv_count():

@@ -158,7 +158,7 @@ def test_imagenet_file_that_matches_nothing_or_mismatches_is_refused(tmp_path, r
 
 def test_checkpoint_config_round_trip(tmp_path):
   variables = _init_shapes('bisenetv1_r18')
-  config = checkpoint.model_config('bisenetv1_r18', 19)
+  config = models.model_config('bisenetv1_r18', 19)
   checkpoint.save_model(tmp_path / 'm', variables, config)
   restored_config, restored = checkpoint.restore_model(tmp_path / 'm')
   assert restored_config == config

@@ -5,7 +5,8 @@ street scenes in two cities) and an official-format ``.pth`` written by the PyTo
 with random weights go through the command line. Its scores must equal what PyTorch
 predicts on the same files, scored by an independent NumPy confusion matrix; its saved
 predictions must score the same in cityscapesscripts' official evaluation; 8 simulated
-devices must count exactly what 1 device counts; bad input must fail in one line.
+devices, and 2 processes, must count exactly what 1 device counts; bad input must fail in one
+line.
 """
 
 import copy
@@ -22,7 +23,7 @@ from cityscapesscripts.helpers.labels import id2label, trainId2label
 from bisenet_jax import evaluate
 from bisenet_jax.data.synthetic import draw_street_scene
 from bisenet_jax.interop import torch_reference
-from conftest import run_cli
+from conftest import launch_processes, run_cli, wait_for
 
 K = 19
 HEIGHT, WIDTH = 64, 128
@@ -183,6 +184,26 @@ def test_eight_devices_count_what_one_device_counts(setup, one_device):
   np.testing.assert_array_equal(sharded['confusion'], results['confusion'])
   # Every image's prediction comes back under its own name, not a neighbour's.
   np.testing.assert_array_equal(read_predictions(tmp / 'predictions8', setup['gt_files']),
+                                read_predictions(predictions, setup['gt_files']))
+
+
+def test_two_processes_count_what_one_process_counts(setup, one_device):
+  """Two processes with 2 devices each, launched as README's generic launch does: each reads
+  its share of the split; the one confusion matrix equals the one-process run's."""
+  results, _, predictions = one_device
+  tmp = setup['tmp']
+  args = ['-m', 'bisenet_jax.evaluate', '--checkpoint', str(setup['checkpoint']),
+          '--data-root', str(setup['root']), '--base-size', f'{WIDTH}x{HEIGHT}',
+          '--output', str(tmp / 'results_2p.json'), '--save-predictions',
+          str(tmp / 'predictions_2p')]
+  processes = launch_processes(args, 2, 2, tmp)
+  outputs = wait_for(processes)
+  assert [p.returncode for p in processes] == [0, 0], outputs
+  assert 'on 4 device(s)' in outputs[0] and 'mIoU' not in outputs[1]  # Process 0 reports.
+  sharded = json.loads((tmp / 'results_2p.json').read_text())
+  assert sharded['images'] == 5
+  np.testing.assert_array_equal(sharded['confusion'], results['confusion'])
+  np.testing.assert_array_equal(read_predictions(tmp / 'predictions_2p', setup['gt_files']),
                                 read_predictions(predictions, setup['gt_files']))
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from bisenet_jax.models import layers
+from bisenet_jax.models import kernels, layers
 from bisenet_jax.train import losses
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
@@ -21,12 +21,12 @@ def grads_of(fn, *args):
                                                     (1, 2, 32, 48), (1, 1, 40, 32)])
 def test_conv_gradients_equal_autodiff(monkeypatch, chunk_bytes, kernel, stride, cin, cout):
   if chunk_bytes:  # 3x3, stride 1: chunks of 3 of the 19 output rows, the last padded.
-    monkeypatch.setattr(layers, '_IM2COL_CHUNK_BYTES', chunk_bytes)
+    monkeypatch.setattr(kernels, '_IM2COL_CHUNK_BYTES', chunk_bytes)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((2, 19, 23, cin), np.float32))
   k = jnp.asarray(rng.standard_normal((kernel, kernel, cin, cout), np.float32) / kernel)
   pad = ((kernel // 2, kernel // 2),) * 2
-  ours = grads_of(lambda x, k: layers.conv2d(x, k, (stride, stride), pad), x, k)
+  ours = grads_of(lambda x, k: kernels.conv2d(x, k, (stride, stride), pad), x, k)
   reference = grads_of(lambda x, k: jax.lax.conv_general_dilated(
       x, k, (stride, stride), pad, dimension_numbers=NHWC), x, k)
   for got, want in zip(ours, reference):
@@ -37,8 +37,8 @@ def test_max_pool_gradient_equals_autodiff():
   x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 17, 22, 8), np.float32))
   x = jnp.maximum(x, 0)  # Ties at zero, as after a ReLU.
   reference = lambda x: nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
-  np.testing.assert_array_equal(layers.max_pool_3x3_s2(x), reference(x))
-  got, = grads_of(layers.max_pool_3x3_s2, x)
+  np.testing.assert_array_equal(kernels.max_pool_3x3_s2(x), reference(x))
+  got, = grads_of(kernels.max_pool_3x3_s2, x)
   want, = grads_of(reference, x)
   # Per window the gradient goes to one maximum; tied windows may pick another, equal-valued one.
   np.testing.assert_allclose(jnp.sum(got), jnp.sum(want), rtol=1e-5)

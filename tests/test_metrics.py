@@ -146,6 +146,8 @@ def test_matches_official_cityscapes_evaluation(tmp_path):
 SHARDED_SCRIPT = textwrap.dedent('''
     import os
     os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=8'
+    from bisenet_jax import parallel
+    parallel.setup()
     import jax
     import numpy as np
     from jax.sharding import NamedSharding, PartitionSpec as P

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from bisenet_jax import models
-from bisenet_jax.models import layers
+from bisenet_jax.models import kernels, layers
 
 
 def nchw(x):
@@ -78,7 +78,7 @@ def test_resizes_match_torch(in_size, out_size):
 def test_max_pool_and_strided_conv_padding_match_torch():
   x = np.random.default_rng(1).standard_normal((1, 11, 14, 4), dtype=np.float32)
   expected = F.max_pool2d(nchw(x), 3, 2, 1)
-  np.testing.assert_array_equal(layers.max_pool_3x3_s2(jnp.asarray(x)), nhwc(expected))
+  np.testing.assert_array_equal(kernels.max_pool_3x3_s2(jnp.asarray(x)), nhwc(expected))
   conv = layers.conv(5, 7, 2, in_features=4, name='c')
   params = conv.init(jax.random.key(0), x)
   kernel = np.array(params['params']['kernel']).transpose(3, 2, 0, 1).copy()

@@ -15,7 +15,7 @@ import pytest
 from bisenet_jax import load_pretrained, predict
 from bisenet_jax.data.cityscapes import PALETTE
 from bisenet_jax.data.synthetic import draw_street_scene
-from bisenet_jax.data.transforms import normalize
+from bisenet_jax.data.normalization import normalize
 from bisenet_jax.eval import inference
 from bisenet_jax.interop import torch_reference
 

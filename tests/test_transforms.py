@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from bisenet_jax.data import transforms as T
-from bisenet_jax.data.normalization import normalize
+from bisenet_jax.data.normalization import normalize, normalize_on_device
 
 
 class ScriptedRng:
@@ -246,22 +246,34 @@ def test_photometric_returns_the_input_when_nothing_fires():
 
 # --- pad ------------------------------------------------------------------------------------
 
-def test_center_pad_700_gives_162_162_with_fills():
-  sample = {'image': np.ones((700, 6, 3), np.float32), 'label': np.zeros((700, 6), np.uint8)}
+def test_center_pad_700_gives_162_162_with_fills_and_the_content_box():
+  sample = {'image': np.ones((700, 6, 3), np.uint8), 'label': np.zeros((700, 6), np.uint8)}
   out = T.center_pad(sample, (1024, 8))
   assert out['image'].shape == (1024, 8, 3) and out['label'].shape == (1024, 8)
   assert (out['image'][162:862, 1:7] == 1).all() and (out['label'][162:862, 1:7] == 0).all()
-  assert out['image'].sum() == 700 * 6 * 3  # everything else is 0.0
+  assert out['image'].sum() == 700 * 6 * 3  # everything else is 0
   assert (out['label'][:162] == 255).all() and (out['label'][862:] == 255).all()
   assert (out['label'][:, 0] == 255).all() and (out['label'][:, 7] == 255).all()
+  assert out['content'].tolist() == [162, 1, 700, 6] and out['content'].dtype == np.int32
 
 
 def test_center_pad_odd_remainder_goes_to_the_bottom_and_longer_sides_are_centre_cropped():
   label = np.arange(11 * 9, dtype=np.uint8).reshape(11, 9)
-  out = T.center_pad({'image': np.zeros((11, 9, 3), np.float32), 'label': label}, (14, 5))
+  out = T.center_pad({'image': np.zeros((11, 9, 3), np.uint8), 'label': label}, (14, 5))
   # rows: top = (14 - 11) // 2 = 1, bottom 2; cols: left = (5 - 9) // 2 = -2, i.e. drop 2 and 2.
   np.testing.assert_array_equal(out['label'][1:12], label[:, 2:7])
   assert (out['label'][0] == 255).all() and (out['label'][12:] == 255).all()
+  assert out['content'].tolist() == [1, 0, 11, 5]
+
+
+def test_padding_normalised_on_the_device_is_the_reference_zero():
+  """normalize -> pad with 0.0 (the reference's order) == pad uint8 -> normalize_on_device."""
+  sample = frame(7, 5)
+  out = T.center_pad(sample, (10, 4))
+  reference = np.zeros((10, 4, 3), np.float32)
+  reference[1:8] = normalize(sample['image'])[:, 1:]  # (4 - 5) // 2 = -1: drop column 0.
+  on_device = normalize_on_device(out['image'][None], out['content'][None])[0]
+  np.testing.assert_array_equal(np.asarray(on_device), reference)
 
 
 # --- compositions ---------------------------------------------------------------------------
@@ -271,19 +283,18 @@ def test_train_transform_shapes_types_and_determinism():
   kwargs = dict(crop_size=(96, 80), base_size=(256, 128), scale_range=(0.5, 2.0))
   out = T.train_transform(sample, np.random.default_rng(1), **kwargs)
   again = T.train_transform(sample, np.random.default_rng(1), **kwargs)
-  assert out.keys() == {'image', 'label'}
-  assert out['image'].shape == (96, 80, 3) and out['image'].dtype == np.float32
+  assert out.keys() == {'image', 'label', 'content'}
+  assert out['image'].shape == (96, 80, 3) and out['image'].dtype == np.uint8
   assert out['label'].shape == (96, 80) and out['label'].dtype == np.uint8
   assert set(np.unique(out['label'])) <= set(range(19)) | {255}
-  np.testing.assert_array_equal(out['image'], again['image'])
-  np.testing.assert_array_equal(out['label'], again['label'])
+  for key in out:
+    np.testing.assert_array_equal(out[key], again[key])
 
 
 def test_eval_transform_keeps_the_label_at_its_original_size():
   sample = frame(20, 40)
   out = T.eval_transform(sample, base_size=(80, 40))
-  assert out['image'].shape == (40, 80, 3) and out['image'].dtype == np.float32
+  assert out['image'].shape == (40, 80, 3) and out['image'].dtype == np.uint8
   assert out['label'] is sample['label']
   full = frame(1024, 2048)
-  np.testing.assert_array_equal(T.eval_transform(full, base_size=(2048, 1024))['image'],
-                                normalize(full['image']))
+  assert T.eval_transform(full, base_size=(2048, 1024))['image'] is full['image']

@@ -10,11 +10,13 @@ Every point states what it measured: compile time apart, then the median and p90
 weak-scaling efficiency vs the 1-device point (same per-device batch); FLOPs per image from
 XLA's cost analysis and from the analytic convolution count; MFU against datasheet peaks ('n/a'
 for devices without one, e.g. CPUs, unless ``--peak-tflops``); peak device memory where the
-backend reports it; for 'train' the input pipeline's img/s and the share of a fed step spent
-waiting for data. ``--compare-torch`` runs the same 1-device points with the PyTorch reference in
-this process, on the same inputs and thread count, and prints the JAX/PyTorch ratios. A multi-host
-run (GPU cluster, TPU pod slice) starts the same command with ``--distributed`` on every host;
-see docs/benchmarks.md.
+backend reports it; for 'train' the input pipeline's rate on real 2048x1024 PNG files at the
+reference recipe (img/s, img/s per CPU core, the cores one device of this kind needs) and the
+share of a fed step spent waiting for data. ``--compare-torch`` runs the same 1-device points
+with the PyTorch reference in this process, on the same inputs and thread count, and prints the
+JAX/PyTorch ratios. A multi-process run (GPU cluster, TPU pod slice, or processes on one host)
+starts the same command in every process (see ``bisenet_jax.parallel``); process 0 reports.
+See docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ import platform
 import jax
 
 from bisenet_jax.bench import flops, jax_side, report, torch_side
-from bisenet_jax.cli import user_errors_exit
+from bisenet_jax import parallel
+from bisenet_jax.cli import add_distributed_argument, user_errors_exit
 from bisenet_jax.errors import UserError
 
 
@@ -66,12 +69,13 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--data-workers', type=int, default=0,
                       help='train: grain worker processes of the measured input pipeline '
                            '(config.data.worker_count; 0 = threads in this process)')
+  parser.add_argument('--data-frames', default=jax_side.DEFAULT_FRAMES_DIR,
+                      help='train: where the input pipeline\'s 2048x1024 PNG frames are written '
+                           'once (Cityscapes layout; default: %(default)s)')
   parser.add_argument('--peak-tflops', type=float, help='per-device peak for MFU, if not listed')
   parser.add_argument('--output', help='append one JSON object per point to this .jsonl')
   parser.add_argument('--plot', help='write a PNG of img/s and scaling efficiency vs devices')
-  parser.add_argument('--distributed', action='store_true',
-                      help='call jax.distributed.initialize() first: a multi-host run, the same '
-                           'command on every host (only process 0 prints and writes)')
+  add_distributed_argument(parser)
   return parser.parse_args(argv)
 
 
@@ -140,7 +144,8 @@ def ratios(rows: list[dict]) -> list[str]:
 def run(args, emit) -> list[dict]:
   """Measures every point; ``emit(row)`` is called as each row is done (console, .jsonl)."""
   measure = (jax_side.measure_infer if args.mode == 'infer' else
-             functools.partial(jax_side.measure_train, data_workers=args.data_workers))
+             functools.partial(jax_side.measure_train, data_workers=args.data_workers,
+                               frames_dir=args.data_frames))
   rows, smallest = [], {}
   for arch, dtype, (height, width), batch, devices in itertools.product(
       args.arch, args.dtype, args.resolution, args.batch_per_device, sorted(args.devices)):
@@ -183,8 +188,7 @@ def torch_rows(args, point, base, jax_row):
 @user_errors_exit
 def main(argv=None) -> None:
   args = parse_args(argv)
-  if args.distributed:
-    jax.distributed.initialize()
+  parallel.setup(args.distributed)
   check(args)
   if jax.process_index() != 0:  # Every process measures; process 0 alone reports.
     with contextlib.redirect_stdout(io.StringIO()):

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import psutil
 
-from bisenet_jax import models
+from bisenet_jax import models, parallel
 from bisenet_jax.bench import flops as flops_lib, timing
-from bisenet_jax.data import pipeline
+from bisenet_jax.data import cityscapes, pipeline, synthetic
 from bisenet_jax.errors import UserError
 from bisenet_jax.eval import evaluator
 from bisenet_jax.train import optim, state as state_lib, step as step_lib
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+# The input pipeline's files: Cityscapes-sized frames (the reference recipe's input).
+FRAMES = dict(num_train=8, num_val=1, height=1024, width=2048, seed=0)
+DEFAULT_FRAMES_DIR = '~/.cache/bisenet_jax/bench_frames'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,14 +46,14 @@ class Point:
 
 
 def random_inputs(point: Point, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-  """The same images (normalised-like, NHWC float32) and labels for JAX and PyTorch."""
+  """The same images (uint8 RGB, NHWC) and labels for JAX and PyTorch."""
   rng = np.random.default_rng(seed)
-  images = rng.standard_normal((point.global_batch, point.height, point.width, 3), np.float32)
+  images = rng.integers(0, 256, (point.global_batch, point.height, point.width, 3), np.uint8)
   labels = rng.integers(0, 19, (point.global_batch, point.height, point.width), np.uint8)
   return images, labels
 
 
-def _memory(devices, compiled) -> dict:
+def _memory(local_devices, compiled) -> dict:
   """The compiled program's footprint, and the backend's high-water mark where it reports one.
 
   ``program_memory_gib`` (arguments + outputs + temporaries - donated/aliased buffers, from XLA's
@@ -55,7 +61,7 @@ def _memory(devices, compiled) -> dict:
   ``peak_bytes_in_use`` is the process-wide maximum so far (JAX cannot reset it), so in a
   sweep it belongs to the largest point measured up to this one.
   """
-  stats = devices[0].memory_stats() or {}
+  stats = local_devices[0].memory_stats() or {}
   peak = stats.get('peak_bytes_in_use')
   analysis = compiled.memory_analysis()
   field = lambda name: getattr(analysis, name, 0) or 0
@@ -102,17 +108,18 @@ def _global_array(value: np.ndarray, sharding) -> jax.Array:
 
 def _setup(point: Point):
   model = models.build_model(point.model_name, dtype=DTYPES[point.dtype])
-  mesh = state_lib.make_mesh(mesh_devices(point.devices))
+  mesh = parallel.make_mesh(mesh_devices(point.devices))
   images, labels = random_inputs(point)
   return model, mesh, images, labels
 
 
 def measure_infer(point: Point, warmup: int, steps: int, peak_override=None) -> dict:
-  """Whole-image inference as evaluation runs it: forward, upsample to full size, argmax."""
+  """Whole-image inference as evaluation runs it: uint8 images normalised on the device,
+  forward, upsample to full size, argmax."""
   model, mesh, images, _ = _setup(point)
-  variables = jax.device_put(model.init(jax.random.key(0), images[:1, :64, :64], train=False),
-                             state_lib.replicated(mesh))
-  images = _global_array(images, state_lib.batch_sharded(mesh))
+  variables = jax.device_put(model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)),
+                                        train=False), parallel.replicated(mesh))
+  images = _global_array(images, parallel.batch_sharded(mesh))
   segment = evaluator.make_segment_fn(model, evaluator.InferenceOptions(), num_classes=19)
   size = (point.height, point.width)
   compiled, compile_s = timing.time_compile(segment, variables, images, size)
@@ -122,18 +129,20 @@ def measure_infer(point: Point, warmup: int, steps: int, peak_override=None) -> 
   summary = timing.summarize(times, point.global_batch)
   return {'compile_s': compile_s, **summary,
           **_flops_fields(point, compiled, analytic, float(np.median(times)), peak_override),
-          **_memory(mesh.devices.flat, compiled)}
+          **_memory(mesh.local_devices, compiled)}
 
 
 def measure_train(point: Point, warmup: int, steps: int, peak_override=None,
-                  data_steps: int = 3, data_workers: int = 0) -> dict:
+                  data_steps: int = 3, data_workers: int = 0,
+                  frames_dir: str | os.PathLike = DEFAULT_FRAMES_DIR) -> dict:
   """One SGD step (forward, 3 losses, backward, update) on a sharded batch, plus data rates."""
   model, mesh, images, labels = _setup(point)
   schedule = optim.poly_warmup_schedule()
   state = state_lib.create_train_state(model, optim.make_optimizer(schedule), jax.random.key(0),
                                        mesh)
-  batch = {'image': _global_array(images, state_lib.batch_sharded(mesh)),
-           'label': _global_array(labels, state_lib.batch_sharded(mesh))}
+  content = np.tile(np.array([0, 0, point.height, point.width], np.int32), (len(images), 1))
+  batch = {key: _global_array(value, parallel.batch_sharded(mesh))
+           for key, value in (('image', images), ('label', labels), ('content', content))}
   train_step = step_lib.jit_train_step(mesh, learning_rate_fn=schedule, dropout_seed=0)
   compiled, compile_s = timing.time_compile(train_step, state, batch)
   holder = {'state': state}  # The step donates its state: always call it with the newest.
@@ -150,58 +159,75 @@ def measure_train(point: Point, warmup: int, steps: int, peak_override=None,
       forward, {'params': state.params, 'batch_stats': state.batch_stats},
       jax.ShapeDtypeStruct((2, point.height, point.width, 3), jnp.float32)) / 2
   summary = timing.summarize(times, point.global_batch)
-  data = measure_data(point, run, mesh, data_steps, data_workers)
+  data = measure_data(point, run, mesh, data_steps, data_workers, frames_dir)
+  data['data_cores_per_device'] = (summary['img_per_s'] / point.devices
+                                   / data['data_img_per_s_per_core'])
   return {'compile_s': compile_s, **summary,
           **_flops_fields(point, compiled, analytic, float(np.median(times)), peak_override),
-          **_memory(mesh.devices.flat, compiled), **data}
+          **_memory(mesh.local_devices, compiled), **data}
 
 
-class RandomFrames:
-  """In-memory source of random Cityscapes-shaped frames (2:1), for the input pipeline rate."""
-
-  def __init__(self, height: int, width: int, count: int = 8):
-    rng = np.random.default_rng(0)
-    self.samples = [{'image': rng.integers(0, 256, (height, 2 * width, 3), np.uint8),
-                     'label': rng.integers(0, 19, (height, 2 * width), np.uint8),
-                     'name': str(i)} for i in range(count)]
-
-  def __len__(self):
-    return len(self.samples)
-
-  def __getitem__(self, index):
-    return self.samples[index]
+def reference_frames(frames_dir: str | os.PathLike) -> cityscapes.CityscapesFolder:
+  """PNG files at Cityscapes' frame size in its folder layout: synthetic street scenes,
+  written once under ``frames_dir``, read (and decoded) as the training pipeline reads them."""
+  root = synthetic.ensure_synthetic_cityscapes(Path(frames_dir).expanduser(), **FRAMES)
+  return cityscapes.CityscapesFolder(root, 'train')
 
 
-def measure_data(point: Point, step, mesh, steps: int, workers: int = 0) -> dict:
-  """This host's train pipeline img/s alone, and the share of a fed step spent waiting for data.
+class CpuClock:
+  """CPU seconds used by this process and its children (grain workers) since ``start()``."""
 
-  ``workers`` is ``config.data.worker_count``: 0 runs the transforms in threads of this process.
+  def __init__(self):
+    self.process = psutil.Process()
+
+  def _now(self) -> float:
+    processes = [self.process, *self.process.children(recursive=True)]
+    return sum(sum(p.cpu_times()[:2]) for p in processes if p.is_running())
+
+  def start(self) -> None:
+    self.started = self._now()
+
+  def seconds(self) -> float:
+    return self._now() - self.started
+
+
+def measure_data(point: Point, step, mesh, steps: int, workers: int,
+                 frames_dir: str | os.PathLike) -> dict:
+  """This host's train pipeline on real files at the reference recipe, and the wait it causes.
+
+  The pipeline reads 2048x1024 PNG frames in the Cityscapes layout and applies the reference's
+  training transforms (scale 0.5-2.0, a crop of the point's resolution, flip, photometric
+  distortion, padding). Returns its img/s, img/s per CPU core (images per CPU-second of this
+  process and its workers: the rate one core sustains), and the share of a fed training step
+  spent waiting for data. ``workers`` is ``config.data.worker_count`` (0: threads).
   """
-  source = RandomFrames(point.height, point.width)
   iterator = pipeline.make_train_iterator(
-      source, global_batch_size=point.global_batch, seed=0, crop_size=(point.height, point.width),
-      base_size=(2 * point.width, point.height), scale_range=(0.5, 2.0), worker_count=workers,
-      process_index=jax.process_index(), process_count=jax.process_count())
+      reference_frames(frames_dir), global_batch_size=point.global_batch, seed=0,
+      crop_size=(point.height, point.width), base_size=(2048, 1024), scale_range=(0.5, 2.0),
+      worker_count=workers, process_index=jax.process_index(),
+      process_count=jax.process_count())
   local_batch = point.global_batch // jax.process_count()
-  to_global = lambda host: jax.make_array_from_process_local_data(state_lib.batch_sharded(mesh),
-                                                                   host)
+  cpu = CpuClock()
   try:
     next(iterator)  # Started (workers spawned, buffers filled) before the clock runs.
+    cpu.start()
     start = time.perf_counter()
     for _ in range(steps):
       next(iterator)
     data_img_per_s = steps * local_batch / (time.perf_counter() - start)
+    img_per_cpu_second = steps * local_batch / cpu.seconds()
 
     waited = 0.0
-    jax.block_until_ready(step(to_global(next(iterator))))
+    jax.block_until_ready(step(parallel.to_global(mesh, next(iterator))))
     start = time.perf_counter()
     for _ in range(steps):
       before = time.perf_counter()
       host = next(iterator)
       waited += time.perf_counter() - before
-      jax.block_until_ready(step(to_global(host)))
+      jax.block_until_ready(step(parallel.to_global(mesh, host)))
     fed_seconds = time.perf_counter() - start
   finally:
     if hasattr(iterator, 'close'):  # Stops worker processes, if any.
       iterator.close()
-  return {'data_img_per_s': data_img_per_s, 'data_wait_fraction': waited / fed_seconds}
+  return {'data_img_per_s': data_img_per_s, 'data_img_per_s_per_core': img_per_cpu_second,
+          'data_wait_fraction': waited / fed_seconds}

@@ -16,7 +16,9 @@ COLUMNS = (  # (header, key, format)
                                                    '{:.1f}'),
     ('GFLOP/img conv', 'gflops_per_image_analytic', '{:.1f}'), ('MFU', 'mfu', '{:.1%}'),
     ('mem GiB', 'program_memory_gib', '{:.2f}'), ('data img/s', 'data_img_per_s', '{:.1f}'),
-    ('data wait', 'data_wait_fraction', '{:.0%}'), ('vs jax', 'jax_speedup', '{:.2f}x'),
+    ('data img/s/core', 'data_img_per_s_per_core', '{:.1f}'),
+    ('cores/dev', 'data_cores_per_device', '{:.1f}'), ('data wait', 'data_wait_fraction', '{:.0%}'),
+    ('vs jax', 'jax_speedup', '{:.2f}x'),
 )
 
 

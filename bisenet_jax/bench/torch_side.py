@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from bisenet_jax.bench import timing
+from bisenet_jax.data.normalization import normalize
 
 VARIANTS = ('eager', 'channels_last', 'bf16', 'compile')
 VARIANT_DTYPES = {'eager': 'float32', 'channels_last': 'float32', 'bf16': 'bfloat16',
@@ -22,7 +23,10 @@ VARIANT_DTYPES = {'eager': 'float32', 'channels_last': 'float32', 'bf16': 'bfloa
 
 def measure(point, variant: str, images: np.ndarray, labels: np.ndarray, warmup: int,
             steps: int, threads: int | None = None) -> dict:
-  """Times ``point`` ('infer' or 'train', one device) for one PyTorch ``variant``."""
+  """Times ``point`` ('infer' or 'train', one device) for one PyTorch ``variant``.
+
+  ``images`` are uint8 [N, H, W, 3] RGB, ``labels`` uint8 [N, H, W].
+  """
   import torch
   import torch.nn.functional as F
 
@@ -35,7 +39,8 @@ def measure(point, variant: str, images: np.ndarray, labels: np.ndarray, warmup:
   if device == 'cuda':
     torch.backends.cudnn.benchmark = True  # Fixed shapes: let cuDNN pick its fastest kernels.
   model = build_reference(point.arch).to(device)
-  x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(device)
+  # Normalised on the host, outside the timed step (the JAX side does it inside, on the device).
+  x = torch.from_numpy(normalize(images).transpose(0, 3, 1, 2).copy()).to(device)
   y = torch.from_numpy(labels.astype(np.int64)).to(device)
   if variant in ('channels_last', 'compile'):
     model = model.to(memory_format=torch.channels_last)

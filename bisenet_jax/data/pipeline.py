@@ -1,26 +1,22 @@
-"""Batches for training (grain, sharded, checkpointable) and for evaluation (in order, padded).
+"""Batches for training (grain, sharded over processes, resumable at any step) and evaluation.
 
-Training reads an endless, seeded stream: epoch e is a fresh permutation of the source
-(grain folds the epoch into the shuffle seed), and each record's augmentation draws from a
-generator seeded by (seed, position in the stream). Process p of P takes stream positions
-p, p + P, p + 2P, ..., so the processes read disjoint records, and the union of their k-th
-local batches is the k-th `global_batch_size` chunk of the stream whatever P is. Batches are
-formed before the worker processes split the work, so they do not depend on `worker_count`
-either. The stream has no epoch boundaries between batches (a batch may hold the end of one
-epoch and the start of the next): count training in steps.
+Training reads an endless, seeded stream of records: epoch e is a fresh permutation of the
+source (grain folds the epoch into the shuffle seed), and each record's augmentation draws from
+a generator seeded by (seed, position in the stream). Global batch k is stream positions
+`[k * B, (k + 1) * B)`; process p of P reads the contiguous rows `[p * B / P, (p + 1) * B / P)`
+of it, so the processes read disjoint records, and stacking their local batches in process
+order (which `parallel.to_global` does) gives the one-process batch exactly, row for row,
+whatever P is. Batches are formed before the worker processes split the work, so they do not
+depend on `worker_count` either. The stream has no epoch boundaries between batches (a batch
+may hold the end of one epoch and the start of the next): count training in steps.
 
-The iterator's position is `it.get_state()` (a small JSON-able dict) and `it.set_state(state)`
-resumes exactly there, in an iterator made with the same arguments (the state's layout depends
-on `worker_count`). With orbax, save it next to the train state as one more item:
+The stream is a pure function of (seed, step), so it needs no saved state: a run resumed at
+step k builds the iterator with `start_step=k`, with any number of processes or workers.
 
-    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                            data=grain.checkpoint.CheckpointSave(it)))
-    mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                               data=grain.checkpoint.CheckpointRestore(it)))
-
-(grain writes one `process_<i>-of-<n>.json` per JAX process.) With `worker_count > 0` grain
-spawns worker processes: the program needs an `if __name__ == '__main__':` guard and should
-close the iterator (`it.close()`) before exit.
+Images stay uint8 (a quarter of float32's bytes to move to the device); the device normalises
+them (`normalization.normalize_on_device`), using 'content' to zero the padding as the
+reference does. With `worker_count > 0` grain spawns worker processes: the program needs an
+`if __name__ == '__main__':` guard and should close the iterator (`it.close()`) before exit.
 """
 
 import functools
@@ -34,12 +30,11 @@ from bisenet_jax.data.cityscapes import IGNORE_LABEL
 from bisenet_jax.errors import UserError
 
 # Per process: threads that read and transform batches, and how many finished batches may wait.
-# A batch of full-size crops is big (16 x 1024 x 1024 x 3 float32 = 200 MB): keep the buffer small.
 _READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=2)
 
 
 def make_train_iterator(source, *, global_batch_size, seed, crop_size, base_size, scale_range,
-                        worker_count=0, process_index=0, process_count=1):
+                        start_step=0, worker_count=0, process_index=0, process_count=1):
   """Returns this process's endless iterator of augmented training batches.
 
   Args:
@@ -49,14 +44,14 @@ def make_train_iterator(source, *, global_batch_size, seed, crop_size, base_size
     crop_size: (height, width) of the training crop.
     base_size: (width, height) of the Resize target at scale 1.
     scale_range: (low, high) of the random Resize scale.
+    start_step: the first batch is global batch `start_step` of the stream.
     worker_count: worker processes for the transforms; 0 runs them in threads of this process.
     process_index: this process's index (jax.process_index()).
     process_count: number of processes (jax.process_count()).
 
   Returns:
-    A grain DatasetIterator (with get_state/set_state) of dicts
-    `{'image': float32 [B, h, w, 3], 'label': uint8 [B, h, w]}` with (h, w) = crop_size and
-    B = global_batch_size // process_count.
+    An iterator of dicts `{'image': uint8 [L, h, w, 3] RGB, 'label': uint8 [L, h, w],
+    'content': int32 [L, 4]}` with (h, w) = crop_size and L = global_batch_size // process_count.
 
   Raises:
     UserError: the batch size is not a positive multiple of the process count.
@@ -67,14 +62,16 @@ def make_train_iterator(source, *, global_batch_size, seed, crop_size, base_size
                     f'{process_count} processes: change config.batch_size')
   augment = functools.partial(transforms.train_transform, crop_size=tuple(crop_size),
                               base_size=tuple(base_size), scale_range=tuple(scale_range))
-  dataset = (grain.MapDataset.source(source)
-             .seed(seed)
-             .shuffle()
-             .repeat()
-             .random_map(augment)
-             [process_index::process_count]
-             .batch(local_batch_size, drop_remainder=True)
-             .to_iter_dataset(_READ_OPTIONS))
+  # Consecutive chunks of L records; global batch k is chunks k * P ... k * P + P - 1, and
+  # process p takes chunk k * P + p.
+  chunks = (grain.MapDataset.source(source)
+            .seed(seed)
+            .shuffle()
+            .repeat()
+            .random_map(augment)
+            .batch(local_batch_size, drop_remainder=True))
+  dataset = chunks[process_index + start_step * process_count::process_count]
+  dataset = dataset.to_iter_dataset(_READ_OPTIONS)
   if worker_count:
     # grain's process prefetch reads its absl flags, which fails when the program never
     # parsed flags (tests, notebooks); absl.app.run-based entry points have parsed them already.
@@ -98,7 +95,7 @@ def make_eval_batches(source, *, batch_size, base_size):
     base_size: (width, height) of the test Resize target.
 
   Yields:
-    `{'image': float32 [B, h, w, 3], 'label': uint8 [B, H, W] (original size),
+    `{'image': uint8 [B, h, w, 3] RGB, 'label': uint8 [B, H, W] (original size),
     'valid': bool [B], 'name': list of B str}`; padding rows have a zero image, an all-ignore
     label, valid False and name ''.
   """

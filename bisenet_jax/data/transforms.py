@@ -10,15 +10,15 @@ the reference's NumPy global-RNG stream.
 
 Images are RGB throughout, while the reference keeps BGR until Normalize. Where channel order
 matters, the HSV conversions of the photometric distortion say below why the result is still
-bit-identical; Normalize's BGR->RGB swap is a no-op for RGB data (`normalization` takes the
-statistics in RGB order and reproduces the reference's arithmetic without calling OpenCV).
+bit-identical. Images stay uint8 here: Normalize, the reference's last step before padding,
+runs on the device (`normalization.normalize_on_device`, bit-identical to the reference), so a
+batch crosses to the device in a quarter of the bytes.
 """
 
 import cv2
 import numpy as np
 
 from bisenet_jax.data.cityscapes import IGNORE_LABEL
-from bisenet_jax.data.normalization import normalize
 
 
 def resize_keep_ratio(sample, base_size=(2048, 1024), scale=1.0):
@@ -186,30 +186,38 @@ def _from_hsv(hsv):
 
 
 def center_pad(sample, size):
-  """The reference Padding (done after Normalize): centres the sample in `size`.
+  """The reference Padding: centres the sample in `size`, and says where its pixels went.
 
   `top = (H - h) // 2` and `left = (W - w) // 2`, the rest goes to the bottom and right. The
-  image is filled with 0.0 (the mean colour once normalised), the label with IGNORE_LABEL. A
-  side longer than the target is centre-cropped, as the reference's negative padding does.
-  Unlike the reference, the target is never transposed to match a portrait sample: a batch
-  needs one shape, and for the reference's square crops the transpose does nothing.
+  label is filled with IGNORE_LABEL. The image stays uint8 and is filled with 0; the reference
+  pads after Normalize with 0.0 (the mean colour once normalised), which
+  `normalization.normalize_on_device` reproduces from the returned 'content' box. A side longer
+  than the target is centre-cropped, as the reference's negative padding does. Unlike the
+  reference, the target is never transposed to match a portrait sample: a batch needs one
+  shape, and for the reference's square crops the transpose does nothing.
 
   Args:
-    sample: dict with 'image' float32 [h, w, 3] and 'label' uint8 [h, w]; other keys pass through.
+    sample: dict with 'image' uint8 [h, w, 3] and 'label' uint8 [h, w]; other keys pass through.
     size: (H, W) of the output.
 
   Returns:
-    The sample with 'image' float32 [H, W, 3] and 'label' uint8 [H, W].
+    The sample with 'image' uint8 [H, W, 3], 'label' uint8 [H, W] and 'content' int32 [4]:
+    `(top, left, height, width)` of the sample's pixels in the output.
   """
+  windows = [_centred_window(length, target)
+             for length, target in zip(sample['label'].shape, size)]
+  rows, cols = (dst for _, dst in windows)
   return {**sample,
-          'image': _pad_or_crop(sample['image'], size, 0.0),
-          'label': _pad_or_crop(sample['label'], size, IGNORE_LABEL)}
+          'image': _pad_or_crop(sample['image'], size, windows, 0),
+          'label': _pad_or_crop(sample['label'], size, windows, IGNORE_LABEL),
+          'content': np.array([rows.start, cols.start, rows.stop - rows.start,
+                               cols.stop - cols.start], np.int32)}
 
 
-def _pad_or_crop(array, size, fill):
-  """Centres `array` [h, w, ...] in a `fill`ed array [size[0], size[1], ...]."""
+def _pad_or_crop(array, size, windows, fill):
+  """Copies `array` [h, w, ...] into a `fill`ed array [size[0], size[1], ...] at `windows`."""
   out = np.full(tuple(size) + array.shape[2:], fill, array.dtype)
-  src, dst = zip(*(_centred_window(length, target) for length, target in zip(array.shape, size)))
+  src, dst = zip(*windows)
   out[dst] = array[src]
   return out
 
@@ -226,37 +234,40 @@ def _centred_window(length, target):
 
 
 def train_transform(sample, rng, *, crop_size, base_size, scale_range):
-  """The reference training pipeline: resize, crop, flip, photometric, normalise, pad.
+  """The reference training pipeline up to Normalize, which the device does: resize, crop,
+  flip, photometric distortion, pad.
 
   Args:
-    sample: dict with 'image' uint8 [H, W, 3] RGB and 'label' uint8 [H, W] trainIds.
+    sample: dict with 'image' uint8 [H, W, 3] RGB and 'label' uint8 [H, W] class ids.
     rng: the record's generator.
     crop_size: (height, width) of the crop and of the output.
     base_size: (width, height) of the Resize target at scale 1, e.g. (2048, 1024).
     scale_range: (low, high) of the random Resize scale.
 
   Returns:
-    `{'image': float32 [h, w, 3] normalised RGB, 'label': uint8 [h, w]}` with (h, w) = crop_size.
+    `{'image': uint8 [h, w, 3] RGB, 'label': uint8 [h, w], 'content': int32 [4]}` with
+    (h, w) = crop_size; `normalization.normalize_on_device(image, content)` completes it.
   """
   sample = random_resize(sample, rng, base_size, scale_range)
   sample = random_crop(sample, rng, crop_size)
   sample = random_flip(sample, rng)
-  image = normalize(photometric_distortion(sample['image'], rng))
+  image = photometric_distortion(sample['image'], rng)
   return center_pad({'image': image, 'label': sample['label']}, crop_size)
 
 
 def eval_transform(sample, *, base_size):
-  """The reference test pipeline: resize the image (a no-op for 2048x1024 frames) and normalise.
+  """The reference test pipeline up to Normalize: resize the image (a no-op for 2048x1024
+  frames).
 
   The label is left at its original size, untouched, as the reference does in TEST mode; the
   prediction is resized to it instead.
 
   Args:
-    sample: dict with 'image' uint8 [H, W, 3] RGB and 'label' uint8 [H, W] trainIds.
+    sample: dict with 'image' uint8 [H, W, 3] RGB and 'label' uint8 [H, W] class ids.
     base_size: (width, height) of the Resize target, e.g. (2048, 1024).
 
   Returns:
-    `{'image': float32 [h, w, 3] normalised RGB, 'label': uint8 [H, W]}`.
+    `{'image': uint8 [h, w, 3] RGB, 'label': uint8 [H, W]}`; normalised on the device.
   """
   image = resize_keep_ratio({'image': sample['image']}, base_size)['image']
-  return {'image': normalize(image), 'label': sample['label']}
+  return {'image': image, 'label': sample['label']}

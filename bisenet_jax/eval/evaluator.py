@@ -17,9 +17,10 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from bisenet_jax import parallel
 from bisenet_jax.data import pipeline
+from bisenet_jax.data.normalization import normalize_on_device
 from bisenet_jax.eval import inference, metrics
-from bisenet_jax.train.state import batch_sharded, replicated
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,26 +36,17 @@ class InferenceOptions:
     return dataclasses.asdict(self)
 
 
-class ProcessShard:
-  """Every ``count``-th sample of ``source`` from ``index``: this process's share of a split."""
-
-  def __init__(self, source, index: int, count: int):
-    self.source, self.index, self.count = source, index, count
-
-  def __len__(self):
-    return len(range(self.index, len(self.source), self.count))
-
-  def __getitem__(self, i):
-    return self.source[self.index + i * self.count]
-
-
 def make_segment_fn(model, options: InferenceOptions, num_classes: int) -> Callable:
-  """``(variables, images, out_size) -> uint8 labels``: the jitted shared inference function."""
+  """``(variables, uint8 RGB images, out_size) -> uint8 labels``: the jitted shared inference.
+
+  Images arrive as uint8 [N, H, W, 3] RGB and are normalised on the device, as in training.
+  """
 
   @functools.partial(jax.jit, static_argnames='out_size')
   def segment(variables, images, out_size):
     logits_fn = lambda x: model.apply(variables, x, train=False)
-    return inference.predict_labels(logits_fn, images, out_size, mode=options.mode,
+    return inference.predict_labels(logits_fn, normalize_on_device(images), out_size,
+                                    mode=options.mode,
                                     crop_size=options.crop_size, stride=options.stride,
                                     flip=options.flip, scales=options.scales,
                                     num_classes=num_classes)
@@ -83,9 +75,9 @@ def evaluate(model, variables, source, *, mesh, base_size: Sequence[int],
   """
   segment = make_segment_fn(model, options, num_classes)
   count_fn = jax.jit(functools.partial(metrics.confusion_matrix, num_classes=num_classes))
-  variables = jax.device_put(variables, replicated(mesh))
+  variables = jax.device_put(variables, parallel.replicated(mesh))
   local_batch = batch_per_device * len(mesh.local_devices)
-  shard = ProcessShard(source, jax.process_index(), jax.process_count())
+  shard = parallel.process_shard(source)
   total = np.zeros((num_classes, num_classes), np.int64)
   start, seen = time.perf_counter(), 0
   batches = _equal_length(pipeline.make_eval_batches(shard, batch_size=local_batch,
@@ -94,13 +86,13 @@ def evaluate(model, variables, source, *, mesh, base_size: Sequence[int],
   bar = tqdm(batches, total=_batches_per_process(len(source), local_batch), unit='batch',
              desc='eval', disable=not progress or jax.process_index() != 0, leave=False)
   for batch in bar:
-    images, labels, valid = (_to_global(batch[k], mesh) for k in ('image', 'label', 'valid'))
-    predictions = segment(variables, images, out_size=tuple(batch['label'].shape[1:3]))
-    total += np.asarray(count_fn(predictions, labels, valid=valid), np.int64)
+    inputs = parallel.to_global(mesh, {k: batch[k] for k in ('image', 'label', 'valid')})
+    predictions = segment(variables, inputs['image'], out_size=tuple(batch['label'].shape[1:3]))
+    total += np.asarray(count_fn(predictions, inputs['label'], valid=inputs['valid']), np.int64)
     seen += int(batch['valid'].sum()) * jax.process_count()
     bar.set_postfix_str(f'{seen / (time.perf_counter() - start):.2f} img/s')
     if on_batch is not None:
-      on_batch(batch, _local_rows(predictions)[batch['valid']])
+      on_batch(batch, parallel.local_rows(predictions)[batch['valid']])
   return {**metrics.segmentation_scores(total), 'confusion': total, 'images': len(source),
           'seconds': time.perf_counter() - start}
 
@@ -118,13 +110,3 @@ def _equal_length(batches: Iterable[dict], count: int) -> Iterable[dict]:
     count -= 1
   for _ in range(count):  # Only in multi-process runs: a masked copy of the last batch.
     yield {**last, 'valid': np.zeros_like(last['valid'])}
-
-
-def _to_global(local: np.ndarray, mesh) -> jax.Array:
-  return jax.make_array_from_process_local_data(batch_sharded(mesh), np.asarray(local))
-
-
-def _local_rows(array: jax.Array) -> np.ndarray:
-  """This process's rows of a batch-sharded array, in order."""
-  shards = sorted(array.addressable_shards, key=lambda s: s.index[0].start or 0)
-  return np.concatenate([np.asarray(s.data) for s in shards])

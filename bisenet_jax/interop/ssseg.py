@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import functools
 import os
-from pathlib import Path
 from typing import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bisenet_jax import checkpoint, models
+from bisenet_jax import models
 from bisenet_jax.errors import UserError
 from bisenet_jax.interop import layout, torch_files
 
@@ -64,7 +63,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], arch: str | None = 
   names = [arch_name(arch)] if arch else list(models.ARCHS)
   failures = []
   for name in names:
-    config = checkpoint.model_config(name, num_classes, stem)
+    config = models.model_config(name, num_classes, stem)
     try:
       return config, layout.match_state_dict(
           state_dict, template(config), what=f'{source} as {name}',
@@ -87,10 +86,3 @@ def export_state_dict(variables: Mapping, num_batches_tracked: int = 0) -> dict[
   return layout.variables_to_state_dict(
       {'params': variables['params'], 'batch_stats': variables['batch_stats']},
       num_batches_tracked)
-
-
-def export_checkpoint(model_path: str | os.PathLike, output: str | os.PathLike,
-                      num_batches_tracked: int = 0) -> Path:
-  """A model checkpoint (or training workdir) -> ``{'model': state_dict}`` ``.pth``."""
-  _, variables = checkpoint.restore_model(model_path)
-  return torch_files.write_state_dict(export_state_dict(variables, num_batches_tracked), output)

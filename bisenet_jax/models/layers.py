@@ -5,10 +5,8 @@ explicit symmetric padding (never ``'SAME'``), BatchNorm whose running variance 
 unbiased batch variance, floor-index nearest resize and half-pixel bilinear resize without
 antialiasing. Parameter names follow PyTorch's so checkpoints convert by rule, not by table.
 
-Two blocks carry a hand-written backward pass, for speed only (the values are the autodiff ones
-up to float rounding): ``conv2d`` (on CPU, XLA's own convolution gradients run at a fraction of
-its forward speed on the large maps of a segmentation network; other backends keep XLA's) and
-``max_pool_3x3_s2`` (XLA's reduce-window gradient is a slow select-and-scatter on CPU).
+Convolutions run through ``kernels.conv2d``, which gives them a faster backward pass on CPU;
+the values are the same.
 """
 
 from __future__ import annotations
@@ -21,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from bisenet_jax.models import kernels
 
 Dtype = Any
 ModuleDef = Any
@@ -53,153 +53,7 @@ def conv(features: int, kernel_size: int, strides: int = 1, *, use_bias: bool = 
   return nn.Conv(features, (kernel_size, kernel_size), (strides, strides),
                  padding=((pad, pad), (pad, pad)), use_bias=use_bias, kernel_init=init,
                  bias_init=init, dtype=dtype, param_dtype=param_dtype, name=name,
-                 conv_general_dilated=conv2d)
-
-
-_NHWC = ('NHWC', 'HWIO', 'NHWC')
-# Bytes of im2col patches per chunk of output rows in the CPU kernel gradient: small enough that
-# a chunk's patches are still in cache when its matmul reads them. 2-16 MiB all measured within
-# 10 % of each other on R18's layers (2-core EPYC, 32 MiB L3); whole-map patches were 2-4x slower.
-_IM2COL_CHUNK_BYTES = 8 * 2**20
-
-
-def conv2d(x: jax.Array, kernel: jax.Array, window_strides: Sequence[int],
-           padding: Sequence[tuple[int, int]], lhs_dilation=None, rhs_dilation=None,
-           dimension_numbers=None, feature_group_count: int = 1, precision=None) -> jax.Array:
-  """``lax.conv_general_dilated`` for NHWC inputs and HWIO kernels, with a CPU-tuned backward.
-
-  The signature is the one ``nn.Conv`` calls (its ``conv_general_dilated`` hook). The forward
-  pass is XLA's convolution, except for unpadded 1x1 kernels, which are matrix products.
-  Dilation and feature groups, which no layer here uses, are refused.
-  """
-  if any(d not in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))):
-    raise ValueError('conv2d supports no dilation (no layer of this model uses it).')
-  if feature_group_count != 1:
-    raise ValueError('conv2d supports no feature groups (no layer of this model uses them).')
-  del dimension_numbers  # Always NHWC / HWIO here.
-  padding = tuple(tuple(int(p) for p in pair) for pair in padding)
-  strides = tuple(int(s) for s in window_strides)
-  if kernel.shape[:2] == (1, 1) and padding == ((0, 0), (0, 0)):
-    return _pointwise_conv(x, kernel, strides, precision)
-  return _conv2d(x, kernel, strides, padding, precision)
-
-
-def _pointwise_conv(x, kernel, strides, precision):
-  """A 1x1 convolution as the matrix product it is: [N, H, W, Cin] x [Cin, Cout].
-
-  XLA's CPU convolution runs this model's 1x1 kernels at 17-100 GFLOP/s (17 for the 256->19
-  classifier), its matrix product at 150-200; the product's gradients are matrix products too.
-  """
-  x = x[:, ::strides[0], ::strides[1]]
-  return jax.lax.dot_general(x, kernel[0, 0], (((3,), (0,)), ((), ())), precision=precision)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv2d(x, kernel, strides, padding, precision):
-  return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_NHWC,
-                                      precision=precision)
-
-
-def _conv2d_fwd(x, kernel, strides, padding, precision):
-  return _conv2d(x, kernel, strides, padding, precision), (x, kernel)
-
-
-def _conv2d_bwd(strides, padding, precision, residuals, grad):
-  x, kernel = residuals
-  # XLA's transpose rules everywhere but on CPU, where the formulations below are faster.
-  return jax.lax.platform_dependent(
-      x, kernel, grad, cpu=functools.partial(_conv_grads_cpu, strides, padding, precision),
-      default=functools.partial(_conv_grads_xla, strides, padding, precision))
-
-
-def _conv_grads_xla(strides, padding, precision, x, kernel, grad):
-  forward = functools.partial(jax.lax.conv_general_dilated, window_strides=strides,
-                              padding=padding, dimension_numbers=_NHWC, precision=precision)
-  return jax.vjp(forward, x, kernel)[1](grad)
-
-
-def _conv_grads_cpu(strides, padding, precision, x, kernel, grad):
-  return (_input_grad_cpu(strides, padding, precision, x, kernel, grad),
-          _kernel_grad_cpu(strides, padding, precision, x, kernel, grad))
-
-
-_conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
-
-
-def _input_grad_cpu(strides, padding, precision, x, kernel, grad):
-  """Input gradient; strided kxk convs use the sub-pixel form, the rest XLA's transpose."""
-  kh, kw = kernel.shape[:2]
-  if strides[0] == strides[1] > 1 and (kh, kw) != (1, 1):
-    return _strided_input_grad(grad, kernel, strides[0], padding, x.shape[1:3], precision)
-  forward = lambda x: jax.lax.conv_general_dilated(x, kernel, strides, padding,
-                                                   dimension_numbers=_NHWC, precision=precision)
-  return jax.vjp(forward, x)[1](grad)[0]
-
-
-def _strided_input_grad(grad, kernel, stride, padding, in_hw, precision):
-  """Input gradient of a stride-s conv as ONE stride-1 conv giving s*s phase planes.
-
-  Padded input row s*u + r receives ``sum_q grad[u - q] * kernel[r + s*q]``: for each phase r
-  a stride-1 correlation of the gradient with the flipped sub-kernel ``kernel[r::s]``. All
-  phases come out of one convolution with s*s times the input channels (sub-kernels
-  zero-padded to ceil(k/s) taps), then interleave back (depth-to-space). XLA's own transpose
-  convolves a zero-dilated gradient instead, which its CPU backend runs 2-4x slower.
-  """
-  s = stride
-  kh, kw, cin, cout = kernel.shape
-  batch, out_h, out_w, _ = grad.shape
-  (pad_h, _), (pad_w, _) = padding
-  taps_h, taps_w = -(-kh // s), -(-kw // s)
-  # Number of padded input rows/columns of each phase.
-  rows, cols = -(-(in_hw[0] + 2 * pad_h) // s), -(-(in_hw[1] + 2 * pad_w) // s)
-  sub = jnp.pad(kernel, ((0, s * taps_h - kh), (0, s * taps_w - kw), (0, 0), (0, 0)))
-  sub = sub.reshape(taps_h, s, taps_w, s, cin, cout)[::-1, :, ::-1]  # [q_h, r_h, q_w, r_w, ...]
-  sub = sub.transpose(0, 2, 5, 1, 3, 4).reshape(taps_h, taps_w, cout, s * s * cin)
-  padded = jnp.pad(grad, ((0, 0), (taps_h - 1, max(0, rows - out_h)),
-                          (taps_w - 1, max(0, cols - out_w)), (0, 0)))
-  phases = jax.lax.conv_general_dilated(padded, sub, (1, 1), 'VALID', dimension_numbers=_NHWC,
-                                        precision=precision)[:, :rows, :cols]
-  dx = phases.reshape(batch, rows, cols, s, s, cin).transpose(0, 1, 3, 2, 4, 5)
-  dx = dx.reshape(batch, s * rows, s * cols, cin)
-  return dx[:, pad_h:pad_h + in_hw[0], pad_w:pad_w + in_hw[1]]
-
-
-def _kernel_grad_cpu(strides, padding, precision, x, kernel, grad):
-  """Kernel gradient as im2col matmuls, (kh*kw*Cin x rows) @ (rows x Cout), summed over chunks.
-
-  XLA's own kernel gradient is a convolution whose "kernel" is the whole output gradient, which
-  its CPU backend runs at 20-60 GFLOP/s on large maps (plus layout transposes). Here the output
-  rows are taken in chunks (``_IM2COL_CHUNK_BYTES``): each chunk's kh*kw strided windows of the
-  padded input are stacked into a patch matrix, multiplied with the chunk's gradient rows, and
-  the products summed: 2-4x faster on R18's large early layers, on par on the small late ones.
-  """
-  kh, kw, cin, cout = kernel.shape
-  batch, out_h, out_w, _ = grad.shape
-  (stride_h, stride_w), acc_dtype = strides, at_least_float32(x.dtype)
-  row_bytes = batch * out_w * kh * kw * cin * x.dtype.itemsize
-  chunks = -(-out_h // max(1, _IM2COL_CHUNK_BYTES // row_bytes))
-  rows = -(-out_h // chunks)
-  # Gradient rows past the end are zeros and add nothing; the input is padded to match them.
-  grad = jnp.pad(grad, ((0, 0), (0, chunks * rows - out_h), (0, 0), (0, 0)))
-  (top, bottom), (left, right) = padding
-  bottom = max(bottom, (chunks * rows - 1) * stride_h + kh - top - x.shape[1])
-  padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
-
-  def add_chunk(total, chunk):
-    inputs = jax.lax.dynamic_slice_in_dim(padded, chunk * rows * stride_h,
-                                          (rows - 1) * stride_h + kh, axis=1)
-    windows = [jax.lax.slice(inputs, (0, i, j, 0),
-                             (batch, i + (rows - 1) * stride_h + 1,
-                              j + (out_w - 1) * stride_w + 1, cin), (1, stride_h, stride_w, 1))
-               for i in range(kh) for j in range(kw)]
-    patches = jnp.stack(windows, axis=3).reshape(-1, kh * kw * cin)
-    grads = jax.lax.dynamic_slice_in_dim(grad, chunk * rows, rows, axis=1).reshape(-1, cout)
-    return total + jax.lax.dot_general(patches, grads, (((0,), (0,)), ((), ())),
-                                       precision=precision, preferred_element_type=acc_dtype), None
-
-  total, _ = jax.lax.scan(add_chunk, jnp.zeros((kh * kw * cin, cout), acc_dtype),
-                          jnp.arange(chunks))
-  return total.reshape(kernel.shape).astype(kernel.dtype)
+                 conv_general_dilated=kernels.conv2d)
 
 
 class BatchNorm(nn.Module):
@@ -211,14 +65,13 @@ class BatchNorm(nn.Module):
   (0.9 == PyTorch's 0.1).
 
   Under ``jax.jit`` with the batch sharded over a mesh, the batch statistics below are
-  reductions over the *global* batch, so this is SyncBatchNorm without any ``axis_name``.
-  ``axis_name`` is only needed inside ``shard_map``/``pmap``.
+  reductions over the *global* batch, so this is SyncBatchNorm without any ``axis_name``
+  (which only ``shard_map``/``pmap`` code would need; this project uses neither).
   """
   momentum: float = 0.9
   epsilon: float = 1e-5
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -238,28 +91,32 @@ class BatchNorm(nn.Module):
     else:
       mean, var = running_mean.value, running_var.value
 
-    # Fold normalisation and affine into one multiply-add per element.
     multiplier = scale.astype(mean.dtype) * jax.lax.rsqrt(var + self.epsilon)
+    if train:
+      return ((x - mean.astype(self.dtype)) * multiplier.astype(self.dtype)
+              + bias.astype(self.dtype))
+    # Fold normalisation and affine into one multiply-add per element.
     offset = bias.astype(mean.dtype) - mean * multiplier
     return x * multiplier.astype(self.dtype) + offset.astype(self.dtype)
 
   def _batch_moments(self, x: jax.Array) -> tuple[jax.Array, jax.Array, int]:
-    """Per-channel mean and biased variance over every axis but the last, in >= float32."""
+    """Per-channel mean and biased variance over every axis but the last, in >= float32.
+
+    Two passes, the mean first and then the mean squared deviation from it, numerically stable
+    like PyTorch's Welford statistics. The one-pass E[x^2] - E[x]^2 loses the variance's low
+    digits to cancellation when the mean is large against the spread (after a ReLU), which
+    moved train-mode logits by ~2e-4 of their scale away from the reference. Under a sharded
+    ``jax.jit`` each mean is one all-reduce over the global batch.
+    """
     axes = tuple(range(x.ndim - 1))
     count = math.prod(x.shape[:-1])
-    xf = x.astype(at_least_float32(x.dtype))
-    mean = jnp.mean(xf, axes)
-    mean_sq = jnp.mean(jnp.square(xf), axes)
-    if self.axis_name is not None:
-      mean, mean_sq = jax.lax.pmean((mean, mean_sq), self.axis_name)
-      count *= jax.lax.psum(1, self.axis_name)
     if count < 2:
       raise ValueError(
           f'BatchNorm in training needs more than one value per channel, got input {x.shape}; '
           'use a global batch size of at least 2.')
-    # E[x^2] - E[x]^2 in float32 is accurate here: activations after conv are O(1) and the
-    # two-pass form would cost a second read of every activation in the backward pass.
-    var = jnp.maximum(mean_sq - jnp.square(mean), 0.0)
+    xf = x.astype(at_least_float32(x.dtype))
+    mean = jnp.mean(xf, axes)
+    var = jnp.mean(jnp.square(xf - mean), axes)
     return mean, var, count
 
 
@@ -295,57 +152,6 @@ def relu(x: jax.Array) -> jax.Array:
 def channel_dropout(rate: float, name: str) -> nn.Dropout:
   """PyTorch's Dropout2d on NHWC: one keep/drop decision per (sample, channel)."""
   return nn.Dropout(rate, broadcast_dims=(1, 2), name=name)
-
-
-@jax.custom_vjp
-def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
-  """MaxPool2d(3, stride=2, padding=1): padding acts like -inf, output side ceil(n / 2).
-
-  The maximum of the nine strided window taps. The gradient goes to the first maximal tap in
-  row-major window order, as PyTorch's max-pool backward does (ties are common after a ReLU).
-  """
-  padded, out_hw = _pool_input(x)
-  return functools.reduce(jnp.maximum, _pool_taps(padded, out_hw))
-
-
-def _pool_input(x):
-  """x padded with -inf: 1 before, and after as far as the last window reaches."""
-  out_hw = ((x.shape[1] + 1) // 2, (x.shape[2] + 1) // 2)
-  pads = ((0, 0), (1, 2 * out_hw[0] - x.shape[1]), (1, 2 * out_hw[1] - x.shape[2]), (0, 0))
-  return jnp.pad(x, pads, constant_values=-jnp.inf), out_hw
-
-
-def _pool_taps(padded, out_hw):
-  """The nine (N, out_h, out_w, C) views padded[:, i::2, j::2], row-major over (i, j)."""
-  batch, _, _, channels = padded.shape
-  return [jax.lax.slice(padded, (0, i, j, 0), (batch, i + 2 * out_hw[0] - 1,
-                                               j + 2 * out_hw[1] - 1, channels), (1, 2, 2, 1))
-          for i in range(3) for j in range(3)]
-
-
-def _max_pool_fwd(x):
-  y = max_pool_3x3_s2(x)
-  return y, (x, y)
-
-
-def _max_pool_bwd(residuals, grad):
-  x, y = residuals
-  padded, out_hw = _pool_input(x)
-  taken = jnp.zeros(y.shape, bool)
-  dpadded = jnp.zeros(padded.shape, grad.dtype)
-  zero = jnp.zeros((), grad.dtype)
-  for index, tap in enumerate(_pool_taps(padded, out_hw)):
-    i, j = divmod(index, 3)
-    first = (tap == y) & ~taken
-    taken = taken | first
-    # Scatter back to padded[:, i::2, j::2]: a pad with interior (stride) padding.
-    dpadded = dpadded + jax.lax.pad(jnp.where(first, grad, zero), zero, (
-        (0, 0, 0), (i, padded.shape[1] - i - 2 * out_hw[0] + 1, 1),
-        (j, padded.shape[2] - j - 2 * out_hw[1] + 1, 1), (0, 0, 0)))
-  return (dpadded[:, 1:1 + x.shape[1], 1:1 + x.shape[2]],)
-
-
-max_pool_3x3_s2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def global_avg_pool(x: jax.Array) -> jax.Array:

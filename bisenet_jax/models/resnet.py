@@ -12,7 +12,7 @@ from typing import Literal
 import flax.linen as nn
 import jax
 
-from bisenet_jax.models import layers
+from bisenet_jax.models import kernels, layers
 
 # depth -> (block type, blocks per stage)
 STAGES = {
@@ -87,7 +87,7 @@ class ResNet(layers.ConvNormModule):
       raise ValueError(f'ResNet depth must be one of {sorted(STAGES)}, got {self.depth}.')
     x = self._stem(x, train)
     self.sow('intermediates', 'stem', x)
-    x = layers.max_pool_3x3_s2(x)
+    x = kernels.max_pool_3x3_s2(x)
     self.sow('intermediates', 'maxpool', x)
     block_name, counts = STAGES[self.depth]
     outputs = []

@@ -117,3 +117,14 @@ def build_model(name: str, num_classes: int = 19, dropout_rate: float = 0.1, *,
                       context_channels=spec.context_channels, head_channels=spec.head_channels,
                       aux_channels=spec.aux_channels, num_classes=num_classes,
                       dropout_rate=dropout_rate, dtype=dtype, param_dtype=param_dtype)
+
+
+def model_config(name: str, num_classes: int, stem: str = 'deep') -> dict[str, Any]:
+  """The JSON-able description a checkpoint stores, from which ``build_from_config`` rebuilds."""
+  return {'name': name, 'num_classes': int(num_classes), 'stem': stem}
+
+
+def build_from_config(config: dict, **overrides) -> FCNBiSeNetV1:
+  """``build_model`` from a stored ``model_config`` (plus e.g. ``dtype`` or ``dropout_rate``)."""
+  return build_model(config['name'], num_classes=config['num_classes'],
+                     stem=config.get('stem', 'deep'), **overrides)

@@ -21,7 +21,8 @@ def reference_config(arch: str) -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.model = ml_collections.ConfigDict(dict(
-      name=arch, num_classes=19, dropout_rate=0.1, stem='deep', dtype='float32'))
+      name=arch, num_classes=19, dropout_rate=0.1, stem='deep',
+      dtype='float32'))  # 'float32' | 'bfloat16' (compute) | 'float64' (exactness checks)
 
   config.data = ml_collections.ConfigDict()
   config.data.source = 'cityscapes'  # 'cityscapes' | 'tfds' | 'synthetic'

@@ -1,11 +1,12 @@
 """``train_and_evaluate(config, workdir)``: the training run, resumable from any interruption.
 
 Everything a run writes lives in ``workdir``: ``checkpoints/<step>/`` (orbax: model variables,
-optimizer state, model config, data-iterator position), ``metrics.jsonl`` (one JSON object per
-logged step; evaluation rows carry ``miou``) and ``tensorboard/``. Running the same command
-again in the same workdir resumes from the newest complete checkpoint: the data stream, the
+optimizer state, model config), ``metrics.jsonl`` (one JSON object per logged step; evaluation
+rows carry ``miou``) and ``tensorboard/``. Running the same command again in the same workdir
+resumes from the newest complete checkpoint: the data stream (a function of the step), the
 dropout masks (folded from the step) and the learning rate continue exactly, so a killed and
-resumed run produces the same parameters and per-step losses as an uninterrupted one.
+resumed run produces the same parameters and per-step losses as an uninterrupted one, with any
+number of processes and devices.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -28,7 +28,7 @@ import orbax.checkpoint as ocp
 import tensorboardX
 from tqdm import tqdm
 
-from bisenet_jax import checkpoint, models
+from bisenet_jax import checkpoint, models, parallel
 from bisenet_jax.data import cityscapes, pipeline, synthetic
 from bisenet_jax.errors import UserError
 from bisenet_jax.eval import evaluator
@@ -36,7 +36,6 @@ from bisenet_jax.interop import imagenet
 from bisenet_jax.train import optim, state as state_lib, step as step_lib
 
 OPTIMIZER = 'optimizer'
-DATA_ITERATOR = 'data_iterator'
 METRICS_FILE = 'metrics.jsonl'
 
 
@@ -66,20 +65,25 @@ def make_sources(config: ml_collections.ConfigDict):
 
 
 def make_model(config: ml_collections.ConfigDict):
-  dtypes = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+  """The model of ``config.model``. 'float64' (parameters and compute) is for exactness checks:
+  two runs that differ only in the order of float additions then agree to ~1e-12."""
+  dtypes = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float64': jnp.float64}
   if config.model.dtype not in dtypes:
     raise UserError(f'config.model.dtype must be one of {sorted(dtypes)}, got '
                     f'{config.model.dtype!r}.')
+  if config.model.dtype == 'float64' and not jax.config.jax_enable_x64:
+    raise UserError('config.model.dtype=float64 needs 64-bit JAX: set JAX_ENABLE_X64=1.')
   if config.model.name not in models.ARCHS:
     raise UserError(f'config.model.name must be one of {sorted(models.ARCHS)}, got '
                     f'{config.model.name!r}.')
+  dtype = dtypes[config.model.dtype]
   return models.build_model(config.model.name, config.model.num_classes,
-                            config.model.dropout_rate, stem=config.model.stem,
-                            dtype=dtypes[config.model.dtype])
+                            config.model.dropout_rate, stem=config.model.stem, dtype=dtype,
+                            param_dtype=jnp.float64 if dtype == jnp.float64 else jnp.float32)
 
 
 def model_config(config: ml_collections.ConfigDict) -> dict:
-  return checkpoint.model_config(config.model.name, config.model.num_classes, config.model.stem)
+  return models.model_config(config.model.name, config.model.num_classes, config.model.stem)
 
 
 def initial_variables(config: ml_collections.ConfigDict, model) -> dict | None:
@@ -104,30 +108,31 @@ def initial_variables(config: ml_collections.ConfigDict, model) -> dict | None:
 
 
 def make_checkpoint_manager(workdir: Path, config) -> ocp.CheckpointManager:
+  # A checkpoint left unfinished by a crash is a temporary folder that is never read; the
+  # next run removes it.
   options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints,
-                                         enable_async_checkpointing=True, create=True)
+                                         enable_async_checkpointing=True, create=True,
+                                         cleanup_tmp_directories=True)
   return ocp.CheckpointManager(workdir / checkpoint.TRAIN_CHECKPOINTS, options=options)
 
 
-def save_checkpoint(manager, state, data_iterator, config) -> None:
+def save_checkpoint(manager, state, config) -> None:
   manager.save(int(state.step), args=ocp.args.Composite(**{
       checkpoint.VARIABLES: ocp.args.StandardSave(
           {'params': state.params, 'batch_stats': state.batch_stats}),
       OPTIMIZER: ocp.args.StandardSave({'opt_state': state.opt_state, 'step': state.step}),
       checkpoint.MODEL_CONFIG: ocp.args.JsonSave(model_config(config)),
-      DATA_ITERATOR: grain.checkpoint.CheckpointSave(data_iterator),
   }))
 
 
-def restore_checkpoint(manager, step: int, abstract_state, data_iterator, config):
-  """Restores ``step`` into the shapes and shardings of ``abstract_state`` (and the iterator)."""
+def restore_checkpoint(manager, step: int, abstract_state, config):
+  """Restores ``step`` into the shapes and shardings of ``abstract_state``."""
   restored = manager.restore(step, args=ocp.args.Composite(**{
       checkpoint.VARIABLES: ocp.args.StandardRestore(
           {'params': abstract_state.params, 'batch_stats': abstract_state.batch_stats}),
       OPTIMIZER: ocp.args.StandardRestore(
           {'opt_state': abstract_state.opt_state, 'step': abstract_state.step}),
       checkpoint.MODEL_CONFIG: ocp.args.JsonRestore(),
-      DATA_ITERATOR: grain.checkpoint.CheckpointRestore(data_iterator),
   }))
   if dict(restored[checkpoint.MODEL_CONFIG]) != model_config(config):
     raise UserError(f'The checkpoint in {manager.directory} is of another model '
@@ -222,9 +227,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
   Returns:
     ``{'step', 'miou', 'checkpoint'}`` of the final state.
+
+  Raises:
+    parallel.PeerLost: another process of a multi-process run stopped.
   """
   workdir = Path(workdir).expanduser().absolute()
-  mesh = state_lib.make_mesh()
+  mesh = parallel.make_mesh()
   check_config(config, mesh)
   train_source, val_source = make_sources(config)
   model = make_model(config)
@@ -232,11 +240,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
       config.optimizer.base_lr, config.total_steps, config.optimizer.min_lr,
       config.optimizer.power, config.optimizer.warmup_steps, config.optimizer.warmup_ratio)
   tx = optim.make_optimizer(schedule, config.optimizer.momentum, config.optimizer.weight_decay)
-  data_iterator = pipeline.make_train_iterator(
-      train_source, global_batch_size=config.batch_size, seed=config.seed,
-      crop_size=config.data.crop_size, base_size=config.data.base_size,
-      scale_range=config.data.scale_range, worker_count=config.data.worker_count,
-      process_index=jax.process_index(), process_count=jax.process_count())
 
   manager = make_checkpoint_manager(workdir, config)
   create = lambda variables: state_lib.create_train_state(model, tx, jax.random.key(config.seed),
@@ -245,9 +248,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   if latest is None:
     state = create(initial_variables(config, model))
   else:
-    state = restore_checkpoint(manager, latest, jax.eval_shape(lambda: create(None)),
-                               data_iterator, config)
+    # Every leaf replicated on this run's mesh, whatever layout wrote the checkpoint.
+    abstract = jax.tree_util.tree_map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
+                                          sharding=parallel.replicated(mesh)),
+        jax.eval_shape(lambda: create(None)))
+    state = restore_checkpoint(manager, latest, abstract, config)
     log(f'resumed from {manager.directory / str(latest)}')
+  data_iterator = pipeline.make_train_iterator(
+      train_source, global_batch_size=config.batch_size, seed=config.seed,
+      crop_size=config.data.crop_size, base_size=config.data.base_size,
+      scale_range=config.data.scale_range, start_step=int(state.step),
+      worker_count=config.data.worker_count, process_index=jax.process_index(),
+      process_count=jax.process_count())
   train_step = step_lib.jit_train_step(mesh, learning_rate_fn=schedule, dropout_seed=config.seed)
   metrics_log = MetricsLog(workdir, resume_step=int(state.step))
 
@@ -262,17 +275,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         f"aAcc {100 * scores['aacc']:.2f}%")
     return scores
 
-  step, scores, pending = int(state.step), None, []
+  step, scores, pending, peer_error = int(state.step), None, [], None
   bar = tqdm(total=config.total_steps, initial=step, unit='step', dynamic_ncols=True,
              disable=jax.process_index() != 0)
   window_start = time.perf_counter()
   try:
     with sigterm_requests_stop() as stop:
       while step < config.total_steps:
-        batch = next(data_iterator)
-        batch = {k: jax.make_array_from_process_local_data(state_lib.batch_sharded(mesh), v)
-                 for k, v in batch.items()}
-        state, metrics = train_step(state, batch)
+        state, metrics = train_step(state, parallel.to_global(mesh, next(data_iterator)))
         if pending:  # Keep one step in flight, so the bar shows real progress and img/s.
           jax.block_until_ready(pending[-1])
         pending.append(metrics)
@@ -291,7 +301,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         if step % config.checkpoint_every_steps == 0 or is_last or stopping:
           if pending:
             mean_metrics(pending)  # Never checkpoint a state that came from a non-finite loss.
-          save_checkpoint(manager, state, data_iterator, config)
+          save_checkpoint(manager, state, config)
         if step % config.eval_every_steps == 0 or is_last:
           scores = run_eval(state)
           window_start = time.perf_counter()
@@ -299,13 +309,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
           log(f'stopping at step {step} (SIGTERM / preemption); checkpoint saved, rerun the '
               'same command to resume')
           break
+  except jax.errors.JaxRuntimeError as e:
+    if not parallel.is_peer_failure(e):
+      raise
+    peer_error = e
   finally:
     bar.close()
-    manager.wait_until_finished()
-    manager.close()
     metrics_log.close()
     if hasattr(data_iterator, 'close'):
       data_iterator.close()
+    if peer_error is None:  # Finishing a save needs every process: not after a peer died.
+      manager.wait_until_finished()
+      manager.close()
+  if peer_error is not None:
+    raise parallel.PeerLost(
+        f'process {jax.process_index()} lost another process of this run at step {step} '
+        f'({str(peer_error).splitlines()[0]}); the newest complete checkpoint is step '
+        f'{manager.latest_step()}: start every process again to resume from it') from peer_error
   if scores is None and step == config.total_steps:
     scores = run_eval(state)  # Resumed after the last checkpoint: still report the final mIoU.
   summary = {'step': step, 'miou': scores['miou'] if scores else None,

@@ -8,29 +8,14 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax.training import train_state
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
-DATA_AXIS = 'data'
+from bisenet_jax import parallel
 
 
 class TrainState(train_state.TrainState):
   """flax's TrainState plus BatchNorm running statistics."""
   batch_stats: Any = None
-
-
-def make_mesh(devices=None) -> Mesh:
-  """A 1-D data-parallel mesh over ``devices`` (default: every device of every process)."""
-  devices = jax.devices() if devices is None else devices
-  return Mesh(devices, (DATA_AXIS,))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P())
-
-
-def batch_sharded(mesh: Mesh) -> NamedSharding:
-  """Leading (batch) axis split over the data axis; the rest of each array whole."""
-  return NamedSharding(mesh, P(DATA_AXIS))
 
 
 def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array, mesh: Mesh,
@@ -47,4 +32,4 @@ def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array, 
     return TrainState.create(apply_fn=model.apply, params=variables['params'],
                              batch_stats=variables['batch_stats'], tx=tx)
 
-  return jax.jit(init, out_shardings=replicated(mesh))(rng, variables)
+  return jax.jit(init, out_shardings=parallel.replicated(mesh))(rng, variables)

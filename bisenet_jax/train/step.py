@@ -14,23 +14,28 @@ import functools
 import jax
 import optax
 
+from bisenet_jax import parallel
+from bisenet_jax.data.normalization import normalize_on_device
 from bisenet_jax.train.losses import segmentation_losses
-from bisenet_jax.train.state import TrainState, batch_sharded, replicated
+from bisenet_jax.train.state import TrainState
 
 
 def train_step(state: TrainState, batch: dict, *, learning_rate_fn, dropout_seed: int
                ) -> tuple[TrainState, dict]:
-  """One SGD step. ``batch = {'image': f32[N,H,W,3], 'label': u8[N,H,W]}``.
+  """One SGD step on ``batch`` as the input pipeline makes it.
 
-  The dropout key is folded from the step number, so a resumed run draws the same masks.
+  ``batch = {'image': u8[N,H,W,3] RGB, 'label': u8[N,H,W], 'content': i32[N,4]}``: the images
+  are normalised here, on the device, with the padding outside 'content' set to 0.0. The
+  dropout key is folded from the step number, so a resumed run draws the same masks.
   Returns the new state and scalar metrics: the three losses and their sum, lr, gradient and
   parameter global norms.
   """
   rng = jax.random.fold_in(jax.random.key(dropout_seed), state.step)
+  images = normalize_on_device(batch['image'], batch['content'])
 
   def loss_fn(params):
     outputs, updates = state.apply_fn(
-        {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
+        {'params': params, 'batch_stats': state.batch_stats}, images, train=True,
         rngs={'dropout': rng}, mutable=['batch_stats'])
     losses = segmentation_losses(outputs, batch['label'])
     return losses['loss'], (losses, updates['batch_stats'])
@@ -50,5 +55,6 @@ def jit_train_step(mesh, *, learning_rate_fn, dropout_seed: int):
   """``train_step`` compiled for ``mesh``: state replicated and donated, batch sharded."""
   step = functools.partial(train_step, learning_rate_fn=learning_rate_fn,
                            dropout_seed=dropout_seed)
-  return jax.jit(step, in_shardings=(replicated(mesh), batch_sharded(mesh)),
-                 out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=(0,))
+  return jax.jit(step, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
+                 out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
+                 donate_argnums=(0,))
