@@ -1,11 +1,12 @@
-"""Tests of bisenet_jax.data.synthetic: determinism, the Cityscapes layout, the cache."""
+"""Tests of bisenet_jax.data.synthetic: determinism, the Cityscapes and folder layouts, caching."""
 
 import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from bisenet_jax.data import synthetic
+from bisenet_jax.data import folder, synthetic
 from bisenet_jax.data.cityscapes import LABEL_ID_TO_TRAIN_ID, NUM_CLASSES, CityscapesFolder
 
 SMALL = dict(num_train=3, num_val=2, height=64, width=128)
@@ -77,3 +78,65 @@ def test_drawing_equals_opencv4(opencv4_golden, sha256):
   image, label_ids = synthetic.draw_street_scene(np.random.default_rng(3), 96, 192)
   assert sha256(image) == bytes(opencv4_golden['synthetic/image_sha256'])
   assert sha256(label_ids) == bytes(opencv4_golden['synthetic/label_sha256'])
+
+
+# The garden plots: a folder-layout dataset with classes of its own.
+
+GARDEN = dict(num_train=4, num_val=2, height=48, width=64)
+
+
+def test_garden_same_seed_gives_identical_files_and_another_seed_does_not(tmp_path):
+  first = synthetic.write_synthetic_folder(tmp_path / 'a', seed=1, **GARDEN)
+  second = synthetic.write_synthetic_folder(tmp_path / 'b', seed=1, **GARDEN)
+  other = synthetic.write_synthetic_folder(tmp_path / 'c', seed=2, **GARDEN)
+  assert file_bytes(first) == file_bytes(second)
+  assert file_bytes(first).keys() == file_bytes(other).keys()
+  assert file_bytes(first) != file_bytes(other)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['a', 'b', 'c']
+
+
+def test_garden_layout_is_read_by_segmentation_folder(tmp_path):
+  root = synthetic.write_synthetic_folder(tmp_path / 'garden', **GARDEN)
+  assert folder.read_classes_file(root / 'classes.txt') == synthetic.GARDEN_CLASSES
+  assert synthetic.GARDEN_CLASSES.names == ('soil', 'grass', 'stone', 'water', 'flower')
+  train, val = folder.SegmentationFolder(root, 'train'), folder.SegmentationFolder(root, 'val')
+  assert train.names == ('tall/0002', 'tall/0003', 'wide/0000', 'wide/0001')
+  assert val.names == ('tall/0001', 'wide/0000')
+  with Image.open(root / 'images/train/wide/0000.jpg') as image:
+    assert image.format == 'JPEG'
+  with Image.open(root / 'masks/train/wide/0000.png') as mask:
+    assert mask.format == 'PNG' and mask.mode == 'P'
+    assert mask.getpalette()[3:6] == synthetic.GARDEN_CLASSES.palette[1].tolist()
+  for source in (train, val):
+    shapes = {source[i]['label'].shape for i in range(len(source))}
+    assert shapes == {(48, 64), (64, 48)}
+    assert source.check_all().sum() > 0
+  assert 255 in np.concatenate([train[i]['label'].ravel() for i in range(len(train))])
+
+
+def test_garden_plots_use_every_class_and_ignore_some_pixels():
+  counts = np.zeros(256, np.int64)
+  for index in range(8):
+    image, mask = synthetic.draw_garden_plot(np.random.default_rng(index), 96, 128)
+    assert image.shape == (96, 128, 3) and image.dtype == np.uint8 and mask.shape == (96, 128)
+    counts += np.bincount(mask.ravel(), minlength=256)
+  assert set(np.flatnonzero(counts)) == {0, 1, 2, 3, 4, 255}
+  share = counts[:5] / counts[:5].sum()
+  assert share.min() > 0.02 and share[0] < 0.8  # every class is learnable, soil not everything
+
+
+def test_garden_ensure_reuses_a_matching_copy_and_regenerates_otherwise(tmp_path, monkeypatch):
+  root = synthetic.ensure_synthetic_folder(tmp_path, **GARDEN)
+  assert root == tmp_path / 'synthetic_folder'
+  marker = json.loads((root / 'synthetic.json').read_text())
+  assert marker == {'generator_version': synthetic._GARDEN_VERSION, 'seed': 0, **GARDEN}
+
+  def fail(*args, **kwargs):
+    raise AssertionError('regenerated a matching copy')
+  with monkeypatch.context() as patch:
+    patch.setattr(synthetic, 'write_synthetic_folder', fail)
+    assert synthetic.ensure_synthetic_folder(tmp_path, **GARDEN) == root
+
+  synthetic.ensure_synthetic_folder(tmp_path, **{**GARDEN, 'num_val': 4})
+  assert len(folder.SegmentationFolder(root, 'val')) == 4
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['synthetic_folder']

@@ -86,7 +86,7 @@ class CityscapesFolder:
 
   def __getitem__(self, index):
     """Returns `{'image': uint8 [H, W, 3] RGB, 'label': uint8 [H, W] trainIds, 'name': str}`."""
-    image = _read_image(self.image_paths[index])
+    image = read_image(self.image_paths[index], 're-extract it from leftImg8bit_trainvaltest.zip')
     label_ids = _read_label_ids(self.label_paths[index])
     if image.shape[:2] != label_ids.shape:
       raise UserError(
@@ -96,12 +96,22 @@ class CityscapesFolder:
     return {'image': image, 'label': LABEL_ID_TO_TRAIN_ID[label_ids], 'name': self.names[index]}
 
 
-def _read_image(path):
-  """Decodes an image file to uint8 [H, W, 3] RGB."""
+def read_image(path, remedy):
+  """Decodes an image file to uint8 [H, W, 3] RGB, as the reference does (`cv2.imread`).
+
+  Args:
+    path: the image file (any format OpenCV reads; EXIF orientation is applied).
+    remedy: what the user should do when the file cannot be decoded, for the error message.
+
+  Returns:
+    uint8 [H, W, 3] RGB.
+
+  Raises:
+    UserError: the file is missing, corrupt or not an image.
+  """
   image = cv2.imread(str(path), cv2.IMREAD_COLOR)
   if image is None:
-    raise UserError(f'Cannot decode image {path}: the file is corrupt or not an image; '
-                    're-extract it from leftImg8bit_trainvaltest.zip')
+    raise UserError(f'Cannot decode image {path}: the file is corrupt or not an image; {remedy}')
   return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 

@@ -1,4 +1,5 @@
-"""An embedded demo dataset: procedural street scenes written in the official Cityscapes layout.
+"""Embedded demo datasets: procedural street scenes in the Cityscapes layout, garden plots in the
+folder layout.
 
 Each frame is drawn back to front: sky, buildings with windows, an occasional fence, terrain,
 a road trapezoid towards a vanishing point with sidewalks on both sides, trees, poles carrying
@@ -9,7 +10,13 @@ minutes; objects shrink with distance, which gives the scale variety the random 
 
 Labels are real labelIds (`cityscapesscripts`), including ids that map to the ignore label
 ('ego vehicle', 'static'), and files use the official names, so `CityscapesFolder` reads the
-result exactly as it reads Cityscapes. Everything is deterministic given the seed.
+result exactly as it reads Cityscapes.
+
+The garden plots are a small dataset of the generic folder layout (`folder.SegmentationFolder`)
+with classes of their own (`GARDEN_CLASSES`: soil, grass, stone, water, flower): JPEG images of
+two sizes, palette PNG masks, ignored pixels (a band around each stone, plant labels) and a
+`classes.txt` with colours. Both are deterministic given the seed, and are cached: `ensure_*`
+regenerates a copy only when its parameters or the drawing change.
 """
 
 import dataclasses
@@ -22,11 +29,15 @@ import tempfile
 import cv2
 import numpy as np
 from cityscapesscripts.helpers.labels import name2label
+from PIL import Image
 
+from bisenet_jax.data import folder
+from bisenet_jax.data.cityscapes import IGNORE_LABEL
 from bisenet_jax.errors import UserError
 
-# Bump whenever the drawing changes, so that cached copies are regenerated.
+# Bump whenever a drawing changes, so that cached copies are regenerated.
 _GENERATOR_VERSION = 1
+_GARDEN_VERSION = 1
 _MARKER = 'synthetic.json'
 _CITY = 'synthetic'
 _SPLITS = ('train', 'val')
@@ -52,6 +63,7 @@ _LITTER_BIN, _BONNET = (70, 90, 70), (28, 28, 34)
 # Per-pixel noise (standard deviation) everywhere, and the extra that textures some classes.
 _PIXEL_NOISE = 4.0
 _TEXTURE_NOISE = {'vegetation': 22.0, 'terrain': 10.0, 'road': 5.0, 'sky': 2.0}
+_STREET_LABELS = {name: label.id for name, label in name2label.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,11 +97,8 @@ def ensure_synthetic_cityscapes(cache_dir, **params):
   Returns:
     pathlib.Path of the dataset root, readable with `CityscapesFolder(root, 'train' | 'val')`.
   """
-  spec = SyntheticSpec(**params)
-  root = pathlib.Path(cache_dir) / 'synthetic_cityscapes'
-  if _read_marker(root) != _marker(spec):
-    write_synthetic_cityscapes(root, **dataclasses.asdict(spec))
-  return root
+  return _ensure(pathlib.Path(cache_dir) / 'synthetic_cityscapes', SyntheticSpec(**params),
+                 _GENERATOR_VERSION, write_synthetic_cityscapes)
 
 
 def write_synthetic_cityscapes(root, **params):
@@ -111,12 +120,32 @@ def write_synthetic_cityscapes(root, **params):
     UserError: the files cannot be written there.
   """
   spec = SyntheticSpec(**params)
+  return _write_staged(root, _GENERATOR_VERSION, spec, _write_street_splits)
+
+
+def _ensure(root, spec, version, write):
+  """Returns `root`, first writing it with `write(root, **spec)` unless its marker matches."""
+  if _read_marker(root) != _marker(version, spec):
+    write(root, **dataclasses.asdict(spec))
+  return root
+
+
+def _write_staged(root, version, spec, write_splits):
+  """Writes a dataset with `write_splits(staging, spec)`, then its marker, and renames it to `root`.
+
+  Everything goes into a temporary sibling folder first, so a reader never sees a partial copy,
+  and the marker is written last, so its presence means complete.
+
+  Raises:
+    UserError: the files cannot be written there.
+  """
   root = pathlib.Path(root)
   try:
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f'.{root.name}.', dir=root.parent))
     try:
-      _write_splits(staging, spec)
+      write_splits(staging, spec)
+      (staging / _MARKER).write_text(json.dumps(_marker(version, spec), indent=2))
       _replace_dir(staging, root)
     finally:
       shutil.rmtree(staging, ignore_errors=True)
@@ -126,18 +155,16 @@ def write_synthetic_cityscapes(root, **params):
   return root
 
 
-def _write_splits(root, spec):
-  """Draws and writes every frame, then the marker file (so its presence means complete)."""
+def _write_street_splits(root, spec):
   for split_index, (split, count) in enumerate(zip(_SPLITS, (spec.num_train, spec.num_val))):
     for index in range(count):
       rng = np.random.default_rng([spec.seed, split_index, index])
       image, label_ids = draw_street_scene(rng, spec.height, spec.width)
       _write_frame(root, split, index, image, label_ids)
-  (root / _MARKER).write_text(json.dumps(_marker(spec), indent=2))
 
 
-def _marker(spec):
-  return {'generator_version': _GENERATOR_VERSION, **dataclasses.asdict(spec)}
+def _marker(version, spec):
+  return {'generator_version': version, **dataclasses.asdict(spec)}
 
 
 def _read_marker(root):
@@ -170,10 +197,13 @@ def _replace_dir(source, destination):
 
 
 class _Canvas:
-  """An RGB image and its labelId map, painted together by cv2 shape calls."""
+  """An RGB image and its label map, painted together by cv2 shape calls.
 
-  def __init__(self, height, width, rng):
-    self.height, self.width, self.rng = height, width, rng
+  `labels` gives the label value of each name a shape is painted with.
+  """
+
+  def __init__(self, height, width, rng, labels):
+    self.height, self.width, self.rng, self.labels = height, width, rng, labels
     self.image = np.zeros((height, width, 3), np.uint8)
     self.label = np.zeros((height, width), np.uint8)
 
@@ -208,7 +238,7 @@ class _Canvas:
   def _paint(self, draw, colour, name):
     draw(self.image, colour)
     if name is not None:
-      draw(self.label, name2label[name].id)
+      draw(self.label, self.labels[name])
 
 
 def draw_street_scene(rng, height, width):
@@ -222,7 +252,7 @@ def draw_street_scene(rng, height, width):
   Returns:
     (image uint8 [height, width, 3] RGB, label uint8 [height, width] Cityscapes labelIds).
   """
-  canvas = _Canvas(height, width, rng)
+  canvas = _Canvas(height, width, rng, _STREET_LABELS)
   horizon = height * rng.uniform(0.42, 0.52)
   vanish_x = width * rng.uniform(0.35, 0.65)
   _draw_sky(canvas, horizon)
@@ -239,7 +269,7 @@ def draw_street_scene(rng, height, width):
   for depth in np.sort(rng.uniform(0.2, 0.95, rng.integers(1, 5))):
     _draw_person(canvas, road, depth)
   _draw_ego_vehicle(canvas)
-  return _add_texture(canvas), canvas.label
+  return _add_texture(canvas, _TEXTURE_NOISE), canvas.label
 
 
 def _draw_sky(canvas, horizon):
@@ -412,11 +442,228 @@ def _draw_ego_vehicle(canvas):
                  _BONNET, 'ego vehicle')
 
 
-def _add_texture(canvas):
-  """Blurs the drawing like a lens, then adds per-pixel noise, stronger on textured classes."""
+def _add_texture(canvas, texture_noise):
+  """Blurs the drawing like a lens, then adds per-pixel noise, stronger on textured classes.
+
+  Args:
+    canvas: the drawn _Canvas.
+    texture_noise: {label name: noise standard deviation added to _PIXEL_NOISE there}.
+
+  Returns:
+    uint8 [height, width, 3] RGB.
+  """
   image = cv2.GaussianBlur(canvas.image, (3, 3), 0).astype(np.float32)
   sigma = np.full(canvas.label.shape, _PIXEL_NOISE, np.float32)
-  for name, extra in _TEXTURE_NOISE.items():
-    sigma[canvas.label == name2label[name].id] += extra
+  for name, extra in texture_noise.items():
+    sigma[canvas.label == canvas.labels[name]] += extra
   noise = canvas.rng.standard_normal(image.shape, np.float32) * sigma[..., None]
   return np.clip(image + noise, 0, 255).astype(np.uint8)
+
+
+# Garden plots, seen from above. Class colours (for masks and legends) are not the colours the
+# classes are drawn in: those come from the families below, as in real photographs.
+GARDEN_CLASSES = folder.ClassSet(
+    ('soil', 'grass', 'stone', 'water', 'flower'),
+    [(140, 90, 50), (80, 180, 60), (160, 160, 170), (40, 110, 220), (240, 80, 200)])
+_GARDEN_LABELS = {name: index for index, name in enumerate(GARDEN_CLASSES.names)}
+_GARDEN_LABELS['ignore'] = IGNORE_LABEL
+_SOIL, _SOIL_GRAIN = ((112, 78, 50), (128, 90, 58), (98, 70, 52)), (70, 50, 36)
+_GRASS, _GRASS_BLADE = ((62, 132, 44), (80, 150, 52), (70, 120, 40)), (36, 84, 28)
+_STONE = ((150, 150, 156), (128, 126, 132), (172, 168, 160))
+_WATER, _RIPPLE = ((44, 92, 172), (36, 80, 150), (54, 104, 180)), (104, 150, 214)
+_PETALS, _FLOWER_HEART = ((222, 40, 140), (240, 212, 40), (246, 244, 240)), (250, 190, 30)
+_TAG, _TAG_TEXT = (236, 236, 228), (30, 30, 30)
+_GARDEN_TEXTURE = {'soil': 10.0, 'grass': 20.0, 'water': 1.0}
+# Where each size of frame goes: the first half of a split is wide, the rest tall.
+_GARDEN_SHAPES = ('wide', 'tall')
+_JPEG_QUALITY = 92
+
+
+@dataclasses.dataclass(frozen=True)
+class GardenSpec:
+  """What to generate; every field changes the data, so all of them go into the marker file.
+
+  Attributes:
+    num_train: frames in the 'train' split.
+    num_val: frames in the 'val' split.
+    height: height of the wide frames (the width of the tall ones), in pixels.
+    width: width of the wide frames (the height of the tall ones), in pixels.
+    seed: base seed; frame i of a split is drawn from (seed, split, i).
+  """
+  num_train: int = 160
+  num_val: int = 40
+  height: int = 192
+  width: int = 256
+  seed: int = 0
+
+
+def ensure_synthetic_folder(cache_dir, **params):
+  """Returns the root of a complete garden dataset under `cache_dir`, generating it if needed.
+
+  An existing copy is reused when its marker file matches `params` (and the generator
+  version); otherwise it is regenerated in place.
+
+  Args:
+    cache_dir: folder that holds the dataset (as `<cache_dir>/synthetic_folder`).
+    **params: fields of `GardenSpec`.
+
+  Returns:
+    pathlib.Path of the dataset root, readable with `folder.SegmentationFolder(root, split)`.
+  """
+  return _ensure(pathlib.Path(cache_dir) / 'synthetic_folder', GardenSpec(**params),
+                 _GARDEN_VERSION, write_synthetic_folder)
+
+
+def write_synthetic_folder(root, **params):
+  """Writes the garden dataset to `root` (replacing it) in the generic folder layout.
+
+  Files: `classes.txt` (the five classes with their colours), for each split
+  `images/<split>/<wide|tall>/<i:04d>.jpg` (wide frames are height x width, tall ones
+  width x height) and `masks/<split>/<wide|tall>/<i:04d>.png` (palette PNGs: class indices,
+  255 = ignore, coloured with the class colours), plus `synthetic.json` with the parameters.
+  Written like `write_synthetic_cityscapes`, so a reader never sees a partial copy.
+
+  Args:
+    root: destination folder.
+    **params: fields of `GardenSpec`.
+
+  Returns:
+    pathlib.Path of `root`.
+
+  Raises:
+    UserError: the files cannot be written there.
+  """
+  return _write_staged(root, _GARDEN_VERSION, GardenSpec(**params), _write_garden_splits)
+
+
+def _write_garden_splits(root, spec):
+  lines = ['# name R G B: one class per line, in class-index order']
+  lines += [f'{name} {r} {g} {b}' for name, (r, g, b) in zip(GARDEN_CLASSES.names,
+                                                              GARDEN_CLASSES.palette.tolist())]
+  (root / folder.CLASSES_FILE).write_text('\n'.join(lines) + '\n')
+  mask_palette = np.zeros((256, 3), np.uint8)
+  mask_palette[:GARDEN_CLASSES.num_classes] = GARDEN_CLASSES.palette
+  mask_palette[IGNORE_LABEL] = 255  # white, as VOC's boundaries are drawn light
+  for split_index, (split, count) in enumerate(zip(_SPLITS, (spec.num_train, spec.num_val))):
+    for index in range(count):
+      shape = _GARDEN_SHAPES[2 * index // max(count, 1)]
+      size = (spec.height, spec.width) if shape == 'wide' else (spec.width, spec.height)
+      image, mask = draw_garden_plot(np.random.default_rng([spec.seed, split_index, index]), *size)
+      name = f'{split}/{shape}/{index:04d}'
+      _write_garden_frame(root, name, image, mask, mask_palette)
+
+
+def _write_garden_frame(root, name, image, mask, mask_palette):
+  image_path, mask_path = root / 'images' / f'{name}.jpg', root / 'masks' / f'{name}.png'
+  for path in (image_path, mask_path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+  bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+  if not cv2.imwrite(str(image_path), bgr, [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY]):
+    raise OSError(f'could not write {image_path}')
+  mask_image = Image.fromarray(mask)
+  mask_image.putpalette(mask_palette.tobytes())  # an 'L' image becomes a palette ('P') image
+  mask_image.save(mask_path)
+
+
+def draw_garden_plot(rng, height, width):
+  """Draws one garden plot from above.
+
+  Bare soil with grass patches, ponds with ripples, stones (each ringed by a thin band of
+  ignored pixels, as VOC marks object edges), clusters of flowers, and now and then a plant
+  label (ignored: it is none of the classes). Every class keeps its own colour family and
+  texture, with per-object jitter and per-pixel noise.
+
+  Args:
+    rng: np.random.Generator; the frame is a pure function of its state.
+    height: frame height in pixels.
+    width: frame width in pixels.
+
+  Returns:
+    (image uint8 [height, width, 3] RGB, mask uint8 [height, width] of GARDEN_CLASSES indices
+    with IGNORE_LABEL for ignored pixels).
+  """
+  canvas = _Canvas(height, width, rng, _GARDEN_LABELS)
+  scale = min(height, width)
+  canvas.rect(0, 0, width, height, canvas.colour(_SOIL), 'soil')
+  for _ in range(rng.integers(scale // 6, scale // 3)):  # darker grains in the soil
+    canvas.circle(rng.uniform(0, width), rng.uniform(0, height), rng.uniform(1, 2.5), _SOIL_GRAIN)
+  for _ in range(rng.integers(1, 3)):
+    _draw_pond(canvas, scale)
+  for _ in range(rng.integers(2, 6)):
+    _draw_grass_patch(canvas, scale)
+  for _ in range(rng.integers(2, 6)):
+    _draw_stone(canvas, scale)
+  for _ in range(rng.integers(2, 6)):
+    _draw_flowers(canvas, scale)
+  if rng.random() < 0.4:
+    _draw_tag(canvas, scale)
+  return _add_texture(canvas, _GARDEN_TEXTURE), canvas.label
+
+
+def _random_point(canvas):
+  return canvas.rng.uniform(0, canvas.width), canvas.rng.uniform(0, canvas.height)
+
+
+def _draw_pond(canvas, scale):
+  """A smooth blue ellipse with lighter ripple arcs (all 'water')."""
+  rng = canvas.rng
+  x, y = _random_point(canvas)
+  half_width, half_height = scale * rng.uniform(0.15, 0.35), scale * rng.uniform(0.1, 0.25)
+  canvas.ellipse(x, y, half_width, half_height, canvas.colour(_WATER), 'water')
+  for fraction in (0.35, 0.6, 0.85)[:rng.integers(1, 4)]:
+    axes = (max(1, int(half_width * fraction)), max(1, int(half_height * fraction)))
+    start = int(rng.integers(0, 180))
+    cv2.ellipse(canvas.image, (int(x), int(y)), axes, 0, start, start + 120, _RIPPLE, 1)
+
+
+def _draw_grass_patch(canvas, scale):
+  """Overlapping green ellipses with short dark blades drawn over them (all 'grass')."""
+  rng = canvas.rng
+  x, y = _random_point(canvas)
+  green = canvas.colour(_GRASS)
+  for _ in range(rng.integers(2, 5)):
+    canvas.ellipse(x + scale * rng.uniform(-0.12, 0.12), y + scale * rng.uniform(-0.12, 0.12),
+                   scale * rng.uniform(0.08, 0.2), scale * rng.uniform(0.08, 0.2), green, 'grass')
+  for _ in range(rng.integers(10, 25)):
+    bx, by = x + scale * rng.uniform(-0.15, 0.15), y + scale * rng.uniform(-0.15, 0.15)
+    if canvas.label[int(np.clip(by, 0, canvas.height - 1)),
+                    int(np.clip(bx, 0, canvas.width - 1))] == _GARDEN_LABELS['grass']:
+      canvas.line(bx, by, bx + rng.uniform(-2, 2), by - rng.uniform(3, 6), _GRASS_BLADE)
+
+
+def _draw_stone(canvas, scale):
+  """A grey irregular polygon, shaded lighter towards the top; its rim is ignored."""
+  rng = canvas.rng
+  x, y = _random_point(canvas)
+  radius = scale * rng.uniform(0.09, 0.2)
+  angles = np.sort(rng.uniform(0, 2 * np.pi, rng.integers(5, 9)))
+  radii = radius * rng.uniform(0.7, 1.0, angles.size)
+  points = np.stack([x + radii * np.cos(angles), y + radii * np.sin(angles)], axis=1)
+  grey = canvas.colour(_STONE)
+  canvas.poly(points, grey, 'stone')
+  highlight = tuple(min(255, c + 24) for c in grey)
+  canvas.ellipse(x - radius * 0.2, y - radius * 0.3, radius * 0.35, radius * 0.2, highlight,
+                 'stone')
+  cv2.polylines(canvas.label, [np.round(points).astype(np.int32)], True, IGNORE_LABEL, 2)
+
+
+def _draw_flowers(canvas, scale):
+  """A cluster of small discs of one petal colour, each with a yellow heart (all 'flower')."""
+  rng = canvas.rng
+  x, y = _random_point(canvas)
+  petals = canvas.colour(_PETALS)
+  for _ in range(rng.integers(4, 10)):
+    fx, fy = x + scale * rng.uniform(-0.1, 0.1), y + scale * rng.uniform(-0.1, 0.1)
+    radius = scale * rng.uniform(0.025, 0.05)
+    canvas.circle(fx, fy, radius, petals, 'flower')
+    canvas.circle(fx, fy, radius * 0.35, _FLOWER_HEART, 'flower')
+
+
+def _draw_tag(canvas, scale):
+  """A white plant label with lines of dark text: none of the classes, so ignored."""
+  rng = canvas.rng
+  x, y = _random_point(canvas)
+  tag_width, tag_height = scale * rng.uniform(0.1, 0.16), scale * rng.uniform(0.05, 0.08)
+  canvas.rect(x, y, x + tag_width, y + tag_height, _TAG, 'ignore')
+  for line_y in np.linspace(y + tag_height * 0.3, y + tag_height * 0.7, 2):
+    canvas.line(x + tag_width * 0.15, line_y, x + tag_width * 0.85, line_y, _TAG_TEXT)
