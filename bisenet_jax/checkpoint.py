@@ -1,11 +1,13 @@
 """Model checkpoints on disk (orbax) and ``load_pretrained``.
 
-A *model checkpoint* is an orbax composite directory with two items:
-``variables`` ({'params', 'batch_stats'}) and ``model_config`` (JSON: the ``build_model``
-arguments, e.g. ``{"name": "bisenetv1_r18", "num_classes": 19, "stem": "deep"}``).
-The converter writes exactly that; every training checkpoint step directory holds the same
-two items next to the optimizer state, so anything that reads a model (``load_pretrained``,
-evaluation, prediction, fine-tuning) reads both kinds the same way.
+A *model checkpoint* is an orbax composite directory with the items ``variables``
+({'params', 'batch_stats'}), ``model_config`` (JSON: the ``build_model`` arguments, e.g.
+``{"name": "bisenetv1_r18", "num_classes": 19, "stem": "deep"}``) and ``dataset`` (JSON:
+``sources.DatasetInfo``, the class names and colours the model predicts and its dataset's
+layout; absent from checkpoints of unknown classes). The converter writes exactly that; every
+training checkpoint step directory holds the same items next to the optimizer state, so
+anything that reads a model (``load_pretrained``, evaluation, prediction, fine-tuning) reads
+both kinds the same way.
 """
 
 from __future__ import annotations
@@ -17,24 +19,27 @@ import jax
 import orbax.checkpoint as ocp
 
 from bisenet_jax import models
+from bisenet_jax.data import sources
 from bisenet_jax.errors import UserError
 
 VARIABLES = 'variables'
 MODEL_CONFIG = 'model_config'
+DATASET = 'dataset'
 TRAIN_CHECKPOINTS = 'checkpoints'  # Sub-folder of a training workdir.
 
 
-def save_model(directory: str | os.PathLike, variables: dict, config: dict) -> Path:
+def save_model(directory: str | os.PathLike, variables: dict, config: dict,
+               dataset: sources.DatasetInfo | None = None) -> Path:
   """Writes a model checkpoint; orbax writes to a temporary folder and renames at the end."""
   directory = Path(directory).absolute()
   if directory.exists():
     raise UserError(f'{directory} already exists; remove it or choose another output folder.')
   variables = {'params': variables['params'], 'batch_stats': variables['batch_stats']}
+  items = {VARIABLES: ocp.args.StandardSave(variables), MODEL_CONFIG: ocp.args.JsonSave(config)}
+  if dataset is not None:
+    items[DATASET] = ocp.args.JsonSave(dataset.to_json())
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-    checkpointer.save(directory, ocp.args.Composite(**{
-        VARIABLES: ocp.args.StandardSave(variables),
-        MODEL_CONFIG: ocp.args.JsonSave(config),
-    }))
+    checkpointer.save(directory, ocp.args.Composite(**items))
   return directory
 
 
@@ -104,6 +109,22 @@ def load_pretrained(path: str | os.PathLike, **overrides) -> tuple[models.FCNBiS
   else:
     config, variables = restore_model(path)
   return models.build_from_config(config, **overrides), variables
+
+
+def read_dataset(path: str | os.PathLike, num_classes: int) -> sources.DatasetInfo | None:
+  """The dataset a model checkpoint records, or None when its classes are unknown.
+
+  An official ``.pth``, or a checkpoint that predates the ``dataset`` item, records none: with
+  19 classes it is a Cityscapes model, otherwise its classes are unknown.
+  """
+  if Path(path).suffix not in ('.pth', '.pt'):
+    directory = resolve_model_checkpoint(path)
+    if (directory / DATASET).exists():
+      with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+        restored = checkpointer.restore(directory,
+                                        ocp.args.Composite(**{DATASET: ocp.args.JsonRestore()}))
+      return sources.DatasetInfo.from_json(dict(restored[DATASET]))
+  return sources.CITYSCAPES if num_classes == sources.CITYSCAPES.classes.num_classes else None
 
 
 def export_official_checkpoint(model_path: str | os.PathLike, output: str | os.PathLike,

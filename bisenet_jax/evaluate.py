@@ -20,6 +20,7 @@ evaluation and the test server expect. Sizes on the command line are WIDTHxHEIGH
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -34,13 +35,15 @@ import numpy as np
 
 from bisenet_jax import checkpoint, parallel
 from bisenet_jax.cli import add_distributed_argument, user_errors_exit
-from bisenet_jax.data import cityscapes
+from bisenet_jax.data import cityscapes, folder, sources
 from bisenet_jax.errors import UserError
 from bisenet_jax.eval import evaluator, inference, metrics
 
 # Predictions are named after their input image, as the test server asks; the official
 # evaluation finds them by globbing '<city>_<seq>_<frame>*.png', which that name matches.
 PREDICTION_SUFFIX = '_leftImg8bit.png'
+DATASET_NAMES = {'cityscapes': 'Cityscapes', 'folder': 'the folder dataset',
+                 'voc': 'Pascal VOC', 'ade20k': 'ADE20K'}
 
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
@@ -101,29 +104,96 @@ def parse_scales(text: str) -> tuple[float, ...]:
   return scales
 
 
-def load_cityscapes_model(path: str):
-  """``load_pretrained`` that insists on the 19 Cityscapes classes: ``(model, variables)``."""
+def add_dataset_arguments(parser: argparse.ArgumentParser, layout: bool = True) -> None:
+  """The dataset flags: its kind and classes (shared with ``bisenet_jax.predict``) and, with
+  ``layout``, a folder dataset's layout."""
+  group = parser.add_argument_group(
+      'dataset (default: what the checkpoint records; official checkpoints are Cityscapes)')
+  group.add_argument('--dataset', choices=sources.KINDS,
+                     help='the dataset layout and its classes (default: the checkpoint\'s, '
+                     'else cityscapes)')
+  group.add_argument('--classes', metavar='FILE',
+                     help="--dataset folder: a classes.txt (default: the checkpoint's classes, "
+                     'else <data root>/classes.txt)')
+  if not layout:
+    return
+  defaults = sources.FolderLayout()
+  for field, help_text in (
+      ('image_dir', f"images' folder below the root (default {defaults.image_dir!r})"),
+      ('mask_dir', f"masks' folder below the root (default {defaults.mask_dir!r})"),
+      ('mask_suffix', f"masks' file ending (default {defaults.mask_suffix!r})"),
+      ('ignore_index', f'mask value of ignored pixels (default {defaults.ignore_index})'),
+      ('label_map', "'value:class,...' when mask values are not class indices")):
+    group.add_argument(f'--{field.replace("_", "-")}', dest=field,
+                       type=int if field == 'ignore_index' else str, help=help_text)
+  group.add_argument('--reduce-zero-label', choices=['yes', 'no'],
+                     help='mask value 0 is ignored and v is class v - 1 (as ADE20K)')
+
+
+def dataset_info(args: argparse.Namespace, recorded: sources.DatasetInfo | None,
+                 root: str | None) -> sources.DatasetInfo:
+  """The dataset to evaluate or label: the flags, else what the checkpoint recorded."""
+  kind = args.dataset or (recorded.kind if recorded else 'cityscapes')
+  same = recorded is not None and recorded.kind == kind
+  if args.classes:
+    classes = folder.read_classes_file(args.classes)
+  elif same:
+    classes = recorded.classes
+  elif kind == 'folder' and root is None:
+    raise UserError('the checkpoint records no classes: pass --classes classes.txt (one class '
+                    'name per line, optionally with its colour: name R G B)')
+  else:
+    classes = sources.dataset_classes(kind, root)
+  layout = recorded.layout if same else sources.FolderLayout()
+  given = {field: getattr(args, field, None) for field in ('image_dir', 'mask_dir',
+                                                            'mask_suffix', 'ignore_index',
+                                                            'label_map')}
+  given = {field: value for field, value in given.items() if value is not None}
+  if getattr(args, 'reduce_zero_label', None) is not None:
+    given['reduce_zero_label'] = args.reduce_zero_label == 'yes'
+  base_size = recorded.base_size if same else sources.TEST_BASE_SIZES[kind]
+  return sources.DatasetInfo(kind, classes, dataclasses.replace(layout, **given), base_size)
+
+
+def load_model_for(path: str, args: argparse.Namespace, root: str | None):
+  """``(model, variables, dataset)``: the checkpoint and the dataset it is used on, which must
+  have as many classes as the model predicts."""
   model, variables = checkpoint.load_pretrained(path)
-  if model.num_classes != cityscapes.NUM_CLASSES:
-    raise UserError(f'checkpoint {path} has {model.num_classes} classes, Cityscapes has '
-                    f'{cityscapes.NUM_CLASSES}: use a Cityscapes checkpoint')
-  return model, variables
+  info = dataset_info(args, checkpoint.read_dataset(path, model.num_classes), root)
+  if model.num_classes != info.classes.num_classes:
+    raise UserError(f'checkpoint {path} has {model.num_classes} classes, '
+                    f'{DATASET_NAMES[info.kind]} has {info.classes.num_classes}: use a checkpoint '
+                    'trained for these classes, or pass the matching --dataset / --classes')
+  return model, variables, info
 
 
-def prediction_writer(directory: Path) -> Callable[[dict, np.ndarray], None]:
-  """An ``on_batch`` hook writing ``<dir>/<city>/<city>_<seq>_<frame>_leftImg8bit.png``.
+def prediction_writer(directory: Path, info: sources.DatasetInfo
+                      ) -> Callable[[dict, np.ndarray], None]:
+  """An ``on_batch`` hook writing one PNG per image below ``directory``.
 
-  Each file is a single-channel uint8 PNG of Cityscapes labelIds (the 19 trainIds mapped back
-  with ``TRAIN_ID_TO_LABEL_ID``), which is what cityscapesscripts' evaluation and the test
-  server read.
+  Cityscapes: ``<city>/<city>_<seq>_<frame>_leftImg8bit.png``, single-channel uint8 labelIds
+  (the 19 trainIds mapped back with ``TRAIN_ID_TO_LABEL_ID``), which is what cityscapesscripts'
+  evaluation and the test server read. Other datasets: ``<name>.png``, a palette PNG of class
+  indices coloured with the classes' colours (viewers show colours, readers get indices).
   """
 
   def write(batch: dict, predictions: np.ndarray) -> None:
     names = [name for name, valid in zip(batch['name'], batch['valid']) if valid]
     for name, labels in zip(names, predictions):
-      path = directory / f'{name}{PREDICTION_SUFFIX}'
-      path.parent.mkdir(parents=True, exist_ok=True)
-      if not cv2.imwrite(str(path), cityscapes.TRAIN_ID_TO_LABEL_ID[labels]):
+      if info.kind == 'cityscapes':
+        path = directory / f'{name}{PREDICTION_SUFFIX}'
+      else:
+        path = directory / f'{name}.png'
+      try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if info.kind == 'cityscapes':
+          written = cv2.imwrite(str(path), cityscapes.TRAIN_ID_TO_LABEL_ID[labels])
+        else:
+          folder.write_index_png(path, labels, info.classes.palette)
+          written = True
+      except OSError:
+        written = False
+      if not written:
         raise UserError(f'Cannot write {path}: check that the folder is writable')
 
   return write
@@ -148,18 +218,18 @@ class SteadyThroughput:
     return self.images / (time.perf_counter() - self.first_done)
 
 
-def results_record(scores: dict, args: argparse.Namespace,
-                   options: evaluator.InferenceOptions) -> dict:
+def results_record(scores: dict, args: argparse.Namespace, options: evaluator.InferenceOptions,
+                   info: sources.DatasetInfo) -> dict:
   """The JSON content: scores as fractions (NaN -> null), the protocol and the run's size."""
   return {
       'miou': _finite_or_none(scores['miou']),
       'iou': [_finite_or_none(v) for v in scores['iou']],
-      'class_names': list(cityscapes.CLASS_NAMES),
+      'class_names': list(info.classes.names),
       'aacc': _finite_or_none(scores['aacc']),
       'protocol': {
           'mode': args.mode, 'crop': args.crop, 'stride': args.stride, 'flip': args.flip,
-          'scales': list(options.scales), 'base_size': args.base_size,
-          'split': args.split,
+          'scales': list(options.scales), 'base_size': list(info.base_size),
+          'split': args.split, 'dataset': info.kind,
       },
       'checkpoint': str(Path(args.checkpoint).absolute()),
       'images': scores['images'],
@@ -209,11 +279,11 @@ def _timing_line(scores: dict, steady: float | None) -> str:
   return line
 
 
-def describe_protocol(args: argparse.Namespace, devices: int) -> str:
+def describe_protocol(args: argparse.Namespace, info: sources.DatasetInfo, devices: int) -> str:
   mode = ('whole image' if args.mode == 'whole'
           else f'sliding {args.crop} windows, stride {args.stride}')
   return (f'protocol: {mode}, scales {args.scales}, flip {"on" if args.flip else "off"}, '
-          f'base size {args.base_size}, split {args.split}, '
+          f'base size {info.base_size[0]}x{info.base_size[1]}, {info.kind} split {args.split}, '
           f'{args.batch_size} image(s) per device on {devices} device(s)')
 
 
@@ -225,18 +295,22 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help='official .pth, a folder from convert/ssseg_to_flax.py, or a training '
                       'workdir (its latest checkpoint)')
   parser.add_argument('--data-root', required=True,
-                      help='Cityscapes root holding leftImg8bit/ and gtFine/')
+                      help='the dataset root (Cityscapes: the folder holding leftImg8bit/ and '
+                      'gtFine/)')
   parser.add_argument('--split', default='val', help='split to evaluate (default: val)')
   parser.add_argument('--batch-size', type=int, default=1,
                       help='images per device per step (default: 1, as the reference)')
-  parser.add_argument('--base-size', default='2048x1024', metavar='WxH',
+  parser.add_argument('--base-size', metavar='WxH',
                       help='target of the reference test Resize (keeps the aspect ratio; a '
-                      'no-op for 2048x1024 frames). Default: 2048x1024')
+                      "no-op for 2048x1024 Cityscapes frames). Default: the training recipe's, "
+                      'else 2048x1024')
   parser.add_argument('--output', metavar='FILE',
                       help='write the scores, protocol and confusion matrix to this JSON file')
   parser.add_argument('--save-predictions', metavar='DIR',
-                      help='write <city>/<city>_<seq>_<frame>_leftImg8bit.png labelId maps '
-                      'for cityscapesscripts or the Cityscapes test server')
+                      help='write one PNG per image: Cityscapes labelId maps '
+                      '(<city>/<city>_<seq>_<frame>_leftImg8bit.png) for cityscapesscripts or '
+                      'the test server; palette PNGs of class indices for other datasets')
+  add_dataset_arguments(parser)
   add_inference_arguments(parser)
   add_distributed_argument(parser)
   return parser.parse_args(argv)
@@ -247,19 +321,20 @@ def main(argv=None) -> dict:
   args = parse_args(argv)
   parallel.setup(args.distributed)
   options = inference_options(args)
-  base_size = parse_size(args.base_size, '--base-size')
   if args.batch_size <= 0:
     raise UserError(f'--batch-size {args.batch_size} must be positive')
   output = _prepare_output(args.output)
-  source = cityscapes.CityscapesFolder(args.data_root, args.split)
-  model, variables = load_cityscapes_model(args.checkpoint)
+  model, variables, info = load_model_for(args.checkpoint, args, args.data_root)
+  if args.base_size:
+    info = dataclasses.replace(info, base_size=parse_size(args.base_size, '--base-size'))
+  source = sources.open_split(info, args.data_root, args.split)
   mesh = parallel.make_mesh()
   say = print if jax.process_index() == 0 else lambda *_: None  # One report per run.
-  say(describe_protocol(args, mesh.size))
+  say(describe_protocol(args, info, mesh.size))
   throughput = SteadyThroughput()
   hooks = [throughput]
   if args.save_predictions:
-    hooks.append(prediction_writer(Path(args.save_predictions)))
+    hooks.append(prediction_writer(Path(args.save_predictions), info))
 
   def on_batch(batch, labels):
     for hook in hooks:
@@ -267,15 +342,15 @@ def main(argv=None) -> dict:
 
   # ssseg evaluates in full fp32 (TF32 off); GPUs would otherwise use TF32 convolutions.
   with jax.default_matmul_precision('highest'):
-    scores = evaluator.evaluate(model, variables, source, mesh=mesh, base_size=base_size,
+    scores = evaluator.evaluate(model, variables, source, mesh=mesh, base_size=info.base_size,
                                 options=options, batch_per_device=args.batch_size,
-                                num_classes=cityscapes.NUM_CLASSES, on_batch=on_batch,
+                                num_classes=model.num_classes, on_batch=on_batch,
                                 progress=sys.stderr.isatty())  # No bar in logs.
 
-  say(metrics.format_table(scores, cityscapes.CLASS_NAMES))
+  say(metrics.format_table(scores, info.classes.names))
   say(_timing_line(scores, throughput.images_per_second()))
   if output is not None and jax.process_index() == 0:  # One file, even on a shared disk.
-    write_json_atomically(output, results_record(scores, args, options))
+    write_json_atomically(output, results_record(scores, args, options, info))
     say(f'wrote {output}')
   if args.save_predictions:
     say(f'wrote {scores["images"]} prediction(s) to {args.save_predictions}')

@@ -179,24 +179,6 @@ def local_rows(array: jax.Array) -> np.ndarray:
   return np.concatenate([np.asarray(s.data) for s in shards])
 
 
-def process_shard(source):
-  """This process's share of a random-access ``source``: every P-th sample from its index."""
-  return ProcessShard(source, jax.process_index(), jax.process_count())
-
-
-class ProcessShard:
-  """Samples ``index, index + count, ...`` of ``source``, random access."""
-
-  def __init__(self, source, index: int, count: int):
-    self.source, self.index, self.count = source, index, count
-
-  def __len__(self):
-    return len(range(self.index, len(self.source), self.count))
-
-  def __getitem__(self, i):
-    return self.source[self.index + i * self.count]
-
-
 # How a collective reports a vanished peer: gloo on CPUs, NCCL on GPUs, the coordination service.
 _PEER_FAILURE = re.compile(r'gloo|nccl|connection (closed|reset)|peer|unavailable|heartbeat',
                            re.IGNORECASE)

@@ -1,17 +1,20 @@
-"""Segments images of any size and writes Cityscapes-coloured masks (and overlays).
+"""Segments images of any size and writes masks in the classes' colours (and overlays).
 
   python -m bisenet_jax.predict --checkpoint fcn_bisenetv1_resnet18os32_cityscapes.pth \
       street.jpg photos/ --output masks/ --overlay
 
 INPUTs are image files or folders (searched recursively for *.png, *.jpg, *.jpeg). For each
 image ``<stem>.<ext>`` the output folder receives ``<stem>_mask.png`` (every pixel in the
-``PALETTE`` colour of its predicted class) and, with ``--overlay``, ``<stem>_overlay.png``
-(the image and the mask blended 50/50); images found in a folder keep their sub-folder path
-below it. ``legend.png`` names the colours.
+colour of its predicted class) and, with ``--overlay``, ``<stem>_overlay.png`` (the image and
+the mask blended 50/50); images found in a folder keep their sub-folder path below it.
+``legend.png`` names the colours. The classes and their colours are the checkpoint's (a model
+trained here records them; official checkpoints are Cityscapes'), or ``--dataset`` /
+``--classes``'.
 
 Each image is normalised as in evaluation (on the device) but NOT resized: the model
-sees it at its own size, so objects should appear at roughly Cityscapes scale (a 2048x1024
-street frame) for good results; ``--scales`` runs it at other sizes too. Inference is the
+sees it at its own size, so objects should appear at roughly the training data's scale (for
+Cityscapes models, a 2048x1024 street frame) for good results; ``--scales`` runs it at other
+sizes too. Inference is the
 shared, jitted ``evaluator.make_segment_fn`` on one device with the same flags as
 ``bisenet_jax.evaluate``; it compiles once per distinct image size.
 """
@@ -29,7 +32,6 @@ from tqdm import tqdm
 
 from bisenet_jax import evaluate, parallel
 from bisenet_jax.cli import user_errors_exit
-from bisenet_jax.data import cityscapes
 from bisenet_jax.errors import UserError
 from bisenet_jax.eval import evaluator
 
@@ -78,9 +80,9 @@ def read_rgb(path: Path) -> np.ndarray:
   return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def colorize(labels: np.ndarray) -> np.ndarray:
-  """uint8 [H, W] trainIds -> uint8 [H, W, 3] RGB palette colours."""
-  return cityscapes.PALETTE[labels]
+def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
+  """uint8 [H, W] class indices -> uint8 [H, W, 3] RGB colours from ``palette`` [K, 3]."""
+  return palette[labels]
 
 
 def blend(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -88,13 +90,14 @@ def blend(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
   return cv2.addWeighted(image, 0.5, mask, 0.5, 0.0)
 
 
-def draw_legend(swatch: int = 24, width: int = 220) -> np.ndarray:
-  """uint8 RGB image: one row per class, a colour swatch followed by the class name."""
-  legend = np.full((swatch * cityscapes.NUM_CLASSES, width, 3), 255, np.uint8)
-  for train_id, (name, colour) in enumerate(zip(cityscapes.CLASS_NAMES, cityscapes.PALETTE)):
-    top = train_id * swatch
+def draw_legend(classes, swatch: int = 24) -> np.ndarray:
+  """uint8 RGB image: one row per class, a colour swatch followed by the index and name."""
+  width = swatch + 60 + 9 * max(len(name) for name in classes.names)
+  legend = np.full((swatch * classes.num_classes, width, 3), 255, np.uint8)
+  for index, (name, colour) in enumerate(zip(classes.names, classes.palette)):
+    top = index * swatch
     legend[top + 2:top + swatch - 2, 4:4 + swatch] = colour
-    cv2.putText(legend, f'{train_id:2d} {name}', (swatch + 12, top + swatch - 7),
+    cv2.putText(legend, f'{index:2d} {name}', (swatch + 12, top + swatch - 7),
                 cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
   return legend
 
@@ -110,8 +113,8 @@ def write_rgb(path: Path, image: np.ndarray) -> None:
 
 
 def predictor(model, variables, options: evaluator.InferenceOptions):
-  """``uint8 [H, W, 3] RGB image -> uint8 [H, W] trainIds`` through the shared inference."""
-  segment = evaluator.make_segment_fn(model, options, cityscapes.NUM_CLASSES)
+  """``uint8 [H, W, 3] RGB image -> uint8 [H, W] class indices`` through the shared inference."""
+  segment = evaluator.make_segment_fn(model, options, model.num_classes)
   variables = jax.device_put(variables, jax.devices()[0])
 
   def predict(image: np.ndarray) -> np.ndarray:
@@ -132,6 +135,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--output', required=True, help='folder for the masks (created if needed)')
   parser.add_argument('--overlay', action='store_true',
                       help='also write <stem>_overlay.png, the image blended with its mask')
+  evaluate.add_dataset_arguments(parser, layout=False)
   evaluate.add_inference_arguments(parser)
   return parser.parse_args(argv)
 
@@ -142,16 +146,17 @@ def main(argv=None) -> None:
   parallel.setup('no')  # One device, one process.
   options = evaluate.inference_options(args)
   images = find_images(args.inputs)
-  predict = predictor(*evaluate.load_cityscapes_model(args.checkpoint), options)
+  model, variables, info = evaluate.load_model_for(args.checkpoint, args, root=None)
+  predict = predictor(model, variables, options)
 
   output = Path(args.output)
-  write_rgb(output / LEGEND_NAME, draw_legend())
+  write_rgb(output / LEGEND_NAME, draw_legend(info.classes))
   bar = tqdm(images, unit='image', desc='predict', leave=False, disable=not sys.stderr.isatty())
   # Full fp32 as in evaluation (the reference runs with TF32 off).
   with jax.default_matmul_precision('highest'):
     for path, stem in bar:
       image = read_rgb(path)
-      mask = colorize(predict(image))
+      mask = colorize(predict(image), info.classes.palette)
       write_rgb(output / f'{stem}_mask.png', mask)
       if args.overlay:
         write_rgb(output / f'{stem}_overlay.png', blend(image, mask))

@@ -23,7 +23,8 @@ def main(argv=None):
   parser.add_argument('--arch', choices=['r18', 'r50'], help='force an architecture')
   args = parser.parse_args(argv)
   config, variables = ssseg.load_official_checkpoint(args.input, args.arch)
-  path = checkpoint.save_model(args.output, variables, config)
+  path = checkpoint.save_model(args.output, variables, config,
+                               checkpoint.read_dataset(args.input, config['num_classes']))
   print(f"converted {args.input} ({config['name']}, {config['num_classes']} classes, "
         f"{config['stem']} stem) -> {path}")
 

@@ -148,8 +148,8 @@ def test_scores_equal_pytorch_reference_predictions(setup, one_device):
   assert results['class_names'] == [trainId2label[t].name for t in range(K)]
   assert results['images'] == len(gt_files) and results['seconds'] > 0
   assert results['protocol'] == {'mode': 'whole', 'crop': None, 'stride': None, 'flip': False,
-                                 'scales': [1.0], 'base_size': f'{WIDTH}x{HEIGHT}',
-                                 'split': 'val'}
+                                 'scales': [1.0], 'base_size': [WIDTH, HEIGHT],
+                                 'split': 'val', 'dataset': 'cityscapes'}
   miou_line = next(line for line in stdout.splitlines() if line.startswith('mIoU'))
   assert miou_line.split() == ['mIoU', f'{100 * results["miou"]:.2f}']
 

@@ -536,7 +536,7 @@ def test_pipeline_batches_a_folder_source_of_two_sizes(tmp_path):
   batch = next(iterator)
   assert batch['image'].shape == (2, 16, 16, 3) and batch['label'].shape == (2, 16, 16)
   assert set(np.unique(batch['label'])) <= {0, 1, 2, 255}
-  batches = list(pipeline.make_eval_batches(source, batch_size=2, base_size=(32, 24)))
+  batches = list(pipeline.EvalBatches(source, batch_size=2, base_size=(32, 24)))
   assert [b['valid'].tolist() for b in batches] == [[True, True], [True, False], [True, True]]
   assert [b['label'].shape[1:] for b in batches] == [(24, 32), (24, 32), (32, 24)]
   np.testing.assert_array_equal(batches[2]['label'][1], source[4]['label'])

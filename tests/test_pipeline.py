@@ -116,7 +116,7 @@ class SizedSource:
 
 def test_eval_batches_keep_order_group_sizes_and_pad_with_invalid_rows():
   source = SizedSource()
-  batches = list(pipeline.make_eval_batches(source, batch_size=2, base_size=(16, 8)))
+  batches = list(pipeline.EvalBatches(source, batch_size=2, base_size=(16, 8)))
   names = [b['name'] for b in batches]
   assert names == [['frame0', 'frame1'], ['frame2', ''], ['frame3', 'frame4']]
   assert [b['valid'].tolist() for b in batches] == [[True, True], [True, False], [True, True]]
@@ -124,10 +124,26 @@ def test_eval_batches_keep_order_group_sizes_and_pad_with_invalid_rows():
   assert batches[0]['image'].dtype == np.uint8 and batches[0]['label'].dtype == np.uint8
   np.testing.assert_array_equal(batches[1]['image'][0], source[2]['image'])
   np.testing.assert_array_equal(batches[1]['label'][0], source[2]['label'])
-  assert (batches[1]['image'][1] == 0).all() and (batches[1]['label'][1] == 255).all()
+  assert batches[1]['name'][1] == '' and not batches[1]['valid'][1]  # Padding: masked out.
 
 
 def test_eval_batches_leave_the_label_at_its_original_size():
-  batch = next(pipeline.make_eval_batches(SizedSource(), batch_size=4, base_size=(32, 16)))
+  batch = next(iter(pipeline.EvalBatches(SizedSource(), batch_size=4, base_size=(32, 16))))
   assert batch['image'].shape == (4, 16, 32, 3) and batch['label'].shape == (4, 8, 16)
   assert batch['valid'].tolist() == [True, True, True, False]
+
+
+def test_eval_batches_of_every_process_agree_in_size_and_cover_the_split_once():
+  """Mixed sizes over 3 processes: at each step every process has a batch of the same shape
+  (so they form one global batch), and each sample is a valid row exactly once."""
+  source = SizedSource()  # sizes A A A B B
+  shards = [list(pipeline.EvalBatches(source, batch_size=1, base_size=(16, 8), process_index=p,
+                                      process_count=3)) for p in range(3)]
+  assert len({len(shard) for shard in shards}) == 1
+  for step in zip(*shards):
+    assert len({(b['image'].shape, b['label'].shape) for b in step}) == 1
+  valid = sorted(name for shard in shards for batch in shard
+                 for name, ok in zip(batch['name'], batch['valid']) if ok)
+  assert valid == [f'frame{i}' for i in range(5)]
+  # Group A (3 samples) gives each process one batch; group B (2) leaves process 2 padding.
+  assert [b['valid'].tolist() for b in shards[2]] == [[True], [False]]

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from bisenet_jax import checkpoint
+from bisenet_jax import checkpoint, models
 from bisenet_jax.errors import UserError
 from bisenet_jax.train import config as config_lib
 from bisenet_jax.train import loop
@@ -29,18 +29,26 @@ def load_config_file(path: Path, arg: str | None):
   return module.get_config(arg)
 
 
-@pytest.mark.parametrize('path', CONFIG_FILES, ids=lambda p: p.name)
-@pytest.mark.parametrize('variant', [None, 'demo'])
-def test_every_config_loads_builds_and_is_locked(path, variant):
-  config = load_config_file(path, variant)
-  model = loop.make_model(config)
+# Every config file with every variant it defines.
+CONFIG_VARIANTS = [('r18.py', None), ('r18.py', 'demo'), ('r50.py', None), ('r50.py', 'demo'),
+                   ('custom.py', None), ('custom.py', 'garden'), ('voc.py', None),
+                   ('ade20k.py', None)]
+
+
+def test_the_variant_list_covers_every_config_file():
+  assert {name for name, _ in CONFIG_VARIANTS} == {path.name for path in CONFIG_FILES}
+
+
+@pytest.mark.parametrize('name,variant', CONFIG_VARIANTS)
+def test_every_config_loads_builds_and_is_locked(name, variant):
+  config = load_config_file(ROOT / 'configs' / name, variant)
+  model = loop.make_model(config, config.model.num_classes or 5)
   abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 64, 64, 3),
                                                                            np.float32)))
   assert 'auxiliary_decoder' in abstract['params']
-  assert path.stem.split('_')[0] in config.model.name
+  assert config.data.source in loop.SOURCES and config.model.name in models.ARCHS
   with pytest.raises(AttributeError):
     config.batch_szie = 8  # A typo must fail, not add a key.
-  assert load_config_file(path, None).total_steps == 159_960
 
 
 def test_reference_recipe_values():
@@ -50,6 +58,7 @@ def test_reference_recipe_values():
   assert config.optimizer.to_dict() == dict(base_lr=0.05, min_lr=1e-4, power=0.9,
                                             warmup_steps=1000, warmup_ratio=0.1, momentum=0.9,
                                             weight_decay=5e-4)
+  assert load_config_file(ROOT / 'configs' / 'r50.py', None).total_steps == 159_960
   with pytest.raises(UserError, match='variant'):
     config_lib.get_config('bisenetv1_r18', 'nope')
 
@@ -235,9 +244,27 @@ def test_missing_data_root_names_the_layout_and_the_demo(tmp_path):
   assert not (tmp_path / 'w').exists()
 
 
-def test_config_typo_fails(tmp_path):
-  result = run_cli('train.py', '--config', 'configs/r18.py:demo', '--config.batch_szie=4')
-  assert result.returncode != 0 and 'batch_szie' in result.stderr
+@pytest.mark.parametrize('args, expected', [
+    (['--config', 'configs/r18.py:demo', '--config.batch_szie=4'],
+     'no key \'batch_szie\'. Did you mean "batch_size"'),
+    (['--config', 'configs/r18.py:demoo'], "Unknown config variant 'demoo'"),
+    (['--config', 'configs/nope.py'], "cannot load the config file 'configs/nope.py'"),
+    (['--config', 'configs/r18.py:demo', '--config.batch_size=big'], 'flag --config.batch_size'),
+])
+def test_bad_command_line_is_one_line_without_traceback(args, expected):
+  result = run_cli('train.py', *args)
+  assert result.returncode == 2, result.stderr[-2000:]
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: ') and expected in lines[0], lines
+
+
+def test_workdir_that_cannot_be_created_is_one_line(tmp_path):
+  (tmp_path / 'file').write_text('not a folder')
+  workdir = tmp_path / 'file' / 'run'
+  result = run_cli(*train_command(tmp_path / 'data', workdir, 2)[1:])
+  assert result.returncode == 2, result.stderr[-2000:]
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and f'Cannot create the workdir {workdir}' in lines[0], lines
 
 
 def test_imagenet_file_matching_nothing_is_refused_before_training(tmp_path):

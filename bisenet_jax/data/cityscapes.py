@@ -11,10 +11,14 @@ import pathlib
 import cv2
 import numpy as np
 from cityscapesscripts.helpers import labels as cs_labels
+from PIL import Image
 
 from bisenet_jax.errors import UserError
 
 IGNORE_LABEL = 255
+_EXIF_ORIENTATION = 0x0112
+# EXIF orientations that turn the image by 90 degrees (OpenCV applies them when decoding).
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 # Largest labelId in the official *_gtFine_labelIds.png files ('bicycle').
 MAX_LABEL_ID = max(label.id for label in cs_labels.labels)
 
@@ -84,6 +88,10 @@ class CityscapesFolder:
   def __len__(self):
     return len(self.names)
 
+  def image_sizes(self):
+    """(height, width) of every sample's image, from the file headers (no decoding)."""
+    return [image_size(path) for path in self.image_paths]
+
   def __getitem__(self, index):
     """Returns `{'image': uint8 [H, W, 3] RGB, 'label': uint8 [H, W] trainIds, 'name': str}`."""
     image = read_image(self.image_paths[index], 're-extract it from leftImg8bit_trainvaltest.zip')
@@ -94,6 +102,18 @@ class CityscapesFolder:
           f'{self.label_paths[index]} is {label_ids.shape[1]}x{label_ids.shape[0]}: '
           'replace the mismatched pair with the official files')
     return {'image': image, 'label': LABEL_ID_TO_TRAIN_ID[label_ids], 'name': self.names[index]}
+
+
+def image_size(path):
+  """(height, width) of the image `read_image` would decode, from the file's header."""
+  try:
+    with Image.open(path) as image:
+      width, height = image.size
+      orientation = image.getexif().get(_EXIF_ORIENTATION)
+  except OSError as error:
+    raise UserError(f'Cannot decode image {path} ({error}): the file is corrupt or not an image; '
+                    'replace it') from None
+  return (width, height) if orientation in _TRANSPOSING_ORIENTATIONS else (height, width)
 
 
 def read_image(path, remedy):

@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from bisenet_jax.data import cityscapes
-from bisenet_jax.data.cityscapes import IGNORE_LABEL, read_image
+from bisenet_jax.data.cityscapes import IGNORE_LABEL, image_size, read_image
 from bisenet_jax.errors import UserError
 
 CLASSES_FILE = 'classes.txt'
@@ -37,9 +37,6 @@ _INTEGER = re.compile(r'[+-]?\d+')
 # Pillow modes whose pixels are class indices: 8-bit grey, palette (the index, not its colour),
 # and 1-bit (0 and 1).
 _INDEX_MODES = ('L', 'P', '1')
-_EXIF_ORIENTATION = 0x0112
-# EXIF orientations that turn the image by 90 degrees (OpenCV applies them when decoding).
-_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 
 
 def default_palette(num_classes):
@@ -389,6 +386,10 @@ class SegmentationFolder:
     mask, _ = self._read_checked_mask(index, image.shape[:2])
     return {'image': image, 'label': self.label_table[mask], 'name': self.names[index]}
 
+  def image_sizes(self):
+    """(height, width) of every sample's image, from the file headers (no decoding)."""
+    return [image_size(path) for path in self.image_paths]
+
   def check_all(self, max_workers=None):
     """Reads every mask and checks it against its image's size, for a fast check up front.
 
@@ -414,7 +415,7 @@ class SegmentationFolder:
 
   def _value_counts(self, index):
     """int64 [256]: how many pixels of sample `index`'s mask have each value."""
-    return self._read_checked_mask(index, _image_size(self.image_paths[index]))[1]
+    return self._read_checked_mask(index, image_size(self.image_paths[index]))[1]
 
   def _read_checked_mask(self, index, image_size):
     """Returns (mask uint8 [H, W] of raw values, value counts int64 [256]) after every check."""
@@ -537,6 +538,17 @@ class Ade20kFolder(SegmentationFolder):
                      reduce_zero_label=True)
 
 
+def write_index_png(path, indices, palette):
+  """Writes uint8 [H, W] class indices as a palette PNG: viewers show each class's colour from
+  `palette` (uint8 [K, 3]; 255, the ignore label, white), `read_mask` gives the indices back."""
+  colours = np.zeros((256, 3), np.uint8)
+  colours[:len(palette)] = palette
+  colours[IGNORE_LABEL] = 255
+  image = Image.fromarray(np.asarray(indices, np.uint8))
+  image.putpalette(colours.tobytes())  # An 'L' image becomes a palette ('P') image.
+  image.save(path)
+
+
 def read_mask(path):
   """Decodes a mask file to uint8 [H, W] of its stored values (a palette PNG's indices).
 
@@ -575,18 +587,6 @@ def _not_index_mask_message(path, mask):
             'each class colour to its line number in classes.txt (counted from 0)')
   return (f'Mask {path} has pixel format {mask.mode!r}: masks must be 8-bit single-channel '
           'PNGs (grey or palette) of class indices')
-
-
-def _image_size(path):
-  """(height, width) of the image `read_image` would decode, from the file's header."""
-  try:
-    with Image.open(path) as image:
-      width, height = image.size
-      orientation = image.getexif().get(_EXIF_ORIENTATION)
-  except OSError as error:
-    raise UserError(f'Cannot decode image {path} ({error}): the file is corrupt or not an image; '
-                    'replace the file or remove it with its mask') from None
-  return (width, height) if orientation in _TRANSPOSING_ORIENTATIONS else (height, width)
 
 
 def _size_mismatch_message(image_path, image_size, mask_path, mask_size):

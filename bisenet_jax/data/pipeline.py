@@ -81,35 +81,74 @@ def make_train_iterator(source, *, global_batch_size, seed, crop_size, base_size
   return iter(dataset)
 
 
-def make_eval_batches(source, *, batch_size, base_size):
-  """Yields the whole split in order, in batches of exactly `batch_size` same-sized samples.
+class EvalBatches:
+  """This process's share of a split, in batches of exactly `batch_size` samples of one size.
 
-  Consecutive samples whose image and label sizes agree share a batch; a batch that ends
-  early (the split's end, or a size change) is filled up with padding rows marked invalid, so
-  every batch has the same leading size and the evaluator only has to mask them.
-  Samples are read and transformed in background threads, in order.
+  Samples are grouped by image size (in order of first appearance; within a group in source
+  order); process p takes every P-th sample of each group. Every process yields the same
+  number of batches of each size in the same order, so their batches always form one global
+  batch: a batch that ends early (a group's end) is filled up with padding rows marked
+  invalid, and a process with nothing left of a group yields an all-padding batch. Samples are
+  read and transformed in background threads, in order. `len()` is the number of batches.
 
-  Args:
-    source: random-access source of samples with 'image', 'label' and optionally 'name'.
-    batch_size: rows per batch.
-    base_size: (width, height) of the test Resize target.
-
-  Yields:
-    `{'image': uint8 [B, h, w, 3] RGB, 'label': uint8 [B, H, W] (original size),
-    'valid': bool [B], 'name': list of B str}`; padding rows have a zero image, an all-ignore
-    label, valid False and name ''.
+  Each batch is `{'image': uint8 [B, h, w, 3] RGB, 'label': uint8 [B, H, W] (original size),
+  'valid': bool [B], 'name': list of B str}`; padding rows repeat a sample of the group with
+  valid False and name ''.
   """
-  dataset = (grain.MapDataset.source(source)
-             .map_with_index(functools.partial(_eval_record, base_size=tuple(base_size)))
-             .to_iter_dataset(_READ_OPTIONS))
-  group = []
-  for record in dataset:
-    if group and (len(group) == batch_size or _shapes(record) != _shapes(group[0])):
-      yield _stack_padded(group, batch_size)
-      group = []
-    group.append(record)
-  if group:
-    yield _stack_padded(group, batch_size)
+
+  def __init__(self, source, *, batch_size, base_size, process_index=0, process_count=1):
+    """Plans the batches.
+
+    Args:
+      source: random-access source of samples with 'image', 'label' and optionally 'name'. Its
+        `image_sizes()` ((height, width) of every sample, e.g. from file headers) is used when
+        it has one; otherwise every sample is read once more to learn its size.
+      batch_size: rows per batch (this process's).
+      base_size: (width, height) of the test Resize target.
+      process_index: this process's index (jax.process_index()).
+      process_count: number of processes (jax.process_count()).
+    """
+    self.source, self.batch_size, self.base_size = source, batch_size, tuple(base_size)
+    self.plan = eval_batch_plan(_image_sizes(source), batch_size, process_index, process_count)
+
+  def __len__(self):
+    return len(self.plan)
+
+  def __iter__(self):
+    # The samples in the order the batches take them (a stand-in where a batch has none).
+    order = [index for indices, stand_in in self.plan for index in (indices or [stand_in])]
+    records = iter(grain.MapDataset.range(len(order))
+                   .map(lambda position: _eval_record(order[position],
+                                                      self.source[order[position]],
+                                                      base_size=self.base_size))
+                   .to_iter_dataset(_READ_OPTIONS))
+    for indices, _ in self.plan:
+      batch = [next(records) for _ in range(max(1, len(indices)))]
+      yield _stack_padded(batch, self.batch_size, valid_rows=len(indices))
+
+
+def eval_batch_plan(sizes, batch_size, process_index=0, process_count=1):
+  """This process's evaluation batches: `[(sample indices, stand-in index), ...]`.
+
+  Every process gets the same number of batches per size group, in the same order; a batch's
+  indices (at most `batch_size`, possibly none) all have one size, and the stand-in is a
+  sample of that size to pad with.
+  """
+  groups = {}
+  for index, size in enumerate(sizes):
+    groups.setdefault(tuple(size), []).append(index)
+  plan = []
+  for indices in groups.values():
+    mine = indices[process_index::process_count]
+    batches = -(-(-(-len(indices) // process_count)) // batch_size)
+    plan += [(mine[b * batch_size:(b + 1) * batch_size], indices[0]) for b in range(batches)]
+  return plan
+
+
+def _image_sizes(source):
+  if hasattr(source, 'image_sizes'):
+    return source.image_sizes()
+  return [source[index]['image'].shape[:2] for index in range(len(source))]
 
 
 def _eval_record(index, sample, *, base_size):
@@ -117,18 +156,13 @@ def _eval_record(index, sample, *, base_size):
           'name': sample.get('name', str(index))}
 
 
-def _shapes(record):
-  return record['image'].shape, record['label'].shape
-
-
-def _stack_padded(records, batch_size):
-  """Stacks records into a batch of `batch_size` rows, the missing rows being invalid padding."""
-  padding = batch_size - len(records)
-  blank_image = np.zeros_like(records[0]['image'])
-  blank_label = np.full_like(records[0]['label'], IGNORE_LABEL)
+def _stack_padded(records, batch_size, valid_rows):
+  """Stacks records into `batch_size` rows; rows from `valid_rows` on repeat the last record,
+  marked invalid."""
+  rows = records + [records[-1]] * (batch_size - len(records))
   return {
-      'image': np.stack([r['image'] for r in records] + [blank_image] * padding),
-      'label': np.stack([r['label'] for r in records] + [blank_label] * padding),
-      'valid': np.arange(batch_size) < len(records),
-      'name': [r['name'] for r in records] + [''] * padding,
+      'image': np.stack([r['image'] for r in rows]),
+      'label': np.stack([r['label'] for r in rows]),
+      'valid': np.arange(batch_size) < valid_rows,
+      'name': [r['name'] for r in records[:valid_rows]] + [''] * (batch_size - valid_rows),
   }

@@ -16,9 +16,13 @@ The garden plots are a small dataset of the generic folder layout (`folder.Segme
 with classes of their own (`GARDEN_CLASSES`: soil, grass, stone, water, flower): JPEG images of
 two sizes, palette PNG masks, ignored pixels (a band around each stone, plant labels) and a
 `classes.txt` with colours. Both are deterministic given the seed, and are cached: `ensure_*`
-regenerates a copy only when its parameters or the drawing change.
+regenerates a copy only when its parameters or the drawing change. To write one to a folder of
+your choice:
+
+  python -m bisenet_jax.data.synthetic garden data/garden     # or: street data/street
 """
 
+import argparse
 import dataclasses
 import json
 import os
@@ -29,7 +33,6 @@ import tempfile
 import cv2
 import numpy as np
 from cityscapesscripts.helpers.labels import name2label
-from PIL import Image
 
 from bisenet_jax.data import folder
 from bisenet_jax.data.cityscapes import IGNORE_LABEL
@@ -541,28 +544,23 @@ def _write_garden_splits(root, spec):
   lines += [f'{name} {r} {g} {b}' for name, (r, g, b) in zip(GARDEN_CLASSES.names,
                                                               GARDEN_CLASSES.palette.tolist())]
   (root / folder.CLASSES_FILE).write_text('\n'.join(lines) + '\n')
-  mask_palette = np.zeros((256, 3), np.uint8)
-  mask_palette[:GARDEN_CLASSES.num_classes] = GARDEN_CLASSES.palette
-  mask_palette[IGNORE_LABEL] = 255  # white, as VOC's boundaries are drawn light
   for split_index, (split, count) in enumerate(zip(_SPLITS, (spec.num_train, spec.num_val))):
     for index in range(count):
       shape = _GARDEN_SHAPES[2 * index // max(count, 1)]
       size = (spec.height, spec.width) if shape == 'wide' else (spec.width, spec.height)
       image, mask = draw_garden_plot(np.random.default_rng([spec.seed, split_index, index]), *size)
       name = f'{split}/{shape}/{index:04d}'
-      _write_garden_frame(root, name, image, mask, mask_palette)
+      _write_garden_frame(root, name, image, mask)
 
 
-def _write_garden_frame(root, name, image, mask, mask_palette):
+def _write_garden_frame(root, name, image, mask):
   image_path, mask_path = root / 'images' / f'{name}.jpg', root / 'masks' / f'{name}.png'
   for path in (image_path, mask_path):
     path.parent.mkdir(parents=True, exist_ok=True)
   bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
   if not cv2.imwrite(str(image_path), bgr, [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY]):
     raise OSError(f'could not write {image_path}')
-  mask_image = Image.fromarray(mask)
-  mask_image.putpalette(mask_palette.tobytes())  # an 'L' image becomes a palette ('P') image
-  mask_image.save(mask_path)
+  folder.write_index_png(mask_path, mask, GARDEN_CLASSES.palette)
 
 
 def draw_garden_plot(rng, height, width):
@@ -667,3 +665,25 @@ def _draw_tag(canvas, scale):
   canvas.rect(x, y, x + tag_width, y + tag_height, _TAG, 'ignore')
   for line_y in np.linspace(y + tag_height * 0.3, y + tag_height * 0.7, 2):
     canvas.line(x + tag_width * 0.15, line_y, x + tag_width * 0.85, line_y, _TAG_TEXT)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(prog='python -m bisenet_jax.data.synthetic',
+                                   description='Writes a synthetic demo dataset to a folder.')
+  parser.add_argument('kind', choices=['garden', 'street'],
+                      help='garden: the folder layout, 5 classes of its own; street: the '
+                      'Cityscapes layout')
+  parser.add_argument('output', help='the dataset root to write (replaced if it exists)')
+  parser.add_argument('--num-train', type=int, help='frames in the train split')
+  parser.add_argument('--num-val', type=int, help='frames in the val split')
+  args = parser.parse_args(argv)
+  counts = {key: value for key, value in (('num_train', args.num_train),
+                                          ('num_val', args.num_val)) if value is not None}
+  write = write_synthetic_folder if args.kind == 'garden' else write_synthetic_cityscapes
+  root = write(args.output, **counts)
+  print(f'wrote the {args.kind} dataset to {root}')
+
+
+if __name__ == '__main__':
+  from bisenet_jax.cli import user_errors_exit
+  user_errors_exit(main)()

@@ -48,6 +48,10 @@ class TfdsCityscapes:
   def __len__(self):
     return len(self._source)
 
+  def image_sizes(self):
+    """(height, width) of every sample: TFDS's Cityscapes features are all 1024x2048 frames."""
+    return [(1024, 2048)] * len(self)
+
   def __getitem__(self, index):
     """Returns `{'image': uint8 [H, W, 3] RGB, 'label': uint8 [H, W] trainIds, 'name': str}`."""
     example = self._source[index]

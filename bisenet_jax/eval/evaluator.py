@@ -1,17 +1,17 @@
 """mIoU over a whole split, sharded over every device: the evaluator of training and ``evaluate``.
 
-Each process reads its own share of the split, batches are sharded over the mesh's data axis,
-and each batch's confusion matrix is one global reduction; the host sums them in int64. Rows
-added to fill the last batch are masked, so every image counts exactly once.
+Each process reads its own share of the split (``pipeline.EvalBatches``: batches of one image
+size, the same sizes in the same order in every process), batches are sharded over the mesh's
+data axis, and each batch's confusion matrix is one global reduction; the host sums them in
+int64. Rows added to fill a batch are masked, so every image counts exactly once.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import time
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import jax
 import numpy as np
@@ -77,14 +77,13 @@ def evaluate(model, variables, source, *, mesh, base_size: Sequence[int],
   count_fn = jax.jit(functools.partial(metrics.confusion_matrix, num_classes=num_classes))
   variables = jax.device_put(variables, parallel.replicated(mesh))
   local_batch = batch_per_device * len(mesh.local_devices)
-  shard = parallel.process_shard(source)
   total = np.zeros((num_classes, num_classes), np.int64)
   start, seen = time.perf_counter(), 0
-  batches = _equal_length(pipeline.make_eval_batches(shard, batch_size=local_batch,
-                                                     base_size=base_size),
-                          _batches_per_process(len(source), local_batch))
-  bar = tqdm(batches, total=_batches_per_process(len(source), local_batch), unit='batch',
-             desc='eval', disable=not progress or jax.process_index() != 0, leave=False)
+  batches = pipeline.EvalBatches(source, batch_size=local_batch, base_size=base_size,
+                                 process_index=jax.process_index(),
+                                 process_count=jax.process_count())
+  bar = tqdm(batches, unit='batch', desc='eval', leave=False,
+             disable=not progress or jax.process_index() != 0)
   for batch in bar:
     inputs = parallel.to_global(mesh, {k: batch[k] for k in ('image', 'label', 'valid')})
     predictions = segment(variables, inputs['image'], out_size=tuple(batch['label'].shape[1:3]))
@@ -95,18 +94,3 @@ def evaluate(model, variables, source, *, mesh, base_size: Sequence[int],
       on_batch(batch, parallel.local_rows(predictions)[batch['valid']])
   return {**metrics.segmentation_scores(total), 'confusion': total, 'images': len(source),
           'seconds': time.perf_counter() - start}
-
-
-def _batches_per_process(num_samples: int, local_batch: int) -> int:
-  """The batch count of the largest process share; smaller shares pad with empty batches so
-  every process runs the same number of collective steps."""
-  return math.ceil(math.ceil(num_samples / jax.process_count()) / local_batch)
-
-
-def _equal_length(batches: Iterable[dict], count: int) -> Iterable[dict]:
-  last = None
-  for last in batches:
-    yield last
-    count -= 1
-  for _ in range(count):  # Only in multi-process runs: a masked copy of the last batch.
-    yield {**last, 'valid': np.zeros_like(last['valid'])}

@@ -91,6 +91,10 @@ class ArchSpec:
   aux_channels: int
 
 
+# Module paths of the three classifiers (the heads' last 1x1 convolutions, the only layers whose
+# shape depends on the class count): what fine-tuning to other classes re-initialises.
+CLASSIFIERS = (('decoder', '4'), ('auxiliary_decoder', '0', '4'), ('auxiliary_decoder', '1', '4'))
+
 ARCHS = {
     'bisenetv1_r18': ArchSpec(18, (64, 64, 64, 128), (128, 256, 512), 256, 64),
     'bisenetv1_r50': ArchSpec(50, (256, 256, 256, 512), (512, 1024, 2048), 1024, 256),

@@ -26,10 +26,11 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import tensorboardX
+from flax import traverse_util
 from tqdm import tqdm
 
 from bisenet_jax import checkpoint, models, parallel
-from bisenet_jax.data import cityscapes, pipeline, synthetic
+from bisenet_jax.data import cityscapes, pipeline, sources, synthetic
 from bisenet_jax.errors import UserError
 from bisenet_jax.eval import evaluator
 from bisenet_jax.interop import imagenet
@@ -43,30 +44,61 @@ class TrainingDiverged(UserError):
   """The loss became NaN or infinite; the last checkpoint on disk predates it."""
 
 
-def make_sources(config: ml_collections.ConfigDict):
+CITYSCAPES_SOURCES = ('cityscapes', 'tfds', 'synthetic')
+SOURCES = CITYSCAPES_SOURCES + ('folder', 'voc', 'ade20k')
+
+
+def dataset_info(config: ml_collections.ConfigDict) -> sources.DatasetInfo:
+  """The dataset of ``config.data`` (kind, classes, layout, test base size), as checkpoints
+  record it."""
+  data = config.data
+  if data.source not in SOURCES:
+    raise UserError(f'config.data.source must be one of {", ".join(SOURCES)}, got '
+                    f'{data.source!r}.')
+  kind = 'cityscapes' if data.source in CITYSCAPES_SOURCES else data.source
+  if kind != 'cityscapes' and not data.root:
+    raise UserError(f'config.data.root is empty: pass --config.data.root=/path/to/the/dataset '
+                    f"(source '{data.source}').")
+  layout = sources.FolderLayout(
+      image_dir=data.image_dir, mask_dir=data.mask_dir, mask_suffix=data.mask_suffix,
+      ignore_index=data.ignore_index, reduce_zero_label=data.reduce_zero_label,
+      label_map=data.label_map)
+  return sources.DatasetInfo(kind, sources.dataset_classes(kind, data.root or None), layout,
+                             tuple(data.base_size))
+
+
+def make_sources(config: ml_collections.ConfigDict, info: sources.DatasetInfo):
   """(train, val) random-access sources of ``config.data.source``."""
   data = config.data
-  if data.source == 'cityscapes':
-    if not data.root:
-      raise UserError('config.data.root is empty: pass --config.data.root=/path/to/cityscapes '
-                      '(with leftImg8bit/ and gtFine/), or try --config configs/r18.py:demo.')
-    root = Path(data.root).expanduser()
-    return cityscapes.CityscapesFolder(root, 'train'), cityscapes.CityscapesFolder(root, 'val')
+  splits = (data.train_split, data.val_split)
+  if data.source == 'cityscapes' and not data.root:
+    raise UserError('config.data.root is empty: pass --config.data.root=/path/to/cityscapes '
+                    '(with leftImg8bit/ and gtFine/), or try --config configs/r18.py:demo.')
   if data.source == 'synthetic':
     root = synthetic.ensure_synthetic_cityscapes(Path(data.root).expanduser(),
                                                  **data.synthetic.to_dict())
-    return cityscapes.CityscapesFolder(root, 'train'), cityscapes.CityscapesFolder(root, 'val')
+    return tuple(cityscapes.CityscapesFolder(root, split) for split in splits)
   if data.source == 'tfds':
     from bisenet_jax.data.tfds import TfdsCityscapes  # Imports tensorflow_datasets.
-    data_dir = data.tfds_data_dir or None
-    return TfdsCityscapes('train', data_dir), TfdsCityscapes('val', data_dir)
-  raise UserError(f"config.data.source must be 'cityscapes', 'tfds' or 'synthetic', "
-                  f'got {data.source!r}.')
+    return tuple(TfdsCityscapes(split, data.tfds_data_dir or None) for split in splits)
+  return tuple(sources.open_split(info, data.root, split) for split in splits)
 
 
-def make_model(config: ml_collections.ConfigDict):
-  """The model of ``config.model``. 'float64' (parameters and compute) is for exactness checks:
-  two runs that differ only in the order of float additions then agree to ~1e-12."""
+def num_classes(config: ml_collections.ConfigDict, info: sources.DatasetInfo) -> int:
+  """``config.model.num_classes``, or the dataset's when it is 0; the two must agree."""
+  count = info.classes.num_classes
+  if config.model.num_classes not in (0, count):
+    where = (f'{Path(config.data.root) / "classes.txt"} lists' if info.kind == 'folder'
+             else f'{info.kind} has')
+    raise UserError(f'config.model.num_classes={config.model.num_classes} but {where} {count} '
+                    f'classes: set --config.model.num_classes={count}, or 0 to follow the data.')
+  return count
+
+
+def make_model(config: ml_collections.ConfigDict, classes: int):
+  """The model of ``config.model`` with ``classes`` outputs. 'float64' (parameters and compute)
+  is for exactness checks: runs that differ only in the order of float additions then agree
+  to ~1e-12."""
   dtypes = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float64': jnp.float64}
   if config.model.dtype not in dtypes:
     raise UserError(f'config.model.dtype must be one of {sorted(dtypes)}, got '
@@ -77,13 +109,9 @@ def make_model(config: ml_collections.ConfigDict):
     raise UserError(f'config.model.name must be one of {sorted(models.ARCHS)}, got '
                     f'{config.model.name!r}.')
   dtype = dtypes[config.model.dtype]
-  return models.build_model(config.model.name, config.model.num_classes,
-                            config.model.dropout_rate, stem=config.model.stem, dtype=dtype,
+  return models.build_model(config.model.name, classes, config.model.dropout_rate,
+                            stem=config.model.stem, dtype=dtype,
                             param_dtype=jnp.float64 if dtype == jnp.float64 else jnp.float32)
-
-
-def model_config(config: ml_collections.ConfigDict) -> dict:
-  return models.model_config(config.model.name, config.model.num_classes, config.model.stem)
 
 
 def initial_variables(config: ml_collections.ConfigDict, model) -> dict | None:
@@ -92,12 +120,14 @@ def initial_variables(config: ml_collections.ConfigDict, model) -> dict | None:
     raise UserError('Set only one of config.init.checkpoint and config.init.backbone.')
   if config.init.checkpoint:
     loaded, variables = checkpoint.load_pretrained(config.init.checkpoint)
-    if (loaded.depth, loaded.num_classes, loaded.stem) != (model.depth, model.num_classes,
-                                                           model.stem):
+    if (loaded.depth, loaded.stem) != (model.depth, model.stem):
       raise UserError(f'{config.init.checkpoint} holds a different model (ResNet-{loaded.depth}, '
-                      f'{loaded.num_classes} classes, {loaded.stem} stem) than '
-                      f'config.model ({config.model.name}, {config.model.num_classes} classes).')
-    log(f'initialised from {config.init.checkpoint}')
+                      f'{loaded.stem} stem) than config.model ({config.model.name}, '
+                      f'{config.model.stem} stem): fine-tune from a checkpoint of the same '
+                      'architecture.')
+    fresh = model.init(jax.random.key(config.seed), jnp.zeros((1, 64, 64, 3)), train=False)
+    variables, report = transfer_variables(variables, fresh)
+    log(f'{config.init.checkpoint}: {report}')
     return variables
   if config.init.backbone:
     variables = model.init(jax.random.key(config.seed), jnp.zeros((1, 64, 64, 3)), train=False)
@@ -105,6 +135,40 @@ def initial_variables(config: ml_collections.ConfigDict, model) -> dict | None:
     log(f'{config.init.backbone}: {report}')
     return variables
   return None
+
+
+def transfer_variables(loaded: dict, fresh: dict) -> tuple[dict, str]:
+  """``loaded`` in ``fresh``'s place, keeping ``fresh``'s classifiers if the class counts differ.
+
+  Fine-tuning to another class set: every tensor but the three classifiers (the main head's
+  and both auxiliary heads' last 1x1 convolutions, ``models.CLASSIFIERS``) comes from
+  ``loaded``; those keep their fresh initialisation.
+
+  Returns:
+    (variables, a one-line report of what was loaded and what was re-initialised).
+
+  Raises:
+    UserError: anything but the classifiers differs (another architecture).
+  """
+  loaded_flat, fresh_flat = (traverse_util.flatten_dict(v) for v in (loaded, fresh))
+  if loaded_flat.keys() != fresh_flat.keys():
+    raise UserError('the checkpoint does not fit the model (its layers differ): fine-tune from '
+                    'a checkpoint of the same architecture.')
+  # Module paths (without the collection) whose tensors change shape.
+  changed = sorted({key[1:-1] for key in fresh_flat
+                    if loaded_flat[key].shape != fresh_flat[key].shape})
+  if any(path not in models.CLASSIFIERS for path in changed):
+    raise UserError(f'the checkpoint does not fit the model (layers '
+                    f'{[".".join(p) for p in changed]} differ): fine-tune from a checkpoint of '
+                    'the same architecture.')
+  merged = {key: fresh_flat[key] if key[1:-1] in changed else loaded_flat[key]
+            for key in fresh_flat}
+  report = f'loaded {sum(key[1:-1] not in changed for key in fresh_flat)} tensors'
+  if changed:
+    kernel = ('params', *changed[0], 'kernel')
+    report += (f'; re-initialised {", ".join(".".join(path) for path in changed)} '
+               f'({loaded_flat[kernel].shape[-1]} -> {fresh_flat[kernel].shape[-1]} classes)')
+  return traverse_util.unflatten_dict(merged), report
 
 
 def make_checkpoint_manager(workdir: Path, config) -> ocp.CheckpointManager:
@@ -116,16 +180,17 @@ def make_checkpoint_manager(workdir: Path, config) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(workdir / checkpoint.TRAIN_CHECKPOINTS, options=options)
 
 
-def save_checkpoint(manager, state, config) -> None:
+def save_checkpoint(manager, state, model_config: dict, info: sources.DatasetInfo) -> None:
   manager.save(int(state.step), args=ocp.args.Composite(**{
       checkpoint.VARIABLES: ocp.args.StandardSave(
           {'params': state.params, 'batch_stats': state.batch_stats}),
       OPTIMIZER: ocp.args.StandardSave({'opt_state': state.opt_state, 'step': state.step}),
-      checkpoint.MODEL_CONFIG: ocp.args.JsonSave(model_config(config)),
+      checkpoint.MODEL_CONFIG: ocp.args.JsonSave(model_config),
+      checkpoint.DATASET: ocp.args.JsonSave(info.to_json()),
   }))
 
 
-def restore_checkpoint(manager, step: int, abstract_state, config):
+def restore_checkpoint(manager, step: int, abstract_state, model_config: dict):
   """Restores ``step`` into the shapes and shardings of ``abstract_state``."""
   restored = manager.restore(step, args=ocp.args.Composite(**{
       checkpoint.VARIABLES: ocp.args.StandardRestore(
@@ -134,7 +199,7 @@ def restore_checkpoint(manager, step: int, abstract_state, config):
           {'opt_state': abstract_state.opt_state, 'step': abstract_state.step}),
       checkpoint.MODEL_CONFIG: ocp.args.JsonRestore(),
   }))
-  if dict(restored[checkpoint.MODEL_CONFIG]) != model_config(config):
+  if dict(restored[checkpoint.MODEL_CONFIG]) != model_config:
     raise UserError(f'The checkpoint in {manager.directory} is of another model '
                     f'({dict(restored[checkpoint.MODEL_CONFIG])}); use a new --workdir.')
   variables, optimizer = restored[checkpoint.VARIABLES], restored[OPTIMIZER]
@@ -234,8 +299,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
   workdir = Path(workdir).expanduser().absolute()
   mesh = parallel.make_mesh()
   check_config(config, mesh)
-  train_source, val_source = make_sources(config)
-  model = make_model(config)
+  info = dataset_info(config)
+  classes = num_classes(config, info)
+  train_source, val_source = make_sources(config, info)
+  model = make_model(config, classes)
+  model_config = models.model_config(config.model.name, classes, config.model.stem)
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise UserError(f'Cannot create the workdir {workdir} ({e.strerror}): choose another '
+                    '--workdir.') from e
   schedule = optim.poly_warmup_schedule(
       config.optimizer.base_lr, config.total_steps, config.optimizer.min_lr,
       config.optimizer.power, config.optimizer.warmup_steps, config.optimizer.warmup_ratio)
@@ -253,7 +326,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
                                           sharding=parallel.replicated(mesh)),
         jax.eval_shape(lambda: create(None)))
-    state = restore_checkpoint(manager, latest, abstract, config)
+    state = restore_checkpoint(manager, latest, abstract, model_config)
     log(f'resumed from {manager.directory / str(latest)}')
   data_iterator = pipeline.make_train_iterator(
       train_source, global_batch_size=config.batch_size, seed=config.seed,
@@ -268,7 +341,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     scores = evaluator.evaluate(
         model, {'params': state.params, 'batch_stats': state.batch_stats}, val_source,
         mesh=mesh, base_size=config.data.base_size, batch_per_device=config.eval_batch_per_device,
-        num_classes=config.model.num_classes)
+        num_classes=classes)
     metrics_log.write(int(state.step), {'miou': scores['miou'], 'aacc': scores['aacc'],
                                         'eval_seconds': scores['seconds']})
     log(f"step {int(state.step)}: val mIoU {100 * scores['miou']:.2f}%, "
@@ -301,7 +374,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         if step % config.checkpoint_every_steps == 0 or is_last or stopping:
           if pending:
             mean_metrics(pending)  # Never checkpoint a state that came from a non-finite loss.
-          save_checkpoint(manager, state, config)
+          save_checkpoint(manager, state, model_config, info)
         if step % config.eval_every_steps == 0 or is_last:
           scores = run_eval(state)
           window_start = time.perf_counter()
