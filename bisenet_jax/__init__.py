@@ -1,6 +1,17 @@
-"""bisenet-jax: BiSeNetV1 for semantic segmentation in JAX/Flax, faithful to sssegmentation."""
+"""bisenet-jax: BiSeNetV1 for semantic segmentation in JAX/Flax, faithful to sssegmentation.
 
-from bisenet_jax import models
-from bisenet_jax.checkpoint import load_pretrained
+``models`` and ``load_pretrained`` are imported on first use, so that the parts that run without
+JAX (ONNX Runtime prediction of an exported model) can import this package.
+"""
+
+import importlib
 
 __all__ = ['models', 'load_pretrained']
+
+
+def __getattr__(name):
+  if name == 'models':
+    return importlib.import_module('bisenet_jax.models')
+  if name == 'load_pretrained':
+    return importlib.import_module('bisenet_jax.checkpoint').load_pretrained
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

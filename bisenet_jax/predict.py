@@ -17,6 +17,10 @@ Cityscapes models, a 2048x1024 street frame) for good results; ``--scales`` runs
 sizes too. Inference is the
 shared, jitted ``evaluator.make_segment_fn`` on one device with the same flags as
 ``bisenet_jax.evaluate``; it compiles once per distinct image size.
+
+``--checkpoint model.onnx`` runs a file from ``python -m bisenet_jax.export --outputs labels``
+on ONNX Runtime instead, without JAX: whole images of the exported size, classes and colours
+from the file's metadata (docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -26,14 +30,12 @@ import sys
 from pathlib import Path
 
 import cv2
-import jax
 import numpy as np
 from tqdm import tqdm
 
-from bisenet_jax import evaluate, parallel
 from bisenet_jax.cli import user_errors_exit
 from bisenet_jax.errors import UserError
-from bisenet_jax.eval import evaluator
+from bisenet_jax.eval import options as flags
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
 LEGEND_NAME = 'legend.png'
@@ -112,15 +114,43 @@ def write_rgb(path: Path, image: np.ndarray) -> None:
     raise UserError(f'Cannot write {path}: check that --output is a writable folder')
 
 
-def predictor(model, variables, options: evaluator.InferenceOptions):
+def predictor(model, variables, options):
   """``uint8 [H, W, 3] RGB image -> uint8 [H, W] class indices`` through the shared inference."""
+  import jax
+
+  from bisenet_jax.eval import evaluator
   segment = evaluator.make_segment_fn(model, options, model.num_classes)
   variables = jax.device_put(variables, jax.devices()[0])
 
   def predict(image: np.ndarray) -> np.ndarray:
-    return np.asarray(segment(variables, image[None], out_size=image.shape[:2]))[0]
+    # Full fp32 as in evaluation (the reference runs with TF32 off).
+    with jax.default_matmul_precision('highest'):
+      return np.asarray(segment(variables, image[None], out_size=image.shape[:2]))[0]
 
   return predict
+
+
+def jax_predictor(args: argparse.Namespace):
+  """``(predict, dataset)`` for a checkpoint, on one device."""
+  from bisenet_jax import evaluate, parallel
+  parallel.setup('no')  # One device, one process.
+  options = evaluate.inference_options(args)
+  model, variables, info = evaluate.load_model_for(args.checkpoint, args, root=None)
+  return predictor(model, variables, options), info
+
+
+def onnx_predictor(args: argparse.Namespace):
+  """``(predict, dataset)`` for an exported .onnx on ONNX Runtime: no JAX imported."""
+  from bisenet_jax.export.onnx_runtime import OnnxSegmenter
+  if args.mode != 'whole' or args.flip or flags.parse_scales(args.scales) != (1.0,):
+    raise UserError('an .onnx model runs whole images at scale 1 only: drop --mode, --flip and '
+                    '--scales, or predict with the checkpoint it was exported from')
+  segmenter = OnnxSegmenter(args.checkpoint)
+  info = flags.dataset_info(args, segmenter.dataset, root=None)
+  if info.classes.num_classes != segmenter.interface.num_classes:
+    raise UserError(f'{args.checkpoint} has {segmenter.interface.num_classes} classes, the '
+                    f'dataset {info.classes.num_classes}: pass the matching --dataset / --classes')
+  return (lambda image: segmenter.labels(image[None])[0]), info
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -130,36 +160,33 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('inputs', nargs='+', metavar='INPUT',
                       help='image files, or folders searched recursively for .png/.jpg/.jpeg')
   parser.add_argument('--checkpoint', required=True,
-                      help='official .pth, a folder from convert/ssseg_to_flax.py, or a training '
-                      'workdir (its latest checkpoint)')
+                      help='official .pth, a folder from convert/ssseg_to_flax.py, a training '
+                      'workdir (its latest checkpoint), or an .onnx from bisenet_jax.export '
+                      '--outputs labels')
   parser.add_argument('--output', required=True, help='folder for the masks (created if needed)')
   parser.add_argument('--overlay', action='store_true',
                       help='also write <stem>_overlay.png, the image blended with its mask')
-  evaluate.add_dataset_arguments(parser, layout=False)
-  evaluate.add_inference_arguments(parser)
+  flags.add_dataset_arguments(parser, layout=False)
+  flags.add_inference_arguments(parser)
   return parser.parse_args(argv)
 
 
 @user_errors_exit
 def main(argv=None) -> None:
   args = parse_args(argv)
-  parallel.setup('no')  # One device, one process.
-  options = evaluate.inference_options(args)
   images = find_images(args.inputs)
-  model, variables, info = evaluate.load_model_for(args.checkpoint, args, root=None)
-  predict = predictor(model, variables, options)
+  onnx = Path(args.checkpoint).suffix.lower() == '.onnx'
+  predict, info = onnx_predictor(args) if onnx else jax_predictor(args)
 
   output = Path(args.output)
   write_rgb(output / LEGEND_NAME, draw_legend(info.classes))
   bar = tqdm(images, unit='image', desc='predict', leave=False, disable=not sys.stderr.isatty())
-  # Full fp32 as in evaluation (the reference runs with TF32 off).
-  with jax.default_matmul_precision('highest'):
-    for path, stem in bar:
-      image = read_rgb(path)
-      mask = colorize(predict(image), info.classes.palette)
-      write_rgb(output / f'{stem}_mask.png', mask)
-      if args.overlay:
-        write_rgb(output / f'{stem}_overlay.png', blend(image, mask))
+  for path, stem in bar:
+    image = read_rgb(path)
+    mask = colorize(predict(image), info.classes.palette)
+    write_rgb(output / f'{stem}_mask.png', mask)
+    if args.overlay:
+      write_rgb(output / f'{stem}_overlay.png', blend(image, mask))
   print(f'wrote {len(images)} mask(s){" and overlays" if args.overlay else ""} and '
         f'{LEGEND_NAME} to {output}')
 

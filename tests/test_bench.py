@@ -92,3 +92,17 @@ def test_compare_torch_measures_each_workload_once_and_prints_ratios(tmp_path):
                                                      / torch_eager['img_per_s'])
   ratio_lines = [line for line in result.stdout.splitlines() if line.startswith('JAX/PyTorch')]
   assert len(ratio_lines) == 2 and all('vs eager fp32' in line for line in ratio_lines)
+
+
+def test_compare_onnx_times_onnx_runtime_on_the_same_threads(tmp_path):
+  result = run_cli('-m', 'bisenet_jax.bench', 'infer', '--resolution', '64x128', '--devices', '1',
+                   '--compare-onnx', '--warmup', '1', '--steps', '2', '--threads', '1',
+                   '--output', str(tmp_path / 'r.jsonl'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [json.loads(line) for line in (tmp_path / 'r.jsonl').read_text().splitlines()]
+  assert [r['impl'] for r in rows] == ['jax', 'onnxruntime']
+  jax_row, onnx_row = rows
+  assert onnx_row['img_per_s'] > 0 and onnx_row['threads'] == 1
+  assert onnx_row['jax_speedup'] == pytest.approx(jax_row['img_per_s'] / onnx_row['img_per_s'])
+  assert any(line.startswith('JAX/ONNX Runtime infer r18 float32 1x64x128: ')
+             for line in result.stdout.splitlines())

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 
-import jax.numpy as jnp
 import numpy as np
 
 # ImageNet statistics in RGB order, on the 0..255 scale (the reference's Normalize).
@@ -67,6 +66,8 @@ def normalize_on_device(images, content=None, mean=MEAN_RGB, std=STD_RGB):
   Returns:
     float32 [N, H, W, 3] RGB, bit-identical to `normalize` on the real pixels.
   """
+  import jax.numpy as jnp  # Here, not above: `normalize` also serves JAX-free ONNX prediction.
+
   table = jnp.asarray(normalization_table(mean, std))
   normalised = table[images.astype(jnp.int32), jnp.arange(3)]
   if content is None:

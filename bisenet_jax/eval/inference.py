@@ -34,10 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from bisenet_jax.errors import UserError
+from bisenet_jax.eval.options import MODES  # noqa: F401 (the modes live with their flags)
 from bisenet_jax.models.layers import resize_bilinear
 
 LogitsFn = Callable[[jax.Array], jax.Array]
-MODES = ('whole', 'slide')
 
 
 def segment_logits(logits_fn: LogitsFn, images: jax.Array, out_size: Sequence[int], *,

@@ -1,0 +1,85 @@
+"""Export of a model to ONNX (jax2onnx) and StableHLO (``jax.export``), and its interface.
+
+``python -m bisenet_jax.export`` writes the file (``__main__``); ``graph`` builds the JAX
+function it exports; ``onnx_file`` and ``stablehlo_file`` serialise it; ``onnx_runtime`` runs an
+exported ``.onnx`` without JAX (``bisenet_jax.predict``, the benchmark). This module holds what
+both sides share and imports neither JAX nor ONNX: the ``Interface`` of an exported model, which
+the ONNX file carries in its ``metadata_props`` (see docs/deployment.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from bisenet_jax.data.normalization import MEAN_RGB, STD_RGB
+
+FORMATS = ('onnx', 'stablehlo')
+LAYOUTS = ('nchw', 'nhwc')
+OUTPUTS = ('logits', 'labels')
+DTYPES = ('float32', 'float16')
+INPUT_NAME = 'images'
+OUTPUT_STRIDE = 8
+# metadata_props keys of an exported .onnx: the Interface and the dataset (classes, colours).
+INTERFACE_KEY = 'bisenet_jax.interface'
+DATASET_KEY = 'bisenet_jax.dataset'
+EXTRA_HINT = "pip install -e '.[export]'"
+
+
+@dataclasses.dataclass(frozen=True)
+class Interface:
+  """What an exported model takes and returns; the batch size is free, the image size fixed.
+
+  Attributes:
+    height, width: the input image size.
+    num_classes: K.
+    layout: 'nchw' (as PyTorch exports) or 'nhwc', of the input and of the logits.
+    outputs: 'logits' (float32, at stride 8: ceil(H/8) x ceil(W/8)) or 'labels' (uint8 [N, H, W]:
+      the logits upsampled bilinearly to H x W, then argmax, as ``inference.predict_labels``).
+    preprocessing: the input is uint8 RGB and the graph normalises it (``normalize_on_device``);
+      otherwise float32 RGB normalised with MEAN_RGB / STD_RGB.
+    dtype: the precision inside the graph; inputs and logits stay float32.
+  """
+  height: int
+  width: int
+  num_classes: int
+  layout: str = 'nchw'
+  outputs: str = 'logits'
+  preprocessing: bool = False
+  dtype: str = 'float32'
+
+  @property
+  def input_dtype(self) -> str:
+    return 'uint8' if self.preprocessing else 'float32'
+
+  @property
+  def output_name(self) -> str:
+    return self.outputs
+
+  def input_shape(self, batch='N') -> tuple:
+    if self.layout == 'nchw':
+      return (batch, 3, self.height, self.width)
+    return (batch, self.height, self.width, 3)
+
+  def output_shape(self, batch='N') -> tuple:
+    if self.outputs == 'labels':
+      return (batch, self.height, self.width)
+    size = (-(-self.height // OUTPUT_STRIDE), -(-self.width // OUTPUT_STRIDE))
+    if self.layout == 'nchw':
+      return (batch, self.num_classes, *size)
+    return (batch, *size, self.num_classes)
+
+  def to_json(self) -> str:
+    """The fields, plus the normalisation constants for readers of the file."""
+    return json.dumps({**dataclasses.asdict(self), 'mean_rgb': list(MEAN_RGB),
+                       'std_rgb': list(STD_RGB), 'output_stride': OUTPUT_STRIDE})
+
+  @classmethod
+  def from_json(cls, text: str) -> 'Interface':
+    fields = json.loads(text)
+    return cls(**{f.name: fields[f.name] for f in dataclasses.fields(cls)})
+
+
+def describe(shape: tuple, dtype: str) -> str:
+  """('N', 3, 512, 1024), 'float32' -> 'float32[N,3,512,1024]'."""
+  return f'{dtype}[{",".join(str(d) for d in shape)}]'

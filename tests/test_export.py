@@ -1,0 +1,283 @@
+"""Tests of ``python -m bisenet_jax.export`` and of running its files (ONNX Runtime, jax.export).
+
+Models are the PyTorch reference with random weights (R18; varied labels on street scenes) or a
+Flax initialisation (R50), saved as model checkpoints with Cityscapes' classes. Each file is
+exported once per module and checked against the JAX model it came from.
+"""
+
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import onnx
+import pytest
+
+from bisenet_jax import checkpoint, models, predict
+from bisenet_jax.data import sources
+from bisenet_jax.data.normalization import normalize
+from bisenet_jax.data.synthetic import draw_street_scene
+from bisenet_jax.eval import inference
+from bisenet_jax.export import INTERFACE_KEY, DATASET_KEY, Interface, onnx_runtime
+from bisenet_jax.export.__main__ import main as export_main
+
+from conftest import ROOT
+
+ODD = (481, 641)  # No stride divides it.
+SMALL = (61, 97)
+
+
+def save_random_model(directory, arch, seed=0):
+  model = models.build_model(f'bisenetv1_{arch}', 19)
+  variables = model.init(jax.random.key(seed), jnp.zeros((1, 64, 64, 3)), train=False)
+  checkpoint.save_model(directory, variables, models.model_config(f'bisenetv1_{arch}', 19),
+                        sources.CITYSCAPES)
+  return directory
+
+
+def save_reference_model(directory, arch, seed=3):
+  """The PyTorch reference's random weights (whose logits vary across a scene) as a checkpoint."""
+  from bisenet_jax.interop import torch_reference
+  pth = directory.with_suffix('.pth')
+  model = torch_reference.randomize_(torch_reference.build_reference(arch), seed=seed)
+  torch_reference.save_official_checkpoint(model, pth, kind='full')
+  _, variables = checkpoint.load_pretrained(pth)
+  checkpoint.save_model(directory, variables, models.model_config(f'bisenetv1_{arch}', 19),
+                        sources.CITYSCAPES)
+  return directory
+
+
+@pytest.fixture(scope='module')
+def folder(tmp_path_factory):
+  return tmp_path_factory.mktemp('export')
+
+
+@pytest.fixture(scope='module')
+def r18(folder):
+  return save_reference_model(folder / 'r18', 'r18')
+
+
+def export(checkpoint_path, output, *flags):
+  export_main(['--checkpoint', str(checkpoint_path), '--output', str(output), *flags])
+  return output
+
+
+def size_flags(size):
+  return ['--height', str(size[0]), '--width', str(size[1])]
+
+
+@pytest.fixture(scope='module')
+def r18_onnx(r18, folder):
+  return export(r18, folder / 'r18.onnx', '--format', 'onnx', *size_flags(ODD))
+
+
+def jax_logits(checkpoint_path, images_nhwc):
+  model, variables = checkpoint.load_pretrained(checkpoint_path)
+  with jax.default_matmul_precision('highest'):
+    return np.asarray(jax.jit(lambda x: model.apply(variables, x, train=False))(images_nhwc))
+
+
+def random_images(batch, size, seed=0):
+  return np.random.default_rng(seed).integers(0, 256, (batch, *size, 3), np.uint8)
+
+
+def street_scenes(batch, size, seed=0):
+  rng = np.random.default_rng(seed)
+  return np.stack([draw_street_scene(rng, *size)[0] for _ in range(batch)])
+
+
+def assert_close_to_scale(got, expected, tolerance=1e-4):
+  scale = np.abs(expected).max()
+  assert scale > 0
+  assert np.abs(got - expected).max() <= tolerance * scale
+
+
+def test_onnx_file_is_valid_and_carries_its_interface(r18_onnx, capsys):
+  model = onnx.load(str(r18_onnx))
+  onnx.checker.check_model(model)
+  metadata = {p.key: p.value for p in model.metadata_props}
+  interface = Interface.from_json(metadata[INTERFACE_KEY])
+  assert interface == Interface(*ODD, 19)
+  assert sources.DatasetInfo.from_json(__import__('json').loads(metadata[DATASET_KEY])).kind == (
+      'cityscapes')
+  session = onnx_runtime.session(r18_onnx)
+  (given,), (returned,) = session.get_inputs(), session.get_outputs()
+  assert (given.name, given.type, given.shape) == ('images', 'tensor(float)', ['N', 3, *ODD])
+  assert (returned.name, returned.shape) == ('logits', ['N', 19, 61, 81])
+
+
+@pytest.mark.parametrize('batch', [1, 2])
+def test_onnx_logits_match_jax_r18_odd_size(r18, r18_onnx, batch):
+  images = normalize(random_images(batch, ODD))
+  expected = jax_logits(r18, images).transpose(0, 3, 1, 2)
+  got = onnx_runtime.session(r18_onnx).run(None, {'images': images.transpose(0, 3, 1, 2)})[0]
+  assert got.shape == (batch, 19, 61, 81)
+  assert_close_to_scale(got, expected)
+
+
+@pytest.mark.slow  # R50's export and two runs: about 50 s on 2 CPU cores.
+def test_onnx_logits_match_jax_r50_batch_1_and_2(folder):
+  r50 = save_random_model(folder / 'r50', 'r50')
+  size = (97, 129)
+  path = export(r50, folder / 'r50.onnx', '--format', 'onnx', '--layout', 'nhwc',
+                *size_flags(size))
+  session = onnx_runtime.session(path)
+  for batch in (1, 2):
+    images = normalize(random_images(batch, size, seed=batch))
+    assert_close_to_scale(session.run(None, {'images': images})[0], jax_logits(r50, images))
+
+
+def test_preprocessing_in_the_graph_equals_normalising_first(r18, r18_onnx, folder):
+  path = export(r18, folder / 'r18_uint8.onnx', '--format', 'onnx', '--with-preprocessing',
+                *size_flags(ODD))
+  images = random_images(2, ODD, seed=5)
+  raw = onnx_runtime.session(path).run(None, {'images': images.transpose(0, 3, 1, 2).copy()})[0]
+  normalised = normalize(images).transpose(0, 3, 1, 2).copy()
+  expected = onnx_runtime.session(r18_onnx).run(None, {'images': normalised})[0]
+  np.testing.assert_array_equal(raw, expected)
+
+
+@pytest.fixture(scope='module')
+def r18_labels_onnx(r18, folder):
+  return export(r18, folder / 'r18_labels.onnx', '--format', 'onnx', '--outputs', 'labels',
+                '--with-preprocessing', '--layout', 'nhwc', *size_flags(SMALL))
+
+
+def test_labels_output_equals_predict_labels(r18, r18_labels_onnx):
+  images = street_scenes(2, SMALL, seed=7)
+  model, variables = checkpoint.load_pretrained(r18)
+  with jax.default_matmul_precision('highest'):
+    expected = np.asarray(jax.jit(lambda x: inference.predict_labels(
+        lambda y: model.apply(variables, y, train=False), x, SMALL))(normalize(images)))
+  got = onnx_runtime.session(r18_labels_onnx).run(None, {'images': images})[0]
+  assert got.dtype == np.uint8 and got.shape == (2, *SMALL)
+  assert len(np.unique(expected)) >= 2
+  np.testing.assert_array_equal(got, expected)
+
+
+def write_images(root, count=2):
+  import cv2
+  root.mkdir()
+  for index in range(count):
+    image = street_scenes(1, SMALL, seed=20 + index)[0]
+    assert cv2.imwrite(str(root / f'{index}.png'), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+  return root
+
+
+def test_predict_with_the_onnx_file_without_jax_writes_the_checkpoints_masks(
+    r18, r18_labels_onnx, tmp_path):
+  images = write_images(tmp_path / 'images')
+  predict.main(['--checkpoint', str(r18), str(images), '--output', str(tmp_path / 'jax')])
+  # JAX (and Flax) cannot be imported in this process: the ONNX path must not need them.
+  script = textwrap.dedent(f'''
+      import sys
+      for name in ('jax', 'jaxlib', 'flax', 'orbax', 'orbax.checkpoint'):
+        sys.modules[name] = None
+      from bisenet_jax import predict
+      predict.main(['--checkpoint', {str(r18_labels_onnx)!r}, {str(images)!r},
+                    '--output', {str(tmp_path / 'onnx')!r}])
+      assert 'jax' not in [m.split('.')[0] for m in sys.modules if sys.modules[m] is not None]
+  ''')
+  result = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True,
+                          text=True)
+  assert result.returncode == 0, result.stderr
+  assert 'wrote 2 mask(s)' in result.stdout
+  for name in ('0_mask.png', '1_mask.png', 'legend.png'):
+    np.testing.assert_array_equal(predict.read_rgb(tmp_path / 'onnx' / name),
+                                  predict.read_rgb(tmp_path / 'jax' / name), err_msg=name)
+
+
+def test_stablehlo_round_trip_in_a_process_with_only_jax_and_numpy(r18, folder):
+  path = export(r18, folder / 'r18.stablehlo', '--format', 'stablehlo', *size_flags(SMALL))
+  images = normalize(random_images(2, SMALL, seed=3))
+  np.save(folder / 'images.npy', images.transpose(0, 3, 1, 2))
+  script = textwrap.dedent(f'''
+      import sys
+      import jax, numpy as np
+      exported = jax.export.deserialize(bytearray(open({str(path)!r}, 'rb').read()))
+      images = np.load({str(folder / 'images.npy')!r})
+      np.save({str(folder / 'stablehlo_out.npy')!r},
+              np.concatenate([np.asarray(exported.call(images[:1])),
+                              np.asarray(exported.call(images))]))
+      assert not [m for m in sys.modules if m.startswith(('bisenet_jax', 'flax'))]
+  ''')
+  result = subprocess.run([sys.executable, '-c', script], cwd='/', capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr
+  got = np.load(folder / 'stablehlo_out.npy')
+  expected = jax_logits(r18, images).transpose(0, 3, 1, 2)
+  assert_close_to_scale(got, np.concatenate([expected[:1], expected]), tolerance=1e-5)
+
+
+def test_float16_stablehlo_is_within_the_documented_bound(r18, folder, capsys):
+  path = export(r18, folder / 'r18_fp16.stablehlo', '--format', 'stablehlo', '--dtype',
+                'float16', *size_flags(SMALL))
+  assert 'float16' in capsys.readouterr().out
+  images = normalize(random_images(2, SMALL, seed=4))
+  exported = jax.export.deserialize(bytearray(path.read_bytes()))
+  got = np.asarray(exported.call(images.transpose(0, 3, 1, 2)))
+  expected = jax_logits(r18, images).transpose(0, 3, 1, 2)
+  # docs/deployment.md: float16 logits within 1e-2 of max |logits| (measured: about 1e-3).
+  assert_close_to_scale(got, expected, tolerance=1e-2)
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--format', 'tflite'], "--format 'tflite' is not one of onnx, stablehlo"),
+    (['--format', 'onnx', '--height', '0'], 'the model takes images of at least 1x1 pixels'),
+    (['--format', 'onnx', '--layout', 'nhcw'], "--layout 'nhcw' is not one of nchw, nhwc"),
+    (['--format', 'onnx', '--dtype', 'float16'], '--dtype float16 is for --format stablehlo'),
+])
+def test_bad_arguments_are_one_line_errors(r18, tmp_path, capsys, flags, message):
+  with pytest.raises(SystemExit) as exit_info:
+    export(r18, tmp_path / 'out.onnx', *flags)
+  assert exit_info.value.code == 2
+  error = capsys.readouterr().err
+  assert message in error and error.count('\n') == 1
+  assert not list(tmp_path.iterdir())
+
+
+def test_not_a_model_is_a_one_line_error(tmp_path, capsys):
+  (tmp_path / 'notes.txt').write_text('not a model')
+  with pytest.raises(SystemExit):
+    export(tmp_path / 'notes.txt', tmp_path / 'out.stablehlo', '--format', 'stablehlo')
+  error = capsys.readouterr().err
+  assert 'is not a model checkpoint' in error and error.count('\n') == 1
+  assert [p.name for p in tmp_path.iterdir()] == ['notes.txt']
+
+
+def test_existing_output_is_refused_without_force(r18, tmp_path, capsys):
+  (tmp_path / 'out.onnx').write_bytes(b'keep me')
+  with pytest.raises(SystemExit):
+    export(r18, tmp_path / 'out.onnx', '--format', 'onnx')
+  error = capsys.readouterr().err
+  assert 'already exists: pass --force' in error and error.count('\n') == 1
+  assert (tmp_path / 'out.onnx').read_bytes() == b'keep me'
+
+
+def test_missing_extra_names_it(r18, tmp_path, capsys, monkeypatch):
+  monkeypatch.setitem(sys.modules, 'jax2onnx', None)  # import jax2onnx now raises ImportError.
+  with pytest.raises(SystemExit):
+    export(r18, tmp_path / 'out.onnx', '--format', 'onnx')
+  error = capsys.readouterr().err
+  assert "pip install -e '.[export]'" in error and error.count('\n') == 1
+
+
+def test_predict_refuses_a_logits_file_and_another_size(r18_onnx, r18_labels_onnx, tmp_path,
+                                                        capsys):
+  images = write_images(tmp_path / 'images', count=1)  # SMALL: not r18_onnx's size either.
+  for path in (r18_onnx, r18_labels_onnx):
+    with pytest.raises(SystemExit):
+      predict.main(['--checkpoint', str(path), str(images / '0.png'), '--scales', '0.5,1',
+                    '--output', str(tmp_path / 'o')])
+    assert 'whole images at scale 1 only' in capsys.readouterr().err
+  import cv2
+  cv2.imwrite(str(tmp_path / 'other.png'), np.zeros((32, 48, 3), np.uint8))
+  with pytest.raises(SystemExit):
+    predict.main(['--checkpoint', str(r18_labels_onnx), str(tmp_path / 'other.png'),
+                  '--output', str(tmp_path / 'o')])
+  assert 'takes 97x61 images, this one is 48x32' in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    predict.main(['--checkpoint', str(r18_onnx), str(images / '0.png'),
+                  '--output', str(tmp_path / 'o')])
+  assert 'export it again with --outputs labels' in capsys.readouterr().err
