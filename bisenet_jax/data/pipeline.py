@@ -26,7 +26,6 @@ import grain
 import numpy as np
 
 from bisenet_jax.data import transforms
-from bisenet_jax.data.cityscapes import IGNORE_LABEL
 from bisenet_jax.errors import UserError
 
 # Per process: threads that read and transform batches, and how many finished batches may wait.

@@ -180,9 +180,9 @@ def _read_marker(root):
 def _write_frame(root, split, index, image, label_ids):
   stem = f'{_CITY}_000000_{index:06d}'
   bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-  for folder, suffix, array in (('leftImg8bit', 'leftImg8bit', bgr),
-                                ('gtFine', 'gtFine_labelIds', label_ids)):
-    path = root / folder / split / _CITY / f'{stem}_{suffix}.png'
+  for top, suffix, array in (('leftImg8bit', 'leftImg8bit', bgr),
+                             ('gtFine', 'gtFine_labelIds', label_ids)):
+    path = root / top / split / _CITY / f'{stem}_{suffix}.png'
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), array):
       raise OSError(f'could not write {path}')
