@@ -38,7 +38,7 @@ from bisenet_jax.cli import add_distributed_argument, user_errors_exit
 from bisenet_jax.data import cityscapes, folder, sources
 from bisenet_jax.errors import UserError
 from bisenet_jax.eval import evaluator, metrics
-from bisenet_jax.eval.options import (  # noqa: F401 (re-exported)
+from bisenet_jax.eval.options import (
     add_dataset_arguments, add_inference_arguments, dataset_info, parse_scales, parse_size,
     height_width)
 
@@ -47,8 +47,6 @@ from bisenet_jax.eval.options import (  # noqa: F401 (re-exported)
 PREDICTION_SUFFIX = '_leftImg8bit.png'
 DATASET_NAMES = {'cityscapes': 'Cityscapes', 'folder': 'the folder dataset',
                  'voc': 'Pascal VOC', 'ade20k': 'ADE20K'}
-
-
 
 
 def inference_options(args: argparse.Namespace) -> evaluator.InferenceOptions:
@@ -64,16 +62,6 @@ def inference_options(args: argparse.Namespace) -> evaluator.InferenceOptions:
                     'the windows would leave pixels uncovered')
   return evaluator.InferenceOptions(mode=args.mode, crop_size=crop, stride=stride,
                                     flip=args.flip, scales=parse_scales(args.scales))
-
-
-
-
-
-
-
-
-
-
 
 
 def load_model_for(path: str, args: argparse.Namespace, root: str | None):
