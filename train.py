@@ -15,18 +15,15 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from bisenet_jax.cli import user_errors_exit
+from bisenet_jax.cli import DISTRIBUTED_CHOICES, DISTRIBUTED_HELP, user_errors_exit
 from bisenet_jax.errors import UserError
+from bisenet_jax.train import config as config_lib
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/r18.py[:demo]).',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None,
                                'Where checkpoints and logs go (default: runs/<config name>).')
-_DISTRIBUTED = flags.DEFINE_enum(
-    'distributed', 'auto', ['auto', 'yes', 'no'],
-    "Connect the processes of a multi-process launch: 'auto' when SLURM with several tasks, a "
-    'TPU pod slice, Open MPI or JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID '
-    'are detected.')
+_DISTRIBUTED = flags.DEFINE_enum('distributed', 'auto', DISTRIBUTED_CHOICES, DISTRIBUTED_HELP)
 
 
 def default_workdir(config_path: str) -> str:
@@ -45,39 +42,33 @@ def main(argv):
   from bisenet_jax.train.loop import train_and_evaluate
   workdir = _WORKDIR.value or default_workdir(flags.FLAGS['config'].config_filename)
   parallel.setup(_DISTRIBUTED.value)
-  train_and_evaluate(load_config(), workdir)
+  train_and_evaluate(_CONFIG.value, workdir)
 
 
-def load_config():
-  """The --config value. config_flags defers a file that failed to load to the first use."""
-  config = _CONFIG.value
-  try:
-    config.keys()
-  except OSError:
-    raise UserError(f'cannot load the config file {flags.FLAGS["config"].config_filename!r}: '
-                    'give an existing file, e.g. --config configs/r18.py:demo') from None
-  return config
+def config_arguments(argv: list[str]) -> tuple[str | None, list[str]]:
+  """The ``--config`` value and the keys of every ``--config.KEY[=VALUE]`` in ``argv``."""
+  path, keys = None, []
+  for index, arg in enumerate(argv):
+    if arg == '--config' and index + 1 < len(argv):
+      path = argv[index + 1]
+    elif arg.startswith('--config='):
+      path = arg.partition('=')[2]
+    elif arg.startswith('--config.'):
+      keys.append(arg[len('--config.'):].partition('=')[0])
+  return path, keys
 
 
 def parse_flags(argv):
-  """absl's flag parsing, with a one-line error for a bad config file, variant or key.
-
-  The config file is loaded (and ``--config.*`` overrides applied) while flags are parsed, so
-  its errors arrive here, before ``main``.
-  """
+  """absl's flag parsing, after checking the config file and every ``--config.KEY`` ourselves,
+  so that a missing file, an unknown variant and a misspelt or renamed key are one line."""
   try:
+    path, keys = config_arguments(argv)
+    if path is not None:
+      config_lib.check_override_keys(config_lib.load_config_file(path), keys)
     return flags.FLAGS(argv)
   except (UserError, flags.Error) as e:
-    fail(str(e))
-  except (AttributeError, KeyError) as e:  # A --config.<key> that the config does not have.
-    key, _, hint = ' '.join(str(e).replace('\\n', ' ').replace('\\', '').replace("'", '')
-                            .split()).partition(' ')
-    fail(f'the config has no key {key!r}. {hint}'.strip())
-
-
-def fail(message: str) -> None:
-  print(f'error: {message}', file=sys.stderr)
-  sys.exit(2)
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == '__main__':

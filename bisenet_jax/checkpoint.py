@@ -1,9 +1,9 @@
 """Model checkpoints on disk (orbax) and ``load_pretrained``.
 
 A *model checkpoint* is an orbax composite directory with the items ``variables``
-({'params', 'batch_stats'}), ``model_config`` (JSON: the ``build_model`` arguments, e.g.
+({'params', 'batch_stats'}), ``model_config`` (JSON: ``ModelSpec.checkpoint_config()``, e.g.
 ``{"name": "bisenetv1_r18", "num_classes": 19, "stem": "deep"}``) and ``dataset`` (JSON:
-``sources.DatasetInfo``, the class names and colours the model predicts and its dataset's
+``specs.DatasetSpec``, the class names and colours the model predicts and its dataset's
 layout; absent from checkpoints of unknown classes). The converter writes exactly that; every
 training checkpoint step directory holds the same items next to the optimizer state, so
 anything that reads a model (``load_pretrained``, evaluation, prediction, fine-tuning) reads
@@ -12,15 +12,16 @@ both kinds the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
 
-from bisenet_jax import models
 from bisenet_jax.data import sources
 from bisenet_jax.errors import UserError
+from bisenet_jax.specs import DatasetSpec, ModelSpec
 
 VARIABLES = 'variables'
 MODEL_CONFIG = 'model_config'
@@ -28,14 +29,15 @@ DATASET = 'dataset'
 TRAIN_CHECKPOINTS = 'checkpoints'  # Sub-folder of a training workdir.
 
 
-def save_model(directory: str | os.PathLike, variables: dict, config: dict,
-               dataset: sources.DatasetInfo | None = None) -> Path:
+def save_model(directory: str | os.PathLike, variables: dict, model: ModelSpec,
+               dataset: DatasetSpec | None = None) -> Path:
   """Writes a model checkpoint; orbax writes to a temporary folder and renames at the end."""
   directory = Path(directory).absolute()
   if directory.exists():
     raise UserError(f'{directory} already exists; remove it or choose another output folder.')
   variables = {'params': variables['params'], 'batch_stats': variables['batch_stats']}
-  items = {VARIABLES: ocp.args.StandardSave(variables), MODEL_CONFIG: ocp.args.JsonSave(config)}
+  items = {VARIABLES: ocp.args.StandardSave(variables),
+           MODEL_CONFIG: ocp.args.JsonSave(model.checkpoint_config())}
   if dataset is not None:
     items[DATASET] = ocp.args.JsonSave(dataset.to_json())
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
@@ -75,8 +77,8 @@ def resolve_model_checkpoint(path: str | os.PathLike) -> Path:
   return latest
 
 
-def restore_model(path: str | os.PathLike) -> tuple[dict, dict]:
-  """Reads ``(model_config, variables)`` from a model checkpoint or a training workdir.
+def restore_model(path: str | os.PathLike) -> tuple[ModelSpec, dict]:
+  """Reads ``(model spec, variables)`` from a model checkpoint or a training workdir.
 
   The variables land on this process's first device, whatever devices and processes wrote
   them (orbax would otherwise insist on the writer's layout).
@@ -92,26 +94,39 @@ def restore_model(path: str | os.PathLike) -> tuple[dict, dict]:
         VARIABLES: ocp.args.StandardRestore(target),
         MODEL_CONFIG: ocp.args.JsonRestore(),
     }))
-  return dict(restored[MODEL_CONFIG]), dict(restored[VARIABLES])
+  return ModelSpec.from_checkpoint_config(dict(restored[MODEL_CONFIG])), dict(restored[VARIABLES])
 
 
-def load_pretrained(path: str | os.PathLike, **overrides) -> tuple[models.FCNBiSeNetV1, dict]:
-  """Returns ``(model, variables)`` from an official ``.pth`` or any model checkpoint.
+def load_model(path: str | os.PathLike) -> tuple[ModelSpec, dict, DatasetSpec | None]:
+  """``(model spec, variables, dataset)`` from an official ``.pth`` or any model checkpoint.
 
   Args:
     path: an sssegmentation ``.pth`` (converted in memory; needs torch), a folder written by
       ``convert/ssseg_to_flax.py``, a training step folder or a training workdir.
-    **overrides: extra ``build_model`` arguments, e.g. ``dtype=jnp.bfloat16``.
+
+  Returns:
+    The model, its variables, and the dataset it records (``read_dataset``).
   """
   if Path(path).suffix in ('.pth', '.pt'):
     from bisenet_jax.interop import ssseg  # Imports torch: only when a .pth is given.
-    config, variables = ssseg.load_official_checkpoint(path)
+    spec, variables = ssseg.load_official_checkpoint(path)
   else:
-    config, variables = restore_model(path)
-  return models.build_from_config(config, **overrides), variables
+    spec, variables = restore_model(path)
+  return spec, variables, read_dataset(path, spec.num_classes)
 
 
-def read_dataset(path: str | os.PathLike, num_classes: int) -> sources.DatasetInfo | None:
+def load_pretrained(path: str | os.PathLike, **overrides):
+  """``(Flax model, variables)`` from an official ``.pth`` or any model checkpoint.
+
+  Args:
+    path: as ``load_model``.
+    **overrides: ``ModelSpec`` fields to change, e.g. ``dtype='bfloat16'``.
+  """
+  spec, variables, _ = load_model(path)
+  return dataclasses.replace(spec, **overrides).build(), variables
+
+
+def read_dataset(path: str | os.PathLike, num_classes: int) -> DatasetSpec | None:
   """The dataset a model checkpoint records, or None when its classes are unknown.
 
   An official ``.pth``, or a checkpoint that predates the ``dataset`` item, records none: with
@@ -123,7 +138,7 @@ def read_dataset(path: str | os.PathLike, num_classes: int) -> sources.DatasetIn
       with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
         restored = checkpointer.restore(directory,
                                         ocp.args.Composite(**{DATASET: ocp.args.JsonRestore()}))
-      return sources.DatasetInfo.from_json(dict(restored[DATASET]))
+      return DatasetSpec.from_json(dict(restored[DATASET]))
   return sources.CITYSCAPES if num_classes == sources.CITYSCAPES.classes.num_classes else None
 
 

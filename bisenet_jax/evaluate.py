@@ -3,27 +3,25 @@
   python -m bisenet_jax.evaluate --checkpoint fcn_bisenetv1_resnet18os32_cityscapes.pth \
       --data-root /data/cityscapes --output results.json
 
-The defaults are the reference protocol (REFERENCE.md §6): the val split, each image whole at
-full resolution, the stride-8 logits upsampled bilinearly to the label size, argmax, one
+The defaults are the reference protocol (docs/reference.md §6): the val split, each image whole
+at full resolution, the stride-8 logits upsampled bilinearly to the label size, argmax, one
 confusion matrix over the whole split (19 classes, ignored pixels dropped) and mIoU as the mean
-of the defined class IoUs. ``--mode slide``, ``--flip`` and ``--scales`` switch to sliding
-windows and test-time augmentation. The checkpoint may be an official ``.pth`` (converted in
-memory; needs torch), a folder written by ``convert/ssseg_to_flax.py`` or a training workdir;
-the architecture comes from the checkpoint.
+of the defined class IoUs. ``--mode slide``, ``--flip``, ``--scales`` and ``--input-size`` switch
+to sliding windows, test-time augmentation or a fixed input size. The checkpoint may be an
+official ``.pth`` (converted in memory; needs torch), a folder written by
+``convert/ssseg_to_flax.py`` or a training workdir; the architecture comes from the checkpoint.
 
 The split is sharded over every device (``--batch-size`` images per device per step). With
 ``--output`` the scores go to a JSON file, written only once evaluation has succeeded.
 ``--save-predictions DIR`` writes one labelId PNG per image as the official cityscapesscripts
-evaluation and the test server expect. Sizes on the command line are WIDTHxHEIGHT.
+evaluation and the test server expect. Sizes on the command line are HEIGHTxWIDTH.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -33,14 +31,12 @@ import cv2
 import jax
 import numpy as np
 
-from bisenet_jax import checkpoint, parallel
-from bisenet_jax.cli import add_distributed_argument, user_errors_exit
-from bisenet_jax.data import cityscapes, folder, sources
+from bisenet_jax import checkpoint, cli, parallel
+from bisenet_jax.data import cityscapes, masks, sources
 from bisenet_jax.errors import UserError
 from bisenet_jax.eval import evaluator, metrics
-from bisenet_jax.eval.options import (
-    add_dataset_arguments, add_inference_arguments, dataset_info, parse_scales, parse_size,
-    height_width)
+from bisenet_jax.files import write_atomically
+from bisenet_jax.specs import DatasetSpec, InferenceSpec, ModelSpec, format_size
 
 # Predictions are named after their input image, as the test server asks; the official
 # evaluation finds them by globbing '<city>_<seq>_<frame>*.png', which that name matches.
@@ -49,34 +45,16 @@ DATASET_NAMES = {'cityscapes': 'Cityscapes', 'folder': 'the folder dataset',
                  'voc': 'Pascal VOC', 'ade20k': 'ADE20K'}
 
 
-def inference_options(args: argparse.Namespace) -> evaluator.InferenceOptions:
-  """Validates the inference flags; ``InferenceOptions`` takes sizes as (height, width)."""
-  if args.mode == 'slide' and not (args.crop and args.stride):
-    raise UserError('--mode slide needs --crop and --stride, '
-                    'e.g. --crop 1024x1024 --stride 768x768')
-  if args.mode == 'whole' and (args.crop or args.stride):
-    raise UserError('--crop and --stride only apply to --mode slide')
-  crop, stride = height_width(args.crop, '--crop'), height_width(args.stride, '--stride')
-  if crop and (stride[0] > crop[0] or stride[1] > crop[1]):
-    raise UserError(f'--stride {args.stride} is larger than --crop {args.crop}: '
-                    'the windows would leave pixels uncovered')
-  return evaluator.InferenceOptions(mode=args.mode, crop_size=crop, stride=stride,
-                                    flip=args.flip, scales=parse_scales(args.scales))
-
-
-def load_model_for(path: str, args: argparse.Namespace, root: str | None):
-  """``(model, variables, dataset)``: the checkpoint and the dataset it is used on, which must
-  have as many classes as the model predicts."""
-  model, variables = checkpoint.load_pretrained(path)
-  info = dataset_info(args, checkpoint.read_dataset(path, model.num_classes), root)
-  if model.num_classes != info.classes.num_classes:
+def check_classes(path: str, model: ModelSpec, dataset: DatasetSpec) -> None:
+  """The model must predict as many classes as the dataset has."""
+  if model.num_classes != dataset.classes.num_classes:
     raise UserError(f'checkpoint {path} has {model.num_classes} classes, '
-                    f'{DATASET_NAMES[info.kind]} has {info.classes.num_classes}: use a checkpoint '
-                    'trained for these classes, or pass the matching --dataset / --classes')
-  return model, variables, info
+                    f'{DATASET_NAMES[dataset.kind]} has {dataset.classes.num_classes}: use a '
+                    'checkpoint trained for these classes, or pass the matching --dataset / '
+                    '--classes')
 
 
-def prediction_writer(directory: Path, info: sources.DatasetInfo
+def prediction_writer(directory: Path, dataset: DatasetSpec
                       ) -> Callable[[dict, np.ndarray], None]:
   """An ``on_batch`` hook writing one PNG per image below ``directory``.
 
@@ -89,16 +67,16 @@ def prediction_writer(directory: Path, info: sources.DatasetInfo
   def write(batch: dict, predictions: np.ndarray) -> None:
     names = [name for name, valid in zip(batch['name'], batch['valid']) if valid]
     for name, labels in zip(names, predictions):
-      if info.kind == 'cityscapes':
+      if dataset.kind == 'cityscapes':
         path = directory / f'{name}{PREDICTION_SUFFIX}'
       else:
         path = directory / f'{name}.png'
       try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        if info.kind == 'cityscapes':
+        if dataset.kind == 'cityscapes':
           written = cv2.imwrite(str(path), cityscapes.TRAIN_ID_TO_LABEL_ID[labels])
         else:
-          folder.write_index_png(path, labels, info.classes.palette)
+          masks.write_index_png(path, labels, dataset.classes.palette)
           written = True
       except OSError:
         written = False
@@ -127,19 +105,16 @@ class SteadyThroughput:
     return self.images / (time.perf_counter() - self.first_done)
 
 
-def results_record(scores: dict, args: argparse.Namespace, options: evaluator.InferenceOptions,
-                   info: sources.DatasetInfo) -> dict:
+def results_record(scores: dict, args: argparse.Namespace, spec: InferenceSpec,
+                   dataset: DatasetSpec) -> dict:
   """The JSON content: scores as fractions (NaN -> null), the protocol and the run's size."""
   return {
       'miou': _finite_or_none(scores['miou']),
       'iou': [_finite_or_none(v) for v in scores['iou']],
-      'class_names': list(info.classes.names),
+      'class_names': list(dataset.classes.names),
       'aacc': _finite_or_none(scores['aacc']),
-      'protocol': {
-          'mode': args.mode, 'crop': args.crop, 'stride': args.stride, 'flip': args.flip,
-          'scales': list(options.scales), 'base_size': list(info.base_size),
-          'split': args.split, 'dataset': info.kind,
-      },
+      'protocol': {**spec.to_json(), 'resize_to': list(dataset.resize_to),
+                   'split': args.split, 'dataset': dataset.kind},
       'checkpoint': str(Path(args.checkpoint).absolute()),
       'images': scores['images'],
       'seconds': scores['seconds'],
@@ -150,21 +125,6 @@ def results_record(scores: dict, args: argparse.Namespace, options: evaluator.In
 
 def _finite_or_none(value: float) -> float | None:
   return None if math.isnan(value) else float(value)
-
-
-def write_json_atomically(path: Path, content: dict) -> None:
-  """Writes a temporary file next to ``path`` and renames it: never a partial file."""
-  temporary = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-  try:
-    try:
-      with open(temporary, 'w') as f:
-        json.dump(content, f, indent=2)
-        f.write('\n')
-      os.replace(temporary, path)
-    finally:
-      temporary.unlink(missing_ok=True)
-  except OSError as e:
-    raise UserError(f'Cannot write {path} ({e.strerror}): choose a writable --output') from e
 
 
 def _prepare_output(path: str | None) -> Path | None:
@@ -188,18 +148,17 @@ def _timing_line(scores: dict, steady: float | None) -> str:
   return line
 
 
-def describe_protocol(args: argparse.Namespace, info: sources.DatasetInfo, devices: int) -> str:
-  mode = ('whole image' if args.mode == 'whole'
-          else f'sliding {args.crop} windows, stride {args.stride}')
-  return (f'protocol: {mode}, scales {args.scales}, flip {"on" if args.flip else "off"}, '
-          f'base size {info.base_size[0]}x{info.base_size[1]}, {info.kind} split {args.split}, '
-          f'{args.batch_size} image(s) per device on {devices} device(s)')
+def describe_protocol(spec: InferenceSpec, dataset: DatasetSpec, split: str, batch_size: int,
+                      devices: int) -> str:
+  return (f'protocol: {spec.describe()}, resize to {format_size(dataset.resize_to)}, '
+          f'{dataset.kind} split {split}, {batch_size} image(s) per device on {devices} '
+          'device(s)')
 
 
 def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
       prog='python -m bisenet_jax.evaluate', description=__doc__.splitlines()[0],
-      epilog='Sizes are WIDTHxHEIGHT. Without inference flags this is the reference protocol.')
+      epilog='Sizes are HEIGHTxWIDTH. Without inference flags this is the reference protocol.')
   parser.add_argument('--checkpoint', required=True,
                       help='official .pth, a folder from convert/ssseg_to_flax.py, or a training '
                       'workdir (its latest checkpoint)')
@@ -207,43 +166,37 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help='the dataset root (Cityscapes: the folder holding leftImg8bit/ and '
                       'gtFine/)')
   parser.add_argument('--split', default='val', help='split to evaluate (default: val)')
-  parser.add_argument('--batch-size', type=int, default=1,
+  parser.add_argument('--batch-size', type=cli.positive_int('--batch-size'), default=1,
                       help='images per device per step (default: 1, as the reference)')
-  parser.add_argument('--base-size', metavar='WxH',
-                      help='target of the reference test Resize (keeps the aspect ratio; a '
-                      "no-op for 2048x1024 Cityscapes frames). Default: the training recipe's, "
-                      'else 2048x1024')
   parser.add_argument('--output', metavar='FILE',
                       help='write the scores, protocol and confusion matrix to this JSON file')
   parser.add_argument('--save-predictions', metavar='DIR',
                       help='write one PNG per image: Cityscapes labelId maps '
                       '(<city>/<city>_<seq>_<frame>_leftImg8bit.png) for cityscapesscripts or '
                       'the test server; palette PNGs of class indices for other datasets')
-  add_dataset_arguments(parser)
-  add_inference_arguments(parser)
-  add_distributed_argument(parser)
+  cli.add_dataset_arguments(parser)
+  cli.add_inference_arguments(parser)
+  cli.add_distributed_argument(parser)
   return parser.parse_args(argv)
 
 
-@user_errors_exit
+@cli.user_errors_exit
 def main(argv=None) -> dict:
   args = parse_args(argv)
   parallel.setup(args.distributed)
-  options = inference_options(args)
-  if args.batch_size <= 0:
-    raise UserError(f'--batch-size {args.batch_size} must be positive')
+  spec = cli.inference_spec(args)
   output = _prepare_output(args.output)
-  model, variables, info = load_model_for(args.checkpoint, args, args.data_root)
-  if args.base_size:
-    info = dataclasses.replace(info, base_size=parse_size(args.base_size, '--base-size'))
-  source = sources.open_split(info, args.data_root, args.split)
+  model_spec, variables, recorded = checkpoint.load_model(args.checkpoint)
+  dataset = cli.dataset_spec(args, recorded, root=args.data_root)
+  check_classes(args.checkpoint, model_spec, dataset)
+  source = sources.open_split(dataset, args.data_root, args.split)
   mesh = parallel.make_mesh()
   say = print if jax.process_index() == 0 else lambda *_: None  # One report per run.
-  say(describe_protocol(args, info, mesh.size))
+  say(describe_protocol(spec, dataset, args.split, args.batch_size, mesh.size))
   throughput = SteadyThroughput()
   hooks = [throughput]
   if args.save_predictions:
-    hooks.append(prediction_writer(Path(args.save_predictions), info))
+    hooks.append(prediction_writer(Path(args.save_predictions), dataset))
 
   def on_batch(batch, labels):
     for hook in hooks:
@@ -251,15 +204,17 @@ def main(argv=None) -> dict:
 
   # ssseg evaluates in full fp32 (TF32 off); GPUs would otherwise use TF32 convolutions.
   with jax.default_matmul_precision('highest'):
-    scores = evaluator.evaluate(model, variables, source, mesh=mesh, base_size=info.base_size,
-                                options=options, batch_per_device=args.batch_size,
-                                num_classes=model.num_classes, on_batch=on_batch,
+    scores = evaluator.evaluate(model_spec.build(), variables, source, mesh=mesh,
+                                resize_to=dataset.resize_to, spec=spec,
+                                batch_per_device=args.batch_size, on_batch=on_batch,
                                 progress=sys.stderr.isatty())  # No bar in logs.
 
-  say(metrics.format_table(scores, info.classes.names))
+  say(metrics.format_table(scores, dataset.classes.names))
   say(_timing_line(scores, throughput.images_per_second()))
   if output is not None and jax.process_index() == 0:  # One file, even on a shared disk.
-    write_json_atomically(output, results_record(scores, args, options, info))
+    record = results_record(scores, args, spec, dataset)
+    write_atomically(output, json.dumps(record, indent=2) + '\n',
+                     remedy='choose a writable --output')
     say(f'wrote {output}')
   if args.save_predictions:
     say(f'wrote {scores["images"]} prediction(s) to {args.save_predictions}')

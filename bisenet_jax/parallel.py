@@ -20,9 +20,9 @@ of a multi-process launch and prepares XLA's CPU runtime for several devices:
   (``CPU_COLLECTIVE_ORDER_FLAG``), which makes every device issue collectives in program
   order. One device keeps it: there it makes the step about 1.8x faster.
 * **A lost peer**: when a process dies, its peers stop too instead of waiting forever: at
-  once if they were inside a collective with it (a ``PeerLost`` error), or when the
-  coordination service misses its heartbeats for ``heartbeat_timeout()`` seconds (default
-  60, ``BISENET_HEARTBEAT_TIMEOUT`` to change), after which JAX ends the process with
+  once if they were inside a collective with it (the training loop reports ``PeerLost``), or
+  when the coordination service misses its heartbeats for ``heartbeat_timeout()`` seconds
+  (default 60, ``BISENET_HEARTBEAT_TIMEOUT`` to change), after which JAX ends the process with
   "Terminating process because the JAX distributed service detected fatal errors". A process
   whose peers never start is ended the same way after ``INITIALIZATION_TIMEOUT_S``.
 """
@@ -177,14 +177,3 @@ def local_rows(array: jax.Array) -> np.ndarray:
   """This process's rows of a batch-sharded array, in order (NumPy)."""
   shards = sorted(array.addressable_shards, key=lambda s: s.index[0].start or 0)
   return np.concatenate([np.asarray(s.data) for s in shards])
-
-
-# How a collective reports a vanished peer: gloo on CPUs, NCCL on GPUs, the coordination service.
-_PEER_FAILURE = re.compile(r'gloo|nccl|connection (closed|reset)|peer|unavailable|heartbeat',
-                           re.IGNORECASE)
-
-
-def is_peer_failure(error: Exception) -> bool:
-  """Whether a runtime error is a collective that failed because a peer process went away."""
-  return (jax.process_count() > 1 and isinstance(error, jax.errors.JaxRuntimeError) and
-          bool(_PEER_FAILURE.search(str(error))))

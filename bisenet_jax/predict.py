@@ -3,7 +3,7 @@
   python -m bisenet_jax.predict --checkpoint fcn_bisenetv1_resnet18os32_cityscapes.pth \
       street.jpg photos/ --output masks/ --overlay
 
-INPUTs are image files or folders (searched recursively for *.png, *.jpg, *.jpeg). For each
+INPUTs are image files or folders (searched recursively for *.jpg, *.jpeg, *.png). For each
 image ``<stem>.<ext>`` the output folder receives ``<stem>_mask.png`` (every pixel in the
 colour of its predicted class) and, with ``--overlay``, ``<stem>_overlay.png`` (the image and
 the mask blended 50/50); images found in a folder keep their sub-folder path below it.
@@ -13,10 +13,10 @@ trained here records them; official checkpoints are Cityscapes'), or ``--dataset
 
 Each image is normalised as in evaluation (on the device) but NOT resized: the model
 sees it at its own size, so objects should appear at roughly the training data's scale (for
-Cityscapes models, a 2048x1024 street frame) for good results; ``--scales`` runs it at other
-sizes too. Inference is the
-shared, jitted ``evaluator.make_segment_fn`` on one device with the same flags as
-``bisenet_jax.evaluate``; it compiles once per distinct image size.
+Cityscapes models, a 1024x2048 street frame) for good results; ``--scales`` runs it at other
+sizes too, ``--input-size HEIGHTxWIDTH`` at one fixed size. Inference is the shared, jitted
+``evaluator.make_segment_fn`` on one device with the same flags as ``bisenet_jax.evaluate``; it
+compiles once per distinct image size.
 
 ``--checkpoint model.onnx`` runs a file from ``python -m bisenet_jax.export --outputs labels``
 on ONNX Runtime instead, without JAX: whole images of the exported size, classes and colours
@@ -33,11 +33,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from bisenet_jax.cli import user_errors_exit
+from bisenet_jax import cli
+from bisenet_jax.data.images import IMAGE_SUFFIXES, read_image
 from bisenet_jax.errors import UserError
-from bisenet_jax.eval import options as flags
 
-IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
 LEGEND_NAME = 'legend.png'
 
 
@@ -57,7 +56,8 @@ def find_images(inputs: list[str]) -> list[tuple[Path, Path]]:
       images = sorted(p for p in path.rglob('*')
                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
       if not images:
-        raise UserError(f'No *.png, *.jpg or *.jpeg files under {path}')
+        raise UserError(f'No {", ".join("*" + suffix for suffix in IMAGE_SUFFIXES)} files under '
+                        f'{path}')
       found.extend((p, p.relative_to(path).with_suffix('')) for p in images)
     else:
       raise UserError(f'Input {path} does not exist')
@@ -72,14 +72,6 @@ def _check_unique(found: list[tuple[Path, Path]]) -> None:
       raise UserError(f'{owners[stem]} and {image} would both be written as {stem}_mask.png: '
                       'predict them into different --output folders')
     owners[stem] = image
-
-
-def read_rgb(path: Path) -> np.ndarray:
-  """Decodes an image file to uint8 [H, W, 3] RGB."""
-  image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-  if image is None:
-    raise UserError(f'Cannot read image {path}: the file is corrupt or not an image')
-  return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
@@ -114,12 +106,12 @@ def write_rgb(path: Path, image: np.ndarray) -> None:
     raise UserError(f'Cannot write {path}: check that --output is a writable folder')
 
 
-def predictor(model, variables, options):
+def predictor(model, variables, spec):
   """``uint8 [H, W, 3] RGB image -> uint8 [H, W] class indices`` through the shared inference."""
   import jax
 
   from bisenet_jax.eval import evaluator
-  segment = evaluator.make_segment_fn(model, options, model.num_classes)
+  segment = evaluator.make_segment_fn(model, spec)
   variables = jax.device_put(variables, jax.devices()[0])
 
   def predict(image: np.ndarray) -> np.ndarray:
@@ -130,35 +122,37 @@ def predictor(model, variables, options):
   return predict
 
 
-def jax_predictor(args: argparse.Namespace):
+def jax_predictor(args: argparse.Namespace, spec):
   """``(predict, dataset)`` for a checkpoint, on one device."""
-  from bisenet_jax import evaluate, parallel
+  from bisenet_jax import checkpoint, evaluate, parallel
   parallel.setup('no')  # One device, one process.
-  options = evaluate.inference_options(args)
-  model, variables, info = evaluate.load_model_for(args.checkpoint, args, root=None)
-  return predictor(model, variables, options), info
+  model, variables, recorded = checkpoint.load_model(args.checkpoint)
+  dataset = cli.dataset_spec(args, recorded, root=None)
+  evaluate.check_classes(args.checkpoint, model, dataset)
+  return predictor(model.build(), variables, spec), dataset
 
 
-def onnx_predictor(args: argparse.Namespace):
+def onnx_predictor(args: argparse.Namespace, spec):
   """``(predict, dataset)`` for an exported .onnx on ONNX Runtime: no JAX imported."""
   from bisenet_jax.export.onnx_runtime import OnnxSegmenter
-  if args.mode != 'whole' or args.flip or flags.parse_scales(args.scales) != (1.0,):
+  if not spec.is_plain:
     raise UserError('an .onnx model runs whole images at scale 1 only: drop --mode, --flip and '
                     '--scales, or predict with the checkpoint it was exported from')
   segmenter = OnnxSegmenter(args.checkpoint)
-  info = flags.dataset_info(args, segmenter.dataset, root=None)
-  if info.classes.num_classes != segmenter.interface.num_classes:
+  dataset = cli.dataset_spec(args, segmenter.dataset, root=None)
+  if dataset.classes.num_classes != segmenter.interface.num_classes:
     raise UserError(f'{args.checkpoint} has {segmenter.interface.num_classes} classes, the '
-                    f'dataset {info.classes.num_classes}: pass the matching --dataset / --classes')
-  return (lambda image: segmenter.labels(image[None])[0]), info
+                    f'dataset {dataset.classes.num_classes}: pass the matching --dataset / '
+                    '--classes')
+  return (lambda image: segmenter.labels(image[None])[0]), dataset
 
 
 def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog='python -m bisenet_jax.predict',
                                    description=__doc__.splitlines()[0],
-                                   epilog='Sizes are WIDTHxHEIGHT.')
+                                   epilog='Sizes are HEIGHTxWIDTH.')
   parser.add_argument('inputs', nargs='+', metavar='INPUT',
-                      help='image files, or folders searched recursively for .png/.jpg/.jpeg')
+                      help='image files, or folders searched recursively for .jpg/.jpeg/.png')
   parser.add_argument('--checkpoint', required=True,
                       help='official .pth, a folder from convert/ssseg_to_flax.py, a training '
                       'workdir (its latest checkpoint), or an .onnx from bisenet_jax.export '
@@ -166,23 +160,24 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--output', required=True, help='folder for the masks (created if needed)')
   parser.add_argument('--overlay', action='store_true',
                       help='also write <stem>_overlay.png, the image blended with its mask')
-  flags.add_dataset_arguments(parser, layout=False)
-  flags.add_inference_arguments(parser)
+  cli.add_dataset_arguments(parser, layout=False)
+  cli.add_inference_arguments(parser)
   return parser.parse_args(argv)
 
 
-@user_errors_exit
+@cli.user_errors_exit
 def main(argv=None) -> None:
   args = parse_args(argv)
+  spec = cli.inference_spec(args)
   images = find_images(args.inputs)
   onnx = Path(args.checkpoint).suffix.lower() == '.onnx'
-  predict, info = onnx_predictor(args) if onnx else jax_predictor(args)
+  predict, info = onnx_predictor(args, spec) if onnx else jax_predictor(args, spec)
 
   output = Path(args.output)
   write_rgb(output / LEGEND_NAME, draw_legend(info.classes))
   bar = tqdm(images, unit='image', desc='predict', leave=False, disable=not sys.stderr.isatty())
   for path, stem in bar:
-    image = read_rgb(path)
+    image = read_image(path, 'replace the file or leave it out')
     mask = colorize(predict(image), info.classes.palette)
     write_rgb(output / f'{stem}_mask.png', mask)
     if args.overlay:

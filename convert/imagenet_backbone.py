@@ -9,12 +9,10 @@ check a file first. OpenMMLab v1c files (deep stem) fit the default model; torch
 
 import argparse
 
-import jax
-import jax.numpy as jnp
-
 from bisenet_jax import models
 from bisenet_jax.cli import user_errors_exit
 from bisenet_jax.interop import imagenet, ssseg
+from bisenet_jax.specs import ModelSpec
 
 
 @user_errors_exit
@@ -24,8 +22,8 @@ def main(argv=None):
   parser.add_argument('--arch', choices=['r18', 'r50'], default='r18')
   parser.add_argument('--stem', choices=['deep', 'classic'], default='deep')
   args = parser.parse_args(argv)
-  model = models.build_model(ssseg.arch_name(args.arch), stem=args.stem)
-  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
+  model = ModelSpec(ssseg.arch_name(args.arch), 19, stem=args.stem).build()
+  variables = models.abstract_variables(model)
   _, report = imagenet.load_backbone(args.input, variables, args.stem)
   print(f'{args.input}: {report}')
 

@@ -22,11 +22,11 @@ def main(argv=None):
   parser.add_argument('--output', required=True, help='folder to create (must not exist)')
   parser.add_argument('--arch', choices=['r18', 'r50'], help='force an architecture')
   args = parser.parse_args(argv)
-  config, variables = ssseg.load_official_checkpoint(args.input, args.arch)
-  path = checkpoint.save_model(args.output, variables, config,
-                               checkpoint.read_dataset(args.input, config['num_classes']))
-  print(f"converted {args.input} ({config['name']}, {config['num_classes']} classes, "
-        f"{config['stem']} stem) -> {path}")
+  spec, variables = ssseg.load_official_checkpoint(args.input, args.arch)
+  path = checkpoint.save_model(args.output, variables, spec,
+                               checkpoint.read_dataset(args.input, spec.num_classes))
+  print(f'converted {args.input} ({spec.name}, {spec.num_classes} classes, {spec.stem} stem) '
+        f'-> {path}')
 
 
 if __name__ == '__main__':

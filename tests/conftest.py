@@ -1,4 +1,5 @@
-"""Shared fixtures: the PyTorch reference (tests/torch_reference.py) and its converted twins."""
+"""Shared test support: running the commands (in this process, as subprocesses, as several
+processes of one run), simulated devices, and shared fixtures."""
 
 import contextlib
 import hashlib
@@ -103,3 +104,10 @@ def opencv4_golden():
 @pytest.fixture(scope='session')
 def sha256():
   return lambda array: hashlib.sha256(np.ascontiguousarray(array).tobytes()).digest()
+
+
+@pytest.fixture
+def dataset(tmp_path):
+  """A 3-class folder dataset with one 2x3 frame 'a' in 'val'; returns its root."""
+  from labelled_files import write_folder_dataset
+  return write_folder_dataset(tmp_path)

@@ -21,7 +21,7 @@ TRAIN_FIELDS = INFER_FIELDS | DATA_FIELDS
 
 @pytest.mark.parametrize('mode,fields', [('infer', INFER_FIELDS), ('train', TRAIN_FIELDS)])
 def test_harness_on_eight_simulated_devices_writes_every_field(tmp_path, mode, fields):
-  result = run_cli('-m', 'bisenet_jax.bench', mode, '--resolution', '64x64', '--devices', '1,8',
+  result = run_cli('-m', 'bisenet_jax.bench', mode, '--input-size', '64x64', '--devices', '1,8',
                    '--batch-per-device', '2', '--warmup', '1', '--steps', '1',
                    '--data-frames', str(tmp_path / 'frames'),
                    '--output', str(tmp_path / 'r.jsonl'), '--plot', str(tmp_path / 'r.png'),
@@ -48,7 +48,7 @@ def test_harness_on_eight_simulated_devices_writes_every_field(tmp_path, mode, f
 
 def test_two_processes_measure_one_sweep_and_process_zero_reports(tmp_path):
   """``bench`` launched as two processes (README's generic launch): one mesh over both."""
-  args = ['-m', 'bisenet_jax.bench', 'infer', '--resolution', '64x64', '--devices', '2,4',
+  args = ['-m', 'bisenet_jax.bench', 'infer', '--input-size', '64x64', '--devices', '2,4',
           '--warmup', '1', '--steps', '1', '--output', str(tmp_path / 'r.jsonl')]
   processes = launch_processes(args, 2, 2, tmp_path)
   outputs = wait_for(processes)
@@ -59,9 +59,9 @@ def test_two_processes_measure_one_sweep_and_process_zero_reports(tmp_path):
 
 
 def test_xla_flops_per_image_match_the_analytic_conv_count():
-  point = jax_side.Point('infer', 'r18', 1, 1, 256, 512, 'float32')
+  point = jax_side.Point('infer', 'r18', 1, 1, (256, 512), 'float32')
   row = jax_side.measure_infer(point, warmup=0, steps=1)
-  # The analytic count is REFERENCE.md 7.3's (256.7 GFLOPs at 1024x2048, i.e. 16.04 here); XLA
+  # The analytic count is docs/reference.md §7.3's (256.7 GFLOPs at 1024x2048, i.e. 16.04 here); XLA
   # leaves out the kernel taps that fall on padding, a few percent at this size.
   assert row['gflops_per_image_analytic'] == pytest.approx(256.7085 / 16, rel=1e-4)
   assert row['gflops_per_image_xla'] == pytest.approx(row['gflops_per_image_analytic'], rel=0.05)
@@ -76,7 +76,7 @@ def test_peak_table_knows_datasheet_devices_only():
 
 
 def test_compare_torch_measures_each_workload_once_and_prints_ratios(tmp_path):
-  result = run_cli('-m', 'bisenet_jax.bench', 'infer', '--resolution', '64x128', '--devices', '1',
+  result = run_cli('-m', 'bisenet_jax.bench', 'infer', '--input-size', '64x128', '--devices', '1',
                    '--dtype', 'float32,bfloat16', '--compare-torch', '--torch-variants',
                    'eager,bf16', '--warmup', '1', '--steps', '2', '--threads', '1',
                    '--output', str(tmp_path / 'r.jsonl'))
@@ -95,7 +95,7 @@ def test_compare_torch_measures_each_workload_once_and_prints_ratios(tmp_path):
 
 
 def test_compare_onnx_times_onnx_runtime_on_the_same_threads(tmp_path):
-  result = run_cli('-m', 'bisenet_jax.bench', 'infer', '--resolution', '64x128', '--devices', '1',
+  result = run_cli('-m', 'bisenet_jax.bench', 'infer', '--input-size', '64x128', '--devices', '1',
                    '--compare-onnx', '--warmup', '1', '--steps', '2', '--threads', '1',
                    '--output', str(tmp_path / 'r.jsonl'))
   assert result.returncode == 0, result.stderr[-3000:]

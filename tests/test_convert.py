@@ -8,16 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from bisenet_jax.interop import torch_reference
 from bisenet_jax import checkpoint, load_pretrained, models
+from bisenet_jax.bench import torch_model
 from bisenet_jax.errors import UserError
 from bisenet_jax.interop import imagenet, ssseg
+from bisenet_jax.specs import ModelSpec
 from conftest import run_script
+import torch_support
 
 
 @pytest.fixture(scope='module')
 def r18(torch_threads):
-  return torch_reference.randomize_(torch_reference.build_reference('r18'), seed=5)
+  return torch_support.randomize_(torch_model.build_reference('r18'), seed=5)
 
 
 def convert(src, out, *extra):
@@ -26,7 +28,7 @@ def convert(src, out, *extra):
 
 @pytest.mark.parametrize('kind', ['full', 'bare', 'module'])
 def test_every_official_file_kind_converts_to_the_same_variables(r18, tmp_path, kind):
-  torch_reference.save_official_checkpoint(r18, tmp_path / 'x.pth', kind=kind)
+  torch_support.save_official_checkpoint(r18, tmp_path / 'x.pth', kind=kind)
   assert convert(tmp_path / 'x.pth', tmp_path / 'out').returncode == 0
   model, variables = load_pretrained(tmp_path / 'out')
   assert (model.depth, model.num_classes) == (18, 19)
@@ -78,7 +80,7 @@ def test_not_a_checkpoint_and_missing_file_are_one_line_errors(tmp_path):
 
 
 def test_export_round_trip_is_exact_and_loads_strictly(r18, tmp_path):
-  torch_reference.save_official_checkpoint(r18, tmp_path / 'a.pth', kind='full')
+  torch_support.save_official_checkpoint(r18, tmp_path / 'a.pth', kind='full')
   assert convert(tmp_path / 'a.pth', tmp_path / 'flax').returncode == 0
   result = run_script('convert/flax_to_ssseg.py', '--input', str(tmp_path / 'flax'),
                    '--output', str(tmp_path / 'b.pth'), '--num-batches-tracked', '7')
@@ -93,7 +95,7 @@ def test_export_round_trip_is_exact_and_loads_strictly(r18, tmp_path):
       assert int(exported[key]) == 7
     else:
       assert torch.equal(exported[key], value), key
-  fresh = torch_reference.build_reference('r18')
+  fresh = torch_model.build_reference('r18')
   fresh.load_state_dict(exported, strict=True)
 
   # And back again: Flax -> .pth -> Flax is the identity.
@@ -104,7 +106,7 @@ def test_export_round_trip_is_exact_and_loads_strictly(r18, tmp_path):
 
 
 def test_load_pretrained_reads_an_official_pth_directly(r18, tmp_path):
-  torch_reference.save_official_checkpoint(r18, tmp_path / 'a.pth', kind='full')
+  torch_support.save_official_checkpoint(r18, tmp_path / 'a.pth', kind='full')
   model, variables = load_pretrained(tmp_path / 'a.pth')
   assert model.depth == 18
   np.testing.assert_array_equal(
@@ -112,20 +114,19 @@ def test_load_pretrained_reads_an_official_pth_directly(r18, tmp_path):
 
 
 def test_output_folder_that_exists_is_refused(r18, tmp_path):
-  torch_reference.save_official_checkpoint(r18, tmp_path / 'a.pth', kind='bare')
+  torch_support.save_official_checkpoint(r18, tmp_path / 'a.pth', kind='bare')
   (tmp_path / 'out').mkdir()
   result = convert(tmp_path / 'a.pth', tmp_path / 'out')
   assert result.returncode == 2 and 'already exists' in result.stderr
 
 
 def _init_shapes(name, stem='deep'):
-  model = models.build_model(name, stem=stem)
-  return model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False)
+  return models.init_variables(models.build_model(name, stem=stem))
 
 
 @pytest.mark.parametrize('depth,name,count', [(18, 'bisenetv1_r18', 110), (50, 'bisenetv1_r50', 275)])
 def test_imagenet_v1c_file_fills_the_whole_backbone(tmp_path, depth, name, count):
-  state = torch_reference.imagenet_state_dict(depth, 'deep', with_fc=True)
+  state = torch_support.imagenet_state_dict(depth, 'deep', with_fc=True)
   torch.save({'state_dict': state}, tmp_path / 'v1c.pth')
   variables, report = imagenet.load_backbone(tmp_path / 'v1c.pth', _init_shapes(name))
   assert report.matched == count
@@ -136,7 +137,7 @@ def test_imagenet_v1c_file_fills_the_whole_backbone(tmp_path, depth, name, count
 
 
 def test_torchvision_file_needs_the_classic_stem(tmp_path):
-  torch.save(torch_reference.imagenet_state_dict(18, 'classic'), tmp_path / 'tv.pth')
+  torch.save(torch_support.imagenet_state_dict(18, 'classic'), tmp_path / 'tv.pth')
   with pytest.raises(UserError, match="model.stem='classic'"):
     imagenet.load_backbone(tmp_path / 'tv.pth', _init_shapes('bisenetv1_r18'))
   _, report = imagenet.load_backbone(tmp_path / 'tv.pth', _init_shapes('bisenetv1_r18', 'classic'),
@@ -148,7 +149,7 @@ def test_imagenet_file_that_matches_nothing_or_mismatches_is_refused(tmp_path, r
   torch.save(r18.state_dict(), tmp_path / 'segmentor.pth')
   with pytest.raises(UserError, match='matches no key'):
     imagenet.load_backbone(tmp_path / 'segmentor.pth', _init_shapes('bisenetv1_r18'))
-  torch.save(torch_reference.imagenet_state_dict(50, 'deep'), tmp_path / 'r50.pth')
+  torch.save(torch_support.imagenet_state_dict(50, 'deep'), tmp_path / 'r50.pth')
   with pytest.raises(UserError, match='wrong shape'):
     imagenet.load_backbone(tmp_path / 'r50.pth', _init_shapes('bisenetv1_r18'))
   result = run_script('convert/imagenet_backbone.py', '--input', str(tmp_path / 'r50.pth'),
@@ -158,7 +159,7 @@ def test_imagenet_file_that_matches_nothing_or_mismatches_is_refused(tmp_path, r
 
 def test_checkpoint_config_round_trip(tmp_path):
   variables = _init_shapes('bisenetv1_r18')
-  config = models.model_config('bisenetv1_r18', 19)
+  config = ModelSpec('bisenetv1_r18', 19)
   checkpoint.save_model(tmp_path / 'm', variables, config)
   restored_config, restored = checkpoint.restore_model(tmp_path / 'm')
   assert restored_config == config

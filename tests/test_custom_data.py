@@ -15,11 +15,13 @@ from flax import traverse_util
 from bisenet_jax import checkpoint, models
 from bisenet_jax.data import synthetic
 from bisenet_jax.errors import UserError
-from bisenet_jax.train import loop
+from bisenet_jax.specs import ModelSpec
+from bisenet_jax.train.config import train_spec
+from bisenet_jax.train.initialization import initial_variables
 from conftest import ROOT, run_cli
 
 GARDEN = dict(num_train=16, num_val=4, height=96, width=128)
-OVERRIDES = {'data.base_size': (128, 96), 'data.crop_size': (96, 96), 'total_steps': 12,
+OVERRIDES = {'data.resize_to': (96, 128), 'data.crop_size': (96, 96), 'total_steps': 12,
              'optimizer.base_lr': 0.02, 'optimizer.warmup_steps': 2, 'log_every_steps': 1,
              'checkpoint_every_steps': 6, 'eval_every_steps': 100, 'eval_batch_per_device': 2}
 
@@ -55,32 +57,30 @@ def as_flags(overrides: dict) -> list[str]:
 
 
 def test_classes_follow_classes_txt_and_a_disagreeing_count_is_refused(garden):
-  config = garden_config(garden)
-  info = loop.dataset_info(config)
-  assert loop.num_classes(config, info) == 5
-  assert info.classes == synthetic.GARDEN_CLASSES
+  spec = train_spec(garden_config(garden))
+  assert spec.model.num_classes == 5
+  assert spec.data.dataset.classes == synthetic.GARDEN_CLASSES
   config = garden_config(garden, **{'model.num_classes': 19})
   with pytest.raises(UserError, match=r'num_classes=19 but .*classes.txt lists 5 classes'):
-    loop.num_classes(config, loop.dataset_info(config))
+    train_spec(config)
 
 
 def write_cityscapes_checkpoint(path, arch='bisenetv1_r18'):
   """A 19-class model with random weights, as convert/ssseg_to_flax.py writes one."""
-  model = models.build_model(arch)
-  variables = model.init(jax.random.key(7), np.zeros((1, 64, 64, 3), np.float32), train=False)
+  variables = models.init_variables(models.build_model(arch), jax.random.key(7))
   variables = jax.tree_util.tree_map(
       lambda x: x + jax.random.normal(jax.random.key(x.size), x.shape), variables)
-  checkpoint.save_model(path, variables, models.model_config(arch, 19))
+  checkpoint.save_model(path, variables, ModelSpec(arch, 19))
   return variables
 
 
 def test_fine_tuning_19_to_5_classes_loads_everything_but_the_three_classifiers(
     garden, tmp_path, capsys):
   loaded = write_cityscapes_checkpoint(tmp_path / 'cityscapes')
-  config = garden_config(garden, **{'init.checkpoint': str(tmp_path / 'cityscapes')})
-  model = loop.make_model(config, 5)
-  variables = loop.initial_variables(config, model)
-  fresh = model.init(jax.random.key(config.seed), np.zeros((1, 64, 64, 3)), train=False)
+  spec = train_spec(garden_config(garden, **{'init.checkpoint': str(tmp_path / 'cityscapes')}))
+  model = spec.model.build()
+  variables = initial_variables(spec, model)
+  fresh = models.init_variables(model, jax.random.key(spec.seed))
 
   got, old, new = (traverse_util.flatten_dict(v) for v in (variables, loaded, fresh))
   assert got.keys() == new.keys()
@@ -99,9 +99,9 @@ def test_fine_tuning_19_to_5_classes_loads_everything_but_the_three_classifiers(
 
 def test_fine_tuning_from_another_architecture_is_refused(garden, tmp_path):
   write_cityscapes_checkpoint(tmp_path / 'r50', 'bisenetv1_r50')
-  config = garden_config(garden, **{'init.checkpoint': str(tmp_path / 'r50')})
+  spec = train_spec(garden_config(garden, **{'init.checkpoint': str(tmp_path / 'r50')}))
   with pytest.raises(UserError, match='different model'):
-    loop.initial_variables(config, loop.make_model(config, 5))
+    initial_variables(spec, spec.model.build())
 
 
 def test_train_evaluate_and_predict_with_the_users_classes(garden, tmp_path):

@@ -22,8 +22,9 @@ from cityscapesscripts.helpers.labels import id2label, trainId2label
 
 from bisenet_jax import evaluate
 from bisenet_jax.data.synthetic import draw_street_scene
-from bisenet_jax.interop import torch_reference
+from bisenet_jax.bench import torch_model
 from conftest import launch_processes, run_cli, wait_for
+import torch_support
 
 K = 19
 HEIGHT, WIDTH = 64, 128
@@ -33,7 +34,7 @@ MODEL_SEED = 0
 # PyTorch and XLA logits differ by ~1e-5 at most; where PyTorch's top two logits are closer than
 # this, either class is a correct prediction.
 TIE = 1e-4
-# The reference's Normalize (REFERENCE.md 5.3), RGB order.
+# The reference's Normalize (docs/reference.md §5.3), RGB order.
 MEAN = np.array([123.675, 116.28, 103.53], np.float32)
 STD = np.array([58.395, 57.12, 57.375], np.float32)
 # Independent of the project's tables: cityscapesscripts' labelId -> trainId (ignored: 255 or -1).
@@ -96,7 +97,7 @@ def iou_array(results):
 
 def run_evaluate(checkpoint, root, output, predictions, *extra, env=None):
   result = run_cli('-m', 'bisenet_jax.evaluate', '--checkpoint', str(checkpoint),
-                   '--data-root', str(root), '--base-size', f'{WIDTH}x{HEIGHT}',
+                   '--data-root', str(root), '--resize-to', f'{HEIGHT}x{WIDTH}',
                    '--output', str(output), '--save-predictions', str(predictions), *extra,
                    env=env)
   assert result.returncode == 0, result.stderr
@@ -108,8 +109,8 @@ def setup(tmp_path_factory):
   """The fake split, the reference model and its official-format checkpoint."""
   tmp = tmp_path_factory.mktemp('evaluate')
   image_files, gt_files = zip(*write_fake_cityscapes(tmp / 'cityscapes'))
-  model = torch_reference.randomize_(torch_reference.build_reference('r18'), MODEL_SEED)
-  torch_reference.save_official_checkpoint(model, tmp / 'official.pth', kind='full')
+  model = torch_support.randomize_(torch_model.build_reference('r18'), MODEL_SEED)
+  torch_support.save_official_checkpoint(model, tmp / 'official.pth', kind='full')
   return {'tmp': tmp, 'root': tmp / 'cityscapes', 'image_files': image_files,
           'gt_files': gt_files, 'model': model, 'checkpoint': tmp / 'official.pth'}
 
@@ -147,9 +148,10 @@ def test_scores_equal_pytorch_reference_predictions(setup, one_device):
 
   assert results['class_names'] == [trainId2label[t].name for t in range(K)]
   assert results['images'] == len(gt_files) and results['seconds'] > 0
-  assert results['protocol'] == {'mode': 'whole', 'crop': None, 'stride': None, 'flip': False,
-                                 'scales': [1.0], 'base_size': [WIDTH, HEIGHT],
-                                 'split': 'val', 'dataset': 'cityscapes'}
+  assert results['protocol'] == {'mode': 'whole', 'window_size': None, 'window_stride': None,
+                                 'flip': False, 'scales': [1.0], 'input_size': None,
+                                 'resize_to': [HEIGHT, WIDTH], 'split': 'val',
+                                 'dataset': 'cityscapes'}
   miou_line = next(line for line in stdout.splitlines() if line.startswith('mIoU'))
   assert miou_line.split() == ['mIoU', f'{100 * results["miou"]:.2f}']
 
@@ -193,7 +195,7 @@ def test_two_processes_count_what_one_process_counts(setup, one_device):
   results, _, predictions = one_device
   tmp = setup['tmp']
   args = ['-m', 'bisenet_jax.evaluate', '--checkpoint', str(setup['checkpoint']),
-          '--data-root', str(setup['root']), '--base-size', f'{WIDTH}x{HEIGHT}',
+          '--data-root', str(setup['root']), '--resize-to', f'{HEIGHT}x{WIDTH}',
           '--output', str(tmp / 'results_2p.json'), '--save-predictions',
           str(tmp / 'predictions_2p')]
   processes = launch_processes(args, 2, 2, tmp)
@@ -215,8 +217,8 @@ def _garbage_image(root):
 
 def _seven_classes(root, tmp):
   write_fake_cityscapes(root)
-  model = torch_reference.build_reference('r18', num_classes=7)
-  torch_reference.save_official_checkpoint(model, tmp / 'seven.pth', kind='full')
+  model = torch_model.build_reference('r18', num_classes=7)
+  torch_support.save_official_checkpoint(model, tmp / 'seven.pth', kind='full')
   return tmp / 'seven.pth'
 
 
@@ -226,7 +228,9 @@ def _seven_classes(root, tmp):
     ('unreadable image', 'Cannot decode image'),
     ('seven classes', 'has 7 classes, Cityscapes has 19'),
     ('bad scales', "--scales '1.0,big'"),
-    ('bad crop', "--crop '1024'"),
+    ('bad crop', "--window-size '1024' is not a size: write HEIGHTxWIDTH"),
+    ('old crop flag', '--crop is gone: use --window-size HEIGHTxWIDTH'),
+    ('old base size flag', '--base-size is gone: use --resize-to HEIGHTxWIDTH'),
 ])
 def test_bad_input_is_a_one_line_error_and_writes_nothing(setup, tmp_path, capsys, case, expected):
   root, checkpoint, extra = tmp_path / 'cityscapes', setup['checkpoint'], []
@@ -239,11 +243,15 @@ def test_bad_input_is_a_one_line_error_and_writes_nothing(setup, tmp_path, capsy
   elif case == 'bad scales':
     extra = ['--scales', '1.0,big']
   elif case == 'bad crop':
-    extra = ['--mode', 'slide', '--crop', '1024', '--stride', '768x768']
+    extra = ['--mode', 'slide', '--window-size', '1024', '--window-stride', '768x768']
+  elif case == 'old crop flag':
+    extra = ['--mode', 'slide', '--crop', '1024x1024', '--window-stride', '768x768']
+  elif case == 'old base size flag':
+    extra = ['--base-size', f'{WIDTH}x{HEIGHT}']
   output = tmp_path / 'out' / 'results.json'
   with pytest.raises(SystemExit) as exit_info:
     evaluate.main(['--checkpoint', str(checkpoint), '--data-root', str(root),
-                   '--base-size', f'{WIDTH}x{HEIGHT}', '--output', str(output), *extra])
+                   '--resize-to', f'{HEIGHT}x{WIDTH}', '--output', str(output), *extra])
   assert exit_info.value.code == 2
   stderr = capsys.readouterr().err
   assert len(stderr.strip().splitlines()) == 1 and stderr.startswith('error: '), stderr

@@ -5,12 +5,12 @@ Flax initialisation (R50), saved as model checkpoints with Cityscapes' classes. 
 exported once per module and checked against the JAX model it came from.
 """
 
+import json
 import subprocess
 import sys
 import textwrap
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import onnx
 import pytest
@@ -22,29 +22,31 @@ from bisenet_jax.data.synthetic import draw_street_scene
 from bisenet_jax.eval import inference
 from bisenet_jax.export import INTERFACE_KEY, DATASET_KEY, Interface, onnx_runtime
 from bisenet_jax.export.__main__ import main as export_main
+from bisenet_jax.specs import DatasetSpec, ModelSpec
 
 from conftest import ROOT
+from labelled_files import read_rgb
+import torch_support
 
 ODD = (481, 641)  # No stride divides it.
 SMALL = (61, 97)
 
 
 def save_random_model(directory, arch, seed=0):
-  model = models.build_model(f'bisenetv1_{arch}', 19)
-  variables = model.init(jax.random.key(seed), jnp.zeros((1, 64, 64, 3)), train=False)
-  checkpoint.save_model(directory, variables, models.model_config(f'bisenetv1_{arch}', 19),
-                        sources.CITYSCAPES)
+  spec = ModelSpec(f'bisenetv1_{arch}', 19)
+  variables = models.init_variables(spec.build(), jax.random.key(seed))
+  checkpoint.save_model(directory, variables, spec, sources.CITYSCAPES)
   return directory
 
 
 def save_reference_model(directory, arch, seed=3):
   """The PyTorch reference's random weights (whose logits vary across a scene) as a checkpoint."""
-  from bisenet_jax.interop import torch_reference
+  from bisenet_jax.bench import torch_model
   pth = directory.with_suffix('.pth')
-  model = torch_reference.randomize_(torch_reference.build_reference(arch), seed=seed)
-  torch_reference.save_official_checkpoint(model, pth, kind='full')
+  model = torch_support.randomize_(torch_model.build_reference(arch), seed=seed)
+  torch_support.save_official_checkpoint(model, pth, kind='full')
   _, variables = checkpoint.load_pretrained(pth)
-  checkpoint.save_model(directory, variables, models.model_config(f'bisenetv1_{arch}', 19),
+  checkpoint.save_model(directory, variables, ModelSpec(f'bisenetv1_{arch}', 19),
                         sources.CITYSCAPES)
   return directory
 
@@ -65,7 +67,7 @@ def export(checkpoint_path, output, *flags):
 
 
 def size_flags(size):
-  return ['--height', str(size[0]), '--width', str(size[1])]
+  return ['--input-size', f'{size[0]}x{size[1]}']
 
 
 @pytest.fixture(scope='module')
@@ -100,8 +102,7 @@ def test_onnx_file_is_valid_and_carries_its_interface(r18_onnx, capsys):
   metadata = {p.key: p.value for p in model.metadata_props}
   interface = Interface.from_json(metadata[INTERFACE_KEY])
   assert interface == Interface(*ODD, 19)
-  assert sources.DatasetInfo.from_json(__import__('json').loads(metadata[DATASET_KEY])).kind == (
-      'cityscapes')
+  assert DatasetSpec.from_json(json.loads(metadata[DATASET_KEY])).kind == 'cityscapes'
   session = onnx_runtime.session(r18_onnx)
   (given,), (returned,) = session.get_inputs(), session.get_outputs()
   assert (given.name, given.type, given.shape) == ('images', 'tensor(float)', ['N', 3, *ODD])
@@ -185,8 +186,8 @@ def test_predict_with_the_onnx_file_without_jax_writes_the_checkpoints_masks(
   assert result.returncode == 0, result.stderr
   assert 'wrote 2 mask(s)' in result.stdout
   for name in ('0_mask.png', '1_mask.png', 'legend.png'):
-    np.testing.assert_array_equal(predict.read_rgb(tmp_path / 'onnx' / name),
-                                  predict.read_rgb(tmp_path / 'jax' / name), err_msg=name)
+    np.testing.assert_array_equal(read_rgb(tmp_path / 'onnx' / name),
+                                  read_rgb(tmp_path / 'jax' / name), err_msg=name)
 
 
 def test_stablehlo_round_trip_in_a_process_with_only_jax_and_numpy(r18, folder):
@@ -224,7 +225,8 @@ def test_float16_stablehlo_is_within_the_documented_bound(r18, folder, capsys):
 
 @pytest.mark.parametrize('flags, message', [
     (['--format', 'tflite'], "--format 'tflite' is not one of onnx, stablehlo"),
-    (['--format', 'onnx', '--height', '0'], 'the model takes images of at least 1x1 pixels'),
+    (['--format', 'onnx', '--input-size', '0x97'], "--input-size '0x97' is not a size"),
+    (['--format', 'onnx', '--height', '512'], '--height is gone: use --input-size HEIGHTxWIDTH'),
     (['--format', 'onnx', '--layout', 'nhcw'], "--layout 'nhcw' is not one of nchw, nhwc"),
     (['--format', 'onnx', '--dtype', 'float16'], '--dtype float16 is for --format stablehlo'),
 ])
@@ -276,7 +278,7 @@ def test_predict_refuses_a_logits_file_and_another_size(r18_onnx, r18_labels_onn
   with pytest.raises(SystemExit):
     predict.main(['--checkpoint', str(r18_labels_onnx), str(tmp_path / 'other.png'),
                   '--output', str(tmp_path / 'o')])
-  assert 'takes 97x61 images, this one is 48x32' in capsys.readouterr().err
+  assert 'takes 61x97 images, this one is 32x48' in capsys.readouterr().err
   with pytest.raises(SystemExit):
     predict.main(['--checkpoint', str(r18_onnx), str(images / '0.png'),
                   '--output', str(tmp_path / 'o')])

@@ -1,227 +1,26 @@
-"""Tests of bisenet_jax.data.folder: class lists, label mapping, the folder, VOC and ADE20K layouts,
-and the one-line message of every bad input."""
+"""Tests of bisenet_jax.data.folder: the folder, VOC and ADE20K layouts, whole-split checks, and
+the one-line message of every bad input."""
 
-import json
 import pickle
 import re
 
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
 
-from bisenet_jax.data import cityscapes, folder, pipeline
-from bisenet_jax.data.folder import (Ade20kFolder, ClassSet, PascalVocFolder, SegmentationFolder,
-                                     make_label_table, read_classes_file)
+from bisenet_jax.data import pipeline
+from bisenet_jax.data.class_sets import ADE20K_CLASSES, VOC_CLASSES
+from bisenet_jax.data.classes import ClassSet, default_palette
+from bisenet_jax.data.folder import Ade20kFolder, PascalVocFolder, SegmentationFolder
 from bisenet_jax.errors import UserError
-
-COLOURED_CLASSES = '# name R G B\nbackground 0 0 0\n\nroad surface 128 64 128\n  person 220 20 60\n'
-THREE_CLASSES = ('background', 'road surface', 'person')
-
-
-def write_image(path, height, width, seed=0, orientation=None):
-  """Writes a random RGB image (format from the suffix), with an EXIF orientation if given.
-
-  Returns the image as written, RGB.
-  """
-  image = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  if orientation is not None:
-    pil = Image.fromarray(image)
-    tags = pil.getexif()
-    tags[0x0112] = orientation
-    pil.save(path, exif=tags)
-  else:
-    assert cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-  return image
-
-
-def write_mask(path, values, palette=None, image_format=None):
-  """Writes uint8 `values` as a grey PNG, or as a palette PNG when `palette` is given."""
-  mask = Image.fromarray(np.asarray(values, np.uint8))
-  if palette is not None:
-    mask.putpalette(np.asarray(palette, np.uint8).tobytes())
-    assert mask.mode == 'P'
-  path.parent.mkdir(parents=True, exist_ok=True)
-  mask.save(path, format=image_format)
-  return path
-
-
-def write_pair(root, name, values, split='val', image_suffix='.png', **mask_options):
-  """Writes images/<split>/<name><suffix> and masks/<split>/<name>.png; returns their paths."""
-  values = np.asarray(values, np.uint8)
-  image_path = root / 'images' / split / f'{name}{image_suffix}'
-  write_image(image_path, *values.shape)
-  return image_path, write_mask(root / 'masks' / split / f'{name}.png', values, **mask_options)
-
-
-@pytest.fixture
-def dataset(tmp_path):
-  """A 3-class folder dataset with one 2x3 frame 'a' in 'val'; returns its root."""
-  (tmp_path / 'classes.txt').write_text(COLOURED_CLASSES)
-  write_pair(tmp_path, 'a', [[0, 1, 2], [255, 1, 0]])
-  return tmp_path
-
-
-def both(first, second):
-  """A regex matching a message that names `first`, then `second`."""
-  return re.escape(str(first)) + '.*' + re.escape(str(second))
-
-
-def reference_labels(raw, num_classes, ignore_index=255, reduce_zero_label=False,
-                     label_map=None):
-  """What a mask should become, written directly in NumPy: (labels, refused mask)."""
-  raw = raw.astype(np.int64)
-  if label_map:
-    labels = np.full(raw.shape, -1)
-    for value, target in label_map.items():
-      labels[raw == value] = target
-  elif reduce_zero_label:
-    labels = np.where(raw == 0, 255, raw - 1)
-  else:
-    labels = raw.copy()
-  labels[raw == ignore_index] = 255
-  refused = (labels < 0) | ((labels >= num_classes) & (labels != 255))
-  if not label_map:  # without a map, only 0 (reduce_zero_label) and ignore_index become 255
-    allowed_ignore = (raw == ignore_index) | ((raw == 0) & reduce_zero_label)
-    refused |= (labels == 255) & ~allowed_ignore
-  return np.where(refused, 255, labels).astype(np.uint8), refused
-
-
-# Class sets.
-
-def test_default_palette_is_the_voc_colour_map_and_never_repeats():
-  palette = folder.default_palette(256)
-  assert palette.dtype == np.uint8 and palette.shape == (256, 3)
-  assert palette[0].tolist() == [0, 0, 0]
-  assert palette[1].tolist() == [128, 0, 0]  # aeroplane
-  assert palette[2].tolist() == [0, 128, 0]
-  assert palette[15].tolist() == [192, 128, 128]  # person
-  assert palette[20].tolist() == [0, 64, 128]  # tvmonitor
-  assert palette[255].tolist() == [224, 224, 192]  # VOC's boundary colour
-  assert len({tuple(colour) for colour in palette.tolist()}) == 256
-
-
-def test_preset_class_sets():
-  assert folder.VOC_CLASSES.num_classes == 21
-  assert folder.VOC_CLASSES.names[0] == 'background' and folder.VOC_CLASSES.names[15] == 'person'
-  np.testing.assert_array_equal(folder.VOC_CLASSES.palette, folder.default_palette(21))
-  ade = folder.ADE20K_CLASSES
-  assert ade.num_classes == 150 and ade.palette.shape == (150, 3)
-  assert ade.names[:3] == ('wall', 'building', 'sky') and ade.names[-1] == 'flag'
-  assert ade.names[7] == 'bed'  # mmsegmentation spells it 'bed '
-  assert ade.palette[0].tolist() == [120, 120, 120] and ade.palette[-1].tolist() == [92, 0, 255]
-  assert folder.CITYSCAPES_CLASSES.names == cityscapes.CLASS_NAMES
-  np.testing.assert_array_equal(folder.CITYSCAPES_CLASSES.palette, cityscapes.PALETTE)
-
-
-def test_class_set_round_trips_through_json_and_is_read_only():
-  classes = ClassSet(THREE_CLASSES, [(0, 0, 0), (128, 64, 128), (220, 20, 60)])
-  data = json.loads(json.dumps(classes.to_json()))
-  assert data == {'names': list(THREE_CLASSES),
-                  'palette': [[0, 0, 0], [128, 64, 128], [220, 20, 60]]}
-  assert ClassSet.from_json(data) == classes
-  assert ClassSet.from_json(data) != ClassSet(THREE_CLASSES)
-  assert classes.palette.dtype == np.uint8 and not classes.palette.flags.writeable
-  assert pickle.loads(pickle.dumps(classes)) == classes
-  with pytest.raises(UserError, match="keys 'names' and 'palette'"):
-    ClassSet.from_json({'names': list(THREE_CLASSES)})
-
-
-@pytest.mark.parametrize('names, palette, message', [
-    (('only',), None, '2 to 255 classes, got 1'),
-    (('a', 'b', 'a'), None, r"unique, but \['a'\] repeat"),
-    (('a', ''), None, 'non-empty'),
-    (('a', 'b'), [(0, 0, 0)], r'shape \(1, 3\)'),
-    (('a', 'b'), [(0, 0, 0), (0, 0, 256)], '0..255'),
-])
-def test_invalid_class_set_is_refused(names, palette, message):
-  with pytest.raises(UserError, match=message):
-    ClassSet(names, palette)
-
-
-def test_classes_file_with_colours_comments_blank_lines_and_spaces(tmp_path):
-  path = tmp_path / 'classes.txt'
-  path.write_bytes(b'\xef\xbb\xbf' + COLOURED_CLASSES.encode())  # with a byte-order mark
-  classes = read_classes_file(path)
-  assert classes.names == THREE_CLASSES
-  assert classes.palette.tolist() == [[0, 0, 0], [128, 64, 128], [220, 20, 60]]
-
-
-def test_classes_file_without_colours_gets_the_default_palette(tmp_path):
-  path = tmp_path / 'classes.txt'
-  path.write_text('background\nplant\nlayer 2\n')
-  classes = read_classes_file(path)
-  assert classes.names == ('background', 'plant', 'layer 2')
-  np.testing.assert_array_equal(classes.palette, folder.default_palette(3))
-
-
-@pytest.mark.parametrize('text, message', [
-    ('a 1 2 3\nb\n', r":2: class 'b' lacks a colour but line 1 has one"),
-    ('a\n\nb 1 2 3\n', r":3: class 'b' has a colour but line 1 lacks one"),
-    ('a\nb\na\n', r":3: class 'a' is already on line 1"),
-    ('a 0 0 0\nb 0 300 0\n', r":2: the colour 0 300 0 of 'b' is outside 0\.\.255"),
-    ('a 0 0 0\nb -1 0 0\n', r":2: the colour -1 0 0 of 'b' is outside 0\.\.255"),
-    ('crack\n', ' lists 1 class, but a model needs 2 to 255 .*background'),
-    ('# nothing\n\n', ' lists 0 classes'),
-])
-def test_bad_classes_file_names_file_and_line(tmp_path, text, message):
-  path = tmp_path / 'classes.txt'
-  path.write_text(text)
-  with pytest.raises(UserError, match=re.escape(str(path)) + message):
-    read_classes_file(path)
+from labelled_files import (COLOURED_CLASSES, THREE_CLASSES, both, reference_labels, write_image,
+                            write_mask, write_pair)
 
 
 def test_missing_classes_file_says_what_to_write(tmp_path):
   with pytest.raises(UserError, match=re.escape(str(tmp_path / 'classes.txt')) +
                      ' does not exist: write one class name per line'):
     SegmentationFolder(tmp_path, 'val')
-
-
-# Label mapping.
-
-@pytest.mark.parametrize('options', [
-    dict(),
-    dict(ignore_index=200),
-    dict(reduce_zero_label=True),
-    dict(reduce_zero_label=True, ignore_index=7),
-    dict(label_map={10: 0, 20: 1, 30: 2, 40: 255}),
-    dict(label_map={'10': '2', '11': '0'}, ignore_index=0),
-])
-def test_label_table_equals_numpy(options):
-  raw = np.arange(256, dtype=np.uint8).reshape(16, 16)
-  table, refused = make_label_table(3, **options)
-  label_map = options.get('label_map')
-  if label_map:
-    options = {**options, 'label_map': {int(k): int(v) for k, v in label_map.items()}}
-  want_labels, want_refused = reference_labels(raw, 3, **options)
-  np.testing.assert_array_equal(table[raw], want_labels)
-  np.testing.assert_array_equal(refused[raw], want_refused)
-  assert table.dtype == np.uint8 and table.shape == (256,) and refused.shape == (256,)
-
-
-def test_label_table_examples():
-  table, refused = make_label_table(3, reduce_zero_label=True)
-  assert table[[0, 1, 3, 255]].tolist() == [255, 0, 2, 255]
-  assert refused[[0, 1, 3, 4, 254, 255]].tolist() == [False, False, False, True, True, False]
-  table, refused = make_label_table(3, ignore_index=200)
-  assert table[[0, 2, 200]].tolist() == [0, 2, 255]
-  assert refused[[3, 200, 255]].tolist() == [True, False, True]
-
-
-@pytest.mark.parametrize('options, message', [
-    (dict(ignore_index=1), 'ignore_index 1 is also class 1 of 3'),
-    (dict(reduce_zero_label=True, ignore_index=2), 'ignore_index 2 is also class 1 of 3'),
-    (dict(label_map={255: 0}), 'ignore_index 255 is also class 0 of 3'),
-    (dict(ignore_index=256), 'ignore_index must be a mask value 0..255'),
-    (dict(label_map={1: 0}, reduce_zero_label=True), 'either label_map or reduce_zero_label'),
-    (dict(label_map={1: 3}), r'label_map entry 1: 3 is out of range.*classes 0\.\.2'),
-    (dict(label_map={256: 0}), 'label_map entry 256: 0 is out of range'),
-    (dict(label_map={'x': 0}), "label_map entry 'x': 0 is not an integer pair"),
-])
-def test_invalid_label_mapping_is_refused(options, message):
-  with pytest.raises(UserError, match=message):
-    make_label_table(3, **options)
 
 
 # The folder layout.
@@ -278,23 +77,6 @@ def test_sample_labels_equal_numpy(tmp_path, options, values):
   np.testing.assert_array_equal(label, want)
 
 
-def test_palette_png_is_read_as_indices_not_colours(tmp_path):
-  (tmp_path / 'classes.txt').write_text('a\nb\nc\n')
-  palette = np.zeros((256, 3), np.uint8)
-  palette[:3] = [(200, 10, 10), (10, 200, 10), (10, 10, 200)]
-  raw = np.array([[0, 1], [2, 255]], np.uint8)
-  write_pair(tmp_path, 'p', raw, palette=palette)
-  np.testing.assert_array_equal(SegmentationFolder(tmp_path, 'val')[0]['label'], raw)
-
-
-def test_one_bit_mask_gives_classes_zero_and_one(tmp_path):
-  (tmp_path / 'classes.txt').write_text('background\nplant\n')
-  write_pair(tmp_path, 'm', np.zeros((2, 2)))
-  Image.fromarray(np.array([[0, 1], [1, 0]], bool)).save(tmp_path / 'masks/val/m.png')
-  assert Image.open(tmp_path / 'masks/val/m.png').mode == '1'
-  np.testing.assert_array_equal(SegmentationFolder(tmp_path, 'val')[0]['label'], [[0, 1], [1, 0]])
-
-
 def test_custom_folders_suffixes_and_class_set(tmp_path):
   raw = np.array([[0, 1]], np.uint8)
   write_image(tmp_path / 'train/pics/f1_rgb.png', 1, 2)
@@ -316,7 +98,7 @@ def write_voc(root):
   for image_id, values in masks.items():
     write_image(voc / 'JPEGImages' / f'{image_id}.jpg', 2, 3)
     write_mask(voc / 'SegmentationClass' / f'{image_id}.png', values,
-               palette=folder.default_palette(256))
+               palette=default_palette(256))
   (voc / 'ImageSets/Segmentation').mkdir(parents=True)
   (voc / 'ImageSets/Segmentation/train.txt').write_text('2007_000042\n2007_000032\n')
   (voc / 'ImageSets/Segmentation/val.txt').write_text('2007_000039\n')
@@ -329,7 +111,7 @@ def test_voc_reads_listed_ids_with_palette_masks(tmp_path, level):
   train = PascalVocFolder(tmp_path / level, 'train')
   assert train.root == voc
   assert train.names == ('2007_000042', '2007_000032')  # the list's order
-  assert train.classes == folder.VOC_CLASSES
+  assert train.classes == VOC_CLASSES
   for index, name in enumerate(train.names):
     np.testing.assert_array_equal(train[index]['label'], masks[name])
   assert len(PascalVocFolder(voc, 'val')) == 1
@@ -369,7 +151,7 @@ def test_ade20k_reduces_zero_label(tmp_path):
   ade, masks = write_ade(tmp_path)
   train = Ade20kFolder(tmp_path, 'train')
   assert train.root == ade and train.names == tuple(sorted(masks))
-  assert train.classes == folder.ADE20K_CLASSES
+  assert train.classes == ADE20K_CLASSES
   for index, name in enumerate(train.names):
     raw = np.array(masks[name], np.uint8)
     np.testing.assert_array_equal(train[index]['label'], np.where(raw == 0, 255, raw - 1))
@@ -461,29 +243,6 @@ def test_exif_rotation_is_applied_as_opencv_does(dataset):
     source.check_all()
 
 
-def test_colour_mask_is_refused_with_what_to_do(dataset):
-  colours = np.zeros((2, 3, 3), np.uint8)
-  colours[0, 0] = (128, 64, 128)
-  Image.fromarray(colours).save(dataset / 'masks/val/a.png')
-  with pytest.raises(UserError, match=re.escape(str(dataset / 'masks/val/a.png')) +
-                     ' is an RGB image, so it looks like a colour mask: convert it to a '
-                     'single-channel PNG of class indices'):
-    SegmentationFolder(dataset, 'val')[0]
-  Image.fromarray(np.zeros((2, 3, 4), np.uint8)).save(dataset / 'masks/val/a.png')
-  with pytest.raises(UserError, match='is a grey image stored as RGBA'):
-    SegmentationFolder(dataset, 'val')[0]
-  Image.fromarray(np.zeros((2, 3), np.uint16)).save(dataset / 'masks/val/a.png')
-  with pytest.raises(UserError, match="has pixel format 'I;16'.*8-bit single-channel"):
-    SegmentationFolder(dataset, 'val')[0]
-
-
-def test_jpeg_mask_is_refused_by_its_content_not_its_name(dataset):
-  write_mask(dataset / 'masks/val/a.png', [[0, 1, 2], [2, 1, 0]], image_format='JPEG')
-  with pytest.raises(UserError, match=re.escape(str(dataset / 'masks/val/a.png')) +
-                     ' is a JPEG file, whose lossy compression changes class indices'):
-    SegmentationFolder(dataset, 'val')[0]
-
-
 @pytest.mark.parametrize('broken', ['image', 'mask'])
 def test_corrupt_file_is_named(dataset, broken):
   path = dataset / ('images/val/a.png' if broken == 'image' else 'masks/val/a.png')
@@ -531,12 +290,12 @@ def test_pipeline_batches_a_folder_source_of_two_sizes(tmp_path):
     write_pair(tmp_path, f'{index}', rng.choice([0, 1, 2, 255], (height, width)))
   source = SegmentationFolder(tmp_path, 'val')
   iterator = pipeline.make_train_iterator(source, global_batch_size=2, seed=0,
-                                          crop_size=(16, 16), base_size=(32, 24),
+                                          crop_size=(16, 16), resize_to=(24, 32),
                                           scale_range=(0.75, 1.25))
   batch = next(iterator)
   assert batch['image'].shape == (2, 16, 16, 3) and batch['label'].shape == (2, 16, 16)
   assert set(np.unique(batch['label'])) <= {0, 1, 2, 255}
-  batches = list(pipeline.EvalBatches(source, batch_size=2, base_size=(32, 24)))
+  batches = list(pipeline.EvalBatches(source, batch_size=2, resize_to=(24, 32)))
   assert [b['valid'].tolist() for b in batches] == [[True, True], [True, False], [True, True]]
   assert [b['label'].shape[1:] for b in batches] == [(24, 32), (24, 32), (32, 24)]
   np.testing.assert_array_equal(batches[2]['label'][1], source[4]['label'])

@@ -2,7 +2,7 @@
 
 The model is a toy: a fixed random conv (3x3, stride 8 or 1) and a 1x1 projection to K classes,
 written once with jax.lax and once with torch so the reference procedure (sssegmentation's
-``auginference`` + ``inference`` + test.py's resize, REFERENCE.md §6) can be replayed in torch.
+``auginference`` + ``inference`` + test.py's resize, docs/reference.md §6) can be replayed in torch.
 """
 
 import functools
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from bisenet_jax.errors import UserError
 from bisenet_jax.eval.inference import predict_labels, segment_logits
 from bisenet_jax.models.layers import resize_bilinear
+from bisenet_jax.specs import InferenceSpec
 
 K = 19
 HIDDEN = 8
@@ -50,14 +51,14 @@ def torch_logits_fn(weights, stride=8):
                                  projection)
 
 
-def torch_segment(net, images_nhwc, out_size, mode='whole', crop_size=None, stride=None,
-                  flip=False, scales=(1.0,)):
+def torch_segment(net, images_nhwc, out_size, mode='whole', window=None, stride=None,
+                  flip=False, scales=(1.0,), input_size=None):
   """sssegmentation's auginference + inference (use_probs_before_resize=False) + test resize."""
 
   def infer(images):
     if mode == 'whole':
       return net(images)
-    (stride_h, stride_w), (crop_h, crop_w) = stride, crop_size
+    (stride_h, stride_w), (crop_h, crop_w) = stride, window
     batch, _, image_h, image_w = images.shape
     grids_h = max(image_h - crop_h + stride_h - 1, 0) // stride_h + 1
     grids_w = max(image_w - crop_w + stride_w - 1, 0) // stride_w + 1
@@ -76,6 +77,8 @@ def torch_segment(net, images_nhwc, out_size, mode='whole', crop_size=None, stri
     return logits / count
 
   images = torch.tensor(np.asarray(images_nhwc)).permute(0, 3, 1, 2)
+  if input_size is not None:
+    images = F.interpolate(images, size=input_size, mode='bilinear', align_corners=False)
   views = []
   for scale in scales:
     scaled = F.interpolate(images, scale_factor=scale, mode='bilinear', align_corners=False)
@@ -91,16 +94,18 @@ def random_images(shape, seed=1):
 
 
 def jitted(logits_fn, out_size, **options):
-  return jax.jit(functools.partial(segment_logits, logits_fn, out_size=out_size, **options))
+  return jax.jit(functools.partial(segment_logits, logits_fn, out_size=out_size,
+                                   spec=InferenceSpec(**options)))
 
 
 # Image sides times every scale are integers here, where PyTorch's scale_factor resize is exact.
 @pytest.mark.parametrize('options', [
     dict(mode='whole'),
     dict(mode='whole', flip=True, scales=(0.75, 1.0, 1.5)),
-    dict(mode='slide', crop_size=(32, 40), stride=(16, 24)),
-    dict(mode='slide', crop_size=(32, 40), stride=(16, 24), flip=True, scales=(0.5, 1.0, 1.5)),
-], ids=['whole', 'whole-flip-ms', 'slide', 'slide-flip-ms'])
+    dict(mode='slide', window=(32, 40), stride=(16, 24)),
+    dict(mode='slide', window=(32, 40), stride=(16, 24), flip=True, scales=(0.5, 1.0, 1.5)),
+    dict(mode='whole', input_size=(40, 72)),
+], ids=['whole', 'whole-flip-ms', 'slide', 'slide-flip-ms', 'input-size'])
 def test_matches_sssegmentation_procedure(options):
   weights = make_weights()
   images = random_images((2, 48, 64, 3))
@@ -123,8 +128,8 @@ def test_slide_with_a_crop_covering_the_image_equals_whole():
   images = random_images((1, 40, 56, 3))
   whole = segment_logits(logits_fn, images, (40, 56))
   for crop in ((40, 56), (64, 64)):  # Exactly the image, and larger (clipped to it).
-    slide = segment_logits(logits_fn, images, (40, 56), mode='slide', crop_size=crop,
-                           stride=(8, 8))
+    slide = segment_logits(logits_fn, images, (40, 56),
+                           InferenceSpec(mode='slide', window=crop, stride=(8, 8)))
     np.testing.assert_allclose(slide, whole, rtol=1e-6, atol=1e-6)  # scan vs eager rounding.
 
 
@@ -136,7 +141,7 @@ def test_slide_with_overlapping_windows_equals_whole_for_a_pointwise_model():
   logits_fn = lambda images: jnp.tanh(images) @ jnp.asarray(projection[:3])
   images = random_images((2, 37, 45, 3))
   whole = segment_logits(logits_fn, images, (37, 45))
-  slide = jitted(logits_fn, (37, 45), mode='slide', crop_size=(16, 20), stride=(10, 12))(images)
+  slide = jitted(logits_fn, (37, 45), mode='slide', window=(16, 20), stride=(10, 12))(images)
   np.testing.assert_allclose(slide, whole, rtol=1e-6, atol=1e-7)
 
 
@@ -145,14 +150,15 @@ def test_flip_on_a_mirror_symmetric_image_and_model_changes_nothing():
   half = random_images((1, 24, 30, 3))
   images = (half + half[:, :, ::-1]) / 2  # Exactly mirror-symmetric.
   plain = segment_logits(logits_fn, images, (24, 30))
-  flipped = segment_logits(logits_fn, images, (24, 30), flip=True)
+  flipped = segment_logits(logits_fn, images, (24, 30), InferenceSpec(flip=True))
   np.testing.assert_allclose(flipped, plain, rtol=1e-6, atol=1e-6)
 
 
 def test_repeating_scale_one_equals_whole():
   logits_fn = jax_logits_fn(make_weights())
   images = random_images((1, 40, 48, 3))
-  np.testing.assert_array_equal(segment_logits(logits_fn, images, (50, 60), scales=(1.0, 1.0)),
+  np.testing.assert_array_equal(segment_logits(logits_fn, images, (50, 60),
+                                               InferenceSpec(scales=(1.0, 1.0))),
                                 segment_logits(logits_fn, images, (50, 60)))
 
 
@@ -166,7 +172,8 @@ def test_scaled_image_sizes_follow_torch_scale_factor():
 
   images = random_images((1, 37, 53, 3))
   scales = (0.5, 0.75, 1.25, 1.75)
-  jax.eval_shape(functools.partial(segment_logits, logits_fn, out_size=(37, 53), scales=scales),
+  jax.eval_shape(functools.partial(segment_logits, logits_fn, out_size=(37, 53),
+                                   spec=InferenceSpec(scales=scales)),
                  images)  # Tracing is enough to see the shapes.
   torch_images = torch.zeros(1, 3, 37, 53)
   want = [tuple(F.interpolate(torch_images, scale_factor=s, mode='bilinear').shape[2:])
@@ -177,23 +184,23 @@ def test_scaled_image_sizes_follow_torch_scale_factor():
 def test_odd_sizes_give_the_requested_output_shape():
   logits_fn = jax_logits_fn(make_weights())
   images = random_images((2, 37, 53, 3))
-  options = dict(mode='slide', crop_size=(24, 32), stride=(16, 20), flip=True, scales=(0.5, 1.25))
+  options = dict(mode='slide', window=(24, 32), stride=(16, 20), flip=True, scales=(0.5, 1.25))
   logits = jitted(logits_fn, (75, 101), **options)(images)
   assert logits.shape == (2, 75, 101, K) and np.isfinite(logits).all()
   labels = jax.jit(functools.partial(predict_labels, logits_fn, out_size=(75, 101),
-                                     **options))(images)
+                                     spec=InferenceSpec(**options)))(images)
   assert labels.shape == (2, 75, 101) and labels.dtype == jnp.uint8
   np.testing.assert_array_equal(labels, np.argmax(logits, axis=-1))
 
 
 @pytest.mark.parametrize('options, message', [
-    (dict(mode='sliding'), 'Unknown inference mode'),
-    (dict(mode='slide', crop_size=(16, 16)), 'needs both crop_size and stride'),
-    (dict(mode='slide', crop_size=(8, 8), stride=(12, 12)), 'leave pixels uncovered'),
-    (dict(scales=()), 'at least one scale'),
-    (dict(num_classes=150), 'outputs 19 classes, expected 150'),
+    (dict(mode='sliding'), "--mode 'sliding' is not one of whole, slide"),
+    (dict(mode='slide', window=(16, 16)), '--mode slide needs --window-size and --window-stride'),
+    (dict(mode='slide', window=(8, 8), stride=(12, 12)), 'leave pixels uncovered'),
+    (dict(stride=(8, 8)), 'only apply to --mode slide'),
+    (dict(scales=()), 'must be positive numbers'),
+    (dict(scales=(1.0, -0.5)), '--scales 1,-0.5 must be positive numbers'),
 ])
 def test_bad_options_are_user_errors(options, message):
-  logits_fn = jax_logits_fn(make_weights())
   with pytest.raises(UserError, match=message):
-    segment_logits(logits_fn, random_images((1, 32, 32, 3)), (32, 32), **options)
+    InferenceSpec(**options)

@@ -31,7 +31,7 @@ HEARTBEAT_S = 10
 CONFIG = ['--config', 'configs/r18.py:demo',
           '--config.data.synthetic.num_train=16', '--config.data.synthetic.num_val=2',
           '--config.data.synthetic.height=96', '--config.data.synthetic.width=192',
-          '--config.data.base_size=(192,96)', '--config.data.crop_size=(96,96)',
+          '--config.data.resize_to=(96,192)', '--config.data.crop_size=(96,96)',
           '--config.batch_size=8', f'--config.total_steps={STEPS}',
           '--config.model.dtype=float64', '--config.optimizer.warmup_steps=2',
           '--config.log_every_steps=1',

@@ -14,9 +14,10 @@ import pytest
 import torch
 from flax import traverse_util
 
-from bisenet_jax.interop import torch_reference
+from bisenet_jax.bench import torch_model
 from bisenet_jax import load_pretrained
 from conftest import run_cli
+import torch_support
 
 TOL = 1e-4
 # Sown activations whose Flax name differs from the reference's (a sow may not reuse a child's name).
@@ -46,8 +47,8 @@ def converted(tmp_path_factory, torch_threads):
 
 
 def _convert(arch, tmp):
-  ref = torch_reference.randomize_(torch_reference.build_reference(arch), seed=1).eval()
-  torch_reference.save_official_checkpoint(ref, tmp / 'official.pth', kind='full')
+  ref = torch_support.randomize_(torch_model.build_reference(arch), seed=1).eval()
+  torch_support.save_official_checkpoint(ref, tmp / 'official.pth', kind='full')
   result = run_cli('convert/ssseg_to_flax.py', '--input', str(tmp / 'official.pth'),
                    '--output', str(tmp / 'flax'))
   assert result.returncode == 0, result.stderr
@@ -61,7 +62,7 @@ def flax_intermediates(model, variables, images) -> dict[str, np.ndarray]:
     _, state = model.apply(variables, images, train=False, mutable=['intermediates'])
   flat = traverse_util.flatten_dict(state['intermediates'])
   by_name = {path[-1]: np.asarray(value[0]) for path, value in flat.items()}
-  return {name: by_name[FLAX_NAMES.get(name, name)] for name in torch_reference.FEATURE_NAMES}
+  return {name: by_name[FLAX_NAMES.get(name, name)] for name in torch_model.FEATURE_NAMES}
 
 
 # R18 at a multiple of 32 and at an odd size; R50 (4x the compute) at the odd size only.
@@ -74,7 +75,7 @@ def test_eval_logits_and_every_block_match(converted, arch, size):
     expected = {k: nchw_to_nhwc(v) for k, v in ref.forward_features(torch.from_numpy(images)).items()}
   got = flax_intermediates(model, variables, images.transpose(0, 2, 3, 1))
   errors = {name: float(np.max(np.abs(got[name] - expected[name])))
-            for name in torch_reference.FEATURE_NAMES}
+            for name in torch_model.FEATURE_NAMES}
   print(arch, size, {k: f'{v:.2e}' for k, v in errors.items()})
   bad = {k: v for k, v in errors.items() if not v <= TOL * max(1.0, np.abs(expected[k]).max())}
   assert not bad, f'blocks differing from the reference: {bad}'
@@ -98,7 +99,7 @@ def test_train_mode_outputs_and_running_statistics_match(converted):
   """
   arch = 'r18'  # R50 has the same layer types at 4x the cost.
   ref_eval, _, _ = converted(arch)
-  ref = torch_reference.build_reference(arch, dropout=0.0)
+  ref = torch_model.build_reference(arch, dropout=0.0)
   state_dict = ref_eval.state_dict()
   for key in CLASSIFIERS:
     state_dict[key] = state_dict[key] * 40

@@ -2,12 +2,13 @@
 
 import numpy as np
 import pytest
+from absl import flags
 
 from bisenet_jax.data import pipeline
 from bisenet_jax.errors import UserError
 
 NUM_RECORDS = 16
-TRAIN = dict(global_batch_size=4, seed=7, crop_size=(24, 40), base_size=(40, 24),
+TRAIN = dict(global_batch_size=4, seed=7, crop_size=(24, 40), resize_to=(24, 40),
              scale_range=(0.5, 2.0))
 
 
@@ -90,6 +91,8 @@ def test_start_step_resumes_with_exactly_the_next_batches(processes):
 
 
 def test_worker_processes_give_the_same_batches():
+  if not flags.FLAGS.is_parsed():  # What absl.app.run does for train.py.
+    flags.FLAGS(['pytest'])
   expected = take(train_iterator(), 3)
   iterator = train_iterator(worker_count=1)
   try:
@@ -116,7 +119,7 @@ class SizedSource:
 
 def test_eval_batches_keep_order_group_sizes_and_pad_with_invalid_rows():
   source = SizedSource()
-  batches = list(pipeline.EvalBatches(source, batch_size=2, base_size=(16, 8)))
+  batches = list(pipeline.EvalBatches(source, batch_size=2, resize_to=(8, 16)))
   names = [b['name'] for b in batches]
   assert names == [['frame0', 'frame1'], ['frame2', ''], ['frame3', 'frame4']]
   assert [b['valid'].tolist() for b in batches] == [[True, True], [True, False], [True, True]]
@@ -128,7 +131,7 @@ def test_eval_batches_keep_order_group_sizes_and_pad_with_invalid_rows():
 
 
 def test_eval_batches_leave_the_label_at_its_original_size():
-  batch = next(iter(pipeline.EvalBatches(SizedSource(), batch_size=4, base_size=(32, 16))))
+  batch = next(iter(pipeline.EvalBatches(SizedSource(), batch_size=4, resize_to=(16, 32))))
   assert batch['image'].shape == (4, 16, 32, 3) and batch['label'].shape == (4, 8, 16)
   assert batch['valid'].tolist() == [True, True, True, False]
 
@@ -137,7 +140,7 @@ def test_eval_batches_of_every_process_agree_in_size_and_cover_the_split_once():
   """Mixed sizes over 3 processes: at each step every process has a batch of the same shape
   (so they form one global batch), and each sample is a valid row exactly once."""
   source = SizedSource()  # sizes A A A B B
-  shards = [list(pipeline.EvalBatches(source, batch_size=1, base_size=(16, 8), process_index=p,
+  shards = [list(pipeline.EvalBatches(source, batch_size=1, resize_to=(8, 16), process_index=p,
                                       process_count=3)) for p in range(3)]
   assert len({len(shard) for shard in shards}) == 1
   for step in zip(*shards):

@@ -17,7 +17,9 @@ from bisenet_jax.data.cityscapes import PALETTE
 from bisenet_jax.data.synthetic import draw_street_scene
 from bisenet_jax.data.normalization import normalize
 from bisenet_jax.eval import inference
-from bisenet_jax.interop import torch_reference
+from bisenet_jax.bench import torch_model
+from labelled_files import read_rgb
+import torch_support
 
 # Input files -> (height, width); odd sizes that no stride divides. Two share a size.
 IMAGES = {'folder/a.png': (61, 97), 'folder/sub/b.jpg': (61, 97), 'single.png': (45, 70)}
@@ -26,8 +28,8 @@ IMAGES = {'folder/a.png': (61, 97), 'folder/sub/b.jpg': (61, 97), 'single.png': 
 @pytest.fixture(scope='module')
 def checkpoint(tmp_path_factory):
   path = tmp_path_factory.mktemp('predict') / 'official.pth'
-  model = torch_reference.randomize_(torch_reference.build_reference('r18'), seed=3)
-  torch_reference.save_official_checkpoint(model, path, kind='full')
+  model = torch_support.randomize_(torch_model.build_reference('r18'), seed=3)
+  torch_support.save_official_checkpoint(model, path, kind='full')
   return path
 
 
@@ -36,12 +38,6 @@ def write_images(root):
     image, _ = draw_street_scene(np.random.default_rng(index), height, width)
     (root / name).parent.mkdir(parents=True, exist_ok=True)
     assert cv2.imwrite(str(root / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-
-
-def read_rgb(path):
-  image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-  assert image is not None, path
-  return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def expected_labels(model, variables, image):

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bisenet_jax.data import folder, synthetic
+from bisenet_jax.data import synthetic
+from bisenet_jax.data.classes import read_classes_file
+from bisenet_jax.data.folder import SegmentationFolder
 from bisenet_jax.data.cityscapes import LABEL_ID_TO_TRAIN_ID, NUM_CLASSES, CityscapesFolder
 
 SMALL = dict(num_train=3, num_val=2, height=64, width=128)
@@ -51,12 +53,12 @@ def test_scenes_use_many_real_classes():
 def test_ensure_reuses_a_matching_copy_and_regenerates_otherwise(tmp_path, monkeypatch):
   root = synthetic.ensure_synthetic_cityscapes(tmp_path, **SMALL)
   marker = json.loads((root / 'synthetic.json').read_text())
-  assert marker == {'generator_version': synthetic._GENERATOR_VERSION, 'seed': 0, **SMALL}
+  assert marker == {'generator_version': synthetic.streets.GENERATOR_VERSION, 'seed': 0, **SMALL}
 
   def fail(*args, **kwargs):
     raise AssertionError('regenerated a matching copy')
   with monkeypatch.context() as patch:
-    patch.setattr(synthetic, 'write_synthetic_cityscapes', fail)
+    patch.setattr(synthetic.streets, 'write_synthetic_cityscapes', fail)
     assert synthetic.ensure_synthetic_cityscapes(tmp_path, **SMALL) == root
 
   changed = synthetic.ensure_synthetic_cityscapes(tmp_path, **{**SMALL, 'num_val': 1})
@@ -97,9 +99,9 @@ def test_garden_same_seed_gives_identical_files_and_another_seed_does_not(tmp_pa
 
 def test_garden_layout_is_read_by_segmentation_folder(tmp_path):
   root = synthetic.write_synthetic_folder(tmp_path / 'garden', **GARDEN)
-  assert folder.read_classes_file(root / 'classes.txt') == synthetic.GARDEN_CLASSES
+  assert read_classes_file(root / 'classes.txt') == synthetic.GARDEN_CLASSES
   assert synthetic.GARDEN_CLASSES.names == ('soil', 'grass', 'stone', 'water', 'flower')
-  train, val = folder.SegmentationFolder(root, 'train'), folder.SegmentationFolder(root, 'val')
+  train, val = SegmentationFolder(root, 'train'), SegmentationFolder(root, 'val')
   assert train.names == ('tall/0002', 'tall/0003', 'wide/0000', 'wide/0001')
   assert val.names == ('tall/0001', 'wide/0000')
   with Image.open(root / 'images/train/wide/0000.jpg') as image:
@@ -129,14 +131,14 @@ def test_garden_ensure_reuses_a_matching_copy_and_regenerates_otherwise(tmp_path
   root = synthetic.ensure_synthetic_folder(tmp_path, **GARDEN)
   assert root == tmp_path / 'synthetic_folder'
   marker = json.loads((root / 'synthetic.json').read_text())
-  assert marker == {'generator_version': synthetic._GARDEN_VERSION, 'seed': 0, **GARDEN}
+  assert marker == {'generator_version': synthetic.gardens.GENERATOR_VERSION, 'seed': 0, **GARDEN}
 
   def fail(*args, **kwargs):
     raise AssertionError('regenerated a matching copy')
   with monkeypatch.context() as patch:
-    patch.setattr(synthetic, 'write_synthetic_folder', fail)
+    patch.setattr(synthetic.gardens, 'write_synthetic_folder', fail)
     assert synthetic.ensure_synthetic_folder(tmp_path, **GARDEN) == root
 
   synthetic.ensure_synthetic_folder(tmp_path, **{**GARDEN, 'num_val': 4})
-  assert len(folder.SegmentationFolder(root, 'val')) == 4
+  assert len(SegmentationFolder(root, 'val')) == 4
   assert sorted(p.name for p in tmp_path.iterdir()) == ['synthetic_folder']

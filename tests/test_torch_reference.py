@@ -1,4 +1,5 @@
-"""Tests of the PyTorch reference model (tests/torch_reference.py) against REFERENCE.md.
+"""Tests of the PyTorch reference model (bisenet_jax/bench/torch_model.py) and the tests' PyTorch
+helpers (tests/torch_support.py) against docs/reference.md.
 
 The reference is only useful for parity tests if it matches the official model's state-dict
 layout exactly and computes what the spec says; these tests pin both.
@@ -10,20 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from bisenet_jax.interop.torch_reference import (
-  FEATURE_NAMES,
-  ResNet,
-  build_reference,
-  imagenet_state_dict,
-  randomize_,
-  read_key_list,
-  save_official_checkpoint,
-)
+from bisenet_jax.bench.torch_model import FEATURE_NAMES, ResNet, build_reference
+from torch_support import (imagenet_state_dict, randomize_, read_key_list,
+                           save_official_checkpoint)
 
 DATA = Path(__file__).parent / 'data'
 ARCHS = ('r18', 'r50')
 
-# REFERENCE.md 7.1: trainable parameters per part.
+# docs/reference.md §7.1: trainable parameters per part.
 PART_PARAMS = {
   'r18': {
     'backbone_net.context_path.backbone_net': 11_195_744,

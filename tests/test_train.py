@@ -15,6 +15,7 @@ import pytest
 
 from bisenet_jax import checkpoint, models
 from bisenet_jax.errors import UserError
+from bisenet_jax.specs import SOURCE_KINDS, ModelSpec
 from bisenet_jax.train import config as config_lib
 from bisenet_jax.train import loop
 from conftest import ROOT, cpu_devices, run_cli
@@ -42,11 +43,11 @@ def test_the_variant_list_covers_every_config_file():
 @pytest.mark.parametrize('name,variant', CONFIG_VARIANTS)
 def test_every_config_loads_builds_and_is_locked(name, variant):
   config = load_config_file(ROOT / 'configs' / name, variant)
-  model = loop.make_model(config, config.model.num_classes or 5)
-  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 64, 64, 3),
-                                                                           np.float32)))
+  model = ModelSpec(config.model.name, config.model.num_classes or 5, config.model.stem,
+                    config.model.dropout_rate, config.model.dtype).build()
+  abstract = models.abstract_variables(model)
   assert 'auxiliary_decoder' in abstract['params']
-  assert config.data.source in loop.SOURCES and config.model.name in models.ARCHS
+  assert config.data.source in SOURCE_KINDS and config.model.name in models.ARCHS
   with pytest.raises(AttributeError):
     config.batch_szie = 8  # A typo must fail, not add a key.
 
@@ -67,7 +68,7 @@ def tiny_overrides(root: Path, steps: int, **extra) -> dict:
   """A few-second R18 run on 64x128 synthetic scenes."""
   values = {
       'data.root': str(root), 'data.synthetic.num_train': 8, 'data.synthetic.num_val': 2,
-      'data.synthetic.height': 64, 'data.synthetic.width': 128, 'data.base_size': (128, 64),
+      'data.synthetic.height': 64, 'data.synthetic.width': 128, 'data.resize_to': (64, 128),
       'data.crop_size': (64, 64), 'batch_size': 2, 'total_steps': steps,
       'optimizer.warmup_steps': 2, 'log_every_steps': 1, 'checkpoint_every_steps': 3,
       'eval_every_steps': 100, 'eval_batch_per_device': 2, **extra}
@@ -207,7 +208,7 @@ def test_batch_size_that_devices_do_not_divide_is_refused():
   config = config_lib.get_config('bisenetv1_r18', 'demo')
   config.batch_size = 12
   with pytest.raises(UserError, match='not divisible by the 8 devices'):
-    loop.check_config(config, types.SimpleNamespace(size=8))
+    loop.check_batch_size(config_lib.train_spec(config), types.SimpleNamespace(size=8))
 
 
 def test_missing_data_root_names_the_layout_and_the_demo(tmp_path):
@@ -225,6 +226,8 @@ def test_missing_data_root_names_the_layout_and_the_demo(tmp_path):
     (['--config', 'configs/r18.py:demoo'], "Unknown config variant 'demoo'"),
     (['--config', 'configs/nope.py'], "cannot load the config file 'configs/nope.py'"),
     (['--config', 'configs/r18.py:demo', '--config.batch_size=big'], 'flag --config.batch_size'),
+    (['--config', 'configs/r18.py:demo', '--config.data.base_size=(512,256)'],
+     'config.data.base_size is gone: use --config.data.resize_to=(HEIGHT,WIDTH)'),
 ])
 def test_bad_command_line_is_one_line_without_traceback(args, expected):
   result = run_cli('train.py', *args)

@@ -40,14 +40,14 @@ def frame(height, width, seed=0):
 @pytest.mark.parametrize('scale, size', [(0.7, (716, 1432)), (1.37, (1402, 2804))])
 def test_resize_sizes_on_a_full_frame(scale, size):
   sample = {'image': np.zeros((1024, 2048, 3), np.uint8), 'label': np.zeros((1024, 2048), np.uint8)}
-  out = T.resize_keep_ratio(sample, (2048, 1024), scale)
+  out = T.resize_keep_ratio(sample, (1024, 2048), scale)
   assert out['image'].shape == size + (3,)
   assert out['label'].shape == size
 
 
 def test_resize_is_a_no_op_at_the_base_size():
   sample = frame(1024, 2048)
-  assert T.resize_keep_ratio(sample, (2048, 1024), 1.0) is sample
+  assert T.resize_keep_ratio(sample, (1024, 2048), 1.0) is sample
 
 
 def test_resize_label_is_nearest_with_floor_index_and_image_is_bilinear():
@@ -74,7 +74,7 @@ def test_resize_equals_opencv4_on_a_small_frame(opencv4_golden, scale):
   """The reference ran on OpenCV 4: the installed OpenCV must resize to the same bits."""
   sample = {'image': opencv4_golden['resize/small/image'],
             'label': opencv4_golden['resize/small/label']}
-  out = T.resize_keep_ratio(sample, base_size=(53, 37), scale=scale)
+  out = T.resize_keep_ratio(sample, resize_to=(37, 53), scale=scale)
   np.testing.assert_array_equal(out['image'], opencv4_golden[f'resize/small/{scale}/image'])
   np.testing.assert_array_equal(out['label'], opencv4_golden[f'resize/small/{scale}/label'])
 
@@ -280,7 +280,7 @@ def test_padding_normalised_on_the_device_is_the_reference_zero():
 
 def test_train_transform_shapes_types_and_determinism():
   sample = frame(128, 256)
-  kwargs = dict(crop_size=(96, 80), base_size=(256, 128), scale_range=(0.5, 2.0))
+  kwargs = dict(crop_size=(96, 80), resize_to=(128, 256), scale_range=(0.5, 2.0))
   out = T.train_transform(sample, np.random.default_rng(1), **kwargs)
   again = T.train_transform(sample, np.random.default_rng(1), **kwargs)
   assert out.keys() == {'image', 'label', 'content'}
@@ -293,8 +293,8 @@ def test_train_transform_shapes_types_and_determinism():
 
 def test_eval_transform_keeps_the_label_at_its_original_size():
   sample = frame(20, 40)
-  out = T.eval_transform(sample, base_size=(80, 40))
+  out = T.eval_transform(sample, resize_to=(40, 80))
   assert out['image'].shape == (40, 80, 3) and out['image'].dtype == np.uint8
   assert out['label'] is sample['label']
   full = frame(1024, 2048)
-  assert T.eval_transform(full, base_size=(2048, 1024))['image'] is full['image']
+  assert T.eval_transform(full, resize_to=(1024, 2048))['image'] is full['image']

@@ -1,8 +1,8 @@
 """Benchmarks the JAX model (and optionally the PyTorch reference) over a sweep.
 
-  python -m bisenet_jax.bench infer --arch r18 --resolution 1024x2048 --compare-torch
+  python -m bisenet_jax.bench infer --arch r18 --input-size 1024x2048 --compare-torch
   python -m bisenet_jax.bench train --arch r18,r50 --dtype float32,bfloat16 \
-      --resolution 1024x1024 --batch-per-device 2 --devices 1,2,4,8 \
+      --input-size 1024x1024 --batch-per-device 2 --devices 1,2,4,8 \
       --output results.jsonl --plot scaling.png
 
 Every point states what it measured: compile time apart, then the median and p90 step time of
@@ -31,22 +31,14 @@ import platform
 
 import jax
 
+from bisenet_jax import cli, parallel
 from bisenet_jax.bench import flops, jax_side, report, torch_side
-from bisenet_jax import parallel
-from bisenet_jax.cli import add_distributed_argument, user_errors_exit
 from bisenet_jax.errors import UserError
+from bisenet_jax.specs import SIZE_FORMAT, format_size
 
 
 def _list(cast):
   return lambda text: [cast(item) for item in text.split(',') if item]
-
-
-def _resolution(text: str) -> tuple[int, int]:
-  try:
-    height, width = (int(v) for v in text.lower().split('x'))
-  except ValueError as e:
-    raise argparse.ArgumentTypeError(f'expected HEIGHTxWIDTH, got {text!r}') from e
-  return height, width
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,8 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--devices', type=_list(int),
                       help='device counts (sub-meshes); default 1, 2, 4, ... up to all')
   parser.add_argument('--batch-per-device', type=_list(int), default=[1])
-  parser.add_argument('--resolution', type=_list(_resolution), default=None,
-                      help='HEIGHTxWIDTH list; default 1024x2048 (infer), 1024x1024 (train)')
+  parser.add_argument('--input-size', type=_list(cli.size_argument('--input-size')),
+                      metavar=f'{SIZE_FORMAT},...',
+                      help='input sizes; default 1024x2048 (infer), 1024x1024 (train)')
   parser.add_argument('--dtype', type=_list(str), default=['float32'], help='float32,bfloat16')
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--steps', type=int, default=5)
@@ -77,7 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--peak-tflops', type=float, help='per-device peak for MFU, if not listed')
   parser.add_argument('--output', help='append one JSON object per point to this .jsonl')
   parser.add_argument('--plot', help='write a PNG of img/s and scaling efficiency vs devices')
-  add_distributed_argument(parser)
+  cli.add_renamed_flags(parser, {'--resolution': f'--input-size {SIZE_FORMAT}'})
+  cli.add_distributed_argument(parser)
   return parser.parse_args(argv)
 
 
@@ -92,7 +86,7 @@ def check(args) -> None:
       args.torch_variants) - set(torch_side.VARIANTS)
   if unknown:
     raise UserError(f'unknown value(s) {sorted(unknown)}; see --help for the choices.')
-  args.resolution = args.resolution or [(1024, 2048) if args.mode == 'infer' else (1024, 1024)]
+  args.input_size = args.input_size or [(1024, 2048) if args.mode == 'infer' else (1024, 1024)]
   if args.compare_onnx and args.mode != 'infer':
     raise UserError('--compare-onnx measures inference only: use the infer mode.')
   if args.mode == 'train' and 1 in args.batch_per_device and 1 in args.devices:
@@ -157,17 +151,17 @@ def run(args, emit) -> list[dict]:
              functools.partial(jax_side.measure_train, data_workers=args.data_workers,
                                frames_dir=args.data_frames))
   rows, smallest = [], {}
-  for arch, dtype, (height, width), batch, devices in itertools.product(
-      args.arch, args.dtype, args.resolution, args.batch_per_device, sorted(args.devices)):
-    point = jax_side.Point(args.mode, arch, devices, batch, height, width, dtype)
+  for arch, dtype, size, batch, devices in itertools.product(
+      args.arch, args.dtype, args.input_size, args.batch_per_device, sorted(args.devices)):
+    point = jax_side.Point(args.mode, arch, devices, batch, size, dtype)
     base = dict(impl='jax', mode=args.mode, arch=arch, dtype=dtype, devices=devices,
-                batch_per_device=batch, resolution=f'{height}x{width}',
+                batch_per_device=batch, resolution=format_size(size),
                 warmup=args.warmup, steps=args.steps, **environment())
     row = {**base, **measure(point, args.warmup, args.steps, args.peak_tflops)}
     row['img_per_s_per_device'] = row['img_per_s'] / devices
     # Weak scaling: per-device throughput vs the smallest device count of the same configuration
     # (the 1-device point, unless a multi-host sweep cannot run one).
-    baseline = smallest.setdefault((arch, dtype, height, width, batch), row)
+    baseline = smallest.setdefault((arch, dtype, size, batch), row)
     row['scaling_baseline_devices'] = baseline['devices']
     row['scaling_efficiency'] = row['img_per_s_per_device'] / baseline['img_per_s_per_device']
     rows.append(row)
@@ -210,9 +204,10 @@ def torch_rows(args, point, base, jax_row):
     yield row
 
 
-@user_errors_exit
+@cli.user_errors_exit
 def main(argv=None) -> None:
   args = parse_args(argv)
+  cli.parse_absl_flags()  # For the input pipeline's grain workers (--data-workers).
   parallel.setup(args.distributed)
   check(args)
   if jax.process_index() != 0:  # Every process measures; process 0 alone reports.

@@ -17,9 +17,10 @@ from bisenet_jax.bench import flops as flops_lib, timing
 from bisenet_jax.data import cityscapes, pipeline, synthetic
 from bisenet_jax.errors import UserError
 from bisenet_jax.eval import evaluator
+from bisenet_jax.specs import ModelSpec, Size
 from bisenet_jax.train import optim, state as state_lib, step as step_lib
 
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+DTYPES = ('float32', 'bfloat16')
 # The input pipeline's files: Cityscapes-sized frames (the reference recipe's input).
 FRAMES = dict(num_train=8, num_val=1, height=1024, width=2048, seed=0)
 DEFAULT_FRAMES_DIR = '~/.cache/bisenet_jax/bench_frames'
@@ -32,8 +33,7 @@ class Point:
   arch: str
   devices: int
   batch_per_device: int
-  height: int
-  width: int
+  input_size: Size
   dtype: str
 
   @property
@@ -41,15 +41,15 @@ class Point:
     return self.devices * self.batch_per_device
 
   @property
-  def model_name(self) -> str:
-    return f'bisenetv1_{self.arch}'
+  def model(self) -> ModelSpec:
+    return ModelSpec(f'bisenetv1_{self.arch}', 19, dtype=self.dtype)
 
 
 def random_inputs(point: Point, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """The same images (uint8 RGB, NHWC) and labels for JAX and PyTorch."""
   rng = np.random.default_rng(seed)
-  images = rng.integers(0, 256, (point.global_batch, point.height, point.width, 3), np.uint8)
-  labels = rng.integers(0, 19, (point.global_batch, point.height, point.width), np.uint8)
+  images = rng.integers(0, 256, (point.global_batch, *point.input_size, 3), np.uint8)
+  labels = rng.integers(0, 19, (point.global_batch, *point.input_size), np.uint8)
   return images, labels
 
 
@@ -107,7 +107,7 @@ def _global_array(value: np.ndarray, sharding) -> jax.Array:
 
 
 def _setup(point: Point):
-  model = models.build_model(point.model_name, dtype=DTYPES[point.dtype])
+  model = point.model.build()
   mesh = parallel.make_mesh(mesh_devices(point.devices))
   images, labels = random_inputs(point)
   return model, mesh, images, labels
@@ -117,11 +117,10 @@ def measure_infer(point: Point, warmup: int, steps: int, peak_override=None) -> 
   """Whole-image inference as evaluation runs it: uint8 images normalised on the device,
   forward, upsample to full size, argmax."""
   model, mesh, images, _ = _setup(point)
-  variables = jax.device_put(model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)),
-                                        train=False), parallel.replicated(mesh))
+  variables = jax.device_put(models.init_variables(model), parallel.replicated(mesh))
   images = _global_array(images, parallel.batch_sharded(mesh))
-  segment = evaluator.make_segment_fn(model, evaluator.InferenceOptions(), num_classes=19)
-  size = (point.height, point.width)
+  segment = evaluator.make_segment_fn(model)
+  size = point.input_size
   compiled, compile_s = timing.time_compile(segment, variables, images, size)
   times = timing.time_steps(lambda: compiled(variables, images), warmup, steps)
   analytic = flops_lib.analytic_conv_flops(lambda v, x: model.apply(v, x), variables,
@@ -140,7 +139,7 @@ def measure_train(point: Point, warmup: int, steps: int, peak_override=None,
   schedule = optim.poly_warmup_schedule()
   state = state_lib.create_train_state(model, optim.make_optimizer(schedule), jax.random.key(0),
                                        mesh)
-  content = np.tile(np.array([0, 0, point.height, point.width], np.int32), (len(images), 1))
+  content = np.tile(np.array([0, 0, *point.input_size], np.int32), (len(images), 1))
   batch = {key: _global_array(value, parallel.batch_sharded(mesh))
            for key, value in (('image', images), ('label', labels), ('content', content))}
   train_step = step_lib.jit_train_step(mesh, learning_rate_fn=schedule, dropout_seed=0)
@@ -157,7 +156,7 @@ def measure_train(point: Point, warmup: int, steps: int, peak_override=None,
                                      mutable=['batch_stats'])
   analytic = 3 * flops_lib.analytic_conv_flops(
       forward, {'params': state.params, 'batch_stats': state.batch_stats},
-      jax.ShapeDtypeStruct((2, point.height, point.width, 3), jnp.float32)) / 2
+      jax.ShapeDtypeStruct((2, *point.input_size, 3), jnp.float32)) / 2
   summary = timing.summarize(times, point.global_batch)
   data = measure_data(point, run, mesh, data_steps, data_workers, frames_dir)
   data['data_cores_per_device'] = (summary['img_per_s'] / point.devices
@@ -203,7 +202,7 @@ def measure_data(point: Point, step, mesh, steps: int, workers: int,
   """
   iterator = pipeline.make_train_iterator(
       reference_frames(frames_dir), global_batch_size=point.global_batch, seed=0,
-      crop_size=(point.height, point.width), base_size=(2048, 1024), scale_range=(0.5, 2.0),
+      crop_size=point.input_size, resize_to=(1024, 2048), scale_range=(0.5, 2.0),
       worker_count=workers, process_index=jax.process_index(),
       process_count=jax.process_count())
   local_batch = point.global_batch // jax.process_count()

@@ -30,7 +30,7 @@ def measure(point, variant: str, images: np.ndarray, labels: np.ndarray, warmup:
   import torch
   import torch.nn.functional as F
 
-  from bisenet_jax.interop.torch_reference import build_reference
+  from bisenet_jax.bench.torch_model import build_reference
 
   if threads:
     torch.set_num_threads(threads)
@@ -81,10 +81,8 @@ def measure(point, variant: str, images: np.ndarray, labels: np.ndarray, warmup:
   if device == 'cuda':  # Steady state: not cuDNN's algorithm search in the first step.
     torch.cuda.reset_peak_memory_stats()
   times = timing.time_steps(step, max(0, warmup - 1), steps, wait=lambda _: sync())
-  median = float(np.median(times))
   return {'compile_s': first_s if variant == 'compile' else None,
-          'step_ms_median': 1e3 * median, 'step_ms_p90': 1e3 * float(np.percentile(times, 90)),
-          'img_per_s': point.global_batch / median, 'threads': torch.get_num_threads(),
+          **timing.summarize(times, point.global_batch), 'threads': torch.get_num_threads(),
           'device_kind': torch.cuda.get_device_name() if device == 'cuda' else device,
           'program_memory_gib': (torch.cuda.max_memory_allocated() / 2**30
                                  if device == 'cuda' else None)}

@@ -11,14 +11,11 @@ import pathlib
 import cv2
 import numpy as np
 from cityscapesscripts.helpers import labels as cs_labels
-from PIL import Image
 
+from bisenet_jax.data.images import image_size, read_image
 from bisenet_jax.errors import UserError
 
 IGNORE_LABEL = 255
-_EXIF_ORIENTATION = 0x0112
-# EXIF orientations that turn the image by 90 degrees (OpenCV applies them when decoding).
-_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 # Largest labelId in the official *_gtFine_labelIds.png files ('bicycle').
 MAX_LABEL_ID = max(label.id for label in cs_labels.labels)
 
@@ -102,37 +99,6 @@ class CityscapesFolder:
           f'{self.label_paths[index]} is {label_ids.shape[1]}x{label_ids.shape[0]}: '
           'replace the mismatched pair with the official files')
     return {'image': image, 'label': LABEL_ID_TO_TRAIN_ID[label_ids], 'name': self.names[index]}
-
-
-def image_size(path):
-  """(height, width) of the image `read_image` would decode, from the file's header."""
-  try:
-    with Image.open(path) as image:
-      width, height = image.size
-      orientation = image.getexif().get(_EXIF_ORIENTATION)
-  except OSError as error:
-    raise UserError(f'Cannot decode image {path} ({error}): the file is corrupt or not an image; '
-                    'replace it') from None
-  return (width, height) if orientation in _TRANSPOSING_ORIENTATIONS else (height, width)
-
-
-def read_image(path, remedy):
-  """Decodes an image file to uint8 [H, W, 3] RGB, as the reference does (`cv2.imread`).
-
-  Args:
-    path: the image file (any format OpenCV reads; EXIF orientation is applied).
-    remedy: what the user should do when the file cannot be decoded, for the error message.
-
-  Returns:
-    uint8 [H, W, 3] RGB.
-
-  Raises:
-    UserError: the file is missing, corrupt or not an image.
-  """
-  image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-  if image is None:
-    raise UserError(f'Cannot decode image {path}: the file is corrupt or not an image; {remedy}')
-  return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def _read_label_ids(path):

@@ -16,10 +16,13 @@ step k builds the iterator with `start_step=k`, with any number of processes or 
 Images stay uint8 (a quarter of float32's bytes to move to the device); the device normalises
 them (`normalization.normalize_on_device`), using 'content' to zero the padding as the
 reference does. With `worker_count > 0` grain spawns worker processes: the program needs an
-`if __name__ == '__main__':` guard and should close the iterator (`it.close()`) before exit.
+`if __name__ == '__main__':` guard, must have parsed absl's flags (grain's workers read their
+settings from them; `train.py` does through absl.app, `bench` at its start) and should close
+the iterator (`it.close()`) before exit.
 """
 
 import functools
+import math
 
 from absl import flags
 import grain
@@ -32,7 +35,7 @@ from bisenet_jax.errors import UserError
 _READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=2)
 
 
-def make_train_iterator(source, *, global_batch_size, seed, crop_size, base_size, scale_range,
+def make_train_iterator(source, *, global_batch_size, seed, crop_size, resize_to, scale_range,
                         start_step=0, worker_count=0, process_index=0, process_count=1):
   """Returns this process's endless iterator of augmented training batches.
 
@@ -41,7 +44,7 @@ def make_train_iterator(source, *, global_batch_size, seed, crop_size, base_size
     global_batch_size: images per step over all processes; must divide by `process_count`.
     seed: seeds the shuffle and the augmentation.
     crop_size: (height, width) of the training crop.
-    base_size: (width, height) of the Resize target at scale 1.
+    resize_to: (height, width) of the Resize target at scale 1.
     scale_range: (low, high) of the random Resize scale.
     start_step: the first batch is global batch `start_step` of the stream.
     worker_count: worker processes for the transforms; 0 runs them in threads of this process.
@@ -60,7 +63,7 @@ def make_train_iterator(source, *, global_batch_size, seed, crop_size, base_size
     raise UserError(f'The batch size {global_batch_size} must be a positive multiple of the '
                     f'{process_count} processes: change config.batch_size')
   augment = functools.partial(transforms.train_transform, crop_size=tuple(crop_size),
-                              base_size=tuple(base_size), scale_range=tuple(scale_range))
+                              resize_to=tuple(resize_to), scale_range=tuple(scale_range))
   # Consecutive chunks of L records; global batch k is chunks k * P ... k * P + P - 1, and
   # process p takes chunk k * P + p.
   chunks = (grain.MapDataset.source(source)
@@ -72,10 +75,9 @@ def make_train_iterator(source, *, global_batch_size, seed, crop_size, base_size
   dataset = chunks[process_index + start_step * process_count::process_count]
   dataset = dataset.to_iter_dataset(_READ_OPTIONS)
   if worker_count:
-    # grain's process prefetch reads its absl flags, which fails when the program never
-    # parsed flags (tests, notebooks); absl.app.run-based entry points have parsed them already.
-    if not flags.FLAGS.is_parsed():
-      flags.FLAGS.mark_as_parsed()
+    if not flags.FLAGS.is_parsed():  # Not a user error: how the program was started.
+      raise RuntimeError('grain worker processes read absl flags: parse them first '
+                         '(absl.app.run, or absl.flags.FLAGS([program_name]))')
     dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
   return iter(dataset)
 
@@ -95,7 +97,7 @@ class EvalBatches:
   valid False and name ''.
   """
 
-  def __init__(self, source, *, batch_size, base_size, process_index=0, process_count=1):
+  def __init__(self, source, *, batch_size, resize_to, process_index=0, process_count=1):
     """Plans the batches.
 
     Args:
@@ -103,11 +105,11 @@ class EvalBatches:
         `image_sizes()` ((height, width) of every sample, e.g. from file headers) is used when
         it has one; otherwise every sample is read once more to learn its size.
       batch_size: rows per batch (this process's).
-      base_size: (width, height) of the test Resize target.
+      resize_to: (height, width) of the test Resize target.
       process_index: this process's index (jax.process_index()).
       process_count: number of processes (jax.process_count()).
     """
-    self.source, self.batch_size, self.base_size = source, batch_size, tuple(base_size)
+    self.source, self.batch_size, self.resize_to = source, batch_size, tuple(resize_to)
     self.plan = eval_batch_plan(_image_sizes(source), batch_size, process_index, process_count)
 
   def __len__(self):
@@ -119,7 +121,7 @@ class EvalBatches:
     records = iter(grain.MapDataset.range(len(order))
                    .map(lambda position: _eval_record(order[position],
                                                       self.source[order[position]],
-                                                      base_size=self.base_size))
+                                                      resize_to=self.resize_to))
                    .to_iter_dataset(_READ_OPTIONS))
     for indices, _ in self.plan:
       batch = [next(records) for _ in range(max(1, len(indices)))]
@@ -139,7 +141,7 @@ def eval_batch_plan(sizes, batch_size, process_index=0, process_count=1):
   plan = []
   for indices in groups.values():
     mine = indices[process_index::process_count]
-    batches = -(-(-(-len(indices) // process_count)) // batch_size)
+    batches = math.ceil(math.ceil(len(indices) / process_count) / batch_size)
     plan += [(mine[b * batch_size:(b + 1) * batch_size], indices[0]) for b in range(batches)]
   return plan
 
@@ -150,8 +152,8 @@ def _image_sizes(source):
   return [source[index]['image'].shape[:2] for index in range(len(source))]
 
 
-def _eval_record(index, sample, *, base_size):
-  return {**transforms.eval_transform(sample, base_size=base_size),
+def _eval_record(index, sample, *, resize_to):
+  return {**transforms.eval_transform(sample, resize_to=resize_to),
           'name': sample.get('name', str(index))}
 
 

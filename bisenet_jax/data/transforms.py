@@ -1,4 +1,4 @@
-"""The reference's train and test transforms (REFERENCE.md 5.3, 5.4), on the host: NumPy + OpenCV.
+"""The reference's train and test transforms (docs/reference.md §5.3, §5.4), on the host: NumPy + OpenCV.
 
 Every op is a small pure function of a sample dict `{'image': [H, W, 3], 'label': uint8 [H, W]}`
 (inputs are never modified; unchanged arrays may be shared). Random ops take a
@@ -21,10 +21,10 @@ import numpy as np
 from bisenet_jax.data.cityscapes import IGNORE_LABEL
 
 
-def resize_keep_ratio(sample, base_size=(2048, 1024), scale=1.0):
+def resize_keep_ratio(sample, resize_to=(1024, 2048), scale=1.0):
   """The reference Resize with keep_ratio=True, at one scale.
 
-  The target is `(int(base_size[0] * scale), int(base_size[1] * scale))`. The frame is scaled
+  The target is `(int(resize_to[0] * scale), int(resize_to[1] * scale))`. The frame is scaled
   by `sf = min(max(target) / max(h, w), min(target) / min(h, w))` to
   `(int(w * sf + 0.5), int(h * sf + 0.5))`. The image uses cv2.INTER_LINEAR (fixed-point on
   uint8, no antialiasing), the label cv2.INTER_NEAREST (source index floor(dst * in / out)).
@@ -32,15 +32,16 @@ def resize_keep_ratio(sample, base_size=(2048, 1024), scale=1.0):
   Args:
     sample: dict with 'image' uint8 [H, W, 3] and optionally 'label' uint8 [H, W]; any other
       keys pass through.
-    base_size: (width, height) of the target at scale 1; only its long and short side matter.
-    scale: factor applied to `base_size`.
+    resize_to: (height, width) of the target at scale 1; only its long and short side matter,
+      so the reference's (width, height) = (2048, 1024) and (1024, 2048) give the same result.
+    scale: factor applied to `resize_to`.
 
   Returns:
     The sample with 'image' (and 'label', if present) resized. When the size does not change
     the sample is returned as it is (cv2.resize would only copy it).
   """
   height, width = sample['image'].shape[:2]
-  target = (int(base_size[0] * scale), int(base_size[1] * scale))
+  target = (int(resize_to[0] * scale), int(resize_to[1] * scale))
   factor = min(max(target) / max(height, width), min(target) / min(height, width))
   dsize = (int(width * factor + 0.5), int(height * factor + 0.5))
   if dsize == (width, height):
@@ -51,10 +52,10 @@ def resize_keep_ratio(sample, base_size=(2048, 1024), scale=1.0):
   return resized
 
 
-def random_resize(sample, rng, base_size=(2048, 1024), scale_range=(0.5, 2.0)):
+def random_resize(sample, rng, resize_to=(1024, 2048), scale_range=(0.5, 2.0)):
   """`resize_keep_ratio` at a scale drawn uniformly from [scale_range[0], scale_range[1])."""
   low, high = scale_range
-  return resize_keep_ratio(sample, base_size, rng.random() * (high - low) + low)
+  return resize_keep_ratio(sample, resize_to, rng.random() * (high - low) + low)
 
 
 def random_crop(sample, rng, crop_size, one_category_max_ratio=0.75, max_tries=10):
@@ -233,7 +234,7 @@ def _centred_window(length, target):
   return slice(src_start, src_start + count), slice(dst_start, dst_start + count)
 
 
-def train_transform(sample, rng, *, crop_size, base_size, scale_range):
+def train_transform(sample, rng, *, crop_size, resize_to, scale_range):
   """The reference training pipeline up to Normalize, which the device does: resize, crop,
   flip, photometric distortion, pad.
 
@@ -241,22 +242,22 @@ def train_transform(sample, rng, *, crop_size, base_size, scale_range):
     sample: dict with 'image' uint8 [H, W, 3] RGB and 'label' uint8 [H, W] class ids.
     rng: the record's generator.
     crop_size: (height, width) of the crop and of the output.
-    base_size: (width, height) of the Resize target at scale 1, e.g. (2048, 1024).
+    resize_to: (height, width) of the Resize target at scale 1, e.g. (1024, 2048).
     scale_range: (low, high) of the random Resize scale.
 
   Returns:
     `{'image': uint8 [h, w, 3] RGB, 'label': uint8 [h, w], 'content': int32 [4]}` with
     (h, w) = crop_size; `normalization.normalize_on_device(image, content)` completes it.
   """
-  sample = random_resize(sample, rng, base_size, scale_range)
+  sample = random_resize(sample, rng, resize_to, scale_range)
   sample = random_crop(sample, rng, crop_size)
   sample = random_flip(sample, rng)
   image = photometric_distortion(sample['image'], rng)
   return center_pad({'image': image, 'label': sample['label']}, crop_size)
 
 
-def eval_transform(sample, *, base_size):
-  """The reference test pipeline up to Normalize: resize the image (a no-op for 2048x1024
+def eval_transform(sample, *, resize_to):
+  """The reference test pipeline up to Normalize: resize the image (a no-op for 1024x2048
   frames).
 
   The label is left at its original size, untouched, as the reference does in TEST mode; the
@@ -264,10 +265,10 @@ def eval_transform(sample, *, base_size):
 
   Args:
     sample: dict with 'image' uint8 [H, W, 3] RGB and 'label' uint8 [H, W] class ids.
-    base_size: (width, height) of the Resize target, e.g. (2048, 1024).
+    resize_to: (height, width) of the Resize target, e.g. (1024, 2048).
 
   Returns:
     `{'image': uint8 [h, w, 3] RGB, 'label': uint8 [H, W]}`; normalised on the device.
   """
-  image = resize_keep_ratio({'image': sample['image']}, base_size)['image']
+  image = resize_keep_ratio({'image': sample['image']}, resize_to)['image']
   return {'image': image, 'label': sample['label']}

@@ -8,7 +8,6 @@ int64. Rows added to fill a batch are masked, so every image counts exactly once
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
 from typing import Callable, Sequence
@@ -21,22 +20,10 @@ from bisenet_jax import parallel
 from bisenet_jax.data import pipeline
 from bisenet_jax.data.normalization import normalize_on_device
 from bisenet_jax.eval import inference, metrics
+from bisenet_jax.specs import InferenceSpec
 
 
-@dataclasses.dataclass(frozen=True)
-class InferenceOptions:
-  """How logits are produced; the defaults are the reference protocol (REFERENCE.md §6)."""
-  mode: str = 'whole'
-  crop_size: tuple[int, int] | None = None
-  stride: tuple[int, int] | None = None
-  flip: bool = False
-  scales: tuple[float, ...] = (1.0,)
-
-  def describe(self) -> dict:
-    return dataclasses.asdict(self)
-
-
-def make_segment_fn(model, options: InferenceOptions, num_classes: int) -> Callable:
+def make_segment_fn(model, spec: InferenceSpec = InferenceSpec()) -> Callable:
   """``(variables, uint8 RGB images, out_size) -> uint8 labels``: the jitted shared inference.
 
   Images arrive as uint8 [N, H, W, 3] RGB and are normalised on the device, as in training.
@@ -45,18 +32,14 @@ def make_segment_fn(model, options: InferenceOptions, num_classes: int) -> Calla
   @functools.partial(jax.jit, static_argnames='out_size')
   def segment(variables, images, out_size):
     logits_fn = lambda x: model.apply(variables, x, train=False)
-    return inference.predict_labels(logits_fn, normalize_on_device(images), out_size,
-                                    mode=options.mode,
-                                    crop_size=options.crop_size, stride=options.stride,
-                                    flip=options.flip, scales=options.scales,
-                                    num_classes=num_classes)
+    return inference.predict_labels(logits_fn, normalize_on_device(images), out_size, spec)
 
   return segment
 
 
-def evaluate(model, variables, source, *, mesh, base_size: Sequence[int],
-             options: InferenceOptions = InferenceOptions(), batch_per_device: int = 1,
-             num_classes: int = 19, progress: bool = True,
+def evaluate(model, variables, source, *, mesh, resize_to: Sequence[int],
+             spec: InferenceSpec = InferenceSpec(), batch_per_device: int = 1,
+             progress: bool = True,
              on_batch: Callable[[dict, np.ndarray], None] | None = None) -> dict:
   """Evaluates ``model`` on every sample of ``source``.
 
@@ -64,8 +47,8 @@ def evaluate(model, variables, source, *, mesh, base_size: Sequence[int],
     model: the Flax segmentor; ``variables`` its params and batch_stats (any placement).
     source: random-access samples ``{'image', 'label', 'name'}`` (e.g. ``CityscapesFolder``).
     mesh: the device mesh; the global batch is ``batch_per_device * mesh.size``.
-    base_size: (width, height) of the test Resize (a no-op for 2048x1024 Cityscapes frames).
-    options: whole/slide, flip, scales.
+    resize_to: (height, width) of the test Resize (a no-op for 1024x2048 Cityscapes frames).
+    spec: whole/slide, flip, scales, input size.
     on_batch: called with each host batch and its predicted labels (valid rows only), e.g. to
       write prediction files.
 
@@ -73,13 +56,14 @@ def evaluate(model, variables, source, *, mesh, base_size: Sequence[int],
     ``metrics.segmentation_scores`` of the split plus ``confusion`` (int64 [K, K]),
     ``images`` (count) and ``seconds``.
   """
-  segment = make_segment_fn(model, options, num_classes)
+  num_classes = model.num_classes
+  segment = make_segment_fn(model, spec)
   count_fn = jax.jit(functools.partial(metrics.confusion_matrix, num_classes=num_classes))
   variables = jax.device_put(variables, parallel.replicated(mesh))
   local_batch = batch_per_device * len(mesh.local_devices)
   total = np.zeros((num_classes, num_classes), np.int64)
   start, seen = time.perf_counter(), 0
-  batches = pipeline.EvalBatches(source, batch_size=local_batch, base_size=base_size,
+  batches = pipeline.EvalBatches(source, batch_size=local_batch, resize_to=resize_to,
                                  process_index=jax.process_index(),
                                  process_count=jax.process_count())
   bar = tqdm(batches, unit='batch', desc='eval', leave=False,

@@ -10,7 +10,7 @@ static shapes, so the whole computation jit-compiles with only the images traced
   logits = infer(images)
 
 The procedure is sssegmentation's ``auginference`` + ``inference`` followed by test.py's resize
-(REFERENCE.md §6):
+(docs/reference.md §6), for the views a ``specs.InferenceSpec`` describes:
 
 * For each scale s: resize the image bilinearly by s (and, with ``flip``, also run its
   left-right mirror and mirror the logits back).
@@ -20,8 +20,9 @@ The procedure is sssegmentation's ``auginference`` + ``inference`` followed by t
 * Upsample every view's logits bilinearly straight to ``out_size`` (the label's size) and
   average them. No softmax anywhere (``use_probs_before_resize=False``).
 
-The reported BiSeNetV1 numbers use ``'whole'``, ``scales=(1.0,)``, ``flip=False``: one forward
-pass and one upsample of the stride-8 logits to 1024x2048.
+The reported BiSeNetV1 numbers use ``'whole'``, ``scales=(1.0,)``, ``flip=False`` (the default
+``InferenceSpec()``): one forward pass and one upsample of the stride-8 logits to 1024x2048.
+The spec is validated where it is built, so nothing here raises a user error while tracing.
 """
 
 from __future__ import annotations
@@ -33,111 +34,90 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bisenet_jax.errors import UserError
-from bisenet_jax.eval.options import MODES  # noqa: F401 (the modes live with their flags)
 from bisenet_jax.models.layers import resize_bilinear
+from bisenet_jax.specs import InferenceSpec
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
 
-def segment_logits(logits_fn: LogitsFn, images: jax.Array, out_size: Sequence[int], *,
-                   mode: str = 'whole', crop_size: Sequence[int] | None = None,
-                   stride: Sequence[int] | None = None, flip: bool = False,
-                   scales: Sequence[float] = (1.0,), num_classes: int = 19) -> jax.Array:
-  """Class logits at ``out_size``, averaged over the test-time views.
+def segment_logits(logits_fn: LogitsFn, images: jax.Array, out_size: Sequence[int],
+                   spec: InferenceSpec = InferenceSpec()) -> jax.Array:
+  """Class logits at ``out_size``, averaged over the test-time views ``spec`` asks for.
 
   Args:
     logits_fn: the model, ``f32[N, h, w, 3] -> float[N, h', w', K]`` (NHWC).
     images: f32[N, H, W, 3] normalised RGB (NHWC).
     out_size: (height, width) of the output, normally the original image (label) size.
-    mode: ``'whole'`` or ``'slide'``.
-    crop_size: (height, width) of the sliding windows; required for ``'slide'``. A window never
-      exceeds the image: an image smaller than the crop is one window.
-    stride: (height, width) step between windows; required for ``'slide'``, at most crop_size.
-    flip: also run each scale's left-right mirror image.
-    scales: image scale factors. Scale s resizes to ``floor(H * s) x floor(W * s)``, the size
+    spec: the views. ``input_size`` first resizes the images (bilinearly) to that size.
+      'slide' windows never exceed the image: an image smaller than a window is one window.
+      Scale s resizes to ``floor(H * s) x floor(W * s)``, the size
       ``F.interpolate(scale_factor=s)`` gives in the reference (not mmseg's round-half-up).
       PyTorch then maps coordinates with 1 / s where this uses in / out size; the two agree
       whenever H * s and W * s are integers (e.g. 1024x2048 at 0.5, 0.75, 1.25, 1.5, 1.75).
-    num_classes: K; checked against ``logits_fn``'s output.
 
   Returns:
     f32[N, out_h, out_w, K] logits (NHWC).
   """
-  _check_options(mode, crop_size, stride, scales)
+  if spec.input_size is not None:
+    images = resize_bilinear(images, spec.input_size)
   height, width = images.shape[1:3]
   views = []
-  for scale in scales:
+  for scale in spec.scales:
     scaled = resize_bilinear(images, (math.floor(height * scale), math.floor(width * scale)))
-    views.append(_image_logits(logits_fn, scaled, mode, crop_size, stride, num_classes))
-    if flip:
-      mirrored = _image_logits(logits_fn, scaled[:, :, ::-1], mode, crop_size, stride, num_classes)
-      views.append(mirrored[:, :, ::-1])
+    views.append(_image_logits(logits_fn, scaled, spec))
+    if spec.flip:
+      views.append(_image_logits(logits_fn, scaled[:, :, ::-1], spec)[:, :, ::-1])
   return sum(resize_bilinear(view, out_size) for view in views) / len(views)
 
 
 def predict_labels(logits_fn: LogitsFn, images: jax.Array, out_size: Sequence[int],
-                   **options) -> jax.Array:
+                   spec: InferenceSpec = InferenceSpec()) -> jax.Array:
   """The argmax of ``segment_logits`` (same arguments): uint8[N, out_h, out_w] class ids.
 
   uint8 is this project's label dtype and a quarter of int32's transfer; ties go to the lowest
   class id, as ``torch.argmax`` does.
   """
-  logits = segment_logits(logits_fn, images, out_size, **options)
+  logits = segment_logits(logits_fn, images, out_size, spec)
   if logits.shape[-1] > 256:
     raise ValueError(f'{logits.shape[-1]} classes do not fit uint8 labels.')
   return jnp.argmax(logits, axis=-1).astype(jnp.uint8)
 
 
-def _check_options(mode, crop_size, stride, scales) -> None:
-  if mode not in MODES:
-    raise UserError(f'Unknown inference mode {mode!r}; use one of {MODES}.')
-  if mode == 'slide' and (crop_size is None or stride is None):
-    raise UserError("Inference mode 'slide' needs both crop_size and stride, as (height, width).")
-  if not scales:
-    raise UserError('Inference needs at least one scale; the reference protocol is scales=(1.0,).')
-
-
-def _image_logits(logits_fn, images, mode, crop_size, stride, num_classes) -> jax.Array:
+def _image_logits(logits_fn, images, spec: InferenceSpec) -> jax.Array:
   """float32 logits of one view: at the model's stride ('whole') or the image's size ('slide')."""
-  if mode == 'whole':
-    return _checked_logits(logits_fn, images, num_classes)
-  return _slide_logits(logits_fn, images, crop_size, stride, num_classes)
+  if spec.mode == 'whole':
+    return _float32_logits(logits_fn, images)
+  return _slide_logits(logits_fn, images, spec.window, spec.stride)
 
 
-def _checked_logits(logits_fn, images, num_classes) -> jax.Array:
-  logits = logits_fn(images)
-  if logits.shape[-1] != num_classes:
-    raise UserError(f'The model outputs {logits.shape[-1]} classes, expected {num_classes}: '
-                    'the checkpoint and the dataset disagree.')
+def _float32_logits(logits_fn, images) -> jax.Array:
   # float32 before any resize: resize_bilinear interpolates in its input's dtype.
-  return logits.astype(jnp.float32)
+  return logits_fn(images).astype(jnp.float32)
 
 
-def _slide_logits(logits_fn, images, crop_size, stride, num_classes) -> jax.Array:
+def _slide_logits(logits_fn, images, window_size, stride) -> jax.Array:
   """sssegmentation's 'slide' mode: average of window logits, each upsampled to its window.
 
   The windows all have the same size, so one ``lax.scan`` over their corners runs ``logits_fn``
   once per window with a single compiled body and only one window's activations alive.
   """
   batch, height, width, channels = images.shape
-  tops = _window_starts(height, crop_size[0], stride[0])
-  lefts = _window_starts(width, crop_size[1], stride[1])
-  window = (min(crop_size[0], height), min(crop_size[1], width))
+  tops = _window_starts(height, window_size[0], stride[0])
+  lefts = _window_starts(width, window_size[1], stride[1])
+  window = (min(window_size[0], height), min(window_size[1], width))
   # The windows form a grid, so the number covering pixel (y, x) is a product of per-axis
-  # counts: two small constants instead of an image-sized one.
+  # counts: two small constants instead of an image-sized one. A stride no larger than the
+  # window (InferenceSpec's rule) covers every pixel.
   rows, cols = _coverage(tops, window[0], height), _coverage(lefts, window[1], width)
-  if rows.min() == 0 or cols.min() == 0:
-    raise UserError(f'Sliding windows of {tuple(crop_size)} with stride {tuple(stride)} leave '
-                    'pixels uncovered; use a stride no larger than the crop size.')
   corners = jnp.asarray([(top, left) for top in tops for left in lefts], jnp.int32)
+  window_logits = lambda crop: resize_bilinear(_float32_logits(logits_fn, crop), window)
+  num_classes = jax.eval_shape(window_logits, images[:, :window[0], :window[1]]).shape[-1]
 
   def add_window(canvas, corner):
     start = (0, corner[0], corner[1], 0)
     crop = jax.lax.dynamic_slice(images, start, (batch, *window, channels))
-    logits = resize_bilinear(_checked_logits(logits_fn, crop, num_classes), window)
-    total = jax.lax.dynamic_slice(canvas, start, (batch, *window, num_classes)) + logits
-    return jax.lax.dynamic_update_slice(canvas, total, start), None
+    total = jax.lax.dynamic_slice(canvas, start, (batch, *window, num_classes))
+    return jax.lax.dynamic_update_slice(canvas, total + window_logits(crop), start), None
 
   canvas = jnp.zeros((batch, height, width, num_classes), jnp.float32)
   canvas, _ = jax.lax.scan(add_window, canvas, corners)

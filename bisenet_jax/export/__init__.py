@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
-from bisenet_jax.data.normalization import MEAN_RGB, STD_RGB
+import numpy as np
+
+from bisenet_jax.data.normalization import MEAN_RGB, STD_RGB, normalize
 
 FORMATS = ('onnx', 'stablehlo')
 LAYOUTS = ('nchw', 'nhwc')
@@ -49,8 +52,18 @@ class Interface:
   dtype: str = 'float32'
 
   @property
+  def input_size(self) -> tuple[int, int]:
+    return self.height, self.width
+
+  @property
   def input_dtype(self) -> str:
     return 'uint8' if self.preprocessing else 'float32'
+
+  def prepare(self, images: np.ndarray) -> np.ndarray:
+    """uint8 [N, H, W, 3] RGB images -> the file's input: normalised unless the graph does it,
+    in its layout, contiguous."""
+    inputs = images if self.preprocessing else normalize(images)
+    return np.ascontiguousarray(inputs.transpose(0, 3, 1, 2) if self.layout == 'nchw' else inputs)
 
   @property
   def output_name(self) -> str:
@@ -64,7 +77,7 @@ class Interface:
   def output_shape(self, batch='N') -> tuple:
     if self.outputs == 'labels':
       return (batch, self.height, self.width)
-    size = (-(-self.height // OUTPUT_STRIDE), -(-self.width // OUTPUT_STRIDE))
+    size = (math.ceil(self.height / OUTPUT_STRIDE), math.ceil(self.width / OUTPUT_STRIDE))
     if self.layout == 'nchw':
       return (batch, self.num_classes, *size)
     return (batch, *size, self.num_classes)

@@ -5,7 +5,8 @@
 
 The default interface is what a PyTorch export of the model has: input ``images`` float32
 [N, 3, H, W] RGB normalised as the reference does, output ``logits`` float32 [N, K, ceil(H/8),
-ceil(W/8)]; the batch size N is free, H x W fixed (``--height``/``--width``, default 1024x2048).
+ceil(W/8)]; the batch size N is free, H x W fixed (``--input-size HEIGHTxWIDTH``, default
+1024x2048).
 ``--layout nhwc``, ``--outputs labels`` (uint8 class ids at H x W, as ``predict_labels``),
 ``--with-preprocessing`` (uint8 RGB input, normalised in the graph) and ``--dtype float16``
 (StableHLO only) change it. The file is written to a temporary name and renamed once it has
@@ -18,14 +19,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 from pathlib import Path
 
-from bisenet_jax.cli import user_errors_exit
-from bisenet_jax.errors import UserError
-from bisenet_jax.export import (DTYPES, FORMATS, LAYOUTS, OUTPUTS, INPUT_NAME, Interface,
-                                describe)
+from bisenet_jax import cli
 from bisenet_jax.data.normalization import MEAN_RGB, STD_RGB
+from bisenet_jax.errors import UserError
+from bisenet_jax.export import (DTYPES, FORMATS, INPUT_NAME, LAYOUTS, OUTPUTS, Interface,
+                                describe)
+from bisenet_jax.files import write_atomically
+from bisenet_jax.specs import SIZE_FORMAT
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -36,8 +38,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                       'workdir (its latest checkpoint)')
   parser.add_argument('--format', required=True, help=' or '.join(FORMATS))
   parser.add_argument('--output', required=True, help='the file to write')
-  parser.add_argument('--height', type=int, default=1024, help='input height (default 1024)')
-  parser.add_argument('--width', type=int, default=2048, help='input width (default 2048)')
+  parser.add_argument('--input-size', type=cli.size_argument('--input-size'),
+                      default=(1024, 2048), metavar=SIZE_FORMAT,
+                      help='the input image size (default 1024x2048)')
+  cli.add_renamed_flags(parser, {'--height': f'--input-size {SIZE_FORMAT}',
+                                 '--width': f'--input-size {SIZE_FORMAT}'})
   parser.add_argument('--layout', default='nchw', help='nchw (default, as PyTorch) or nhwc')
   parser.add_argument('--outputs', default='logits',
                       help='logits (default; stride 8) or labels (uint8 class ids at the input '
@@ -62,9 +67,6 @@ def check_args(args: argparse.Namespace) -> None:
   _choice(args.layout, LAYOUTS, '--layout')
   _choice(args.outputs, OUTPUTS, '--outputs')
   _choice(args.dtype, DTYPES, '--dtype')
-  if args.height < 1 or args.width < 1:
-    raise UserError(f'--height {args.height} --width {args.width}: the model takes images of at '
-                    'least 1x1 pixels')
   if args.format == 'onnx' and args.dtype == 'float16':
     raise UserError('--dtype float16 is for --format stablehlo: jax2onnx 0.13 writes float32 '
                     'weights under float16 activations, which ONNX Runtime refuses; build a '
@@ -90,9 +92,9 @@ def export(args: argparse.Namespace) -> dict:
   from bisenet_jax import checkpoint
   from bisenet_jax.export import graph
 
-  model, variables = checkpoint.load_pretrained(args.checkpoint)
-  dataset = checkpoint.read_dataset(args.checkpoint, model.num_classes)
-  interface = Interface(args.height, args.width, model.num_classes, args.layout, args.outputs,
+  spec, variables, dataset = checkpoint.load_model(args.checkpoint)
+  model = spec.build()
+  interface = Interface(*args.input_size, model.num_classes, args.layout, args.outputs,
                         args.with_preprocessing, args.dtype)
   fn = graph.interface_fn(model, variables, interface)
   spec = graph.input_spec(interface)
@@ -111,7 +113,7 @@ def export(args: argparse.Namespace) -> dict:
                                            dataclasses.replace(interface, dtype='float32')))
     images = _random_input(interface)
     error = _compare(run(images), np.asarray(reference(images)), interface)
-  _write_atomically(Path(args.output), data)
+  write_atomically(args.output, data, remedy='choose another --output')
   return {'interface': interface, 'bytes': len(data), 'error': error,
           'opset': onnx_file.opset(data) if args.format == 'onnx' else None}
 
@@ -131,16 +133,11 @@ def _stablehlo_runner(data: bytes):
 
 
 def _random_input(interface: Interface):
-  """One random image: uint8 for a graph that normalises, else already-normalised floats."""
+  """One random image as the file takes it."""
   import numpy as np
 
-  from bisenet_jax.data.normalization import normalize
-
   rng = np.random.default_rng(0)
-  image = rng.integers(0, 256, (1, interface.height, interface.width, 3), np.uint8)
-  image = image if interface.preprocessing else normalize(image)
-  return np.ascontiguousarray(image.transpose(0, 3, 1, 2) if interface.layout == 'nchw'
-                              else image)
+  return interface.prepare(rng.integers(0, 256, (1, *interface.input_size, 3), np.uint8))
 
 
 def _compare(got, expected, interface: Interface) -> str:
@@ -152,18 +149,6 @@ def _compare(got, expected, interface: Interface) -> str:
   scale = float(np.abs(expected).max())
   return (f'max |{interface.dtype} file - JAX float32| = {error:.2e} '
           f'({error / scale:.1e} of max |logits| = {scale:.3g})')
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-  """A temporary file next to ``path``, renamed over it: never a half-written file."""
-  temporary = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-  try:
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
-  except OSError as e:
-    raise UserError(f'Cannot write {path} ({e.strerror}): choose another --output') from e
-  finally:
-    temporary.unlink(missing_ok=True)
 
 
 def summary(args: argparse.Namespace, result: dict) -> str:
@@ -180,7 +165,7 @@ def summary(args: argparse.Namespace, result: dict) -> str:
       f"check on a random image: {result['error']}"])
 
 
-@user_errors_exit
+@cli.user_errors_exit
 def main(argv=None) -> None:
   args = parse_args(argv)
   check_args(args)

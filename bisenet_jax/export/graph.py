@@ -31,8 +31,7 @@ def interface_fn(model, variables: dict, interface: Interface) -> Callable[[jax.
       images = jnp.transpose(images, (0, 2, 3, 1))
     images = normalize_on_device(images) if interface.preprocessing else images
     if interface.outputs == 'labels':
-      return inference.predict_labels(logits_fn, images, (interface.height, interface.width),
-                                      num_classes=interface.num_classes)
+      return inference.predict_labels(logits_fn, images, interface.input_size)
     logits = logits_fn(images)
     return jnp.transpose(logits, (0, 3, 1, 2)) if interface.layout == 'nchw' else logits
 

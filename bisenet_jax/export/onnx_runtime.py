@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bisenet_jax.data import sources
-from bisenet_jax.data.normalization import normalize
 from bisenet_jax.errors import UserError
 from bisenet_jax.export import DATASET_KEY, EXTRA_HINT, INPUT_NAME, INTERFACE_KEY, Interface
+from bisenet_jax.specs import DatasetSpec, format_size
 
 
 def require():
@@ -51,7 +50,7 @@ class OnnxSegmenter:
       raise UserError(f'{path} was not written by python -m bisenet_jax.export '
                       f'(its metadata has no {INTERFACE_KEY})')
     self.interface = Interface.from_json(metadata[INTERFACE_KEY])
-    self.dataset = (sources.DatasetInfo.from_json(json.loads(metadata[DATASET_KEY]))
+    self.dataset = (DatasetSpec.from_json(json.loads(metadata[DATASET_KEY]))
                     if DATASET_KEY in metadata else None)
 
   def run(self, images: np.ndarray) -> np.ndarray:
@@ -64,11 +63,8 @@ class OnnxSegmenter:
     if interface.outputs != 'labels':
       raise UserError(f'{self.path} outputs logits; prediction needs the labels at image size: '
                       'export it again with --outputs labels')
-    if images.shape[1:3] != (interface.height, interface.width):
-      raise UserError(f'{self.path} takes {interface.width}x{interface.height} images, this one '
-                      f'is {images.shape[2]}x{images.shape[1]}: export the model again with '
-                      f'--height {images.shape[1]} --width {images.shape[2]}')
-    inputs = images if interface.preprocessing else normalize(images)
-    if interface.layout == 'nchw':
-      inputs = inputs.transpose(0, 3, 1, 2)
-    return self.run(np.ascontiguousarray(inputs))
+    if images.shape[1:3] != interface.input_size:
+      raise UserError(f'{self.path} takes {format_size(interface.input_size)} images, this one '
+                      f'is {format_size(images.shape[1:3])}: export the model again with '
+                      f'--input-size {format_size(images.shape[1:3])}')
+    return self.run(interface.prepare(images))

@@ -18,21 +18,16 @@ import numpy as np
 from bisenet_jax import models
 from bisenet_jax.errors import UserError
 from bisenet_jax.interop import layout, torch_files
+from bisenet_jax.specs import ModelSpec
 
 CLASSIFIER_KEY = 'decoder.4.weight'
 CLASSIC_STEM_KEY = 'backbone_net.context_path.backbone_net.conv1.weight'
 
 
 @functools.lru_cache(maxsize=None)
-def _template(name: str, num_classes: int, stem: str) -> dict:
+def template(spec: ModelSpec) -> dict:
   """Variable shapes of a model, from ``jax.eval_shape`` (no memory, no compute)."""
-  model = models.build_model(name, num_classes, stem=stem)
-  images = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
-  return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
-
-
-def template(config: Mapping) -> dict:
-  return _template(config['name'], config['num_classes'], config.get('stem', 'deep'))
+  return models.abstract_variables(spec.build())
 
 
 def arch_name(arch: str) -> str:
@@ -45,8 +40,8 @@ def arch_name(arch: str) -> str:
 
 
 def convert_state_dict(state_dict: Mapping[str, np.ndarray], arch: str | None = None, *,
-                       source: str = 'the checkpoint') -> tuple[dict, dict]:
-  """Returns ``(model_config, variables)`` for an sssegmentation FCN-BiSeNetV1 state dict.
+                       source: str = 'the checkpoint') -> tuple[ModelSpec, dict]:
+  """Returns ``(model spec, variables)`` for an sssegmentation FCN-BiSeNetV1 state dict.
 
   Args:
     state_dict: PyTorch keys -> arrays (no ``module.`` prefix).
@@ -63,10 +58,10 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], arch: str | None = 
   names = [arch_name(arch)] if arch else list(models.ARCHS)
   failures = []
   for name in names:
-    config = models.model_config(name, num_classes, stem)
+    spec = ModelSpec(name, num_classes, stem)
     try:
-      return config, layout.match_state_dict(
-          state_dict, template(config), what=f'{source} as {name}',
+      return spec, layout.match_state_dict(
+          state_dict, template(spec), what=f'{source} as {name}',
           hint='pass the matching --arch, or check that the file is an sssegmentation '
           'FCN-BiSeNetV1 model.')
     except layout.KeyMismatchError as e:
@@ -74,11 +69,11 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], arch: str | None = 
   raise min(failures, key=lambda e: len(str(e).splitlines()))
 
 
-def load_official_checkpoint(path: str | os.PathLike, arch: str | None = None) -> tuple[dict, dict]:
+def load_official_checkpoint(path: str | os.PathLike,
+                             arch: str | None = None) -> tuple[ModelSpec, dict]:
   """Reads an official ``.pth`` (full training checkpoint, bare or ``module.``-prefixed)."""
-  config, variables = convert_state_dict(torch_files.read_state_dict(path), arch,
-                                         source=str(path))
-  return config, jax.tree_util.tree_map(jnp.asarray, variables)
+  spec, variables = convert_state_dict(torch_files.read_state_dict(path), arch, source=str(path))
+  return spec, jax.tree_util.tree_map(jnp.asarray, variables)
 
 
 def export_state_dict(variables: Mapping, num_batches_tracked: int = 0) -> dict[str, np.ndarray]:

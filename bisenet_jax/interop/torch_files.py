@@ -9,6 +9,7 @@ from typing import Mapping
 import numpy as np
 
 from bisenet_jax.errors import UserError
+from bisenet_jax.files import write_atomically
 
 
 def _torch():
@@ -54,7 +55,6 @@ def write_state_dict(state_dict: Mapping[str, np.ndarray], path: str | os.PathLi
   torch = _torch()
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f'.{path.name}.tmp')
-  torch.save({'model': {k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}}, tmp)
-  os.replace(tmp, path)
-  return path
+  tensors = {'model': {k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}}
+  return write_atomically(path, lambda temporary: torch.save(tensors, temporary),
+                          remedy='choose a writable --output')

@@ -26,12 +26,6 @@ PLANES = (64, 128, 256, 512)
 STAGE_STRIDES = (1, 2, 2, 2)
 
 
-def stage_widths(depth: int) -> tuple[int, ...]:
-  """Output channels of layer1..layer4 (64..512 for 18/34, 256..2048 for 50/101)."""
-  block, _ = STAGES[depth]
-  return tuple(p * EXPANSION[block] for p in PLANES)
-
-
 class _Block(layers.ConvNormModule):
   planes: int = 64
   strides: int = 1

@@ -6,7 +6,6 @@ and ``auxiliary_decoder`` (holding heads ``0`` and ``1``).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -15,6 +14,7 @@ import jax.numpy as jnp
 
 from bisenet_jax.models import layers
 from bisenet_jax.models.bisenet import BiSeNetV1
+from bisenet_jax.specs.model import ARCHS
 
 
 class FCNHead(layers.ConvNormModule):
@@ -81,24 +81,9 @@ class FCNBiSeNetV1(layers.ConvNormModule):
     return logits, aux8, aux16
 
 
-@dataclasses.dataclass(frozen=True)
-class ArchSpec:
-  """Widths of one official variant (REFERENCE.md 1.1)."""
-  depth: int
-  spatial_channels: tuple[int, ...]
-  context_channels: tuple[int, ...]
-  head_channels: int
-  aux_channels: int
-
-
 # Module paths of the three classifiers (the heads' last 1x1 convolutions, the only layers whose
 # shape depends on the class count): what fine-tuning to other classes re-initialises.
 CLASSIFIERS = (('decoder', '4'), ('auxiliary_decoder', '0', '4'), ('auxiliary_decoder', '1', '4'))
-
-ARCHS = {
-    'bisenetv1_r18': ArchSpec(18, (64, 64, 64, 128), (128, 256, 512), 256, 64),
-    'bisenetv1_r50': ArchSpec(50, (256, 256, 256, 512), (512, 1024, 2048), 1024, 256),
-}
 
 
 def build_model(name: str, num_classes: int = 19, dropout_rate: float = 0.1, *,
@@ -123,12 +108,15 @@ def build_model(name: str, num_classes: int = 19, dropout_rate: float = 0.1, *,
                       dropout_rate=dropout_rate, dtype=dtype, param_dtype=param_dtype)
 
 
-def model_config(name: str, num_classes: int, stem: str = 'deep') -> dict[str, Any]:
-  """The JSON-able description a checkpoint stores, from which ``build_from_config`` rebuilds."""
-  return {'name': name, 'num_classes': int(num_classes), 'stem': stem}
+def init_variables(model: FCNBiSeNetV1, rng: jax.Array | None = None) -> dict:
+  """``{'params', 'batch_stats'}`` of ``model``, initialised with ``rng`` (default key 0).
+
+  Every layer is size-agnostic, so a 64x64 dummy image creates them all (the aux heads too).
+  """
+  rng = jax.random.key(0) if rng is None else rng
+  return model.init(rng, jnp.zeros((1, 64, 64, 3), jnp.float32), train=False)
 
 
-def build_from_config(config: dict, **overrides) -> FCNBiSeNetV1:
-  """``build_model`` from a stored ``model_config`` (plus e.g. ``dtype`` or ``dropout_rate``)."""
-  return build_model(config['name'], num_classes=config['num_classes'],
-                     stem=config.get('stem', 'deep'), **overrides)
+def abstract_variables(model: FCNBiSeNetV1) -> dict:
+  """The shapes and dtypes of ``init_variables(model)``, without computing them."""
+  return jax.eval_shape(lambda: init_variables(model))

@@ -1,22 +1,38 @@
-"""The training recipe as an ml_collections ConfigDict: the reference, and the embedded demo.
+"""The training recipe as an ml_collections ConfigDict, and the edge that turns it into a
+``specs.TrainSpec``.
 
-``configs/r18.py`` and ``configs/r50.py`` only pick the architecture; every key is declared
-here, so a typo in ``--config.some_key=...`` fails instead of being silently ignored.
+``configs/*.py`` pick a recipe and an architecture; every key is declared here, so a typo in
+``--config.some_key=...`` fails instead of being silently ignored. Sizes are (height, width).
+``train_spec`` is the one place a config is read: it checks every value and returns the frozen
+spec the training loop runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import importlib.util
+from pathlib import Path
+
 import ml_collections
 
+from bisenet_jax.data import sources
 from bisenet_jax.errors import UserError
+from bisenet_jax.specs import (LAYOUT_FIELDS, SOURCE_KINDS, DataSpec, FolderLayout, ModelSpec,
+                               OptimizerSpec, TrainSpec, check_size)
 
 # sssegmentation: 186 iterations per epoch (2975 images padded to 2976, batch 16) x 860 epochs.
 ITERS_PER_EPOCH = 186
 EPOCHS = 860
 
 
+# Keys that changed meaning or name: giving one is an error that shows the new spelling.
+RENAMED_KEYS = {'data.base_size': 'data.resize_to=(HEIGHT,WIDTH), e.g. '
+                                  '--config.data.resize_to=(1024,2048)'}
+
+
 def reference_config(arch: str) -> ml_collections.ConfigDict:
-  """REFERENCE.md §4-5: batch 16, crop 1024x1024, SGD 0.05 poly, 159,960 steps, SyncBN."""
+  """docs/reference.md §4-5: batch 16, crop 1024x1024, SGD 0.05 poly, 159,960 steps, SyncBN."""
   config = ml_collections.ConfigDict()
   config.seed = 0
 
@@ -34,15 +50,13 @@ def reference_config(arch: str) -> ml_collections.ConfigDict:
   config.data.tfds_data_dir = ''  # TFDS data_dir for source='tfds' ('' = TFDS's default).
   config.data.train_split = 'train'
   config.data.val_split = 'val'
-  # source='folder' only (bisenet_jax.data.sources.FolderLayout): where the files are and how
-  # mask values become classes.
-  config.data.image_dir = 'images/{split}'
-  config.data.mask_dir = 'masks/{split}'
-  config.data.mask_suffix = '.png'
-  config.data.ignore_index = 255  # The mask value of ignored pixels.
-  config.data.reduce_zero_label = False  # Mask value 0 ignored, v -> class v - 1.
-  config.data.label_map = ''  # 'value:class,...' when mask values are not class indices.
-  config.data.base_size = (2048, 1024)  # (width, height) of the Resize target at scale 1.
+  # source='folder' only: where the files are and how mask values become classes, the fields
+  # of specs.FolderLayout (image_dir, mask_dir, mask_suffix, ignore_index, reduce_zero_label,
+  # label_map) with their defaults.
+  config.data.update(dataclasses.asdict(FolderLayout()))
+  # (height, width) the images are resized to fit, keeping their aspect ratio, before the
+  # random scale (training) or as they are (evaluation).
+  config.data.resize_to = (1024, 2048)
   config.data.crop_size = (1024, 1024)  # (height, width) of the training crop.
   config.data.scale_range = (0.5, 2.0)
   config.data.worker_count = 2  # grain worker processes for the train transforms (0 = threads).
@@ -73,7 +87,7 @@ def demo_config(arch: str) -> ml_collections.ConfigDict:
   config = reference_config(arch)
   config.data.source = 'synthetic'
   config.data.root = '~/.cache/bisenet_jax'
-  config.data.base_size = (512, 256)
+  config.data.resize_to = (256, 512)
   config.data.crop_size = (256, 256)
   config.data.scale_range = (0.75, 1.5)
   config.data.worker_count = 0
@@ -90,13 +104,13 @@ def demo_config(arch: str) -> ml_collections.ConfigDict:
 def small_data_config(arch: str) -> ml_collections.ConfigDict:
   """A recipe for a few hundred to a few thousand labelled images of any size (source 'folder').
 
-  Frames are resized to fit 1024x512 (scale 0.5-2.0) and cropped to 512x512, as mmsegmentation
+  Frames are resized to fit 512x1024 (scale 0.5-2.0) and cropped to 512x512, as mmsegmentation
   does for such datasets; batch 8 (one GPU), SGD lr 0.01 with 200 warm-up steps, 8,000 steps.
   """
   config = reference_config(arch)
   config.model.num_classes = 0
   config.data.source = 'folder'
-  config.data.base_size = (1024, 512)
+  config.data.resize_to = (512, 1024)
   config.data.crop_size = (512, 512)
   config.batch_size = 8
   config.total_steps = 8000
@@ -111,7 +125,7 @@ def small_data_config(arch: str) -> ml_collections.ConfigDict:
 def garden_config(arch: str) -> ml_collections.ConfigDict:
   """The worked example of docs/custom_data.md: the synthetic garden set, minutes on a CPU."""
   config = small_data_config(arch)
-  config.data.base_size = (256, 192)
+  config.data.resize_to = (192, 256)
   config.data.crop_size = (192, 192)
   config.data.scale_range = (0.75, 1.5)
   config.data.worker_count = 0
@@ -127,12 +141,12 @@ def garden_config(arch: str) -> ml_collections.ConfigDict:
 
 def mmseg_512_config(arch: str, source: str, num_classes: int,
                      total_steps: int) -> ml_collections.ConfigDict:
-  """mmsegmentation's 512x512 recipe (Pascal VOC, ADE20K): frames resized to fit 2048x512,
+  """mmsegmentation's 512x512 recipe (Pascal VOC, ADE20K): frames resized to fit 512x2048,
   scale 0.5-2.0, 512x512 crops, batch 16, SGD lr 0.01 poly."""
   config = reference_config(arch)
   config.model.num_classes = num_classes
   config.data.source = source
-  config.data.base_size = (2048, 512)
+  config.data.resize_to = (512, 2048)
   config.data.crop_size = (512, 512)
   config.total_steps = total_steps
   config.optimizer.base_lr = 0.01
@@ -155,3 +169,94 @@ def get_config(arch: str, arg: str | None = None,
   config = variants[variant](arch)
   config.lock()
   return config
+
+
+def load_config_file(text: str) -> ml_collections.ConfigDict:
+  """The config of ``--config FILE[:VARIANT]``, as ``ml_collections.config_flags`` loads it."""
+  path, _, variant = text.partition(':')
+  try:
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+  except (OSError, AttributeError):  # A missing file, or one that is no Python module.
+    raise UserError(f'cannot load the config file {path!r}: give an existing file, e.g. '
+                    '--config configs/r18.py:demo') from None
+  return module.get_config(variant or None)
+
+
+def check_override_keys(config: ml_collections.ConfigDict, keys: list[str]) -> None:
+  """Every ``--config.KEY`` must name a key of ``config``; renamed keys show their new name."""
+  known = _dotted_keys(config.to_dict())
+  for key in keys:
+    if key in RENAMED_KEYS:
+      raise UserError(f'config.{key} is gone: use --config.{RENAMED_KEYS[key]}')
+    if key not in known and not any(k.startswith(f'{key}.') for k in known):
+      close = difflib.get_close_matches(key, sorted(known), n=1)
+      hint = f'. Did you mean "{close[0]}"?' if close else ''
+      raise UserError(f'the config has no key {key!r}{hint}')
+
+
+def _dotted_keys(tree: dict, prefix: str = '') -> set[str]:
+  keys = set()
+  for name, value in tree.items():
+    keys.add(prefix + name)
+    if isinstance(value, dict):
+      keys |= _dotted_keys(value, f'{prefix}{name}.')
+  return keys
+
+
+def train_spec(config: ml_collections.ConfigDict) -> TrainSpec:
+  """Checks ``config`` and returns the run it describes (the dataset's classes resolved).
+
+  Raises:
+    UserError: a value is out of range, the data source or its root is missing, or the class
+      count disagrees with the dataset's.
+  """
+  for key in ('total_steps', 'log_every_steps', 'checkpoint_every_steps', 'eval_every_steps',
+              'keep_checkpoints', 'eval_batch_per_device', 'batch_size'):
+    if config[key] <= 0:
+      raise UserError(f'config.{key} must be positive, got {config[key]}.')
+  if config.init.checkpoint and config.init.backbone:
+    raise UserError('Set only one of config.init.checkpoint and config.init.backbone.')
+  data = data_spec(config.data)
+  return TrainSpec(
+      data=data, model=model_spec(config.model, data), seed=config.seed,
+      optimizer=OptimizerSpec(**config.optimizer.to_dict()), batch_size=config.batch_size,
+      total_steps=config.total_steps, log_every_steps=config.log_every_steps,
+      checkpoint_every_steps=config.checkpoint_every_steps,
+      eval_every_steps=config.eval_every_steps, keep_checkpoints=config.keep_checkpoints,
+      eval_batch_per_device=config.eval_batch_per_device,
+      init_checkpoint=config.init.checkpoint, init_backbone=config.init.backbone)
+
+
+def data_spec(data: ml_collections.ConfigDict) -> DataSpec:
+  """``config.data`` as a DataSpec; a folder dataset's classes come from its classes.txt."""
+  if data.source not in SOURCE_KINDS:
+    raise UserError(f'config.data.source must be one of {", ".join(SOURCE_KINDS)}, got '
+                    f'{data.source!r}.')
+  kind = SOURCE_KINDS[data.source]
+  if kind != 'cityscapes' and not data.root:
+    raise UserError(f'config.data.root is empty: pass --config.data.root=/path/to/the/dataset '
+                    f"(source '{data.source}').")
+  if data.source == 'cityscapes' and not data.root:
+    raise UserError('config.data.root is empty: pass --config.data.root=/path/to/cityscapes '
+                    '(with leftImg8bit/ and gtFine/), or try --config configs/r18.py:demo.')
+  dataset = sources.resolve_dataset(
+      kind, root=data.root or None, layout={name: data[name] for name in LAYOUT_FIELDS},
+      resize_to=check_size(data.resize_to, 'config.data.resize_to'))
+  return DataSpec(dataset, data.source, data.root, data.train_split, data.val_split,
+                  crop_size=check_size(data.crop_size, 'config.data.crop_size'),
+                  scale_range=tuple(data.scale_range), worker_count=data.worker_count,
+                  tfds_data_dir=data.tfds_data_dir, synthetic=data.synthetic.to_dict())
+
+
+def model_spec(model: ml_collections.ConfigDict, data: DataSpec) -> ModelSpec:
+  """``config.model`` as a ModelSpec; ``num_classes`` 0 follows the dataset, another value must
+  agree with it."""
+  count = data.dataset.classes.num_classes
+  if model.num_classes not in (0, count):
+    where = (f'{Path(data.root) / "classes.txt"} lists' if data.dataset.kind == 'folder'
+             else f'{data.dataset.kind} has')
+    raise UserError(f'config.model.num_classes={model.num_classes} but {where} {count} '
+                    f'classes: set --config.model.num_classes={count}, or 0 to follow the data.')
+  return ModelSpec(model.name, count, model.stem, model.dropout_rate, model.dtype)

@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import optax
 from flax.training import train_state
 from jax.sharding import Mesh
 
-from bisenet_jax import parallel
+from bisenet_jax import models, parallel
 
 
 class TrainState(train_state.TrainState):
@@ -28,7 +27,7 @@ def create_train_state(model, tx: optax.GradientTransformation, rng: jax.Array, 
 
   def init(rng, variables):
     if variables is None:
-      variables = model.init(rng, jnp.zeros((1, 64, 64, 3), jnp.float32), train=False)
+      variables = models.init_variables(model, rng)
     return TrainState.create(apply_fn=model.apply, params=variables['params'],
                              batch_stats=variables['batch_stats'], tx=tx)
 

@@ -1,38 +1,33 @@
-"""Independent PyTorch reference of FCN + BiSeNetV1 (sssegmentation), for parity tests and benchmarks.
+"""An independent PyTorch FCN + BiSeNetV1: the PyTorch side of ``bench --compare-torch`` and the
+second implementation the tests check the Flax model against.
 
-This file is written from the spec (`REFERENCE.md`, sections 1-3) alone; no sssegmentation code
-was copied or imported. It exists so the tests can check the Flax port against a second,
-separately written implementation: build a model here, fill it with random weights, save it in
-the official checkpoint layout, convert it, and compare per-block activations and logits.
+It is written from the reference's description (docs/reference.md §1-3) alone, not from the
+Flax code and without importing sssegmentation, so parity tests compare two separate
+implementations. The package needs it for ``python -m bisenet_jax.bench --compare-torch``,
+which times it beside JAX on the same inputs; the tests' helpers for random weights and
+official-format files are in ``tests/torch_support.py``.
 
-Module and attribute names mirror the official state-dict keys, and modules are registered in the
-order that makes `state_dict()` list keys exactly as the official checkpoints
-(`tests/data/ssseg_fcn_bisenetv1_*.txt`)
-(the only ordering subtlety: a Bottleneck registers `downsample` before `conv1`, a BasicBlock
-after `bn2`). BatchNorm is plain `nn.BatchNorm2d` (eps 1e-5, momentum 0.1), which has the same keys
-as the SyncBatchNorm used in training. ReLUs are not in-place so that the tensors returned by
-`forward_features` are never overwritten by a later layer.
+Module and attribute names mirror the official state-dict keys, and modules are registered in
+the order that makes ``state_dict()`` list keys exactly as the official checkpoints
+(``tests/data/ssseg_fcn_bisenetv1_*.txt``; the only ordering subtlety: a Bottleneck registers
+``downsample`` before ``conv1``, a BasicBlock after ``bn2``). BatchNorm is plain
+``nn.BatchNorm2d`` (eps 1e-5, momentum 0.1), which has the same keys as the SyncBatchNorm used
+in training. ReLUs are not in-place so that the tensors returned by ``forward_features`` are
+never overwritten by a later layer.
 
-Public entry points:
-    build_reference(arch, num_classes=19, dropout=0.1)   the segmentor ('r18' or 'r50')
-    resnet_v1c(depth) / ResNet(depth, stem)              the bare context backbone
-    imagenet_state_dict(depth, stem, with_fc, seed)      a random ImageNet-style backbone file
-    randomize_(model, seed)                              deterministic non-trivial weights
-    save_official_checkpoint(model, path, kind)          'full' | 'bare' | 'module' .pth files
-    read_key_list(path)                                  parse a key-list file
+Entry points: ``build_reference(arch, num_classes=19, dropout=0.1)`` (the segmentor, 'r18' or
+'r50'), ``resnet_v1c(depth)`` / ``ResNet(depth, stem)`` (the bare context backbone).
 """
 
 from __future__ import annotations
 
-import math
-from collections import OrderedDict
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Per-variant widths (REFERENCE.md 1.1): spatial-path widths S0..S3, context widths C0..C2,
+# Per-variant widths (docs/reference.md §1.1): spatial-path widths S0..S3, context widths C0..C2,
 # FFM output / main-head width F, aux-head feature width A.
 ARCHS = {
   'r18': dict(depth=18, spatial=(64, 64, 64, 128), context=(128, 256, 512), ffm_out=256, aux=64),
@@ -70,7 +65,7 @@ def conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Sequen
 
 
 # --------------------------------------------------------------------------------------------
-# ResNet (REFERENCE.md 1.3)
+# ResNet (docs/reference.md §1.3)
 # --------------------------------------------------------------------------------------------
 
 
@@ -194,7 +189,7 @@ def resnet_v1c(depth: int) -> ResNet:
 
 
 # --------------------------------------------------------------------------------------------
-# BiSeNetV1 (REFERENCE.md 1.4 - 1.6)
+# BiSeNetV1 (docs/reference.md §1.4-1.6)
 # --------------------------------------------------------------------------------------------
 
 
@@ -323,7 +318,7 @@ class BiSeNetV1(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# Segmentor (REFERENCE.md 1.7)
+# Segmentor (docs/reference.md §1.7)
 # --------------------------------------------------------------------------------------------
 
 
@@ -389,124 +384,3 @@ def build_reference(arch: str, num_classes: int = 19, dropout: float = 0.1) -> F
   if arch not in ARCHS:
     raise ValueError(f'arch must be one of {sorted(ARCHS)}, got {arch!r}')
   return FCNBiSeNetV1(arch, num_classes, dropout)
-
-
-# --------------------------------------------------------------------------------------------
-# Random weights and files
-# --------------------------------------------------------------------------------------------
-
-# Weight std = WEIGHT_GAIN / sqrt(fan_in), about 0.78x Kaiming-normal. Residual adds and BN running
-# statistics that do not match the real batch statistics make the scale sensitive: at 64x64 this
-# keeps every activation O(1) (logits std ~0.4 for R18, ~0.7 for R50), whereas plain Kaiming
-# (gain sqrt(2)) already grows R50's logits to std ~400.
-WEIGHT_GAIN = 1.1
-
-
-def _uniform(shape, low: float, high: float, gen: torch.Generator) -> torch.Tensor:
-  return torch.empty(shape).uniform_(low, high, generator=gen)
-
-
-def _randomize_weight_(module: nn.Module, gen: torch.Generator) -> None:
-  """Conv / Linear: weight N(0, std) with std = WEIGHT_GAIN / sqrt(fan_in); bias U(-0.2, 0.2)."""
-  weight = module.weight
-  fan_in = weight[0].numel()
-  std = WEIGHT_GAIN / math.sqrt(fan_in)
-  weight.copy_(torch.empty(weight.shape).normal_(0.0, std, generator=gen))
-  if module.bias is not None:
-    module.bias.copy_(_uniform(module.bias.shape, -0.2, 0.2, gen))
-
-
-def _randomize_bn_(bn: nn.BatchNorm2d, gen: torch.Generator) -> None:
-  n = bn.num_features
-  bn.weight.copy_(_uniform(n, 0.5, 1.5, gen))
-  bn.bias.copy_(_uniform(n, -0.2, 0.2, gen))
-  bn.running_mean.copy_(_uniform(n, -0.2, 0.2, gen))
-  bn.running_var.copy_(_uniform(n, 0.5, 2.0, gen))
-  bn.num_batches_tracked.fill_(int(torch.randint(1, 1000, (), generator=gen)))
-
-
-@torch.no_grad()
-def randomize_(model: nn.Module, seed: int) -> nn.Module:
-  """Fill every parameter and buffer of `model` deterministically (in place) and return it.
-
-  Raises TypeError on a module type with its own tensors that this function does not know,
-  so no tensor can silently keep its default value.
-  """
-  gen = torch.Generator().manual_seed(seed)
-  for name, module in model.named_modules():
-    if isinstance(module, (nn.Conv2d, nn.Linear)):
-      _randomize_weight_(module, gen)
-    elif isinstance(module, nn.BatchNorm2d):
-      _randomize_bn_(module, gen)
-    elif list(module.parameters(recurse=False)) or list(module.buffers(recurse=False)):
-      raise TypeError(f'randomize_ does not handle {type(module).__name__} at {name!r}')
-  return model
-
-
-def imagenet_state_dict(
-  depth: int, stem: str = 'deep', with_fc: bool = True, seed: int = 0
-) -> OrderedDict:
-  """A random bare-ResNet state dict shaped like an ImageNet file.
-
-  stem='deep' mimics the OpenMMLab v1c files the reference loads (keys `stem.*`); stem='classic'
-  mimics torchvision's (keys `conv1`, `bn1`). With `with_fc`, the 1000-class classifier
-  `fc.weight` (1000, C) and `fc.bias` (1000,) are appended, as in the real files.
-  """
-  resnet = randomize_(ResNet(depth, stem), seed)
-  state = resnet.state_dict()
-  if with_fc:
-    fc = randomize_(nn.Linear(resnet.out_channels, 1000), seed + 1)
-    state['fc.weight'] = fc.weight.detach()
-    state['fc.bias'] = fc.bias.detach()
-  return state
-
-
-def _sgd_state(model: nn.Module) -> dict:
-  """SGD state dict (REFERENCE.md 2) after one step, taken on copies so `model` is untouched."""
-  params = [p.detach().clone().requires_grad_(True) for p in model.parameters()]
-  optimizer = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
-  for p in params:
-    p.grad = torch.full_like(p, 1e-3)
-  optimizer.step()
-  return optimizer.state_dict()
-
-
-def save_official_checkpoint(model: nn.Module, path, kind: str = 'full') -> None:
-  """Write `model` as sssegmentation would, with torch.save.
-
-  kind='full':   the training checkpoint {'cur_epoch': 860, 'cur_iter': 159960,
-                 'optimizer': SGD state dict, 'model': state_dict}.
-  kind='bare':   the state dict alone.
-  kind='module': the state dict alone with every key prefixed by 'module.' (a DDP-wrapped save).
-  """
-  state = model.state_dict()
-  if kind == 'full':
-    payload = {'cur_epoch': 860, 'cur_iter': 159960, 'optimizer': _sgd_state(model), 'model': state}
-  elif kind == 'bare':
-    payload = state
-  elif kind == 'module':
-    payload = OrderedDict((f'module.{k}', v) for k, v in state.items())
-  else:
-    raise ValueError(f"kind must be 'full', 'bare' or 'module', got {kind!r}")
-  torch.save(payload, path)
-
-
-def read_key_list(path) -> tuple[list[tuple[str, tuple[int, ...]]], int]:
-  """Parse a key-list file: header '<n_keys> params <n_params>', then 'key (d0, d1, ...)' lines.
-
-  Returns ([(key, shape), ...] in file order, n_params). Raises ValueError if the number of
-  key lines disagrees with the header.
-  """
-  with open(path) as f:
-    header, *lines = [line.strip() for line in f if line.strip()]
-  n_keys, word, n_params = header.split()
-  if word != 'params':
-    raise ValueError(f'{path}: unexpected header {header!r}')
-  entries = []
-  for line in lines:
-    key, shape = line.split(' ', 1)
-    dims = shape.strip('()').replace(' ', '').split(',')
-    entries.append((key, tuple(int(d) for d in dims if d)))
-  if len(entries) != int(n_keys):
-    raise ValueError(f'{path}: header says {n_keys} keys, found {len(entries)}')
-  return entries, int(n_params)

@@ -1,0 +1,22 @@
+"""The descriptions every command shares, built once at its edge.
+
+``train.py`` builds them from the ml_collections config (``train.config.train_spec``), the other
+commands from their flags (``bisenet_jax.cli``); everything below the edge receives these frozen
+objects, never flags or config dicts. Sizes are (height, width) everywhere and written
+HEIGHTxWIDTH (``sizes``).
+
+This package imports neither JAX nor Flax, so an exported model runs on ONNX Runtime with the
+same descriptions.
+"""
+
+from bisenet_jax.specs.data import (KINDS, LAYOUT_FIELDS, RESIZE_TO, SOURCE_KINDS, DataSpec,
+                                    DatasetSpec, FolderLayout)
+from bisenet_jax.specs.inference import MODES, InferenceSpec
+from bisenet_jax.specs.model import ARCHS, DTYPES, STEMS, ArchSpec, ModelSpec
+from bisenet_jax.specs.sizes import SIZE_FORMAT, Size, check_size, format_size, parse_size
+from bisenet_jax.specs.training import OptimizerSpec, TrainSpec
+
+__all__ = ['ARCHS', 'DTYPES', 'KINDS', 'LAYOUT_FIELDS', 'MODES', 'RESIZE_TO', 'SIZE_FORMAT',
+           'SOURCE_KINDS', 'STEMS', 'ArchSpec', 'DataSpec', 'DatasetSpec', 'FolderLayout',
+           'InferenceSpec', 'ModelSpec', 'OptimizerSpec', 'Size', 'TrainSpec', 'check_size',
+           'format_size', 'parse_size']

@@ -1,0 +1,51 @@
+"""A training run: the data, the model, the optimizer and the run's schedule of steps."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from bisenet_jax.specs.data import DataSpec
+from bisenet_jax.specs.model import ModelSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+  """SGD with momentum and L2 weight decay under the poly schedule with a multiplicative
+  warm-up (``train.optim``; docs/reference.md §4.2-4.3)."""
+  base_lr: float = 0.05
+  min_lr: float = 1e-4
+  power: float = 0.9
+  warmup_steps: int = 1000
+  warmup_ratio: float = 0.1
+  momentum: float = 0.9
+  weight_decay: float = 5e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+  """Everything ``train.loop`` needs, built once from the config (``train.config.train_spec``).
+
+  Attributes:
+    data, model, optimizer: what to train on, what to train, how.
+    seed: seeds the initialisation, the data order and augmentation, and dropout.
+    batch_size: images per step over every device and process.
+    total_steps: optimizer steps of the whole run.
+    log_every_steps, checkpoint_every_steps, eval_every_steps: the run's cadences, in steps.
+    keep_checkpoints: how many of the newest checkpoints stay on disk.
+    eval_batch_per_device: images per device in each evaluation step.
+    init_checkpoint: a whole model to start from (fine-tuning), or ''.
+    init_backbone: an ImageNet ResNet file for the context backbone, or ''.
+  """
+  data: DataSpec
+  model: ModelSpec
+  optimizer: OptimizerSpec
+  seed: int
+  batch_size: int
+  total_steps: int
+  log_every_steps: int
+  checkpoint_every_steps: int
+  eval_every_steps: int
+  keep_checkpoints: int
+  eval_batch_per_device: int
+  init_checkpoint: str = ''
+  init_backbone: str = ''
