@@ -12,12 +12,14 @@ both kinds the same way.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
 from bisenet_jax.data import sources
 from bisenet_jax.errors import UserError
@@ -85,7 +87,8 @@ def restore_model(path: str | os.PathLike) -> tuple[ModelSpec, dict]:
   """
   directory = resolve_model_checkpoint(path)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  with ocp.StandardCheckpointer() as reader:
+  with ocp.StandardCheckpointer() as reader, _absl_errors_only():
+    # orbax warns that this item has no step metadata file of its own: the step folder holds it.
     stored = reader.metadata(directory / VARIABLES).item_metadata
   target = jax.tree_util.tree_map(
       lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), stored)
@@ -95,6 +98,17 @@ def restore_model(path: str | os.PathLike) -> tuple[ModelSpec, dict]:
         MODEL_CONFIG: ocp.args.JsonRestore(),
     }))
   return ModelSpec.from_checkpoint_config(dict(restored[MODEL_CONFIG])), dict(restored[VARIABLES])
+
+
+@contextlib.contextmanager
+def _absl_errors_only():
+  """absl (orbax's logger) shows only errors inside the block."""
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)
+  try:
+    yield
+  finally:
+    logging.set_verbosity(verbosity)
 
 
 def load_model(path: str | os.PathLike) -> tuple[ModelSpec, dict, DatasetSpec | None]:

@@ -23,8 +23,8 @@ from bisenet_jax.specs import (KINDS, MODES, SIZE_FORMAT, DatasetSpec, FolderLay
 
 DISTRIBUTED_CHOICES = ('auto', 'yes', 'no')
 DISTRIBUTED_HELP = ("connect the processes of a multi-process launch: 'auto' (default) when "
-                    'SLURM with several tasks, a TPU pod slice, Open MPI or JAX_COORDINATOR_ADDRESS '
-                    '+ JAX_NUM_PROCESSES + JAX_PROCESS_ID are detected')
+                    'SLURM with several tasks, a TPU pod slice, Open MPI or '
+                    'JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID are detected')
 
 
 def user_errors_exit(main: Callable) -> Callable:

@@ -6,7 +6,7 @@
 
   python train.py --config configs/custom.py --config.data.root=ROOT --workdir runs/mine
 
-The recipe is for a few hundred to a few thousand images of any size: resized to fit 1024x512
+The recipe is for a few hundred to a few thousand images of any size: resized to fit 512x1024
 at scales 0.5-2.0, 512x512 crops, batch 8, SGD lr 0.01 (200 warm-up steps), 8,000 steps; every
 value is a key (`--config.data.crop_size=(384,384)`, `--config.total_steps=4000`,
 `--config.model.name=bisenetv1_r50`). The class count comes from classes.txt. Fine-tune the

@@ -19,6 +19,21 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / 'data'
 
 
+# Two tiers: `python -m pytest -q` runs the quick one (every module, minutes on 2 cores);
+# `--slow` runs the tests marked slow instead: several processes, 8 devices at the demo's size,
+# ONNX exports at real sizes, kill-and-resume, the end-to-end runs. CI runs both.
+def pytest_addoption(parser):
+  parser.addoption('--slow', action='store_true',
+                   help='run the slow tier (tests marked slow) instead of the quick one')
+
+
+def pytest_collection_modifyitems(config, items):
+  slow_tier = config.getoption('--slow')
+  keep = [item for item in items if ('slow' in item.keywords) == slow_tier]
+  config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+  items[:] = keep
+
+
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
   """Runs ``python <args>`` from the repository root, capturing output (never raises)."""
   return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,

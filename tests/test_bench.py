@@ -6,6 +6,7 @@ import cv2
 import pytest
 
 from bisenet_jax.bench import flops, jax_side
+from bisenet_jax.bench.__main__ import main as bench_main
 from conftest import cpu_devices, launch_processes, run_cli, wait_for
 
 INFER_FIELDS = {'impl', 'mode', 'arch', 'dtype', 'devices', 'batch_per_device', 'resolution',
@@ -19,6 +20,7 @@ DATA_FIELDS = {'data_img_per_s', 'data_img_per_s_per_core', 'data_cores_per_devi
 TRAIN_FIELDS = INFER_FIELDS | DATA_FIELDS
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('mode,fields', [('infer', INFER_FIELDS), ('train', TRAIN_FIELDS)])
 def test_harness_on_eight_simulated_devices_writes_every_field(tmp_path, mode, fields):
   result = run_cli('-m', 'bisenet_jax.bench', mode, '--input-size', '64x64', '--devices', '1,8',
@@ -46,6 +48,7 @@ def test_harness_on_eight_simulated_devices_writes_every_field(tmp_path, mode, f
   assert 'img/s/dev' in result.stdout and 'n/a' in result.stdout
 
 
+@pytest.mark.slow
 def test_two_processes_measure_one_sweep_and_process_zero_reports(tmp_path):
   """``bench`` launched as two processes (README's generic launch): one mesh over both."""
   args = ['-m', 'bisenet_jax.bench', 'infer', '--input-size', '64x64', '--devices', '2,4',
@@ -61,10 +64,28 @@ def test_two_processes_measure_one_sweep_and_process_zero_reports(tmp_path):
 def test_xla_flops_per_image_match_the_analytic_conv_count():
   point = jax_side.Point('infer', 'r18', 1, 1, (256, 512), 'float32')
   row = jax_side.measure_infer(point, warmup=0, steps=1)
-  # The analytic count is docs/reference.md §7.3's (256.7 GFLOPs at 1024x2048, i.e. 16.04 here); XLA
-  # leaves out the kernel taps that fall on padding, a few percent at this size.
+  # The analytic count is docs/reference.md §7.3's (256.7 GFLOPs at 1024x2048, i.e. 16.04
+  # here); XLA leaves out the kernel taps that fall on padding, a few percent at this size.
   assert row['gflops_per_image_analytic'] == pytest.approx(256.7085 / 16, rel=1e-4)
   assert row['gflops_per_image_xla'] == pytest.approx(row['gflops_per_image_analytic'], rel=0.05)
+
+
+def test_one_point_prints_the_table_and_writes_its_row(tmp_path, capsys):
+  bench_main(['infer', '--input-size', '64x96', '--devices', '1', '--warmup', '0', '--steps', '1',
+              '--output', str(tmp_path / 'r.jsonl')])
+  out = capsys.readouterr().out
+  rows = [json.loads(line) for line in (tmp_path / 'r.jsonl').read_text().splitlines()]
+  assert [(r['impl'], r['resolution'], r['devices']) for r in rows] == [('jax', '64x96', 1)]
+  assert INFER_FIELDS <= set(rows[0]) and rows[0]['img_per_s'] > 0
+  assert 'img/s/dev' in out and '64x96' in out and 'appended 1 rows' in out
+
+
+def test_old_resolution_flag_is_refused_with_the_new_one(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    bench_main(['infer', '--resolution', '1024x2048'])
+  assert exit_info.value.code == 2
+  error = capsys.readouterr().err
+  assert error == 'error: --resolution is gone: use --input-size HEIGHTxWIDTH\n'
 
 
 def test_peak_table_knows_datasheet_devices_only():
@@ -75,6 +96,7 @@ def test_peak_table_knows_datasheet_devices_only():
   assert flops.peak_tflops('cpu', 'float32', override=0.17) == 0.17
 
 
+@pytest.mark.slow
 def test_compare_torch_measures_each_workload_once_and_prints_ratios(tmp_path):
   result = run_cli('-m', 'bisenet_jax.bench', 'infer', '--input-size', '64x128', '--devices', '1',
                    '--dtype', 'float32,bfloat16', '--compare-torch', '--torch-variants',
@@ -94,6 +116,7 @@ def test_compare_torch_measures_each_workload_once_and_prints_ratios(tmp_path):
   assert len(ratio_lines) == 2 and all('vs eager fp32' in line for line in ratio_lines)
 
 
+@pytest.mark.slow
 def test_compare_onnx_times_onnx_runtime_on_the_same_threads(tmp_path):
   result = run_cli('-m', 'bisenet_jax.bench', 'infer', '--input-size', '64x128', '--devices', '1',
                    '--compare-onnx', '--warmup', '1', '--steps', '2', '--threads', '1',

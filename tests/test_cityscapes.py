@@ -10,7 +10,7 @@ from bisenet_jax.data import cityscapes
 from bisenet_jax.data.cityscapes import CityscapesFolder
 from bisenet_jax.errors import UserError
 
-# REFERENCE.md 5.2: the labelId of each trainId 0..18.
+# docs/reference.md §5.2: the labelId of each trainId 0..18.
 REFERENCE_LABEL_IDS = [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33]
 NAME = 'bonn/bonn_000000_000001'
 

@@ -104,6 +104,7 @@ def test_fine_tuning_from_another_architecture_is_refused(garden, tmp_path):
     initial_variables(spec, spec.model.build())
 
 
+@pytest.mark.slow
 def test_train_evaluate_and_predict_with_the_users_classes(garden, tmp_path):
   workdir = tmp_path / 'run'
   result = run_cli('train.py', '--config', 'configs/custom.py:garden', '--workdir', str(workdir),

@@ -189,6 +189,7 @@ def test_eight_devices_count_what_one_device_counts(setup, one_device):
                                 read_predictions(predictions, setup['gt_files']))
 
 
+@pytest.mark.slow
 def test_two_processes_count_what_one_process_counts(setup, one_device):
   """Two processes with 2 devices each, launched as README's generic launch does: each reads
   its share of the split; the one confusion matrix equals the one-process run's."""

@@ -96,6 +96,7 @@ def assert_close_to_scale(got, expected, tolerance=1e-4):
   assert np.abs(got - expected).max() <= tolerance * scale
 
 
+@pytest.mark.slow
 def test_onnx_file_is_valid_and_carries_its_interface(r18_onnx, capsys):
   model = onnx.load(str(r18_onnx))
   onnx.checker.check_model(model)
@@ -109,6 +110,7 @@ def test_onnx_file_is_valid_and_carries_its_interface(r18_onnx, capsys):
   assert (returned.name, returned.shape) == ('logits', ['N', 19, 61, 81])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('batch', [1, 2])
 def test_onnx_logits_match_jax_r18_odd_size(r18, r18_onnx, batch):
   images = normalize(random_images(batch, ODD))
@@ -130,6 +132,7 @@ def test_onnx_logits_match_jax_r50_batch_1_and_2(folder):
     assert_close_to_scale(session.run(None, {'images': images})[0], jax_logits(r50, images))
 
 
+@pytest.mark.slow
 def test_preprocessing_in_the_graph_equals_normalising_first(r18, r18_onnx, folder):
   path = export(r18, folder / 'r18_uint8.onnx', '--format', 'onnx', '--with-preprocessing',
                 *size_flags(ODD))
@@ -190,6 +193,7 @@ def test_predict_with_the_onnx_file_without_jax_writes_the_checkpoints_masks(
                                   read_rgb(tmp_path / 'jax' / name), err_msg=name)
 
 
+@pytest.mark.slow
 def test_stablehlo_round_trip_in_a_process_with_only_jax_and_numpy(r18, folder):
   path = export(r18, folder / 'r18.stablehlo', '--format', 'stablehlo', *size_flags(SMALL))
   images = normalize(random_images(2, SMALL, seed=3))
@@ -265,6 +269,7 @@ def test_missing_extra_names_it(r18, tmp_path, capsys, monkeypatch):
   assert "pip install -e '.[export]'" in error and error.count('\n') == 1
 
 
+@pytest.mark.slow
 def test_predict_refuses_a_logits_file_and_another_size(r18_onnx, r18_labels_onnx, tmp_path,
                                                         capsys):
   images = write_images(tmp_path / 'images', count=1)  # SMALL: not r18_onnx's size either.

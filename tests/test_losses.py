@@ -1,4 +1,4 @@
-"""Tests of bisenet_jax.train.losses against torch (REFERENCE.md §1.9, §4.4)."""
+"""Tests of bisenet_jax.train.losses against torch (docs/reference.md §1.9, §4.4)."""
 
 import math
 

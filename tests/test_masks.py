@@ -1,4 +1,4 @@
-"""Tests of bisenet_jax.data.masks: which mask files are read as class indices, which are refused."""
+"""Tests of bisenet_jax.data.masks: which mask files are read as class indices, which refused."""
 
 import re
 

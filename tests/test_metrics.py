@@ -1,4 +1,5 @@
-"""Tests of bisenet_jax.eval.metrics against REFERENCE.md §6 and the official Cityscapes script."""
+"""Tests of bisenet_jax.eval.metrics against docs/reference.md §6 and the official Cityscapes
+script."""
 
 import copy
 import os
@@ -24,7 +25,7 @@ CLASS_NAMES = [trainId2label[t].name for t in range(K)]
 
 
 def reference_scores(preds, labels):
-  """REFERENCE.md §6, written out per class without a confusion matrix."""
+  """docs/reference.md §6, written out per class without a confusion matrix."""
   keep = labels < K  # 255 (and anything else outside [0, K)) is dropped, as the reference's -1.
   pred, label = preds[keep], labels[keep]
   intersect = np.array([np.sum((pred == c) & (label == c)) for c in range(K)], np.float64)

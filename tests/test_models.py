@@ -22,9 +22,7 @@ def nhwc(t):
 @pytest.mark.parametrize('name,total,inference', [('bisenetv1_r18', 13_444_953, 13_294_771),
                                                   ('bisenetv1_r50', 59_262_617, 56_892_531)])
 def test_parameter_counts_equal_the_reference(name, total, inference):
-  model = models.build_model(name)
-  variables = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
+  variables = models.abstract_variables(models.build_model(name))
   count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
   assert count(variables['params']) == total
   params = dict(variables['params'])
@@ -57,7 +55,7 @@ def test_bfloat16_compute_keeps_float32_params_and_statistics():
 
 def test_train_batch_of_one_is_a_clear_error():
   model = models.build_model('bisenetv1_r18')
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False)
+  variables = models.init_variables(model)
   with pytest.raises(ValueError, match='batch size of at least 2'):
     model.apply(variables, jnp.zeros((1, 64, 64, 3)), train=True,
                 rngs={'dropout': jax.random.key(0)}, mutable=['batch_stats'])

@@ -1,4 +1,4 @@
-"""Tests of bisenet_jax.train.optim against REFERENCE.md §4.2-4.3 and torch.optim.SGD."""
+"""Tests of bisenet_jax.train.optim against docs/reference.md §4.2-4.3 and torch.optim.SGD."""
 
 import jax
 import jax.numpy as jnp
@@ -13,12 +13,12 @@ TOTAL = 159_960
 
 
 def reference_lr(i: int) -> float:
-  """REFERENCE.md §4.3 in float64 Python."""
+  """docs/reference.md §4.3 in float64 Python."""
   poly = (0.05 - 1e-4) * (1 - i / TOTAL) ** 0.9 + 1e-4
   return poly * (0.1 + 0.9 * i / 1000) if i <= 1000 else poly
 
 
-# REFERENCE.md §4.3 "checked values [run]", compared to exactly the digits printed there.
+# docs/reference.md §4.3 "checked values", compared to exactly the digits printed there.
 @pytest.mark.parametrize('step, spec, printed', [
     (0, '.6f', '0.005000'), (1, '.7f', '0.0050450'), (500, '.7f', '0.0274228'),
     (1000, '.7f', '0.0497192'), (80000, '.7f', '0.0268347'), (159959, '.4e', '1.0103e-04')])

@@ -122,6 +122,7 @@ def final_params(workdir: Path):
   return restore_model(workdir)[1]
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
   steps = 9
   straight = subprocess.run(train_command(tmp_path / 'data', tmp_path / 'a', steps), cwd=ROOT,
@@ -151,6 +152,7 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
   assert all(jax.tree_util.tree_leaves(same))
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
   process = subprocess.Popen(train_command(tmp_path / 'data', tmp_path / 'run', 500), cwd=ROOT,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -1,4 +1,5 @@
-"""Tests of bisenet_jax.data.transforms against the reference semantics (REFERENCE.md 5.3, 5.4)."""
+"""Tests of bisenet_jax.data.transforms against the reference semantics (docs/reference.md §5.3,
+§5.4)."""
 
 import cv2
 import numpy as np

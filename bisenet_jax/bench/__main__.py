@@ -10,7 +10,7 @@ Every point states what it measured: compile time apart, then the median and p90
 weak-scaling efficiency vs the 1-device point (same per-device batch); FLOPs per image from
 XLA's cost analysis and from the analytic convolution count; MFU against datasheet peaks ('n/a'
 for devices without one, e.g. CPUs, unless ``--peak-tflops``); peak device memory where the
-backend reports it; for 'train' the input pipeline's rate on real 2048x1024 PNG files at the
+backend reports it; for 'train' the input pipeline's rate on real 1024x2048 PNG files at the
 reference recipe (img/s, img/s per CPU core, the cores one device of this kind needs) and the
 share of a fed step spent waiting for data. ``--compare-torch`` runs the same 1-device points
 with the PyTorch reference in this process, on the same inputs and thread count, and prints the
@@ -65,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help='train: grain worker processes of the measured input pipeline '
                            '(config.data.worker_count; 0 = threads in this process)')
   parser.add_argument('--data-frames', default=jax_side.DEFAULT_FRAMES_DIR,
-                      help='train: where the input pipeline\'s 2048x1024 PNG frames are written '
+                      help='train: where the input pipeline\'s 1024x2048 PNG frames are written '
                            'once (Cityscapes layout; default: %(default)s)')
   parser.add_argument('--peak-tflops', type=float, help='per-device peak for MFU, if not listed')
   parser.add_argument('--output', help='append one JSON object per point to this .jsonl')

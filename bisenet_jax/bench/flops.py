@@ -1,6 +1,6 @@
 """Model FLOPs two ways: XLA's cost analysis of the compiled program, and an analytic conv count.
 
-The analytic count is REFERENCE.md §7.3's method: for every convolution, 2 x output elements x
+The analytic count is docs/reference.md §7.3's method: for every convolution, 2 x output elements x
 (Cin / groups) x kh x kw, nothing else (256.7 GFLOPs for R18 at 1024x2048 inference), counted
 over the model's ``nn.Conv`` calls. It is the count MFU uses. XLA's cost analysis agrees with it
 within a few percent on CPU; on GPU, where convolutions are cuDNN library calls, XLA does not

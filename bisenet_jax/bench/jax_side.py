@@ -194,7 +194,7 @@ def measure_data(point: Point, step, mesh, steps: int, workers: int,
                  frames_dir: str | os.PathLike) -> dict:
   """This host's train pipeline on real files at the reference recipe, and the wait it causes.
 
-  The pipeline reads 2048x1024 PNG frames in the Cityscapes layout and applies the reference's
+  The pipeline reads 1024x2048 PNG frames in the Cityscapes layout and applies the reference's
   training transforms (scale 0.5-2.0, a crop of the point's resolution, flip, photometric
   distortion, padding). Returns its img/s, img/s per CPU core (images per CPU-second of this
   process and its workers: the rate one core sustains), and the share of a fed training step

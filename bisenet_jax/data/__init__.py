@@ -1,11 +1,14 @@
 """Data: where samples come from and how they become batches.
 
-Modules: `cityscapes` (the label table and the official folder layout), `folder` (any labelled
-image set, with Pascal VOC and ADE20K layouts), `tfds` (a prepared TFDS Cityscapes), `synthetic`
-(the demo datasets), `sources` (a dataset's description, as checkpoints record it, and opening
-its splits), `transforms` (the reference's train and test transforms), `normalization` (the
-reference's Normalize, on the host or the device) and `pipeline` (grain batches).
+Sources: ``cityscapes`` (the label table and the official folder layout), ``folder`` (any
+labelled image set, with Pascal VOC and ADE20K layouts), ``tfds`` (a prepared TFDS Cityscapes),
+``synthetic`` (the demo datasets) and ``sources`` (from a ``specs.DatasetSpec`` to its classes
+and splits). Their parts: ``images`` (reading image files), ``classes`` and ``class_sets``
+(class names and colours, ``classes.txt``), ``label_maps`` (mask values -> classes), ``masks``
+(mask files). Then ``transforms`` (the reference's train and test transforms),
+``normalization`` (the reference's Normalize, on the host or the device) and ``pipeline``
+(grain batches).
 
-Every source yields samples `{'image': uint8 [H, W, 3] RGB, 'label': uint8 [H, W] class ids,
-'name': str}` with 255 as the ignore label.
+Every source yields samples ``{'image': uint8 [H, W, 3] RGB, 'label': uint8 [H, W] class ids,
+'name': str}`` with 255 as the ignore label.
 """

@@ -3,7 +3,7 @@
 The table is built from `cityscapesscripts.helpers.labels` (the dataset's own definition), so
 reading, evaluation, prediction export and the palette cannot drift apart. Labels are kept as
 uint8 trainIds with `IGNORE_LABEL` (255) for every id that is not one of the 19 evaluated
-classes; the reference uses -100 on float labels for the same purpose (REFERENCE.md 5.2).
+classes; the reference uses -100 on float labels for the same purpose (docs/reference.md §5.2).
 """
 
 import pathlib

@@ -1,6 +1,6 @@
 """The reference's input normalisation, bit for bit, on the host (NumPy) or the device (JAX).
 
-The reference's Normalize (REFERENCE.md 5.3) casts the uint8 image to float32, subtracts the
+The reference's Normalize (docs/reference.md §5.3) casts the uint8 image to float32, subtracts the
 mean with `cv2.subtract` (in float32, the mean rounded to float32) and multiplies by 1 / std
 with `cv2.multiply` (in float64, rounded to float32), as OpenCV 4 does for a [1, 3] float64
 argument. OpenCV 5 no longer reads that argument as a per-channel scalar for every image shape,

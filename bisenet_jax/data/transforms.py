@@ -1,4 +1,5 @@
-"""The reference's train and test transforms (docs/reference.md §5.3, §5.4), on the host: NumPy + OpenCV.
+"""The reference's train and test transforms (docs/reference.md §5.3, §5.4), on the host: NumPy
+and OpenCV.
 
 Every op is a small pure function of a sample dict `{'image': [H, W, 3], 'label': uint8 [H, W]}`
 (inputs are never modified; unchanged arrays may be shared). Random ops take a

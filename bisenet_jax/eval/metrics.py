@@ -2,7 +2,7 @@
 
 Counting happens on device, one batch at a time (``confusion_matrix``, jit-able, works on a
 sharded batch); the totals and scores live on the host in 64-bit (``segmentation_scores``).
-REFERENCE.md §6, per class c over the whole split: intersect_c = #(pred = c and gt = c),
+docs/reference.md §6, per class c over the whole split: intersect_c = #(pred = c and gt = c),
 union_c = #(pred = c) + #(gt = c) - intersect_c, IoU_c = intersect_c / union_c, and mIoU is the
 mean over the classes whose IoU is defined (a class absent from both predictions and labels
 has NaN and is skipped). Pixels whose label is ignored count nowhere, not even as false

@@ -26,7 +26,7 @@ def parse_size(text: str, flag: str) -> Size:
 
 
 def check_size(value: Sequence[int], key: str) -> Size:
-  """A (height, width) pair of positive integers from a config, or a one-line error naming ``key``."""
+  """A (height, width) pair of positive integers from a config; a one-line error names ``key``."""
   if (len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
       or min(value) <= 0):
     raise UserError(f'{key}={tuple(value)} is not a size: give (height, width) as two positive '

@@ -1,9 +1,10 @@
 """Segmentation losses: per-pixel softmax cross-entropy with an ignore label, main + aux heads.
 
-Matches sssegmentation's ``CrossEntropyLoss(reduction='mean', ignore_index=...)`` (REFERENCE.md
-§1.9, §4.4): each head's logits are upsampled bilinearly (align_corners=False) to the label size,
-get their own mean cross-entropy over the non-ignored pixels, and the three losses are summed
-with weight 1.0. This project marks ignored pixels with 255 (the reference uses -100).
+Matches sssegmentation's ``CrossEntropyLoss(reduction='mean', ignore_index=...)``
+(docs/reference.md §1.9, §4.4): each head's logits are upsampled bilinearly (align_corners=False)
+to the label size, get their own mean cross-entropy over the non-ignored pixels, and the three
+losses are summed with weight 1.0. This project marks ignored pixels with 255 (the reference uses
+-100).
 
 The upsampled logits are the largest tensors of a training step (19 x 1024 x 1024 per image and
 head), so ``upsampled_cross_entropy`` computes upsample + cross-entropy with a hand-written

@@ -2,7 +2,7 @@
 
 sssegmentation trains with ``torch.optim.SGD(lr=0.05, momentum=0.9, weight_decay=5e-4)`` over one
 parameter group and sets the lr before every step from the number of steps already taken
-(REFERENCE.md §4.2-4.3). optax passes exactly that count to a schedule, so a schedule here is a
+(docs/reference.md §4.2-4.3). optax passes exactly that count to a schedule, so a schedule here is a
 plain function of it.
 """
 
