@@ -185,3 +185,16 @@ def dataset_spec(args: argparse.Namespace, recorded: DatasetSpec | None,
       args.dataset, root=root, recorded=recorded, layout=layout,
       classes=read_classes_file(args.classes) if args.classes else None,
       resize_to=getattr(args, 'resize_to', None))
+
+
+DATASET_NAMES = {'cityscapes': 'Cityscapes', 'folder': 'the folder dataset',
+                 'voc': 'Pascal VOC', 'ade20k': 'ADE20K'}
+
+
+def check_classes(path: str, num_classes: int, dataset: DatasetSpec) -> None:
+  """The model must predict as many classes as the dataset has."""
+  if num_classes != dataset.classes.num_classes:
+    raise UserError(f'checkpoint {path} has {num_classes} classes, '
+                    f'{DATASET_NAMES[dataset.kind]} has {dataset.classes.num_classes}: use a '
+                    'checkpoint trained for these classes, or pass the matching --dataset / '
+                    '--classes')

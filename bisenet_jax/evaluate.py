@@ -10,6 +10,8 @@ of the defined class IoUs. ``--mode slide``, ``--flip``, ``--scales`` and ``--in
 to sliding windows, test-time augmentation or a fixed input size. The checkpoint may be an
 official ``.pth`` (converted in memory; needs torch), a folder written by
 ``convert/ssseg_to_flax.py`` or a training workdir; the architecture comes from the checkpoint.
+An ``.onnx`` from ``python -m bisenet_jax.export --outputs labels`` runs on ONNX Runtime with the
+same split, table and JSON (each whole image once, at the file's input size).
 
 The split is sharded over every device (``--batch-size`` images per device per step). With
 ``--output`` the scores go to a JSON file, written only once evaluation has succeeded.
@@ -20,6 +22,7 @@ evaluation and the test server expect. Sizes on the command line are HEIGHTxWIDT
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -36,24 +39,11 @@ from bisenet_jax.data import cityscapes, masks, sources
 from bisenet_jax.errors import UserError
 from bisenet_jax.eval import evaluator, metrics
 from bisenet_jax.files import write_atomically
-from bisenet_jax.specs import DatasetSpec, InferenceSpec, ModelSpec, format_size
+from bisenet_jax.specs import DatasetSpec, InferenceSpec, format_size
 
 # Predictions are named after their input image, as the test server asks; the official
 # evaluation finds them by globbing '<city>_<seq>_<frame>*.png', which that name matches.
 PREDICTION_SUFFIX = '_leftImg8bit.png'
-DATASET_NAMES = {'cityscapes': 'Cityscapes', 'folder': 'the folder dataset',
-                 'voc': 'Pascal VOC', 'ade20k': 'ADE20K'}
-
-
-def check_classes(path: str, model: ModelSpec, dataset: DatasetSpec) -> None:
-  """The model must predict as many classes as the dataset has."""
-  if model.num_classes != dataset.classes.num_classes:
-    raise UserError(f'checkpoint {path} has {model.num_classes} classes, '
-                    f'{DATASET_NAMES[dataset.kind]} has {dataset.classes.num_classes}: use a '
-                    'checkpoint trained for these classes, or pass the matching --dataset / '
-                    '--classes')
-
-
 def prediction_writer(directory: Path, dataset: DatasetSpec
                       ) -> Callable[[dict, np.ndarray], None]:
   """An ``on_batch`` hook writing one PNG per image below ``directory``.
@@ -106,14 +96,14 @@ class SteadyThroughput:
 
 
 def results_record(scores: dict, args: argparse.Namespace, spec: InferenceSpec,
-                   dataset: DatasetSpec) -> dict:
+                   dataset: DatasetSpec, resize_to) -> dict:
   """The JSON content: scores as fractions (NaN -> null), the protocol and the run's size."""
   return {
       'miou': _finite_or_none(scores['miou']),
       'iou': [_finite_or_none(v) for v in scores['iou']],
       'class_names': list(dataset.classes.names),
       'aacc': _finite_or_none(scores['aacc']),
-      'protocol': {**spec.to_json(), 'resize_to': list(dataset.resize_to),
+      'protocol': {**spec.to_json(), 'resize_to': None if resize_to is None else list(resize_to),
                    'split': args.split, 'dataset': dataset.kind},
       'checkpoint': str(Path(args.checkpoint).absolute()),
       'images': scores['images'],
@@ -148,11 +138,74 @@ def _timing_line(scores: dict, steady: float | None) -> str:
   return line
 
 
-def describe_protocol(spec: InferenceSpec, dataset: DatasetSpec, split: str, batch_size: int,
-                      devices: int) -> str:
-  return (f'protocol: {spec.describe()}, resize to {format_size(dataset.resize_to)}, '
-          f'{dataset.kind} split {split}, {batch_size} image(s) per device on {devices} '
-          'device(s)')
+def describe_protocol(spec: InferenceSpec, dataset: DatasetSpec, resize_to, split: str,
+                      where: str) -> str:
+  resize = 'images as read' if resize_to is None else f'resize to {format_size(resize_to)}'
+  return f'protocol: {spec.describe()}, {resize}, {dataset.kind} split {split}, {where}'
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+  """What a run evaluates, ready to go: ``run(on_batch)`` returns the scores."""
+  dataset: DatasetSpec
+  spec: InferenceSpec
+  resize_to: tuple[int, int] | None  # None: each image as it was read.
+  protocol: str
+  run: Callable[[Callable], dict]
+
+
+def is_exported(path: str) -> bool:
+  return Path(path).suffix.lower() == '.onnx'
+
+
+def checkpoint_evaluation(args: argparse.Namespace, spec: InferenceSpec) -> Evaluation:
+  """A JAX checkpoint, sharded over every device of every process."""
+  model_spec, variables, recorded = checkpoint.load_model(args.checkpoint)
+  dataset = cli.dataset_spec(args, recorded, root=args.data_root)
+  cli.check_classes(args.checkpoint, model_spec.num_classes, dataset)
+  source = sources.open_split(dataset, args.data_root, args.split)
+  mesh = parallel.make_mesh()
+
+  def run(on_batch):
+    # ssseg evaluates in full fp32 (TF32 off); GPUs would otherwise use TF32 convolutions.
+    with jax.default_matmul_precision('highest'):
+      return evaluator.evaluate(model_spec.build(), variables, source, mesh=mesh,
+                                resize_to=dataset.resize_to, spec=spec,
+                                batch_per_device=args.batch_size, on_batch=on_batch,
+                                progress=sys.stderr.isatty())  # No bar in logs.
+
+  where = f'{args.batch_size} image(s) per device on {mesh.size} device(s)'
+  return Evaluation(dataset, spec, dataset.resize_to,
+                    describe_protocol(spec, dataset, dataset.resize_to, args.split, where), run)
+
+
+def exported_evaluation(args: argparse.Namespace, spec: InferenceSpec) -> Evaluation:
+  """An exported ``.onnx`` on ONNX Runtime: each whole image once, at the file's input size."""
+  from bisenet_jax.export.onnx_runtime import OnnxSegmenter
+  if not spec.is_plain or spec.input_size:
+    raise UserError('an exported file runs each whole image once, at its own input size: drop '
+                    '--mode, --window-*, --flip, --scales and --input-size, or evaluate the '
+                    'checkpoint it was exported from')
+  segmenter = OnnxSegmenter(args.checkpoint)
+  segmenter.require_labels()
+  dataset = cli.dataset_spec(args, segmenter.dataset, root=args.data_root)
+  cli.check_classes(args.checkpoint, segmenter.interface.num_classes, dataset)
+  source = sources.open_split(dataset, args.data_root, args.split)
+  spec = dataclasses.replace(spec, input_size=segmenter.interface.input_size)
+
+  def run(on_batch):
+    return evaluator.evaluate_exported(segmenter, source, batch_size=args.batch_size,
+                                       on_batch=on_batch, progress=sys.stderr.isatty())
+
+  where = f'{segmenter.interface.dtype} ONNX Runtime, {args.batch_size} image(s) per batch'
+  return Evaluation(dataset, spec, None, describe_protocol(spec, dataset, None, args.split, where),
+                    run)
+
+
+def _say(*args) -> None:
+  """Prints on process 0: one report per run."""
+  if jax.process_index() == 0:
+    print(*args)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -160,8 +213,9 @@ def parse_args(argv=None) -> argparse.Namespace:
       prog='python -m bisenet_jax.evaluate', description=__doc__.splitlines()[0],
       epilog='Sizes are HEIGHTxWIDTH. Without inference flags this is the reference protocol.')
   parser.add_argument('--checkpoint', required=True,
-                      help='official .pth, a folder from convert/ssseg_to_flax.py, or a training '
-                      'workdir (its latest checkpoint)')
+                      help='official .pth, a folder from convert/ssseg_to_flax.py, a training '
+                      'workdir (its latest checkpoint), or an .onnx from bisenet_jax.export '
+                      '--outputs labels')
   parser.add_argument('--data-root', required=True,
                       help='the dataset root (Cityscapes: the folder holding leftImg8bit/ and '
                       'gtFine/)')
@@ -186,38 +240,29 @@ def main(argv=None) -> dict:
   parallel.setup(args.distributed)
   spec = cli.inference_spec(args)
   output = _prepare_output(args.output)
-  model_spec, variables, recorded = checkpoint.load_model(args.checkpoint)
-  dataset = cli.dataset_spec(args, recorded, root=args.data_root)
-  check_classes(args.checkpoint, model_spec, dataset)
-  source = sources.open_split(dataset, args.data_root, args.split)
-  mesh = parallel.make_mesh()
-  say = print if jax.process_index() == 0 else lambda *_: None  # One report per run.
-  say(describe_protocol(spec, dataset, args.split, args.batch_size, mesh.size))
+  evaluation = (exported_evaluation if is_exported(args.checkpoint)
+                else checkpoint_evaluation)(args, spec)
+  _say(evaluation.protocol)
   throughput = SteadyThroughput()
   hooks = [throughput]
   if args.save_predictions:
-    hooks.append(prediction_writer(Path(args.save_predictions), dataset))
+    hooks.append(prediction_writer(Path(args.save_predictions), evaluation.dataset))
 
   def on_batch(batch, labels):
     for hook in hooks:
       hook(batch, labels)
 
-  # ssseg evaluates in full fp32 (TF32 off); GPUs would otherwise use TF32 convolutions.
-  with jax.default_matmul_precision('highest'):
-    scores = evaluator.evaluate(model_spec.build(), variables, source, mesh=mesh,
-                                resize_to=dataset.resize_to, spec=spec,
-                                batch_per_device=args.batch_size, on_batch=on_batch,
-                                progress=sys.stderr.isatty())  # No bar in logs.
-
-  say(metrics.format_table(scores, dataset.classes.names))
-  say(_timing_line(scores, throughput.images_per_second()))
+  scores = evaluation.run(on_batch)
+  _say(metrics.format_table(scores, evaluation.dataset.classes.names))
+  _say(_timing_line(scores, throughput.images_per_second()))
   if output is not None and jax.process_index() == 0:  # One file, even on a shared disk.
-    record = results_record(scores, args, spec, dataset)
+    record = results_record(scores, args, evaluation.spec, evaluation.dataset,
+                            evaluation.resize_to)
     write_atomically(output, json.dumps(record, indent=2) + '\n',
                      remedy='choose a writable --output')
-    say(f'wrote {output}')
+    _say(f'wrote {output}')
   if args.save_predictions:
-    say(f'wrote {scores["images"]} prediction(s) to {args.save_predictions}')
+    _say(f'wrote {scores["images"]} prediction(s) to {args.save_predictions}')
   return scores
 
 

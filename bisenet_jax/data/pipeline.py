@@ -105,11 +105,12 @@ class EvalBatches:
         `image_sizes()` ((height, width) of every sample, e.g. from file headers) is used when
         it has one; otherwise every sample is read once more to learn its size.
       batch_size: rows per batch (this process's).
-      resize_to: (height, width) of the test Resize target.
+      resize_to: (height, width) of the test Resize target, or None to keep the images'
+        sizes.
       process_index: this process's index (jax.process_index()).
       process_count: number of processes (jax.process_count()).
     """
-    self.source, self.batch_size, self.resize_to = source, batch_size, tuple(resize_to)
+    self.source, self.batch_size, self.resize_to = source, batch_size, resize_to
     self.plan = eval_batch_plan(_image_sizes(source), batch_size, process_index, process_count)
 
   def __len__(self):

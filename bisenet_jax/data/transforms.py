@@ -266,10 +266,13 @@ def eval_transform(sample, *, resize_to):
 
   Args:
     sample: dict with 'image' uint8 [H, W, 3] RGB and 'label' uint8 [H, W] class ids.
-    resize_to: (height, width) of the Resize target, e.g. (1024, 2048).
+    resize_to: (height, width) of the Resize target, e.g. (1024, 2048); None keeps the image
+      as it is (an exported model resizes it to its own input size itself).
 
   Returns:
     `{'image': uint8 [h, w, 3] RGB, 'label': uint8 [H, W]}`; normalised on the device.
   """
-  image = resize_keep_ratio({'image': sample['image']}, resize_to)['image']
+  image = sample['image']
+  if resize_to is not None:
+    image = resize_keep_ratio({'image': image}, resize_to)['image']
   return {'image': image, 'label': sample['label']}

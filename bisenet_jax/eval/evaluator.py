@@ -56,25 +56,55 @@ def evaluate(model, variables, source, *, mesh, resize_to: Sequence[int],
     ``metrics.segmentation_scores`` of the split plus ``confusion`` (int64 [K, K]),
     ``images`` (count) and ``seconds``.
   """
-  num_classes = model.num_classes
   segment = make_segment_fn(model, spec)
-  count_fn = jax.jit(functools.partial(metrics.confusion_matrix, num_classes=num_classes))
+  count_fn = jax.jit(functools.partial(metrics.confusion_matrix, num_classes=model.num_classes))
   variables = jax.device_put(variables, parallel.replicated(mesh))
-  local_batch = batch_per_device * len(mesh.local_devices)
+  batches = pipeline.EvalBatches(
+      source, batch_size=batch_per_device * len(mesh.local_devices), resize_to=resize_to,
+      process_index=jax.process_index(), process_count=jax.process_count())
+
+  def predict_and_count(batch):
+    inputs = parallel.to_global(mesh, {k: batch[k] for k in ('image', 'label', 'valid')})
+    predictions = segment(variables, inputs['image'], out_size=tuple(batch['label'].shape[1:3]))
+    counts = count_fn(predictions, inputs['label'], valid=inputs['valid'])
+    return parallel.local_rows(predictions)[batch['valid']], counts
+
+  return _accumulate(batches, predict_and_count, model.num_classes, len(source), progress,
+                     on_batch)
+
+
+def evaluate_exported(segmenter, source, *, batch_size: int = 1, progress: bool = True,
+                      on_batch: Callable[[dict, np.ndarray], None] | None = None) -> dict:
+  """``evaluate`` for an exported ``.onnx`` on ONNX Runtime (``onnx_runtime.OnnxSegmenter``).
+
+  Each image goes to the file as it was read: the file resizes it to its own input size and its
+  labels back (``Interface.any_input_size``), so the recipe's test resize (a no-op for
+  Cityscapes frames) does not apply. One process, on the host.
+  """
+  num_classes = segmenter.interface.num_classes
+  count_fn = jax.jit(functools.partial(metrics.confusion_matrix, num_classes=num_classes))
+  batches = pipeline.EvalBatches(source, batch_size=batch_size, resize_to=None)
+
+  def predict_and_count(batch):
+    predictions = segmenter.labels(batch['image'])
+    return predictions[batch['valid']], count_fn(predictions, batch['label'], valid=batch['valid'])
+
+  return _accumulate(batches, predict_and_count, num_classes, len(source), progress, on_batch)
+
+
+def _accumulate(batches, predict_and_count, num_classes: int, images: int, progress: bool,
+                on_batch) -> dict:
+  """Sums the batches' confusion matrices (int64, on the host) and times the split."""
   total = np.zeros((num_classes, num_classes), np.int64)
   start, seen = time.perf_counter(), 0
-  batches = pipeline.EvalBatches(source, batch_size=local_batch, resize_to=resize_to,
-                                 process_index=jax.process_index(),
-                                 process_count=jax.process_count())
   bar = tqdm(batches, unit='batch', desc='eval', leave=False,
              disable=not progress or jax.process_index() != 0)
   for batch in bar:
-    inputs = parallel.to_global(mesh, {k: batch[k] for k in ('image', 'label', 'valid')})
-    predictions = segment(variables, inputs['image'], out_size=tuple(batch['label'].shape[1:3]))
-    total += np.asarray(count_fn(predictions, inputs['label'], valid=inputs['valid']), np.int64)
+    predictions, counts = predict_and_count(batch)
+    total += np.asarray(counts, np.int64)
     seen += int(batch['valid'].sum()) * jax.process_count()
     bar.set_postfix_str(f'{seen / (time.perf_counter() - start):.2f} img/s')
     if on_batch is not None:
-      on_batch(batch, parallel.local_rows(predictions)[batch['valid']])
-  return {**metrics.segmentation_scores(total), 'confusion': total, 'images': len(source),
+      on_batch(batch, predictions)
+  return {**metrics.segmentation_scores(total), 'confusion': total, 'images': images,
           'seconds': time.perf_counter() - start}

@@ -1,10 +1,12 @@
 """Export of a model to ONNX (jax2onnx) and StableHLO (``jax.export``), and its interface.
 
 ``python -m bisenet_jax.export`` writes the file (``__main__``); ``graph`` builds the JAX
-function it exports; ``onnx_file`` and ``stablehlo_file`` serialise it; ``onnx_runtime`` runs an
-exported ``.onnx`` without JAX (``bisenet_jax.predict``, the benchmark). This module holds what
-both sides share and imports neither JAX nor ONNX: the ``Interface`` of an exported model, which
-the ONNX file carries in its ``metadata_props`` (see docs/deployment.md).
+functions it exports and checks against; ``onnx_file`` serialises the ONNX graph and makes it
+take any image size, ``precision`` makes float16 and int8 files, ``calibration`` reads their
+images, ``stablehlo_file`` writes StableHLO; ``onnx_runtime`` runs an exported ``.onnx`` without
+JAX (``predict``, ``evaluate``, the benchmark). This module holds what both sides share and
+imports neither JAX nor ONNX: the ``Interface`` of an exported model, which the ONNX file
+carries in its ``metadata_props`` (see docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from bisenet_jax.data.normalization import MEAN_RGB, STD_RGB, normalize
 FORMATS = ('onnx', 'stablehlo')
 LAYOUTS = ('nchw', 'nhwc')
 OUTPUTS = ('logits', 'labels')
-DTYPES = ('float32', 'float16')
+DTYPES = ('float32', 'float16', 'int8')
 INPUT_NAME = 'images'
 OUTPUT_STRIDE = 8
 # metadata_props keys of an exported .onnx: the Interface and the dataset (classes, colours).
@@ -31,17 +33,23 @@ EXTRA_HINT = "pip install -e '.[export]'"
 
 @dataclasses.dataclass(frozen=True)
 class Interface:
-  """What an exported model takes and returns; the batch size is free, the image size fixed.
+  """What an exported model takes and returns.
 
   Attributes:
-    height, width: the input image size.
+    height, width: the size the network runs at.
     num_classes: K.
     layout: 'nchw' (as PyTorch exports) or 'nhwc', of the input and of the logits.
-    outputs: 'logits' (float32, at stride 8: ceil(H/8) x ceil(W/8)) or 'labels' (uint8 [N, H, W]:
-      the logits upsampled bilinearly to H x W, then argmax, as ``inference.predict_labels``).
-    preprocessing: the input is uint8 RGB and the graph normalises it (``normalize_on_device``);
-      otherwise float32 RGB normalised with MEAN_RGB / STD_RGB.
-    dtype: the precision inside the graph; inputs and logits stay float32.
+    outputs: 'logits' (float32 at stride 8: ceil(H/8) x ceil(W/8) of the input) or 'labels'
+      (uint8 [N, H, W]: the logits upsampled bilinearly to the input's size, then argmax, as
+      ``inference.predict_labels``).
+    preprocessing: the input is uint8 RGB and the graph normalises it (bit-identical to
+      ``normalize``); otherwise float32 RGB normalised with MEAN_RGB / STD_RGB.
+    dtype: the precision inside the graph ('float32', 'float16', or 'int8': statically
+      quantized convolutions); inputs and logits stay float32.
+    any_input_size: the file takes images of any size: it resizes them (bilinearly,
+      half-pixel, as ``resize_bilinear``) to height x width and its output back to theirs, as
+      ``InferenceSpec(input_size=(height, width))`` does in JAX. Otherwise (StableHLO) the input
+      must be height x width.
   """
   height: int
   width: int
@@ -50,6 +58,7 @@ class Interface:
   outputs: str = 'logits'
   preprocessing: bool = False
   dtype: str = 'float32'
+  any_input_size: bool = False
 
   @property
   def input_size(self) -> tuple[int, int]:
@@ -59,25 +68,28 @@ class Interface:
   def input_dtype(self) -> str:
     return 'uint8' if self.preprocessing else 'float32'
 
+  @property
+  def output_name(self) -> str:
+    return self.outputs
+
   def prepare(self, images: np.ndarray) -> np.ndarray:
     """uint8 [N, H, W, 3] RGB images -> the file's input: normalised unless the graph does it,
     in its layout, contiguous."""
     inputs = images if self.preprocessing else normalize(images)
     return np.ascontiguousarray(inputs.transpose(0, 3, 1, 2) if self.layout == 'nchw' else inputs)
 
-  @property
-  def output_name(self) -> str:
-    return self.outputs
-
   def input_shape(self, batch='N') -> tuple:
-    if self.layout == 'nchw':
-      return (batch, 3, self.height, self.width)
-    return (batch, self.height, self.width, 3)
+    height, width = ('H', 'W') if self.any_input_size else self.input_size
+    return (batch, 3, height, width) if self.layout == 'nchw' else (batch, height, width, 3)
 
   def output_shape(self, batch='N') -> tuple:
+    height, width = ('H', 'W') if self.any_input_size else self.input_size
     if self.outputs == 'labels':
-      return (batch, self.height, self.width)
-    size = (math.ceil(self.height / OUTPUT_STRIDE), math.ceil(self.width / OUTPUT_STRIDE))
+      return (batch, height, width)
+    if self.any_input_size:
+      size = (f'ceil(H/{OUTPUT_STRIDE})', f'ceil(W/{OUTPUT_STRIDE})')
+    else:
+      size = (math.ceil(height / OUTPUT_STRIDE), math.ceil(width / OUTPUT_STRIDE))
     if self.layout == 'nchw':
       return (batch, self.num_classes, *size)
     return (batch, *size, self.num_classes)
@@ -88,9 +100,10 @@ class Interface:
                        'std_rgb': list(STD_RGB), 'output_stride': OUTPUT_STRIDE})
 
   @classmethod
-  def from_json(cls, text: str) -> 'Interface':
+  def from_json(cls, text: str) -> Interface:
+    """The inverse of ``to_json``; fields that older files lack keep their defaults."""
     fields = json.loads(text)
-    return cls(**{f.name: fields[f.name] for f in dataclasses.fields(cls)})
+    return cls(**{f.name: fields[f.name] for f in dataclasses.fields(cls) if f.name in fields})
 
 
 def describe(shape: tuple, dtype: str) -> str:

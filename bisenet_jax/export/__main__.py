@@ -2,37 +2,54 @@
 
   python -m bisenet_jax.export --checkpoint fcn_bisenetv1_resnet18os32_cityscapes.pth \
       --format onnx --output r18.onnx
+  python -m bisenet_jax.export --checkpoint runs/r18 --format onnx --dtype int8 \
+      --calibration /data/cityscapes --outputs labels --with-preprocessing --output r18_int8.onnx
 
 The default interface is what a PyTorch export of the model has: input ``images`` float32
 [N, 3, H, W] RGB normalised as the reference does, output ``logits`` float32 [N, K, ceil(H/8),
-ceil(W/8)]; the batch size N is free, H x W fixed (``--input-size HEIGHTxWIDTH``, default
-1024x2048).
-``--layout nhwc``, ``--outputs labels`` (uint8 class ids at H x W, as ``predict_labels``),
-``--with-preprocessing`` (uint8 RGB input, normalised in the graph) and ``--dtype float16``
-(StableHLO only) change it. The file is written to a temporary name and renamed once it has
-been checked: the output of the file on a random batch is compared with JAX's. See
-docs/deployment.md.
+ceil(W/8)]. An ONNX file takes any batch size and any image size: it runs the network at
+``--input-size HEIGHTxWIDTH`` (default 1024x2048), resizing the images to it and its output
+back; a StableHLO file takes exactly that size. ``--layout nhwc``, ``--outputs labels`` (uint8
+class ids at the input's size, as ``predict_labels``), ``--with-preprocessing`` (uint8 RGB input,
+normalised in the graph) and ``--dtype float16|int8`` change it; int8 (ONNX) is calibrated on
+``--calibration`` images. Before the file is written (to a temporary name, renamed once checked)
+its labels are compared with the float32 JAX model's on the calibration images (or random ones
+when none are given): the share that agree is printed, and an int8 file under
+``--min-agreement`` is refused. See docs/deployment.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import logging
+import warnings
 from pathlib import Path
 
+import numpy as np
+
 from bisenet_jax import cli
+from bisenet_jax.data.images import read_image
 from bisenet_jax.data.normalization import MEAN_RGB, STD_RGB
 from bisenet_jax.errors import UserError
 from bisenet_jax.export import (DTYPES, FORMATS, INPUT_NAME, LAYOUTS, OUTPUTS, Interface,
-                                describe)
+                                calibration, describe)
 from bisenet_jax.files import write_atomically
-from bisenet_jax.specs import SIZE_FORMAT
+from bisenet_jax.specs import SIZE_FORMAT, format_size
+
+# An int8 file whose labels agree with float32 JAX's on fewer calibration pixels is refused
+# (docs/deployment.md: trained R18 files measured at 98-99.6% on real images).
+DEFAULT_MIN_AGREEMENT = 0.97
+DEFAULT_CALIBRATION_COUNT = 100
+_RANDOM_CHECK_IMAGES = 2
 
 
 def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog='python -m bisenet_jax.export',
-                                   description=__doc__.splitlines()[0])
+                                   description=__doc__.splitlines()[0],
+                                   epilog='Sizes are HEIGHTxWIDTH.')
   parser.add_argument('--checkpoint', required=True,
                       help='official .pth, a folder from convert/ssseg_to_flax.py, or a training '
                       'workdir (its latest checkpoint)')
@@ -40,7 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--output', required=True, help='the file to write')
   parser.add_argument('--input-size', type=cli.size_argument('--input-size'),
                       default=(1024, 2048), metavar=SIZE_FORMAT,
-                      help='the input image size (default 1024x2048)')
+                      help='the size the network runs at (default 1024x2048); an ONNX file '
+                      'resizes other images to it')
   cli.add_renamed_flags(parser, {'--height': f'--input-size {SIZE_FORMAT}',
                                  '--width': f'--input-size {SIZE_FORMAT}'})
   parser.add_argument('--layout', default='nchw', help='nchw (default, as PyTorch) or nhwc')
@@ -50,7 +68,17 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--with-preprocessing', action='store_true',
                       help='take uint8 RGB images and normalise them inside the graph')
   parser.add_argument('--dtype', default='float32',
-                      help='float32 (default) or float16 (stablehlo only)')
+                      help='float32 (default), float16, or int8 (ONNX: statically quantized '
+                      'convolutions, needs --calibration)')
+  parser.add_argument('--calibration', metavar='DIR',
+                      help='images to calibrate int8 on and to check the file against: a folder '
+                      'of images, a split or a dataset root (its training images)')
+  parser.add_argument('--calibration-count', type=cli.positive_int('--calibration-count'),
+                      default=DEFAULT_CALIBRATION_COUNT,
+                      help=f'how many of them (default {DEFAULT_CALIBRATION_COUNT})')
+  parser.add_argument('--min-agreement', type=float, default=DEFAULT_MIN_AGREEMENT,
+                      help='refuse an int8 file whose labels agree with float32 JAX on fewer of '
+                      f'the check pixels (default {DEFAULT_MIN_AGREEMENT})')
   parser.add_argument('--force', action='store_true', help='replace an existing --output')
   return parser.parse_args(argv)
 
@@ -61,16 +89,21 @@ def _choice(value: str, choices: tuple[str, ...], flag: str) -> str:
   return value
 
 
-def check_args(args: argparse.Namespace) -> None:
-  """Every argument error before the (slow) checkpoint load and export."""
+def check_args(args: argparse.Namespace) -> list[Path] | None:
+  """Every argument error before the (slow) checkpoint load and export; returns the
+  calibration image files, if any."""
   _choice(args.format, FORMATS, '--format')
   _choice(args.layout, LAYOUTS, '--layout')
   _choice(args.outputs, OUTPUTS, '--outputs')
   _choice(args.dtype, DTYPES, '--dtype')
-  if args.format == 'onnx' and args.dtype == 'float16':
-    raise UserError('--dtype float16 is for --format stablehlo: jax2onnx 0.13 writes float32 '
-                    'weights under float16 activations, which ONNX Runtime refuses; build a '
-                    'float16 TensorRT engine from the float32 .onnx (trtexec --fp16)')
+  if args.dtype == 'int8' and args.format != 'onnx':
+    raise UserError('--dtype int8 is for --format onnx (ONNX Runtime quantizes the file); '
+                    'StableHLO takes float32 or float16')
+  if args.dtype == 'int8' and not args.calibration:
+    raise UserError('--dtype int8 needs calibration images: pass --calibration DIR (a folder of '
+                    'images, a split or a dataset root) like the images the model will see')
+  if not 0 <= args.min_agreement <= 1:
+    raise UserError(f'--min-agreement {args.min_agreement} must be a fraction in 0..1')
   output = Path(args.output)
   if output.is_dir():
     raise UserError(f'--output {output} is a folder: give a file name')
@@ -82,12 +115,17 @@ def check_args(args: argparse.Namespace) -> None:
     from bisenet_jax.export import onnx_file, onnx_runtime
     onnx_file.require()
     onnx_runtime.require()  # The check of the written graph runs it.
+  if args.dtype == 'float16' and args.format == 'onnx':
+    from bisenet_jax.export import precision
+    precision.require_float16()
+  if args.calibration is None:
+    return None
+  return calibration.calibration_images(args.calibration, args.calibration_count)
 
 
-def export(args: argparse.Namespace) -> dict:
+def export(args: argparse.Namespace, images: list[Path] | None) -> dict:
   """Loads, exports, checks and writes; returns what the summary prints."""
   import jax
-  import numpy as np
 
   from bisenet_jax import checkpoint
   from bisenet_jax.export import graph
@@ -95,27 +133,111 @@ def export(args: argparse.Namespace) -> dict:
   spec, variables, dataset = checkpoint.load_model(args.checkpoint)
   model = spec.build()
   interface = Interface(*args.input_size, model.num_classes, args.layout, args.outputs,
-                        args.with_preprocessing, args.dtype)
-  fn = graph.interface_fn(model, variables, interface)
-  spec = graph.input_spec(interface)
+                        args.with_preprocessing, args.dtype,
+                        any_input_size=args.format == 'onnx')
+  check_images = _check_images(images, interface)
   with jax.default_matmul_precision('highest'):  # Full fp32, as the reference (no TF32).
     if args.format == 'onnx':
-      from bisenet_jax.export import onnx_file
-      data = onnx_file.export_onnx(fn, spec, interface,
-                                   None if dataset is None else json.dumps(dataset.to_json()))
+      data = _onnx_file(model, variables, interface, dataset, check_images)
       run = _onnx_runner(data)
     else:
       from bisenet_jax.export import stablehlo_file
-      data = stablehlo_file.export_stablehlo(fn, spec)
+      data = stablehlo_file.export_stablehlo(graph.interface_fn(model, variables, interface),
+                                             graph.input_spec(interface))
       run = _stablehlo_runner(data)
     # The reference: the float32 JAX model with the same interface.
     reference = jax.jit(graph.interface_fn(model, variables,
                                            dataclasses.replace(interface, dtype='float32')))
-    images = _random_input(interface)
-    error = _compare(run(images), np.asarray(reference(images)), interface)
+    check = compare(run, reference, check_images(), interface)
+  check['images'] = f'{len(images)} calibration image(s)' if images else 'random images'
+  if args.dtype == 'int8' and check['agreement'] < args.min_agreement:
+    raise UserError(f"the int8 file's labels agree with float32 JAX's on {check['agreement']:.2%} "
+                    f"of the pixels of {check['images']}, under --min-agreement "
+                    f'{args.min_agreement:.2%}: nothing written; calibrate on more typical '
+                    'images (--calibration, --calibration-count) or lower --min-agreement')
   write_atomically(args.output, data, remedy='choose another --output')
-  return {'interface': interface, 'bytes': len(data), 'error': error,
-          'opset': onnx_file.opset(data) if args.format == 'onnx' else None}
+  return {'interface': interface, 'bytes': len(data), 'check': check,
+          'opset': _opset(data) if args.format == 'onnx' else None}
+
+
+def _onnx_file(model, variables, interface: Interface, dataset, check_images) -> bytes:
+  """The ONNX file: the float32 network taking any size, then float16 or int8 if asked."""
+  from bisenet_jax.export import graph, onnx_file, precision
+  network_interface = graph.network_interface(interface)
+  network = onnx_file.export_network(
+      graph.interface_fn(model, variables, network_interface),
+      graph.input_spec(network_interface), network_interface)
+  proto = onnx_file.optimize(onnx_file.take_any_size(network, interface))
+  with _quiet_conversion():
+    if interface.dtype == 'float16':
+      proto = precision.to_float16(proto)
+    elif interface.dtype == 'int8':
+      proto = precision.to_int8(proto, check_images)
+  dataset_json = None if dataset is None else json.dumps(dataset.to_json())
+  return onnx_file.with_metadata(proto, interface, dataset_json).SerializeToString()
+
+
+@contextlib.contextmanager
+def _quiet_conversion():
+  """The converters warn for every tensor (float16 rounding, quantization advice)."""
+  logger = logging.getLogger()
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore')
+      yield
+  finally:
+    logger.setLevel(level)
+
+
+def _check_images(files: list[Path] | None, interface: Interface):
+  """A function returning the check (and calibration) inputs, one image per batch, as the file
+  takes them: the calibration images (resized to the fixed size of a StableHLO file), or random
+  ones (an ONNX file also gets one of another size)."""
+
+  def images():
+    if files:
+      for path in files:
+        image = read_image(path, 'replace it or leave it out of --calibration')
+        if not interface.any_input_size:
+          image = _resized(image, interface.input_size)
+        yield image
+      return
+    rng = np.random.default_rng(0)
+    sizes = [interface.input_size] * _RANDOM_CHECK_IMAGES
+    if interface.any_input_size:
+      sizes.append(tuple(max(1, 3 * side // 4) for side in interface.input_size))
+    for size in sizes:
+      yield rng.integers(0, 256, (*size, 3), np.uint8)
+
+  return lambda: (interface.prepare(image[None]) for image in images())
+
+
+def _resized(image: np.ndarray, size) -> np.ndarray:
+  import cv2
+  return cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def compare(run, reference, inputs, interface: Interface) -> dict:
+  """How the file's output agrees with the float32 JAX reference's over ``inputs``.
+
+  Returns ``{'agreement': share of equal labels (logits: of equal argmax), 'logits_error': max
+  |file - JAX| over max |JAX| (logits files; None for labels)}``.
+  """
+  equal = total = 0
+  error = scale = 0.0
+  for batch in inputs:
+    got, expected = np.asarray(run(batch)), np.asarray(reference(batch))
+    if interface.outputs == 'logits':
+      axis = 1 if interface.layout == 'nchw' else -1
+      error = max(error, float(np.abs(got.astype(np.float64) - expected).max()))
+      scale = max(scale, float(np.abs(expected).max()))
+      got, expected = got.argmax(axis), expected.argmax(axis)
+    equal += int(np.sum(got == expected))
+    total += got.size
+  return {'agreement': equal / total,
+          'logits_error': error / scale if interface.outputs == 'logits' else None}
 
 
 def _onnx_runner(data: bytes):
@@ -125,51 +247,40 @@ def _onnx_runner(data: bytes):
 
 
 def _stablehlo_runner(data: bytes):
-  import numpy as np
-
   from bisenet_jax.export import stablehlo_file
   exported = stablehlo_file.load(data)
   return lambda images: np.asarray(exported.call(images))
 
 
-def _random_input(interface: Interface):
-  """One random image as the file takes it."""
-  import numpy as np
-
-  rng = np.random.default_rng(0)
-  return interface.prepare(rng.integers(0, 256, (1, *interface.input_size, 3), np.uint8))
-
-
-def _compare(got, expected, interface: Interface) -> str:
-  import numpy as np
-
-  if interface.outputs == 'labels':
-    return f'{np.mean(got != expected):.2%} of the labels differ from JAX float32'
-  error = float(np.abs(got.astype(np.float64) - expected).max())
-  scale = float(np.abs(expected).max())
-  return (f'max |{interface.dtype} file - JAX float32| = {error:.2e} '
-          f'({error / scale:.1e} of max |logits| = {scale:.3g})')
+def _opset(data: bytes) -> int:
+  from bisenet_jax.export import onnx_file
+  return onnx_file.opset(data)
 
 
 def summary(args: argparse.Namespace, result: dict) -> str:
-  interface = result['interface']
+  interface, check = result['interface'], result['check']
   kind = f"onnx opset {result['opset']}" if result['opset'] else 'stablehlo (jax.export)'
   normalisation = ('uint8 RGB, normalised in the graph' if interface.preprocessing else
                    f'RGB, (x - {list(MEAN_RGB)}) / {list(STD_RGB)}')
+  size = (f'any size (the network runs at {format_size(interface.input_size)})'
+          if interface.any_input_size else 'fixed size')
   output_dtype = 'uint8' if interface.outputs == 'labels' else 'float32'
+  line = f"check on {check['images']}: {check['agreement']:.2%} of the labels equal JAX float32's"
+  if check['logits_error'] is not None:
+    line += f"; max |logits - JAX| = {check['logits_error']:.1e} of max |logits|"
   return '\n'.join([
       f"wrote {args.output}: {kind}, {interface.dtype}, {result['bytes'] / 2**20:.1f} MiB",
       f'input  {INPUT_NAME} {describe(interface.input_shape(), interface.input_dtype)} '
-      f'{interface.layout.upper()}, {normalisation}',
+      f'{interface.layout.upper()}, {size}, {normalisation}',
       f'output {interface.output_name} {describe(interface.output_shape(), output_dtype)}',
-      f"check on a random image: {result['error']}"])
+      line])
 
 
 @cli.user_errors_exit
 def main(argv=None) -> None:
   args = parse_args(argv)
-  check_args(args)
-  print(summary(args, export(args)))
+  images = check_args(args)
+  print(summary(args, export(args, images)))
 
 
 if __name__ == '__main__':

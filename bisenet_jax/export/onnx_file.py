@@ -1,17 +1,36 @@
-"""ONNX through jax2onnx (imported here only: the ``export`` extra)."""
+"""ONNX through jax2onnx (imported here only: the ``export`` extra), taking any image size.
+
+The network is traced by jax2onnx at one size (the context path computes its nearest-resize
+indices from static shapes, as PyTorch's rule needs, so it cannot be traced with symbolic height
+and width). ``take_any_size`` then puts standard ONNX operators around it, so the file takes
+images of any size in any runtime: the normalisation as a lookup (``Gather`` on the same table as
+``normalization.normalize``, bit-identical), a bilinear ``Resize`` (half-pixel, no antialiasing:
+``resize_bilinear``'s arithmetic) to the network's size, and after it a ``Resize`` of the logits
+back to the input's size (labels: then ``ArgMax``) or to its stride-8 grid (logits). Finally
+ONNX Runtime's basic (portable) graph optimisations fold the BatchNorms into the convolutions and
+cancel the transposes jax2onnx writes around NHWC convolutions: about 800 nodes become 190.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import logging
+import tempfile
+from pathlib import Path
 
+import numpy as np
+
+from bisenet_jax.data.normalization import normalization_table
 from bisenet_jax.errors import UserError
-from bisenet_jax.export import DATASET_KEY, EXTRA_HINT, INPUT_NAME, INTERFACE_KEY, Interface
+from bisenet_jax.export import (DATASET_KEY, EXTRA_HINT, INPUT_NAME, INTERFACE_KEY,
+                                OUTPUT_STRIDE, Interface)
 
-# ReduceMean with its axes as an input (what jax2onnx emits for global pooling) needs opset 18;
-# 18 is also what TensorRT 10 and OpenVINO 2024 read.
+# ReduceMean with its axes as an input (what jax2onnx emits for global pooling) and Resize with
+# an `axes` attribute need opset 18; 18 is also what TensorRT 10 and OpenVINO 2024 read.
 OPSET = 18
+_NETWORK_INPUT = 'network/images'
+_NETWORK_OUTPUT = 'network/logits'
 
 
 def require():
@@ -24,23 +43,110 @@ def require():
   return jax2onnx, onnx
 
 
-def export_onnx(fn, spec, interface: Interface, dataset_json: str | None) -> bytes:
-  """The serialised, checked ModelProto of ``fn`` for input ``spec``, with its metadata."""
-  jax2onnx, onnx = require()
+def export_network(fn, spec, interface: Interface):
+  """The ModelProto of the fixed-size network ``fn`` (``graph.network_interface``)."""
+  jax2onnx, _ = require()
   # jax2onnx 0.13 prints its Flax plugins' debug lines and logs value-type warnings that say
-  # nothing about the result (which onnx.checker and the comparison below do check).
+  # nothing about the result (which onnx.checker and the export's comparison do check).
   for name in ('jax2onnx', 'onnx_ir'):
     logging.getLogger(name).setLevel(logging.ERROR)
   with contextlib.redirect_stdout(io.StringIO()):
-    proto = jax2onnx.to_onnx(fn, [spec], model_name='bisenet_jax', opset=OPSET,
-                             input_names=[INPUT_NAME], output_names=[interface.output_name])
+    return jax2onnx.to_onnx(fn, [spec], model_name='bisenet_jax', opset=OPSET,
+                            input_names=[INPUT_NAME], output_names=['logits'])
+
+
+def take_any_size(network, interface: Interface):
+  """The file's graph: ``network`` behind normalisation and resizes to and from its size."""
+  _, onnx = require()
+  from onnx import TensorProto, helper, numpy_helper
+  graph = network.graph
+  for node in graph.node:  # The network reads the resized images, and its output is internal.
+    node.input[:] = [_NETWORK_INPUT if name == INPUT_NAME else name for name in node.input]
+    node.output[:] = [_NETWORK_OUTPUT if name == 'logits' else name for name in node.output]
+  nchw = interface.layout == 'nchw'
+  spatial = [2, 3] if nchw else [1, 2]
+  channel_shape = (1, 3, 1, 1) if nchw else (1, 1, 1, 3)
+  constants = {
+      'size': np.array(interface.input_size, np.int64),
+      'spatial_start': np.array([spatial[0]], np.int64),
+      'spatial_end': np.array([spatial[1] + 1], np.int64),
+  }
+  if interface.preprocessing:
+    # Channel c of value v is entry 256 * c + v of the channel-major table.
+    constants['table'] = normalization_table().T.reshape(-1).astype(np.float32)
+    constants['channel_offsets'] = (256 * np.arange(3, dtype=np.int64)).reshape(channel_shape)
+  if interface.outputs == 'logits':
+    constants['stride_minus_one'] = np.array(OUTPUT_STRIDE - 1, np.int64)
+    constants['stride'] = np.array(OUTPUT_STRIDE, np.int64)
+  initializers = [numpy_helper.from_array(value, f'any_size/{name}')
+                  for name, value in constants.items()]
+  c = lambda name: f'any_size/{name}'  # noqa: E731
+  resize = lambda inputs, output: helper.make_node(  # noqa: E731
+      'Resize', [inputs[0], '', '', inputs[1]], [output], mode='linear',
+      coordinate_transformation_mode='half_pixel', axes=spatial)
+  before = []
+  images = INPUT_NAME
+  if interface.preprocessing:
+    before += [helper.make_node('Cast', [INPUT_NAME], [c('index')], to=TensorProto.INT64),
+               helper.make_node('Add', [c('index'), c('channel_offsets')], [c('entry')]),
+               helper.make_node('Gather', [c('table'), c('entry')], [c('normalised')], axis=0)]
+    images = c('normalised')
+  before.append(resize([images, c('size')], _NETWORK_INPUT))
+  after = [helper.make_node('Shape', [INPUT_NAME], [c('shape')]),
+           helper.make_node('Slice', [c('shape'), c('spatial_start'), c('spatial_end')],
+                            [c('input_size')])]
+  if interface.outputs == 'labels':
+    after += [resize([_NETWORK_OUTPUT, c('input_size')], c('upsampled')),
+              helper.make_node('ArgMax', [c('upsampled')], [c('argmax')],
+                               axis=1 if nchw else 3, keepdims=0),
+              helper.make_node('Cast', [c('argmax')], ['labels'], to=TensorProto.UINT8)]
+    output = helper.make_tensor_value_info('labels', TensorProto.UINT8, ['N', 'H', 'W'])
+  else:
+    # ceil(size / 8) = (size + 7) // 8 on positive integers.
+    after += [helper.make_node('Add', [c('input_size'), c('stride_minus_one')], [c('padded')]),
+              helper.make_node('Div', [c('padded'), c('stride')], [c('stride_size')]),
+              resize([_NETWORK_OUTPUT, c('stride_size')], 'logits')]
+    output = helper.make_tensor_value_info('logits', TensorProto.FLOAT,
+                                           list(interface.output_shape('N')))
+  for node in before + after:  # Named, as converters derive the names they add from them.
+    node.name = f'any_size/{node.output[0]}'
+  inputs = [helper.make_tensor_value_info(
+      INPUT_NAME, TensorProto.UINT8 if interface.preprocessing else TensorProto.FLOAT,
+      list(interface.input_shape('N')))]
+  wrapped = helper.make_graph(before + list(graph.node) + after, 'bisenet_jax', inputs, [output],
+                              initializer=list(graph.initializer) + initializers)
+  model = helper.make_model(wrapped, opset_imports=network.opset_import,
+                            producer_name='bisenet_jax')
+  onnx.checker.check_model(model)
+  return model
+
+
+def optimize(model):
+  """ONNX Runtime's basic graph optimisations (constant folding, Conv + BatchNorm fusion,
+  transpose cancelling): standard operators only, so the file stays portable."""
+  _, onnx = require()
+  from bisenet_jax.export import onnx_runtime
+  ort = onnx_runtime.require()
+  options = ort.SessionOptions()
+  options.log_severity_level = 3  # Errors only.
+  options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+  with tempfile.TemporaryDirectory() as folder:
+    options.optimized_model_filepath = str(Path(folder) / 'optimized.onnx')
+    ort.InferenceSession(model.SerializeToString(), options, providers=['CPUExecutionProvider'])
+    return onnx.load(options.optimized_model_filepath)
+
+
+def with_metadata(model, interface: Interface, dataset_json: str | None):
+  """``model`` carrying its interface and dataset in ``metadata_props``, checked."""
+  _, onnx = require()
+  del model.metadata_props[:]
   entries = {INTERFACE_KEY: interface.to_json()}
   if dataset_json is not None:
     entries[DATASET_KEY] = dataset_json
   for key, value in entries.items():
-    proto.metadata_props.add(key=key, value=value)
-  onnx.checker.check_model(proto)
-  return proto.SerializeToString()
+    model.metadata_props.add(key=key, value=value)
+  onnx.checker.check_model(model)
+  return model
 
 
 def opset(data: bytes) -> int:

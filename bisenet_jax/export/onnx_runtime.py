@@ -28,6 +28,7 @@ def session(model: str | Path | bytes, threads: int | None = None):
   """
   ort = require()
   options = ort.SessionOptions()
+  options.log_severity_level = 3  # Errors only: its warnings are advice about the graph.
   if threads:
     options.intra_op_num_threads = threads
   try:
@@ -57,13 +58,16 @@ class OnnxSegmenter:
     """The model's output for an input as its interface takes it."""
     return self.session.run(None, {INPUT_NAME: images})[0]
 
-  def labels(self, images: np.ndarray) -> np.ndarray:
-    """uint8 [N, H, W, 3] RGB images -> uint8 [N, H, W] class ids (a '--outputs labels' file)."""
-    interface = self.interface
-    if interface.outputs != 'labels':
+  def require_labels(self) -> None:
+    """Prediction and evaluation need a '--outputs labels' file."""
+    if self.interface.outputs != 'labels':
       raise UserError(f'{self.path} outputs logits; prediction needs the labels at image size: '
                       'export it again with --outputs labels')
-    if images.shape[1:3] != interface.input_size:
+
+  def labels(self, images: np.ndarray) -> np.ndarray:
+    """uint8 [N, H, W, 3] RGB images -> uint8 [N, H, W] class ids (``require_labels``)."""
+    interface = self.interface
+    if not interface.any_input_size and images.shape[1:3] != interface.input_size:
       raise UserError(f'{self.path} takes {format_size(interface.input_size)} images, this one '
                       f'is {format_size(images.shape[1:3])}: export the model again with '
                       f'--input-size {format_size(images.shape[1:3])}')
