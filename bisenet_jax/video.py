@@ -14,6 +14,7 @@ Free of JAX: ``predict`` runs exported ``.onnx`` files through it on ONNX Runtim
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -115,7 +116,8 @@ class VideoFile:
     self.writer = cv2.VideoWriter(str(self.temporary), cv2.VideoWriter_fourcc(*FOURCC), fps,
                                   (size[1], size[0]))
     if not self.writer.isOpened():
-      self.temporary.unlink(missing_ok=True)
+      with contextlib.suppress(OSError):  # A name the file system refuses was never created.
+        self.temporary.unlink(missing_ok=True)
       raise UserError(f'OpenCV cannot write the video {path} ({FOURCC} in .mp4): check that '
                       'the folder is writable and the name ends in .mp4')
     self.frames = 0
@@ -127,9 +129,13 @@ class VideoFile:
   def close(self, keep: bool) -> None:
     """Finishes the file; ``keep`` renames it into place, otherwise it is removed."""
     self.writer.release()
-    if keep and self.frames:
-      os.replace(self.temporary, self.path)
-    else:
+    try:
+      if keep and self.frames:
+        os.replace(self.temporary, self.path)
+    except OSError as e:
+      raise UserError(f'Cannot write the video {self.path} ({e.strerror}): choose another '
+                      '--output') from e
+    finally:
       self.temporary.unlink(missing_ok=True)
 
 

@@ -210,6 +210,32 @@ def test_two_processes_count_what_one_process_counts(setup, one_device):
                                 read_predictions(predictions, setup['gt_files']))
 
 
+@pytest.mark.slow
+def test_an_exported_file_scores_what_its_checkpoint_scores(setup, one_device, tmp_path, capsys):
+  """A float32 labels .onnx at the images' size, on ONNX Runtime: the same protocol, table and
+  JSON; the mIoU of the checkpoint it came from to 0.01 points."""
+  from bisenet_jax.export.__main__ import main as export_main
+  results, _, _ = one_device
+  export_main(['--checkpoint', str(setup['checkpoint']), '--format', 'onnx', '--outputs', 'labels',
+               '--with-preprocessing', '--input-size', f'{HEIGHT}x{WIDTH}',
+               '--output', str(tmp_path / 'r18.onnx')])
+  evaluate.main(['--checkpoint', str(tmp_path / 'r18.onnx'), '--data-root', str(setup['root']),
+                 '--output', str(tmp_path / 'results.json')])
+  stdout = capsys.readouterr().out
+  assert 'float32 ONNX Runtime' in stdout and f'input size {HEIGHT}x{WIDTH}' in stdout
+  exported = json.loads((tmp_path / 'results.json').read_text())
+  assert exported['images'] == results['images'] and exported['class_names'] == (
+      results['class_names'])
+  assert abs(exported['miou'] - results['miou']) < 1e-4
+  assert np.abs(np.array(exported['confusion']) - results['confusion']).sum() <= 0.001 * np.sum(
+      results['confusion'])
+  with pytest.raises(SystemExit):
+    evaluate.main(['--checkpoint', str(tmp_path / 'r18.onnx'), '--data-root',
+                   str(setup['root']), '--mode', 'slide', '--window-size', '32x32',
+                   '--window-stride', '16x16'])
+  assert 'an exported file runs each whole image once' in capsys.readouterr().err
+
+
 def _garbage_image(root):
   """An undecodable first image (so the error comes before any compilation)."""
   first_image, _ = write_fake_cityscapes(root)[0]

@@ -22,7 +22,7 @@ from bisenet_jax.data.synthetic import draw_street_scene
 from bisenet_jax.eval import inference
 from bisenet_jax.export import INTERFACE_KEY, DATASET_KEY, Interface, onnx_runtime
 from bisenet_jax.export.__main__ import main as export_main
-from bisenet_jax.specs import DatasetSpec, ModelSpec
+from bisenet_jax.specs import DatasetSpec, InferenceSpec, ModelSpec
 
 from conftest import ROOT
 from labelled_files import read_rgb
@@ -102,12 +102,16 @@ def test_onnx_file_is_valid_and_carries_its_interface(r18_onnx, capsys):
   onnx.checker.check_model(model)
   metadata = {p.key: p.value for p in model.metadata_props}
   interface = Interface.from_json(metadata[INTERFACE_KEY])
-  assert interface == Interface(*ODD, 19)
+  assert interface == Interface(*ODD, 19, any_input_size=True)
   assert DatasetSpec.from_json(json.loads(metadata[DATASET_KEY])).kind == 'cityscapes'
   session = onnx_runtime.session(r18_onnx)
   (given,), (returned,) = session.get_inputs(), session.get_outputs()
-  assert (given.name, given.type, given.shape) == ('images', 'tensor(float)', ['N', 3, *ODD])
-  assert (returned.name, returned.shape) == ('logits', ['N', 19, 61, 81])
+  assert (given.name, given.type, given.shape) == ('images', 'tensor(float)', ['N', 3, 'H', 'W'])
+  assert (returned.name, returned.shape) == ('logits', ['N', 19, 'ceil(H/8)', 'ceil(W/8)'])
+  # BatchNorms folded into the convolutions, no transposes left between them.
+  operators = [node.op_type for node in model.graph.node]
+  assert operators.count('Conv') == 37 and 'BatchNormalization' not in operators
+  assert operators.count('Transpose') < 10 and 'Sqrt' not in operators
 
 
 @pytest.mark.slow
@@ -147,6 +151,27 @@ def test_preprocessing_in_the_graph_equals_normalising_first(r18, r18_onnx, fold
 def r18_labels_onnx(r18, folder):
   return export(r18, folder / 'r18_labels.onnx', '--format', 'onnx', '--outputs', 'labels',
                 '--with-preprocessing', '--layout', 'nhwc', *size_flags(SMALL))
+
+
+def jax_labels(checkpoint_path, images, input_size):
+  """What the file should give: the JAX model run at ``input_size``, labels at the images' size."""
+  model, variables = checkpoint.load_pretrained(checkpoint_path)
+  spec = InferenceSpec(input_size=input_size)
+  with jax.default_matmul_precision('highest'):
+    return np.asarray(jax.jit(lambda x: inference.predict_labels(
+        lambda y: model.apply(variables, y, train=False), x, x.shape[1:3], spec))(
+            normalize(images)))
+
+
+def test_a_file_takes_images_of_any_size_as_jax_with_its_input_size(r18, r18_labels_onnx):
+  session = onnx_runtime.session(r18_labels_onnx)
+  for size in ((45, 70), (90, 200), SMALL):
+    images = street_scenes(1, size, seed=sum(size))
+    expected = jax_labels(r18, images, SMALL)
+    assert len(np.unique(expected)) >= 2
+    got = session.run(None, {'images': images})[0]
+    assert got.shape == (1, *size)
+    np.testing.assert_array_equal(got, expected)
 
 
 def test_labels_output_equals_predict_labels(r18, r18_labels_onnx):
@@ -232,7 +257,11 @@ def test_float16_stablehlo_is_within_the_documented_bound(r18, folder, capsys):
     (['--format', 'onnx', '--input-size', '0x97'], "--input-size '0x97' is not a size"),
     (['--format', 'onnx', '--height', '512'], '--height is gone: use --input-size HEIGHTxWIDTH'),
     (['--format', 'onnx', '--layout', 'nhcw'], "--layout 'nhcw' is not one of nchw, nhwc"),
-    (['--format', 'onnx', '--dtype', 'float16'], '--dtype float16 is for --format stablehlo'),
+    (['--format', 'onnx', '--dtype', 'int8'], '--dtype int8 needs calibration images'),
+    (['--format', 'stablehlo', '--dtype', 'int8', '--calibration', '.'],
+     '--dtype int8 is for --format onnx'),
+    (['--format', 'onnx', '--calibration', 'nowhere'], '--calibration nowhere does not exist'),
+    (['--format', 'onnx', '--calibration', 'tests/data'], '--calibration tests/data: no *.jpg'),
 ])
 def test_bad_arguments_are_one_line_errors(r18, tmp_path, capsys, flags, message):
   with pytest.raises(SystemExit) as exit_info:
@@ -277,14 +306,102 @@ def test_predict_refuses_a_logits_file_and_another_size(r18_onnx, r18_labels_onn
     with pytest.raises(SystemExit):
       predict.main(['--checkpoint', str(path), str(images / '0.png'), '--scales', '0.5,1',
                     '--output', str(tmp_path / 'o')])
-    assert 'whole images at scale 1 only' in capsys.readouterr().err
+    assert 'runs each whole image once at its own input size' in capsys.readouterr().err
+  # Files of earlier versions took one size only: they refuse another one.
+  fixed = onnx.load(str(r18_labels_onnx))
+  entry = next(p for p in fixed.metadata_props if p.key == INTERFACE_KEY)
+  entry.value = json.dumps({**json.loads(entry.value), 'any_input_size': False})
+  onnx.save(fixed, tmp_path / 'fixed.onnx')
   import cv2
   cv2.imwrite(str(tmp_path / 'other.png'), np.zeros((32, 48, 3), np.uint8))
   with pytest.raises(SystemExit):
-    predict.main(['--checkpoint', str(r18_labels_onnx), str(tmp_path / 'other.png'),
+    predict.main(['--checkpoint', str(tmp_path / 'fixed.onnx'), str(tmp_path / 'other.png'),
                   '--output', str(tmp_path / 'o')])
   assert 'takes 61x97 images, this one is 32x48' in capsys.readouterr().err
   with pytest.raises(SystemExit):
     predict.main(['--checkpoint', str(r18_onnx), str(images / '0.png'),
                   '--output', str(tmp_path / 'o')])
   assert 'export it again with --outputs labels' in capsys.readouterr().err
+  assert not list((tmp_path / 'o').glob('*_mask.png'))
+
+
+def agreement(output: str) -> float:
+  """The share the export's check line reports."""
+  line = next(line for line in output.splitlines() if line.startswith('check on'))
+  return float(line.split(': ')[1].split('%')[0]) / 100
+
+
+@pytest.mark.slow
+def test_float16_and_int8_files_report_their_agreement_and_run_any_size(r18, r18_labels_onnx,
+                                                                         tmp_path, capsys):
+  calibration = write_images(tmp_path / 'calibration', count=4)
+  export(r18, tmp_path / 'fp16.onnx', '--format', 'onnx', '--dtype', 'float16', '--outputs',
+         'labels', '--with-preprocessing', '--layout', 'nhwc', *size_flags(SMALL),
+         '--calibration', str(calibration))
+  out = capsys.readouterr().out
+  assert 'float16' in out and 'check on 4 calibration image(s)' in out
+  assert agreement(out) > 0.99
+  export(r18, tmp_path / 'int8.onnx', '--format', 'onnx', '--dtype', 'int8', '--outputs',
+         'labels', '--with-preprocessing', '--layout', 'nhwc', *size_flags(SMALL),
+         '--calibration', str(calibration), '--min-agreement', '0.5')
+  out = capsys.readouterr().out
+  assert 'int8' in out and agreement(out) > 0.9  # Random weights: near-tied logits.
+  int8 = onnx.load(str(tmp_path / 'int8.onnx'))
+  operators = [node.op_type for node in int8.graph.node]
+  assert operators.count('QuantizeLinear') >= 37 and operators.count('Conv') == 37
+  assert (tmp_path / 'int8.onnx').stat().st_size < (r18_labels_onnx.stat().st_size / 3)
+  images = street_scenes(1, (45, 70), seed=9)
+  for name in ('fp16.onnx', 'int8.onnx'):
+    segmenter = onnx_runtime.OnnxSegmenter(tmp_path / name)
+    labels = segmenter.labels(images)
+    assert labels.shape == (1, 45, 70) and labels.dtype == np.uint8
+    assert np.mean(labels == jax_labels(r18, images, SMALL)) > 0.85
+
+
+@pytest.mark.slow
+def test_int8_under_the_agreement_threshold_is_refused_and_nothing_written(r18, tmp_path, capsys):
+  calibration = write_images(tmp_path / 'calibration', count=2)
+  with pytest.raises(SystemExit) as exit_info:
+    export(r18, tmp_path / 'int8.onnx', '--format', 'onnx', '--dtype', 'int8', '--outputs',
+           'labels', *size_flags(SMALL), '--calibration', str(calibration),
+           '--min-agreement', '1')
+  assert exit_info.value.code == 2
+  error = capsys.readouterr().err
+  assert error.count('\n') == 1 and 'under --min-agreement 100.00%: nothing written' in error
+  assert not (tmp_path / 'int8.onnx').exists()
+  assert [p.name for p in tmp_path.iterdir()] == ['calibration']
+
+
+def test_calibration_takes_a_dataset_roots_training_images(tmp_path):
+  from bisenet_jax.export import calibration
+  for split in ('train', 'val'):
+    (tmp_path / 'leftImg8bit' / split / 'city').mkdir(parents=True)
+    (tmp_path / 'gtFine' / split / 'city').mkdir(parents=True)
+    for index in range(5):
+      for top in ('leftImg8bit', 'gtFine'):
+        (tmp_path / top / split / 'city' / f'{index}.png').write_bytes(b'')
+  picked = calibration.calibration_images(tmp_path, 3)
+  assert [p.relative_to(tmp_path).as_posix() for p in picked] == [
+      'leftImg8bit/train/city/0.png', 'leftImg8bit/train/city/2.png',
+      'leftImg8bit/train/city/4.png']
+  assert len(calibration.calibration_images(tmp_path / 'gtFine' / 'val', 100)) == 5
+
+
+@pytest.mark.slow
+def test_a_video_through_the_onnx_file_gives_the_jax_masks_at_its_input_size(
+    r18, r18_labels_onnx, tmp_path, capsys):
+  import cv2
+  writer = cv2.VideoWriter(str(tmp_path / 'clip.mp4'), cv2.VideoWriter_fourcc(*'mp4v'), 5.0,
+                           (90, 50))
+  for image in street_scenes(4, (50, 90), seed=11):
+    writer.write(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+  writer.release()
+  predict.main(['--checkpoint', str(r18_labels_onnx), str(tmp_path / 'clip.mp4'),
+                '--output', str(tmp_path / 'onnx'), '--frame-masks'])
+  predict.main(['--checkpoint', str(r18), str(tmp_path / 'clip.mp4'), '--output',
+                str(tmp_path / 'jax'), '--frame-masks', '--input-size', f'{SMALL[0]}x{SMALL[1]}'])
+  assert capsys.readouterr().out.count('clip.mp4: 4 frame(s)') == 2
+  for index in range(4):
+    name = f'clip/{index:06d}_mask.png'
+    np.testing.assert_array_equal(read_rgb(tmp_path / 'onnx' / name),
+                                  read_rgb(tmp_path / 'jax' / name), err_msg=name)

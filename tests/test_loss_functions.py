@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-import torch_losses
 from bisenet_jax.errors import UserError
 from bisenet_jax.train import loss_functions as lf
+import torch_losses
 
 N, H, W, K = 2, 5, 6, 5
 IGNORE = 255
@@ -82,6 +82,8 @@ CASES = [
     ('LovaszLoss', {'use_sigmoid': True}),
     ('LovaszLoss', {'use_sigmoid': True, 'classes': 'all', 'per_image': True}),
     ('LovaszLoss', {'use_sigmoid': True, 'classes': [1, 4], 'class_weight': CLASS_WEIGHT}),
+    ('LovaszLoss', {'use_sigmoid': True, 'classes': [0, 1, 2, 3, 4],  # ReLU matters.
+                    'class_weight': [1.0, -0.5, 0.7, 1.3, -0.2]}),
     ('LovaszLoss', {'use_sigmoid': True, 'ignore_index': 3, 'classes': 'all'}),
     ('LovaszLoss', {'classes': 'all', 'ignore_index': 3, 'scale_factor': 0.5}),
 ]
@@ -168,7 +170,9 @@ def test_ohem_rule():
   probs = np.asarray(jax.nn.softmax(logits))
   label_probs = np.take_along_axis(probs, np.where(valid, labels, 0)[..., None], -1)[..., 0]
   ranked = np.sort(label_probs[valid])
-  below = lambda t: valid & (label_probs < t)  # noqa: E731
+
+  def below(threshold):
+    return valid & (label_probs < threshold)
 
   def kept(thresh, min_kept):
     return np.asarray(lf.ohem_pixel_mask(logits, labels, thresh=thresh,
@@ -320,8 +324,8 @@ def test_one_empty_image_makes_per_image_lovasz_nan_without_poisoning_gradients(
 def test_labels_that_are_neither_classes_nor_ignored_give_nan():
   logits, labels = make_inputs(13)
   labels[0, 0, 0] = K
-  for name in JAX_LOSSES:
-    assert np.isnan(JAX_LOSSES[name](logits, labels)), name
+  for name, loss in JAX_LOSSES.items():
+    assert np.isnan(loss(logits, labels)), name
   assert np.isnan(lf.head_loss(logits, labels, {'type': 'CrossEntropyLoss'},
                                sampler={'type': 'OHEMPixelSampler', 'thresh': 0.7}))
 

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -51,11 +52,6 @@ def _prepare(logits: jax.Array, labels: jax.Array, ignore_index: int,
   bad = valid & ((labels < 0) | (labels >= num_classes))
   logits = logits.astype(at_least_float32(logits.dtype))
   return jnp.where(bad[..., None], jnp.nan, logits), labels, valid
-
-
-def _one_hot(labels: jax.Array, num_classes: int, dtype) -> jax.Array:
-  """float[..., K]; all-zero rows for labels outside [0, K) (the ignored ones)."""
-  return jax.nn.one_hot(labels, num_classes, dtype=dtype)
 
 
 def _rescale(loss: jax.Array, scale_factor: float, lowest_loss_value: float | None) -> jax.Array:
@@ -154,7 +150,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, *, use_sigmoid: bool = F
     (float[N, H, W, K] with ``use_sigmoid``), zero on ignored pixels: the toolbox fails on it.
   """
   logits, labels, valid = _prepare(logits, labels, ignore_index, sample_mask)
-  target = _one_hot(labels, logits.shape[-1], logits.dtype)
+  target = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
   if use_sigmoid:
     per_class = _binary_cross_entropy(logits, target)
   else:
@@ -198,7 +194,7 @@ def focal_loss(logits: jax.Array, labels: jax.Array, *, use_sigmoid: bool = True
     ignored.
   """
   logits, labels, valid = _prepare(logits, labels, ignore_index, sample_mask)
-  target = _one_hot(labels, logits.shape[-1], logits.dtype)
+  target = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
   if use_sigmoid:
     probs = jax.nn.sigmoid(logits)
     one_minus_pt = (1 - probs) * target + probs * (1 - target)
@@ -264,7 +260,7 @@ def dice_loss(logits: jax.Array, labels: jax.Array, *, use_sigmoid: bool = True,
   logits, labels, valid = _prepare(logits, labels, ignore_index, sample_mask)
   mask = valid[..., None]
   probs = jnp.where(mask, _activate(logits, activate, use_sigmoid), 0.0)
-  target = jnp.where(mask, _one_hot(labels, logits.shape[-1], logits.dtype), 0.0)
+  target = jnp.where(mask, jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype), 0.0)
   sums = [jnp.sum(x, -1) for x in (probs * target, probs if naive_dice else probs**2,
                                    target if naive_dice else target**2)]
   if sample_mask is None:
@@ -370,7 +366,7 @@ def lovasz_loss(logits: jax.Array, labels: jax.Array, *, use_sigmoid: bool = Fal
   """
   num_classes = logits.shape[-1]
   logits, labels, valid = _prepare(logits, labels, ignore_index, sample_mask)
-  target = _one_hot(labels, num_classes, logits.dtype)
+  target = jax.nn.one_hot(labels, num_classes, dtype=logits.dtype)
   if use_sigmoid:
     probs, group_loss = jax.nn.sigmoid(logits), _sigmoid_lovasz
   else:
@@ -386,7 +382,7 @@ def lovasz_loss(logits: jax.Array, labels: jax.Array, *, use_sigmoid: bool = Fal
   elif sample_mask is None:
     groups = (labels.shape[0], -1)
   else:
-    groups = (labels.shape[0], -1)
+    groups = (-1, 1)
   values = jax.vmap(group_loss)(probs.reshape(*groups, num_classes),
                                 target.reshape(*groups, num_classes), valid.reshape(groups))
   if not per_image:
@@ -402,10 +398,10 @@ def ohem_pixel_mask(logits: jax.Array, labels: jax.Array, *, thresh: float,
 
   With p the softmax probability of each valid pixel's label and s those probabilities sorted
   increasingly over the **whole batch**, the threshold is max(s[min(k, n - 1)], thresh), where
-  k = min_kept_per_image * N and n is the count of valid pixels (0 if n = 0), and the sampler
-  keeps the valid pixels with p **strictly** below it. So when fewer than k pixels lie below
-  ``thresh``, exactly the pixels below the (k+1)-th smallest p are kept (fewer on ties), and
-  when n <= k every valid pixel except those with the largest p is kept.
+  k = min_kept_per_image * N and n is the count of valid pixels (s[...] counts as 0 when n = 0),
+  and the sampler keeps the valid pixels with p **strictly** below it. So when fewer than k
+  pixels lie below ``thresh``, exactly the pixels below the (k+1)-th smallest p are kept (fewer
+  on ties), and when n <= k every valid pixel except those with the largest p is kept.
 
   A loss consumes the mask as ``sample_mask``: dropped pixels leave the loss and its mean's
   denominator exactly like ignored ones (the toolbox passes only the kept pixels on), and
