@@ -196,8 +196,8 @@ def test_ohem_rule():
 def test_ohem_ties_at_the_kth_probability_are_all_dropped():
   """Pixels whose probability equals the (k+1)-th smallest are not kept, however many."""
   logits = np.zeros((1, 2, 4, K))
-  logits[0, 0, :, 0] = [-3.0, -2.0, 1.0, 1.0]  # Label 0 everywhere; four distinct logits ...
-  labels = np.zeros((1, 2, 4), np.int32)  # ... and four pixels with probability 1/K.
+  logits[0, 0, :, 0] = [-3.0, -2.0, 1.0, 1.0]  # Row 1 stays zero: probability exactly 1/K.
+  labels = np.zeros((1, 2, 4), np.int32)
   got = np.asarray(lf.ohem_pixel_mask(logits, labels, thresh=0.1, min_kept_per_image=3))
   want = torch_losses.ohem_kept(*torch_inputs(logits, labels), 0.1, 3).numpy()
   np.testing.assert_array_equal(got, want)

@@ -58,6 +58,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--compare-torch', action='store_true')
   parser.add_argument('--compare-onnx', action='store_true',
                       help='infer: also ONNX Runtime (CPU) on the exported model (export extra)')
+  parser.add_argument('--onnx-dtypes', type=_list(str), default=['float32'],
+                      help='--compare-onnx: the exported files to time, any of float32,float16,'
+                      'int8 (int8 calibrated on the input pipeline\'s street frames)')
   parser.add_argument('--torch-variants', type=_list(str), default=list(torch_side.VARIANTS),
                       help=f'any of {",".join(torch_side.VARIANTS)} (default: all)')
   parser.add_argument('--threads', type=int, help='torch threads (default: torch\'s own)')
@@ -89,6 +92,9 @@ def check(args) -> None:
   args.input_size = args.input_size or [(1024, 2048) if args.mode == 'infer' else (1024, 1024)]
   if args.compare_onnx and args.mode != 'infer':
     raise UserError('--compare-onnx measures inference only: use the infer mode.')
+  if set(args.onnx_dtypes) - {'float32', 'float16', 'int8'}:
+    raise UserError(f'--onnx-dtypes {",".join(args.onnx_dtypes)}: choose among float32, '
+                    'float16, int8')
   if args.mode == 'train' and 1 in args.batch_per_device and 1 in args.devices:
     raise UserError('training needs at least 2 images per step (BatchNorm over 1x1 maps): '
                     'use --batch-per-device 2 or more.')
@@ -124,11 +130,10 @@ def ratios(rows: list[dict]) -> list[str]:
   """'JAX/PyTorch' lines: vs eager fp32 and vs the fastest PyTorch variant, per 1-device point."""
   lines = []
   for jax_row in (r for r in rows if r['impl'] == 'jax' and r['devices'] == 1):
-    onnx = next((r for r in rows if r['impl'] == 'onnxruntime' and _same_workload(r, jax_row)
-                 and r.get('img_per_s')), None)
-    if onnx:
-      lines.append(f"JAX/ONNX Runtime {jax_row['mode']} {jax_row['arch']} {jax_row['dtype']} "
-                   f"{jax_row['batch_per_device']}x{jax_row['resolution']}: "
+    for onnx in (r for r in rows if r['impl'] == 'onnxruntime' and _same_workload(r, jax_row)
+                 and r.get('img_per_s')):
+      lines.append(f"JAX/ONNX Runtime {onnx['dtype']} {jax_row['mode']} {jax_row['arch']} "
+                   f"{jax_row['dtype']} {jax_row['batch_per_device']}x{jax_row['resolution']}: "
                    f"{jax_row['img_per_s'] / onnx['img_per_s']:.2f}x")
     torch_results = [r for r in rows if r['impl'].startswith('torch-')
                      and _same_workload(r, jax_row) and r.get('img_per_s')]
@@ -175,17 +180,20 @@ def run(args, emit) -> list[dict]:
         emit(torch_row)
     if args.compare_onnx and devices == 1 and not any(
         r['impl'] == 'onnxruntime' and _same_workload(r, row) for r in rows):
-      onnx_row = onnx_row_for(args, point, base, row)
-      rows.append(onnx_row)
-      emit(onnx_row)
+      for onnx_dtype in args.onnx_dtypes:
+        onnx_row = onnx_row_for(args, point, base, row, onnx_dtype)
+        rows.append(onnx_row)
+        emit(onnx_row)
   return rows
 
 
-def onnx_row_for(args, point, base, jax_row) -> dict:
+def onnx_row_for(args, point, base, jax_row, dtype: str) -> dict:
   from bisenet_jax.bench import onnx_side  # Needs the export extra.
   images, _ = jax_side.random_inputs(point)
-  row = {**base, 'impl': 'onnxruntime', 'dtype': 'float32',
-         **onnx_side.measure(point, images, args.warmup, args.steps, args.threads)}
+  calibration = jax_side.reference_frames(args.data_frames) if dtype == 'int8' else None
+  row = {**base, 'impl': 'onnxruntime', 'dtype': dtype,
+         **onnx_side.measure(point, images, args.warmup, args.steps, args.threads, dtype,
+                             calibration)}
   row['img_per_s_per_device'] = row['img_per_s']
   row['jax_speedup'] = jax_row['img_per_s'] / row['img_per_s']
   return row

@@ -21,11 +21,8 @@ when none are given): the share that agree is printed, and an int8 file under
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
-import logging
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -161,34 +158,10 @@ def export(args: argparse.Namespace, images: list[Path] | None) -> dict:
 
 
 def _onnx_file(model, variables, interface: Interface, dataset, check_images) -> bytes:
-  """The ONNX file: the float32 network taking any size, then float16 or int8 if asked."""
-  from bisenet_jax.export import graph, onnx_file, precision
-  network_interface = graph.network_interface(interface)
-  network = onnx_file.export_network(
-      graph.interface_fn(model, variables, network_interface),
-      graph.input_spec(network_interface), network_interface)
-  proto = onnx_file.optimize(onnx_file.take_any_size(network, interface))
-  with _quiet_conversion():
-    if interface.dtype == 'float16':
-      proto = precision.to_float16(proto)
-    elif interface.dtype == 'int8':
-      proto = precision.to_int8(proto, check_images)
+  from bisenet_jax.export import onnx_file
+  proto = onnx_file.build(model, variables, interface, check_images)
   dataset_json = None if dataset is None else json.dumps(dataset.to_json())
   return onnx_file.with_metadata(proto, interface, dataset_json).SerializeToString()
-
-
-@contextlib.contextmanager
-def _quiet_conversion():
-  """The converters warn for every tensor (float16 rounding, quantization advice)."""
-  logger = logging.getLogger()
-  level = logger.level
-  logger.setLevel(logging.ERROR)
-  try:
-    with warnings.catch_warnings():
-      warnings.simplefilter('ignore')
-      yield
-  finally:
-    logger.setLevel(level)
 
 
 def _check_images(files: list[Path] | None, interface: Interface):

@@ -43,7 +43,19 @@ def require():
   return jax2onnx, onnx
 
 
-def export_network(fn, spec, interface: Interface):
+def build(model, variables: dict, interface: Interface, calibration_inputs=None):
+  """The ModelProto of an exported file: the float32 network taking any size, then float16 or
+  int8 (``precision``; int8 calibrates on ``calibration_inputs()``, inputs as the file takes
+  them). Without its metadata (``with_metadata``)."""
+  from bisenet_jax.export import graph, precision
+  network_interface = graph.network_interface(interface)
+  network = export_network(graph.interface_fn(model, variables, network_interface),
+                           graph.input_spec(network_interface))
+  proto = optimize(take_any_size(network, interface))
+  return precision.convert(proto, interface.dtype, calibration_inputs)
+
+
+def export_network(fn, spec):
   """The ModelProto of the fixed-size network ``fn`` (``graph.network_interface``)."""
   jax2onnx, _ = require()
   # jax2onnx 0.13 prints its Flax plugins' debug lines and logs value-type warnings that say

@@ -10,7 +10,10 @@ far more agreement than it saved time.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -20,6 +23,30 @@ from bisenet_jax.errors import UserError
 from bisenet_jax.export import EXTRA_HINT, INPUT_NAME
 
 QUANTIZED_OPS = ('Conv',)
+
+
+def convert(model, dtype: str, calibration_inputs=None):
+  """``model`` (float32) in ``dtype``: itself, ``to_float16`` or ``to_int8``."""
+  with _quiet_converters():
+    if dtype == 'float16':
+      return to_float16(model)
+    if dtype == 'int8':
+      return to_int8(model, calibration_inputs)
+  return model
+
+
+@contextlib.contextmanager
+def _quiet_converters():
+  """The converters warn for every tensor (float16 rounding, quantization advice)."""
+  logger = logging.getLogger()
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore')
+      yield
+  finally:
+    logger.setLevel(level)
 
 
 def require_float16():
