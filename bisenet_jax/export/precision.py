@@ -3,9 +3,10 @@
 float16: onnxconverter-common's ``convert_float_to_float16`` with the inputs and outputs kept
 float32. int8: ONNX Runtime's static quantization in the QDQ format (per-channel int8 weights,
 uint8 activations whose ranges are calibrated on real images). Only the convolutions are
-quantized, the classifier included: measured on trained models (docs/deployment.md), quantizing
-the other operators too (the resizes, the lookup normalisation, the attention products) cost
-far more agreement than it saved time.
+quantized (all 37, the classifier included). Measured on a trained R18 (docs/deployment.md):
+convolutions only, 99.86% of the labels agree with float32 and the mIoU moves by 0.01 points;
+quantizing every operator ONNX Runtime can (the resizes, the lookup normalisation, the attention
+products and sums too) drops agreement to 96.42% and mIoU by 3.2 points for 5% more speed.
 """
 
 from __future__ import annotations
