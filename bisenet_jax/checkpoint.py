@@ -26,25 +26,34 @@ from bisenet_jax.errors import UserError
 from bisenet_jax.specs import DatasetSpec, ModelSpec
 
 VARIABLES = 'variables'
+EMA = 'ema_variables'  # The exponential moving average of the variables, when kept.
 MODEL_CONFIG = 'model_config'
 DATASET = 'dataset'
 TRAIN_CHECKPOINTS = 'checkpoints'  # Sub-folder of a training workdir.
 
 
 def save_model(directory: str | os.PathLike, variables: dict, model: ModelSpec,
-               dataset: DatasetSpec | None = None) -> Path:
-  """Writes a model checkpoint; orbax writes to a temporary folder and renames at the end."""
+               dataset: DatasetSpec | None = None, ema: dict | None = None) -> Path:
+  """Writes a model checkpoint; orbax writes to a temporary folder and renames at the end.
+
+  ``ema``: the EMA of the variables, when there is one.
+  """
   directory = Path(directory).absolute()
   if directory.exists():
     raise UserError(f'{directory} already exists; remove it or choose another output folder.')
-  variables = {'params': variables['params'], 'batch_stats': variables['batch_stats']}
-  items = {VARIABLES: ocp.args.StandardSave(variables),
+  items = {VARIABLES: ocp.args.StandardSave(_model_variables(variables)),
            MODEL_CONFIG: ocp.args.JsonSave(model.checkpoint_config())}
   if dataset is not None:
     items[DATASET] = ocp.args.JsonSave(dataset.to_json())
+  if ema is not None:
+    items[EMA] = ocp.args.StandardSave(_model_variables(ema))
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
     checkpointer.save(directory, ocp.args.Composite(**items))
   return directory
+
+
+def _model_variables(variables: dict) -> dict:
+  return {'params': variables['params'], 'batch_stats': variables['batch_stats']}
 
 
 def _is_model_checkpoint(directory: Path) -> bool:
@@ -79,25 +88,54 @@ def resolve_model_checkpoint(path: str | os.PathLike) -> Path:
   return latest
 
 
-def restore_model(path: str | os.PathLike) -> tuple[ModelSpec, dict]:
+def read_json(directory: Path, item: str):
+  """A JSON item of a checkpoint folder."""
+  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+    return checkpointer.restore(directory, ocp.args.Composite(**{item: ocp.args.JsonRestore()}))[
+        item]
+
+
+def restore_model(path: str | os.PathLike, ema: bool | None = None) -> tuple[ModelSpec, dict]:
   """Reads ``(model spec, variables)`` from a model checkpoint or a training workdir.
+
+  Args:
+    path: the checkpoint.
+    ema: True reads the EMA of the variables (an error without one), False the variables,
+      None the EMA when there is one.
 
   The variables land on this process's first device, whatever devices and processes wrote
   them (orbax would otherwise insist on the writer's layout).
   """
   directory = resolve_model_checkpoint(path)
+  item = _variables_item(directory, ema)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   with ocp.StandardCheckpointer() as reader, _absl_errors_only():
     # orbax warns that this item has no step metadata file of its own: the step folder holds it.
-    stored = reader.metadata(directory / VARIABLES).item_metadata
+    stored = reader.metadata(directory / item).item_metadata
   target = jax.tree_util.tree_map(
       lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), stored)
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
     restored = checkpointer.restore(directory, ocp.args.Composite(**{
-        VARIABLES: ocp.args.StandardRestore(target),
+        item: ocp.args.StandardRestore(target),
         MODEL_CONFIG: ocp.args.JsonRestore(),
     }))
-  return ModelSpec.from_checkpoint_config(dict(restored[MODEL_CONFIG])), dict(restored[VARIABLES])
+  return ModelSpec.from_checkpoint_config(dict(restored[MODEL_CONFIG])), dict(restored[item])
+
+
+def has_ema(path: str | os.PathLike) -> bool:
+  """Whether a checkpoint (``.pth``, model checkpoint or training workdir) keeps an EMA of its
+  variables."""
+  if Path(path).suffix in ('.pth', '.pt'):
+    from bisenet_jax.interop import torch_files
+    return torch_files.has_entry(path, 'model_ema')
+  return (resolve_model_checkpoint(path) / EMA).is_dir()
+
+
+def _variables_item(directory: Path, ema: bool | None) -> str:
+  if ema and not (directory / EMA).is_dir():
+    raise UserError(f'{directory} has no EMA of its variables (the run was trained without '
+                    'config.ema.momentum): drop --ema')
+  return EMA if ema is not False and (directory / EMA).is_dir() else VARIABLES
 
 
 @contextlib.contextmanager
@@ -111,32 +149,35 @@ def _absl_errors_only():
     logging.set_verbosity(verbosity)
 
 
-def load_model(path: str | os.PathLike) -> tuple[ModelSpec, dict, DatasetSpec | None]:
+def load_model(path: str | os.PathLike, ema: bool | None = None
+               ) -> tuple[ModelSpec, dict, DatasetSpec | None]:
   """``(model spec, variables, dataset)`` from an official ``.pth`` or any model checkpoint.
 
   Args:
     path: an sssegmentation ``.pth`` (converted in memory; needs torch), a folder written by
       ``convert/ssseg_to_flax.py``, a training step folder or a training workdir.
+    ema: True loads the EMA of the variables (``model_ema`` of a ``.pth``), False the
+      variables, None the EMA when there is one.
 
   Returns:
     The model, its variables, and the dataset it records (``read_dataset``).
   """
   if Path(path).suffix in ('.pth', '.pt'):
     from bisenet_jax.interop import ssseg  # Imports torch: only when a .pth is given.
-    spec, variables = ssseg.load_official_checkpoint(path)
+    spec, variables = ssseg.load_official_checkpoint(path, ema=ema)
   else:
-    spec, variables = restore_model(path)
+    spec, variables = restore_model(path, ema)
   return spec, variables, read_dataset(path, spec.num_classes)
 
 
-def load_pretrained(path: str | os.PathLike, **overrides):
+def load_pretrained(path: str | os.PathLike, ema: bool | None = None, **overrides):
   """``(Flax model, variables)`` from an official ``.pth`` or any model checkpoint.
 
   Args:
-    path: as ``load_model``.
+    path, ema: as ``load_model``.
     **overrides: ``ModelSpec`` fields to change, e.g. ``dtype='bfloat16'``.
   """
-  spec, variables, _ = load_model(path)
+  spec, variables, _ = load_model(path, ema)
   return dataclasses.replace(spec, **overrides).build(), variables
 
 
@@ -149,17 +190,18 @@ def read_dataset(path: str | os.PathLike, num_classes: int) -> DatasetSpec | Non
   if Path(path).suffix not in ('.pth', '.pt'):
     directory = resolve_model_checkpoint(path)
     if (directory / DATASET).exists():
-      with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-        restored = checkpointer.restore(directory,
-                                        ocp.args.Composite(**{DATASET: ocp.args.JsonRestore()}))
-      return DatasetSpec.from_json(dict(restored[DATASET]))
+      return DatasetSpec.from_json(dict(read_json(directory, DATASET)))
   return sources.CITYSCAPES if num_classes == sources.CITYSCAPES.classes.num_classes else None
 
 
 def export_official_checkpoint(model_path: str | os.PathLike, output: str | os.PathLike,
                                num_batches_tracked: int = 0) -> Path:
-  """A model checkpoint (or training workdir) -> ``{'model': state_dict}`` ``.pth`` (needs torch)."""
+  """A model checkpoint (or training workdir) -> ``{'model': state_dict}`` ``.pth`` (needs torch),
+  with ``'model_ema'`` beside it when the checkpoint keeps an EMA, as sssegmentation writes."""
   from bisenet_jax.interop import ssseg, torch_files  # Imports torch.
-  _, variables = restore_model(model_path)
-  return torch_files.write_state_dict(ssseg.export_state_dict(variables, num_batches_tracked),
-                                      output)
+  entries = {'model': restore_model(model_path, ema=False)[1]}
+  if has_ema(model_path):
+    entries['model_ema'] = restore_model(model_path, ema=True)[1]
+  return torch_files.write_state_dicts(
+      {entry: ssseg.export_state_dict(variables, num_batches_tracked)
+       for entry, variables in entries.items()}, output)

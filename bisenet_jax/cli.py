@@ -78,6 +78,15 @@ def add_distributed_argument(parser: argparse.ArgumentParser) -> None:
                       help=DISTRIBUTED_HELP)
 
 
+def add_ema_argument(parser: argparse.ArgumentParser) -> None:
+  """``--ema`` / ``--no-ema``: which weights of a checkpoint that keeps an EMA (default: the
+  EMA when there is one)."""
+  parser.add_argument('--ema', action=argparse.BooleanOptionalAction, default=None,
+                      help="use the checkpoint's EMA of its weights (sssegmentation's model_ema; "
+                      'an error without one) or, with --no-ema, its weights; default: the EMA '
+                      'when the checkpoint has one')
+
+
 def size_argument(flag: str) -> Callable[[str], Size]:
   """An argparse ``type`` reading HEIGHTxWIDTH (a bad value is a one-line ``UserError``)."""
   return lambda text: parse_size(text, flag)

@@ -160,7 +160,7 @@ def is_exported(path: str) -> bool:
 
 def checkpoint_evaluation(args: argparse.Namespace, spec: InferenceSpec) -> Evaluation:
   """A JAX checkpoint, sharded over every device of every process."""
-  model_spec, variables, recorded = checkpoint.load_model(args.checkpoint)
+  model_spec, variables, recorded = checkpoint.load_model(args.checkpoint, args.ema)
   dataset = cli.dataset_spec(args, recorded, root=args.data_root)
   cli.check_classes(args.checkpoint, model_spec.num_classes, dataset)
   source = sources.open_split(dataset, args.data_root, args.split)
@@ -175,6 +175,8 @@ def checkpoint_evaluation(args: argparse.Namespace, spec: InferenceSpec) -> Eval
                                 progress=sys.stderr.isatty())  # No bar in logs.
 
   where = f'{args.batch_size} image(s) per device on {mesh.size} device(s)'
+  if args.ema is not False and checkpoint.has_ema(args.checkpoint):
+    where = f'EMA weights, {where}'
   return Evaluation(dataset, spec, dataset.resize_to,
                     describe_protocol(spec, dataset, dataset.resize_to, args.split, where), run)
 
@@ -182,10 +184,10 @@ def checkpoint_evaluation(args: argparse.Namespace, spec: InferenceSpec) -> Eval
 def exported_evaluation(args: argparse.Namespace, spec: InferenceSpec) -> Evaluation:
   """An exported ``.onnx`` on ONNX Runtime: each whole image once, at the file's input size."""
   from bisenet_jax.export.onnx_runtime import OnnxSegmenter
-  if not spec.is_plain or spec.input_size:
-    raise UserError('an exported file runs each whole image once, at its own input size: drop '
-                    '--mode, --window-*, --flip, --scales and --input-size, or evaluate the '
-                    'checkpoint it was exported from')
+  if not spec.is_plain or spec.input_size or args.ema is not None:
+    raise UserError('an exported file runs each whole image once, at its own input size, with '
+                    'the weights it was exported with: drop --mode, --window-*, --flip, --scales, '
+                    '--input-size and --ema, or evaluate the checkpoint it came from')
   segmenter = OnnxSegmenter(args.checkpoint)
   segmenter.require_labels()
   dataset = cli.dataset_spec(args, segmenter.dataset, root=args.data_root)
@@ -228,6 +230,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help='write one PNG per image: Cityscapes labelId maps '
                       '(<city>/<city>_<seq>_<frame>_leftImg8bit.png) for cityscapesscripts or '
                       'the test server; palette PNGs of class indices for other datasets')
+  cli.add_ema_argument(parser)
   cli.add_dataset_arguments(parser)
   cli.add_inference_arguments(parser)
   cli.add_distributed_argument(parser)

@@ -161,7 +161,7 @@ def jax_predictor(args: argparse.Namespace, spec):
   """``(predict, dataset)`` for a checkpoint, on one device."""
   from bisenet_jax import checkpoint, parallel
   parallel.setup('no')  # One device, one process.
-  model, variables, recorded = checkpoint.load_model(args.checkpoint)
+  model, variables, recorded = checkpoint.load_model(args.checkpoint, args.ema)
   dataset = cli.dataset_spec(args, recorded, root=None)
   cli.check_classes(args.checkpoint, model.num_classes, dataset)
   return predictor(model.build(), variables, spec), dataset
@@ -170,10 +170,10 @@ def jax_predictor(args: argparse.Namespace, spec):
 def onnx_predictor(args: argparse.Namespace, spec):
   """``(predict, dataset)`` for an exported .onnx on ONNX Runtime: no JAX imported."""
   from bisenet_jax.export.onnx_runtime import OnnxSegmenter
-  if not spec.is_plain or spec.input_size:
-    raise UserError('an .onnx model runs each whole image once at its own input size: drop '
-                    '--mode, --flip, --scales and --input-size, or predict with the checkpoint '
-                    'it was exported from')
+  if not spec.is_plain or spec.input_size or args.ema is not None:
+    raise UserError('an .onnx model runs each whole image once at its own input size, with the '
+                    'weights it was exported with: drop --mode, --flip, --scales, --input-size '
+                    'and --ema, or predict with the checkpoint it was exported from')
   segmenter = OnnxSegmenter(args.checkpoint)
   segmenter.require_labels()
   dataset = cli.dataset_spec(args, segmenter.dataset, root=None)
@@ -279,6 +279,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--max-latency-ms', type=float, metavar='MS',
                       help='cameras and streams: skip frames that waited longer than this for '
                       'the model, so the output keeps up (skipped frames are counted)')
+  cli.add_ema_argument(parser)
   cli.add_dataset_arguments(parser, layout=False)
   cli.add_inference_arguments(parser)
   return parser.parse_args(argv)

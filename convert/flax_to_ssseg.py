@@ -4,7 +4,8 @@
 
 ``--input`` is a converted model checkpoint, a training step folder or a training workdir
 (its latest checkpoint). The output is ``{'model': state_dict}`` in the reference layout,
-including each BatchNorm's ``num_batches_tracked``.
+including each BatchNorm's ``num_batches_tracked``, with ``model_ema`` beside it when the
+checkpoint keeps an EMA (sssegmentation's ``test.py --ema`` loads that one).
 """
 
 import argparse

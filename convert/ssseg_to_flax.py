@@ -5,14 +5,16 @@
 
 The architecture (R18/R50), stem and class count are read from the tensor shapes; ``--arch``
 forces one. The conversion is strict: every missing, unexpected or mis-shaped key is listed and
-nothing is written. The output loads with ``bisenet_jax.load_pretrained(OUTPUT)``.
+nothing is written. A file with ``model_ema`` (sssegmentation trained with EMA) gives a
+checkpoint that keeps both, as a training run does (``--no-ema`` leaves the EMA out, ``--ema``
+requires it). The output loads with ``bisenet_jax.load_pretrained(OUTPUT)``.
 """
 
 import argparse
 
 from bisenet_jax import checkpoint
-from bisenet_jax.cli import user_errors_exit
-from bisenet_jax.interop import ssseg
+from bisenet_jax.cli import add_ema_argument, user_errors_exit
+from bisenet_jax.interop import ssseg, torch_files
 
 
 @user_errors_exit
@@ -21,12 +23,16 @@ def main(argv=None):
   parser.add_argument('--input', required=True, help='official .pth (training or published)')
   parser.add_argument('--output', required=True, help='folder to create (must not exist)')
   parser.add_argument('--arch', choices=['r18', 'r50'], help='force an architecture')
+  add_ema_argument(parser)
   args = parser.parse_args(argv)
-  spec, variables = ssseg.load_official_checkpoint(args.input, args.arch)
+  spec, variables = ssseg.load_official_checkpoint(args.input, args.arch, ema=False)
+  ema = None
+  if args.ema or (args.ema is None and torch_files.has_entry(args.input, 'model_ema')):
+    ema = ssseg.load_official_checkpoint(args.input, args.arch, ema=True)[1]
   path = checkpoint.save_model(args.output, variables, spec,
-                               checkpoint.read_dataset(args.input, spec.num_classes))
-  print(f'converted {args.input} ({spec.name}, {spec.num_classes} classes, {spec.stem} stem) '
-        f'-> {path}')
+                               checkpoint.read_dataset(args.input, spec.num_classes), ema=ema)
+  print(f'converted {args.input} ({spec.name}, {spec.num_classes} classes, {spec.stem} stem'
+        f'{", with its model_ema" if ema is not None else ""}) -> {path}')
 
 
 if __name__ == '__main__':

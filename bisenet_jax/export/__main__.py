@@ -78,6 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help='refuse an int8 file whose labels agree with float32 JAX on fewer of '
                       f'the check pixels (default {DEFAULT_MIN_AGREEMENT})')
   parser.add_argument('--force', action='store_true', help='replace an existing --output')
+  cli.add_ema_argument(parser)
   return parser.parse_args(argv)
 
 
@@ -128,7 +129,7 @@ def export(args: argparse.Namespace, images: list[Path] | None) -> dict:
   from bisenet_jax import checkpoint
   from bisenet_jax.export import graph
 
-  spec, variables, dataset = checkpoint.load_model(args.checkpoint)
+  spec, variables, dataset = checkpoint.load_model(args.checkpoint, args.ema)
   model = spec.build()
   interface = Interface(*args.input_size, model.num_classes, args.layout, args.outputs,
                         args.with_preprocessing, args.dtype,

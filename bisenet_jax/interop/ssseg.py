@@ -69,10 +69,17 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], arch: str | None = 
   raise min(failures, key=lambda e: len(str(e).splitlines()))
 
 
-def load_official_checkpoint(path: str | os.PathLike,
-                             arch: str | None = None) -> tuple[ModelSpec, dict]:
-  """Reads an official ``.pth`` (full training checkpoint, bare or ``module.``-prefixed)."""
-  spec, variables = convert_state_dict(torch_files.read_state_dict(path), arch, source=str(path))
+def load_official_checkpoint(path: str | os.PathLike, arch: str | None = None,
+                             ema: bool | None = None) -> tuple[ModelSpec, dict]:
+  """Reads an official ``.pth`` (full training checkpoint, bare or ``module.``-prefixed).
+
+  ``ema``: True reads its ``model_ema`` (an error without one), False its ``model``, None the
+  ``model_ema`` when it has one.
+  """
+  if ema is None:
+    ema = torch_files.has_entry(path, 'model_ema')
+  state_dict = torch_files.read_state_dict(path, 'model_ema' if ema else None)
+  spec, variables = convert_state_dict(state_dict, arch, source=str(path))
   return spec, jax.tree_util.tree_map(jnp.asarray, variables)
 
 

@@ -21,21 +21,37 @@ def _torch():
   return torch
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """Loads a state dict from a ``.pth``: a bare one, or under ``model`` / ``state_dict``.
+def _load(path: Path):
+  torch = _torch()
+  if not path.is_file():
+    raise UserError(f'{path} does not exist; pass the path of a PyTorch .pth file.')
+  try:
+    return torch.load(path, map_location='cpu', weights_only=True)
+  except Exception as e:  # Pickle, zip and torch errors all mean: not a usable checkpoint.
+    raise UserError(f'{path} is not a readable PyTorch checkpoint ({type(e).__name__}: '
+                    f'{str(e).splitlines()[0][:200]}).') from e
+
+
+def has_entry(path: str | os.PathLike, entry: str) -> bool:
+  """Whether a ``.pth`` holds a top-level ``entry`` (e.g. sssegmentation's ``model_ema``)."""
+  obj = _load(Path(path))
+  return isinstance(obj, Mapping) and isinstance(obj.get(entry), Mapping)
+
+
+def read_state_dict(path: str | os.PathLike, entry: str | None = None) -> dict[str, np.ndarray]:
+  """Loads a state dict from a ``.pth``: a bare one, or under ``model`` / ``state_dict``, or
+  under ``entry`` when given (e.g. ``model_ema``, which sssegmentation's EMA writes).
 
   A ``module.`` prefix (DataParallel / DDP) is removed. Other top-level entries of a training
   checkpoint (``optimizer``, ``cur_epoch``, ...) are ignored. Tensors become NumPy arrays.
   """
   torch = _torch()
   path = Path(path)
-  if not path.is_file():
-    raise UserError(f'{path} does not exist; pass the path of a PyTorch .pth file.')
-  try:
-    obj = torch.load(path, map_location='cpu', weights_only=True)
-  except Exception as e:  # Pickle, zip and torch errors all mean: not a usable checkpoint.
-    raise UserError(f'{path} is not a readable PyTorch checkpoint ({type(e).__name__}: '
-                    f'{str(e).splitlines()[0][:200]}).') from e
+  obj = _load(path)
+  if entry is not None:
+    if not (isinstance(obj, Mapping) and isinstance(obj.get(entry), Mapping)):
+      raise UserError(f'{path} has no {entry!r} entry (it was trained without EMA): drop --ema')
+    obj = obj[entry]
   for wrapper in ('model', 'state_dict'):
     if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
       obj = obj[wrapper]
@@ -50,11 +66,14 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   return {k: v.detach().cpu().numpy() for k, v in tensors.items()}
 
 
-def write_state_dict(state_dict: Mapping[str, np.ndarray], path: str | os.PathLike) -> Path:
-  """Saves ``{'model': state_dict}`` (the published model-zoo layout) atomically."""
+def write_state_dicts(state_dicts: Mapping[str, Mapping[str, np.ndarray]],
+                      path: str | os.PathLike) -> Path:
+  """Saves ``{'model': state_dict, ...}`` (the published model-zoo layout; sssegmentation adds
+  ``model_ema``) atomically."""
   torch = _torch()
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  tensors = {'model': {k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}}
+  tensors = {entry: {k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}
+             for entry, state_dict in state_dicts.items()}
   return write_atomically(path, lambda temporary: torch.save(tensors, temporary),
                           remedy='choose a writable --output')

@@ -14,9 +14,10 @@ from bisenet_jax.specs.data import (KINDS, LAYOUT_FIELDS, RESIZE_TO, SOURCE_KIND
 from bisenet_jax.specs.inference import MODES, InferenceSpec
 from bisenet_jax.specs.model import ARCHS, DTYPES, STEMS, ArchSpec, ModelSpec
 from bisenet_jax.specs.sizes import SIZE_FORMAT, Size, check_size, format_size, parse_size
-from bisenet_jax.specs.training import OptimizerSpec, TrainSpec
+from bisenet_jax.specs.training import (DEFAULT_LOSSES, HEADS, LossScaleSpec, ObjectiveSpec,
+                                        OptimizerSpec, TrainSpec)
 
-__all__ = ['ARCHS', 'DTYPES', 'KINDS', 'LAYOUT_FIELDS', 'MODES', 'RESIZE_TO', 'SIZE_FORMAT',
+__all__ = ['ARCHS', 'DEFAULT_LOSSES', 'DTYPES', 'HEADS', 'KINDS', 'LAYOUT_FIELDS', 'MODES', 'RESIZE_TO', 'SIZE_FORMAT',
            'SOURCE_KINDS', 'STEMS', 'ArchSpec', 'DataSpec', 'DatasetSpec', 'FolderLayout',
-           'InferenceSpec', 'ModelSpec', 'OptimizerSpec', 'Size', 'TrainSpec', 'check_size',
+           'InferenceSpec', 'LossScaleSpec', 'ModelSpec', 'ObjectiveSpec', 'OptimizerSpec', 'Size', 'TrainSpec', 'check_size',
            'format_size', 'parse_size']

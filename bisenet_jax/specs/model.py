@@ -24,9 +24,10 @@ ARCHS = {
     'bisenetv1_r50': ArchSpec(50, (256, 256, 256, 512), (512, 1024, 2048), 1024, 256),
 }
 STEMS = ('deep', 'classic')
+# 'float16' trains with dynamic loss scaling (GPUs without fast bfloat16, e.g. T4, V100).
 # 'float64' (parameters and compute) is for exactness checks: runs that differ only in the
 # order of float additions then agree to ~1e-12.
-DTYPES = ('float32', 'bfloat16', 'float64')
+DTYPES = ('float32', 'bfloat16', 'float16', 'float64')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,8 +39,8 @@ class ModelSpec:
     num_classes: the classifiers' width.
     stem: 'deep' (ResNet v1c, the official models) or 'classic' (7x7, torchvision weights).
     dropout_rate: Dropout2d rate of the three heads (training only).
-    dtype: compute precision, 'float32', 'bfloat16' or 'float64' (BatchNorm statistics stay
-      float32, parameters float32 except in 'float64').
+    dtype: compute precision, 'float32', 'bfloat16', 'float16' or 'float64' (BatchNorm
+      statistics stay float32, parameters float32 except in 'float64').
   """
   name: str
   num_classes: int

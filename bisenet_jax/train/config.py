@@ -12,13 +12,16 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
+from collections.abc import Mapping
 from pathlib import Path
 
 import ml_collections
+from ml_collections import config_dict
 
 from bisenet_jax.data import sources
 from bisenet_jax.errors import UserError
-from bisenet_jax.specs import (LAYOUT_FIELDS, SOURCE_KINDS, DataSpec, FolderLayout, ModelSpec,
+from bisenet_jax.specs import (DEFAULT_LOSSES, HEADS, LAYOUT_FIELDS, SOURCE_KINDS, DataSpec,
+                               FolderLayout, LossScaleSpec, ModelSpec, ObjectiveSpec,
                                OptimizerSpec, TrainSpec, check_size)
 
 # sssegmentation: 186 iterations per epoch (2975 images padded to 2976, batch 16) x 860 epochs.
@@ -79,6 +82,24 @@ def reference_config(arch: str) -> ml_collections.ConfigDict:
       backbone='',  # ImageNet ResNet .pth (OpenMMLab v1c, or torchvision with model.stem='classic').
       checkpoint='',  # A full model to fine-tune from (official .pth or a model checkpoint).
   ))
+
+  # sssegmentation's training options (docs/reference.md §9), all off by default: the recipe
+  # above is the reference's, bit for bit.
+  # Each head's losses, summed: a tuple of {'type': 'CrossEntropyLoss' | 'DiceLoss' | 'FocalLoss'
+  # | 'LovaszLoss', **the toolbox's arguments}, e.g.
+  # --config.losses.loss_cls="({'type': 'CrossEntropyLoss', 'class_weight': (1.0, 4.0)},)".
+  config.losses = ml_collections.ConfigDict(dict(DEFAULT_LOSSES))
+  # OHEM pixel sampling on every head, on when thresh is set (the toolbox's 0.7 is common).
+  config.ohem = ml_collections.ConfigDict(dict(
+      thresh=config_dict.placeholder(float), min_kept_per_image=100_000))
+  # An exponential moving average of the variables, on when momentum is set (the toolbox's
+  # 0.0005: the weight of the new value); evaluate, predict and export then use it.
+  config.ema = ml_collections.ConfigDict(dict(momentum=config_dict.placeholder(float)))
+  # Micro-batches per optimizer step; batch_size is their total. BatchNorm statistics are then
+  # per micro-batch, so this is not the same as one larger batch.
+  config.accumulate_steps = 1
+  # model.dtype='float16': dynamic loss scaling, with PyTorch GradScaler's defaults.
+  config.loss_scale = ml_collections.ConfigDict(dataclasses.asdict(LossScaleSpec()))
   return config
 
 
@@ -218,15 +239,50 @@ def train_spec(config: ml_collections.ConfigDict) -> TrainSpec:
       raise UserError(f'config.{key} must be positive, got {config[key]}.')
   if config.init.checkpoint and config.init.backbone:
     raise UserError('Set only one of config.init.checkpoint and config.init.backbone.')
+  if config.accumulate_steps < 1 or config.batch_size % config.accumulate_steps:
+    raise UserError(f'config.accumulate_steps={config.accumulate_steps} must be a positive '
+                    f'divisor of config.batch_size={config.batch_size} (the images of one '
+                    'optimizer step, split into that many micro-batches).')
+  momentum = config.ema.momentum
+  if momentum is not None and not 0 < momentum <= 1:
+    raise UserError(f'config.ema.momentum={momentum} must be in (0, 1], the weight of the new '
+                    "value (the toolbox's 0.0005), or None for no EMA.")
   data = data_spec(config.data)
+  model = model_spec(config.model, data)
   return TrainSpec(
-      data=data, model=model_spec(config.model, data), seed=config.seed,
+      data=data, model=model, seed=config.seed,
       optimizer=OptimizerSpec(**config.optimizer.to_dict()), batch_size=config.batch_size,
       total_steps=config.total_steps, log_every_steps=config.log_every_steps,
       checkpoint_every_steps=config.checkpoint_every_steps,
       eval_every_steps=config.eval_every_steps, keep_checkpoints=config.keep_checkpoints,
       eval_batch_per_device=config.eval_batch_per_device,
-      init_checkpoint=config.init.checkpoint, init_backbone=config.init.backbone)
+      init_checkpoint=config.init.checkpoint, init_backbone=config.init.backbone,
+      objective=objective_spec(config, model.num_classes), ema_momentum=momentum,
+      accumulate_steps=config.accumulate_steps,
+      loss_scale=(LossScaleSpec(**config.loss_scale.to_dict()) if model.dtype == 'float16'
+                  else None))
+
+
+def objective_spec(config: ml_collections.ConfigDict, num_classes: int) -> ObjectiveSpec:
+  """``config.losses`` and ``config.ohem``, checked (names, arguments, class weights' length)."""
+  from bisenet_jax.train import loss_functions  # Imports JAX: only for this check.
+  sampler = None
+  if config.ohem.thresh is not None:
+    sampler = {'type': 'OHEMPixelSampler', 'thresh': config.ohem.thresh,
+               'min_kept_per_image': config.ohem.min_kept_per_image}
+  losses = []
+  for head in HEADS:
+    entries = config.losses[head]
+    entries = (entries,) if isinstance(entries, Mapping) else entries
+    if not isinstance(entries, (tuple, list)) or not all(isinstance(e, Mapping) for e in entries):
+      raise UserError(f'config.losses.{head}={entries!r} is not a tuple of loss dicts: write e.g. '
+                      f"--config.losses.{head}=\"({{'type': 'CrossEntropyLoss'}},)\" (Python "
+                      'literals only)')
+    entries = tuple(dict(entry) for entry in entries)
+    loss_functions.check_head_losses(entries, num_classes, sampler=sampler,
+                                     name=f'config.losses.{head}')
+    losses.append((head, entries))
+  return ObjectiveSpec(tuple(losses), sampler)
 
 
 def data_spec(data: ml_collections.ConfigDict) -> DataSpec:

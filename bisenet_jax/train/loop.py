@@ -30,7 +30,8 @@ from bisenet_jax.data import pipeline, sources
 from bisenet_jax.errors import UserError
 from bisenet_jax.eval import evaluator
 from bisenet_jax.specs import TrainSpec
-from bisenet_jax.train import checkpointing, optim, state as state_lib, step as step_lib
+from bisenet_jax.train import (checkpointing, losses, optim, state as state_lib,
+                               step as step_lib)
 from bisenet_jax.train.config import train_spec
 from bisenet_jax.train.initialization import initial_variables
 from bisenet_jax.train.metrics_log import MetricsLog, log
@@ -55,21 +56,51 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
 
 def check_batch_size(spec: TrainSpec, mesh) -> None:
-  if spec.batch_size % mesh.size:
-    raise UserError(f'config.batch_size={spec.batch_size} is not divisible by the '
-                    f'{mesh.size} devices; use a multiple of {mesh.size}.')
+  micro_batch = spec.batch_size // spec.accumulate_steps
+  if micro_batch % mesh.size:
+    what = (f'config.batch_size={spec.batch_size}' if spec.accumulate_steps == 1 else
+            f'the micro-batch of {micro_batch} (config.batch_size={spec.batch_size} / '
+            f'config.accumulate_steps={spec.accumulate_steps})')
+    raise UserError(f'{what} is not divisible by the {mesh.size} devices; use a multiple of '
+                    f'{mesh.size}.')
+
+
+def check_precision(spec: TrainSpec, backend: str) -> None:
+  if spec.model.dtype == 'float16' and backend == 'tpu':
+    raise UserError('config.model.dtype=float16 does not run on TPUs (they compute in '
+                    'bfloat16): use --config.model.dtype=bfloat16.')
+
+
+# Metrics that describe every step, skipped or not.
+_OF_EVERY_STEP = ('lr', 'loss_scale')
 
 
 def mean_metrics(pending: list[dict]) -> dict:
-  """Host means of the per-step metrics since the last log; stops on a non-finite loss."""
+  """Host means of the per-step metrics since the last log; stops on a non-finite loss.
+
+  Steps that float16 loss scaling skipped (their gradients overflowed) are left out of the
+  means and counted in ``skipped``; a non-finite loss in any other step stops the run.
+  """
   fetched = jax.device_get(pending)
-  losses = np.array([m['loss'] for m in fetched])
+  skipped = [bool(m.get('skipped', 0)) for m in fetched]
+  kept = [m for m, skip in zip(fetched, skipped) if not skip]
+  losses = np.array([m['loss'] for m in kept])
   if not np.all(np.isfinite(losses)):
-    raise TrainingDiverged(
-        f'the loss became {losses[~np.isfinite(losses)][0]} within the last {len(pending)} '
-        'steps; training stopped and the newest checkpoint predates it. Lower '
-        '--config.optimizer.base_lr or check the labels.')
-  return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+    _diverged(losses, len(pending))
+  means = {}
+  for key in fetched[0]:
+    over = fetched if key in _OF_EVERY_STEP else kept
+    means[key] = float(np.mean([m[key] for m in over])) if over else float('nan')
+  if 'skipped' in fetched[0]:
+    means['skipped'] = float(sum(skipped))
+  return means
+
+
+def _diverged(losses: np.ndarray, steps: int):
+  raise TrainingDiverged(
+      f'the loss became {losses[~np.isfinite(losses)][0]} within the last {steps} steps; '
+      'training stopped and the newest checkpoint predates it. Lower '
+      '--config.optimizer.base_lr or check the labels.')
 
 
 def _make_workdir(workdir: str | os.PathLike) -> Path:
@@ -91,6 +122,7 @@ def run(spec: TrainSpec, workdir: str | os.PathLike) -> dict:
   """
   mesh = parallel.make_mesh()
   check_batch_size(spec, mesh)
+  check_precision(spec, jax.default_backend())
   train_source, val_source = sources.open_training_sources(spec.data)
   model = spec.model.build()
   workdir = _make_workdir(workdir)
@@ -99,7 +131,8 @@ def run(spec: TrainSpec, workdir: str | os.PathLike) -> dict:
       spec.optimizer.warmup_steps, spec.optimizer.warmup_ratio)
   tx = optim.make_optimizer(schedule, spec.optimizer.momentum, spec.optimizer.weight_decay)
   create = lambda variables: state_lib.create_train_state(  # noqa: E731
-      model, tx, jax.random.key(spec.seed), mesh, variables)
+      model, tx, jax.random.key(spec.seed), mesh, variables,
+      ema=spec.ema_momentum is not None, loss_scale=spec.loss_scale)
   resuming = bool(checkpoint.finalized_steps(workdir))
   start = None if resuming else create(initial_variables(spec, model))
 
@@ -157,17 +190,28 @@ def _train(spec: TrainSpec, model, state, mesh, schedule, data_iterator, val_sou
 
   Returns the run's summary and the last evaluation's scores (None if there was none).
   """
-  train_step = step_lib.jit_train_step(mesh, learning_rate_fn=schedule, dropout_seed=spec.seed)
+  train_step = step_lib.jit_train_step(
+      mesh, learning_rate_fn=schedule, dropout_seed=spec.seed,
+      objective=losses.make_objective(spec.objective), accumulate_steps=spec.accumulate_steps,
+      ema_momentum=spec.ema_momentum)
+
+  def evaluate(variables) -> dict:
+    return evaluator.evaluate(model, variables, val_source, mesh=mesh,
+                              resize_to=spec.data.dataset.resize_to,
+                              batch_per_device=spec.eval_batch_per_device)
 
   def run_eval(state) -> dict:
-    scores = evaluator.evaluate(
-        model, {'params': state.params, 'batch_stats': state.batch_stats}, val_source,
-        mesh=mesh, resize_to=spec.data.dataset.resize_to,
-        batch_per_device=spec.eval_batch_per_device)
-    metrics_log.write(int(state.step), {'miou': scores['miou'], 'aacc': scores['aacc'],
-                                        'eval_seconds': scores['seconds']})
-    log(f"step {int(state.step)}: val mIoU {100 * scores['miou']:.2f}%, "
-        f"aAcc {100 * scores['aacc']:.2f}%")
+    """The model's scores; with an EMA, the EMA's are evaluated and reported beside them."""
+    scores = evaluate(state.variables())
+    row = {'miou': scores['miou'], 'aacc': scores['aacc'], 'eval_seconds': scores['seconds']}
+    line = (f"step {int(state.step)}: val mIoU {100 * scores['miou']:.2f}%, "
+            f"aAcc {100 * scores['aacc']:.2f}%")
+    if state.ema is not None:
+      ema = evaluate(state.ema)
+      row.update(miou_ema=ema['miou'], aacc_ema=ema['aacc'])
+      line += f"; EMA mIoU {100 * ema['miou']:.2f}%, aAcc {100 * ema['aacc']:.2f}%"
+    metrics_log.write(int(state.step), row)
+    log(line)
     return scores
 
   step, scores, pending = int(state.step), None, []

@@ -14,15 +14,15 @@ backward pass in a class-planes layout; ``cross_entropy`` is the plain per-pixel
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from bisenet_jax.models.layers import at_least_float32, linear_resize_matrix
-
-LOSS_NAMES = ('loss_cls', 'loss_aux1', 'loss_aux2')
+from bisenet_jax.models.layers import at_least_float32, linear_resize_matrix, resize_bilinear
+from bisenet_jax.specs import HEADS, ObjectiveSpec
+from bisenet_jax.train import loss_functions
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, ignore_label: int = 255) -> jax.Array:
@@ -145,6 +145,30 @@ def segmentation_losses(outputs: Sequence[jax.Array], labels: jax.Array,
     the other three (weight 1.0 each).
   """
   losses = {name: upsampled_cross_entropy(logits, labels, ignore_label)
-            for name, logits in zip(LOSS_NAMES, outputs, strict=True)}
+            for name, logits in zip(HEADS, outputs, strict=True)}
   losses['loss'] = sum(losses.values())
   return losses
+
+
+def make_objective(objective: ObjectiveSpec) -> Callable:
+  """The training objective of ``objective``: ``(outputs, labels) -> {head: loss, 'loss': sum}``.
+
+  The reference recipe's (three plain cross-entropies, no sampler) is ``segmentation_losses``,
+  the fast form. Any other table runs sssegmentation's losses (``loss_functions.head_loss``,
+  with the OHEM sampler if any) on each head's logits upsampled bilinearly to the labels' size,
+  as the toolbox does, and sums the heads with weight 1.
+  """
+  if objective == ObjectiveSpec():
+    return segmentation_losses
+
+  def losses_of(outputs: Sequence[jax.Array], labels: jax.Array) -> dict[str, jax.Array]:
+    losses = {}
+    for (head, table), logits in zip(objective.losses, outputs, strict=True):
+      upsampled = resize_bilinear(logits.astype(at_least_float32(logits.dtype)),
+                                  labels.shape[1:3])
+      losses[head] = loss_functions.head_loss(upsampled, labels.astype(jnp.int32), table,
+                                              sampler=objective.sampler)
+    losses['loss'] = sum(losses.values())
+    return losses
+
+  return losses_of

@@ -46,8 +46,10 @@ class MetricsLog:
   def write(self, step: int, values: dict) -> None:
     if not self.enabled:
       return
+    finite = {k: v if not isinstance(v, float) or math.isfinite(v) else None
+              for k, v in values.items()}  # JSON has no NaN: a window of skipped steps has none.
     with self.path.open('a') as f:
-      f.write(json.dumps({'step': step, **values}) + '\n')
+      f.write(json.dumps({'step': step, **finite}) + '\n')
     if self.tensorboard is None:
       self.tensorboard = tensorboardX.SummaryWriter(str(self.tensorboard_dir))
     for name, value in values.items():

@@ -5,56 +5,132 @@ reduction over the batch axis is global, so BatchNorm's batch statistics are com
 whole global batch: SyncBatchNorm, as the reference trains, with no ``axis_name``. Likewise the
 loss is one mean over the global batch's valid pixels (the reference averages per-GPU means,
 which only reweights GPUs by their valid-pixel counts).
+
+The toolbox's options (docs/reference.md §9) enter here: the losses of ``objective``,
+gradient accumulation over micro-batches, float16 loss scaling with skipped steps, and the EMA
+of the variables. Without them the step is the reference recipe's, bit for bit.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from bisenet_jax import parallel
 from bisenet_jax.data.normalization import normalize_on_device
+from bisenet_jax.train.loss_scale import all_finite
 from bisenet_jax.train.losses import segmentation_losses
 from bisenet_jax.train.state import TrainState
 
 
-def train_step(state: TrainState, batch: dict, *, learning_rate_fn, dropout_seed: int
-               ) -> tuple[TrainState, dict]:
-  """One SGD step on ``batch`` as the input pipeline makes it.
+def train_step(state: TrainState, batch: dict, *, learning_rate_fn, dropout_seed: int,
+               objective: Callable = segmentation_losses, accumulate_steps: int = 1,
+               ema_momentum: float | None = None) -> tuple[TrainState, dict]:
+  """One optimizer step on ``batch`` as the input pipeline makes it.
 
   ``batch = {'image': u8[N,H,W,3] RGB, 'label': u8[N,H,W], 'content': i32[N,4]}``: the images
   are normalised here, on the device, with the padding outside 'content' set to 0.0. The
   dropout key is folded from the step number, so a resumed run draws the same masks.
-  Returns the new state and scalar metrics: the three losses and their sum, lr, gradient and
-  parameter global norms.
+
+  Args:
+    state: the TrainState; its ``loss_scale`` (float16) and ``ema`` are used when set.
+    batch: the step's global batch.
+    learning_rate_fn: the schedule, for the metrics.
+    dropout_seed: seeds the dropout masks.
+    objective: ``(outputs, labels) -> {head: loss, 'loss': total}`` (``losses.make_objective``).
+    accumulate_steps: k: the batch is split into k micro-batches (micro-batch i holds rows
+      i, i + k, i + 2k, ..., so each device keeps its own rows), run one after the other (their
+      BatchNorm statistics are each micro-batch's own, and the running statistics are updated k
+      times); their gradients are averaged into one optimizer step.
+    ema_momentum: the weight of the new value in the EMA, when ``state.ema`` is kept.
+
+  Returns:
+    The new state and scalar metrics: the losses and their sum, lr, gradient and parameter
+    global norms; with float16, ``skipped`` (1 when the step's gradients overflowed and it was
+    skipped, as GradScaler does) and ``loss_scale``.
   """
   rng = jax.random.fold_in(jax.random.key(dropout_seed), state.step)
   images = normalize_on_device(batch['image'], batch['content'])
+  scale = None if state.loss_scale is None else state.loss_scale.scale
 
-  def loss_fn(params):
-    outputs, updates = state.apply_fn(
-        {'params': params, 'batch_stats': state.batch_stats}, images, train=True,
-        rngs={'dropout': rng}, mutable=['batch_stats'])
-    losses = segmentation_losses(outputs, batch['label'])
-    return losses['loss'], (losses, updates['batch_stats'])
+  def gradients(batch_stats, images, labels, rng):
+    def loss_fn(params):
+      outputs, updates = state.apply_fn(
+          {'params': params, 'batch_stats': batch_stats}, images, train=True,
+          rngs={'dropout': rng}, mutable=['batch_stats'])
+      losses = objective(outputs, labels)
+      scaled = losses['loss'] if scale is None else losses['loss'] * scale
+      return scaled, (losses, updates['batch_stats'])
 
-  grads, (losses, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
-  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    grads, (losses, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    return grads, losses, batch_stats
+
+  if accumulate_steps == 1:
+    grads, losses, batch_stats = gradients(state.batch_stats, images, batch['label'], rng)
+  else:
+    grads, losses, batch_stats = _accumulated(gradients, state.params, state.batch_stats, images,
+                                              batch['label'], rng, accumulate_steps)
+  metrics = {}
+  if scale is None:
+    new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  else:
+    grads = jax.tree.map(lambda g: g / scale, grads)
+    finite = all_finite(grads)
+    stepped = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+    # A skipped step keeps parameters and optimizer state; the step count (and so the lr
+    # schedule) and the running statistics of its forward pass move on, as in the toolbox.
+    new_state = stepped.replace(params=keep(stepped.params, state.params),
+                                opt_state=keep(stepped.opt_state, state.opt_state),
+                                loss_scale=state.loss_scale.updated(finite))
+    metrics = {'skipped': 1.0 - finite.astype(jnp.float32), 'loss_scale': scale}
+  if ema_momentum is not None:
+    new_state = new_state.replace(ema=jax.tree.map(
+        lambda average, value: average * (1 - ema_momentum) + value * ema_momentum,
+        state.ema, new_state.variables()))
   metrics = {
       **losses,
       'lr': learning_rate_fn(state.step),
       'grad_norm': optax.tree.norm(grads),
       'param_norm': optax.tree.norm(new_state.params),
+      **metrics,
   }
   return new_state, metrics
 
 
-def jit_train_step(mesh, *, learning_rate_fn, dropout_seed: int):
-  """``train_step`` compiled for ``mesh``: state replicated and donated, batch sharded."""
+def _accumulated(gradients, params, batch_stats, images, labels, rng, steps: int):
+  """The mean gradients and losses of ``steps`` micro-batches run in turn (``lax.scan``: one
+  micro-batch's activations alive at a time)."""
+
+  def micro_batches(array):  # [N, ...] -> [steps, N / steps, ...]; micro-batch i: rows i::steps.
+    return jnp.swapaxes(array.reshape(array.shape[0] // steps, steps, *array.shape[1:]), 0, 1)
+
+  def body(carry, micro):
+    batch_stats, grad_sum = carry
+    index, micro_images, micro_labels = micro
+    grads, losses, batch_stats = gradients(batch_stats, micro_images, micro_labels,
+                                           jax.random.fold_in(rng, index))
+    return (batch_stats, jax.tree.map(jnp.add, grad_sum, grads)), losses
+
+  zeros = jax.tree.map(jnp.zeros_like, params)  # Gradients have the parameters' dtypes.
+  (batch_stats, grad_sum), losses = jax.lax.scan(
+      body, (batch_stats, zeros), (jnp.arange(steps), micro_batches(images),
+                                   micro_batches(labels)))
+  mean = lambda tree: jax.tree.map(lambda x: jnp.mean(x, axis=0), tree)  # noqa: E731
+  return jax.tree.map(lambda g: g / steps, grad_sum), mean(losses), batch_stats
+
+
+def jit_train_step(mesh, *, learning_rate_fn, dropout_seed: int, **options):
+  """``train_step`` compiled for ``mesh``: state replicated and donated, batch sharded.
+
+  ``options``: ``objective``, ``accumulate_steps``, ``ema_momentum`` (see ``train_step``).
+  """
   step = functools.partial(train_step, learning_rate_fn=learning_rate_fn,
-                           dropout_seed=dropout_seed)
+                           dropout_seed=dropout_seed, **options)
   return jax.jit(step, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
                  out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
                  donate_argnums=(0,))

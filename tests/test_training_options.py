@@ -1,0 +1,239 @@
+"""sssegmentation's training options (docs/reference.md §9): EMA, float16 loss scaling, gradient
+accumulation, the loss table in training, and their one-line config errors.
+
+EMA and the loss scale are checked against their PyTorch definitions (the toolbox's EMA update
+over the whole state dict, GradScaler); accumulation against the same micro-batches run by hand;
+the losses themselves in tests/test_loss_functions.py.
+"""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from bisenet_jax.errors import UserError
+from bisenet_jax.interop import layout
+from bisenet_jax.models import layers
+from bisenet_jax.specs import LossScaleSpec, ObjectiveSpec
+from bisenet_jax.train import config as config_lib
+from bisenet_jax.train import loop, losses, optim
+from bisenet_jax.train import state as state_lib
+from bisenet_jax.train import step as step_lib
+from bisenet_jax.train.loss_scale import LossScale
+
+SIZE = 32
+
+
+def tiny_batch(count=4, seed=0):
+  rng = np.random.default_rng(seed)
+  return {'image': rng.integers(0, 256, (count, SIZE, SIZE, 3), np.uint8),
+          'label': rng.choice([0, 1, 2, 255], (count, SIZE, SIZE)).astype(np.uint8),
+          'content': np.tile(np.array([0, 0, SIZE, SIZE], np.int32), (count, 1))}
+
+
+class TinySegmentor(layers.ConvNormModule):
+  """The segmentor's interface (main logits; in training also two aux heads' logits) on a conv
+  and a BatchNorm: the step's options checked in milliseconds, well away from float32's limits
+  (BiSeNet's stem gradients at random init differ by tens of percent between two float32
+  evaluation orders)."""
+  num_classes: int = 3
+
+  @nn.compact
+  def __call__(self, images, train=False):
+    x = layers.relu(self.conv_bn(images, 8, 3, 2, names=('conv', 'bn'), train=train))
+    logits = self.conv(self.num_classes, 1, in_features=8, use_bias=True, name='head')(x)
+    if not (train or self.is_initializing()):
+      return logits
+    aux = self.conv(self.num_classes, 1, in_features=8, use_bias=True, name='aux')(x)
+    return logits, aux, aux[:, ::2, ::2]
+
+
+@pytest.fixture(scope='module')
+def model():
+  return TinySegmentor()
+
+
+def make_state(model, **options):
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ('data',))
+  return state_lib.create_train_state(model, optim.make_optimizer(0.01), jax.random.key(0), mesh,
+                                      **options)
+
+
+def run_step(state, batch, **options):
+  return step_lib.train_step(state, batch, learning_rate_fn=lambda step: 0.01, dropout_seed=0,
+                             **options)
+
+
+# EMA.
+
+def torch_ema_update(ema_state: dict, state: dict, momentum: float) -> dict:
+  """The toolbox's EMA update (ssseg's ema.py): every state-dict entry, parameters and buffers,
+  ema <- ema * (1 - momentum) + momentum * current."""
+  return {key: ema_state[key] * (1 - momentum) + momentum * state[key] for key in ema_state}
+
+
+def state_dict(variables) -> dict:
+  return {k: torch.from_numpy(np.asarray(v, np.float64))
+          for k, v in layout.variables_to_state_dict(jax.device_get(variables)).items()
+          if not k.endswith('num_batches_tracked')}
+
+
+def test_ema_follows_the_toolbox_update_over_parameters_and_statistics(model):
+  momentum = 0.25
+  state = make_state(model, ema=True)
+  expected = state_dict(state.ema)
+  for seed in range(2):
+    state, _ = jax.jit(lambda s, b: run_step(s, b, ema_momentum=momentum))(state, tiny_batch(
+        seed=seed))
+    expected = torch_ema_update(expected, state_dict(state.variables()), momentum)
+  got = state_dict(state.ema)
+  assert got.keys() == expected.keys() and 'bn.running_var' in got
+  for key in got:
+    np.testing.assert_allclose(got[key], expected[key], rtol=1e-6, atol=1e-7, err_msg=key)
+  assert not np.allclose(got['head.weight'], state_dict(state.variables())['head.weight'])
+
+
+# float16 loss scaling.
+
+def test_loss_scale_follows_torch_grad_scaler():
+  spec = LossScaleSpec(init_scale=8.0, growth_factor=2.0, backoff_factor=0.5, growth_interval=3)
+  ours = LossScale.create(spec)
+  parameter = torch.nn.Parameter(torch.zeros(2))
+  optimizer = torch.optim.SGD([parameter], lr=0.1)
+  scaler = torch.amp.GradScaler('cpu', init_scale=8.0, growth_factor=2.0, backoff_factor=0.5,
+                                growth_interval=3)
+  for finite in [True, True, True, False, True, True, True, True, False, False, True]:
+    optimizer.zero_grad()
+    scaler.scale(parameter.sum()).backward()
+    if not finite:
+      parameter.grad[0] = float('inf')
+    scaler.step(optimizer)
+    scaler.update()
+    ours = ours.updated(jnp.asarray(finite))
+    assert float(ours.scale) == scaler.get_scale()
+
+
+def test_float16_step_skips_an_overflow_and_keeps_the_weights(model):
+  state = make_state(model.clone(dtype=jnp.float16),
+                     loss_scale=LossScaleSpec(init_scale=2.0**40))  # Overflows float16.
+  new_state, metrics = jax.jit(run_step)(state, tiny_batch())
+  assert float(metrics['skipped']) == 1.0 and float(metrics['loss_scale']) == 2.0**40
+  assert float(new_state.loss_scale.scale) == 2.0**39 and int(new_state.step) == 1
+  same = jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), new_state.params, state.params)
+  assert all(jax.tree.leaves(same))
+  state = make_state(model.clone(dtype=jnp.float16), loss_scale=LossScaleSpec(init_scale=8.0))
+  new_state, metrics = jax.jit(run_step)(state, tiny_batch())
+  assert float(metrics['skipped']) == 0.0 and np.isfinite(float(metrics['loss']))
+  assert not all(jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)),
+                                              new_state.params, state.params)))
+
+
+# Gradient accumulation.
+
+def test_accumulated_step_equals_its_micro_batches_run_by_hand(model):
+  state = make_state(model)
+  batch = tiny_batch(count=4, seed=3)
+  got, metrics = jax.jit(lambda s, b: run_step(s, b, accumulate_steps=2))(state, batch)
+
+  # By hand: micro-batch i is rows i, i + 2 (each device keeps its rows); BatchNorm's running
+  # statistics go through both; the gradients are averaged; one optimizer step.
+  from bisenet_jax.data.normalization import normalize_on_device
+  images = normalize_on_device(batch['image'], batch['content'])
+  batch_stats, grads, total = state.batch_stats, [], 0.0
+  for index in range(2):
+    rows = np.arange(index, 4, 2)
+    rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), 0), index)
+
+    def loss_fn(params, batch_stats=batch_stats, rows=rows, rng=rng):
+      outputs, updates = model.apply({'params': params, 'batch_stats': batch_stats},
+                                     images[rows], train=True, rngs={'dropout': rng},
+                                     mutable=['batch_stats'])
+      value = losses.segmentation_losses(outputs, batch['label'][rows])['loss']
+      return value, updates['batch_stats']
+
+    (value, batch_stats), grad = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads.append(grad)
+    total += value / 2
+  mean_grads = jax.tree.map(lambda a, b: (a + b) / 2, *grads)
+  expected = state.apply_gradients(grads=mean_grads, batch_stats=batch_stats)
+  assert float(metrics['loss']) == pytest.approx(float(total), rel=1e-5)
+  for name, a, b in (('params', got.params, expected.params),
+                     ('batch_stats', got.batch_stats, expected.batch_stats)):
+    difference = max(float(jnp.max(jnp.abs(x - y))) for x, y in
+                     zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    assert difference < 1e-6, name
+
+
+# The loss table in training.
+
+def test_the_default_table_is_the_fast_reference_objective():
+  assert losses.make_objective(ObjectiveSpec()) is losses.segmentation_losses
+  table = dataclasses.replace(ObjectiveSpec(), sampler={
+      'type': 'OHEMPixelSampler', 'thresh': 0.7, 'min_kept_per_image': 10})
+  assert losses.make_objective(table) is not losses.segmentation_losses
+
+
+def test_plain_cross_entropy_through_the_table_equals_the_fast_form():
+  rng = np.random.default_rng(0)
+  outputs = tuple(jnp.asarray(rng.normal(size=(2, size, size, 5)), jnp.float32)
+                  for size in (8, 8, 4))
+  labels = jnp.asarray(rng.choice([0, 1, 2, 3, 4, 255], (2, 64, 64)), jnp.uint8)
+  explicit = ObjectiveSpec(tuple((head, ({'type': 'CrossEntropyLoss', 'scale_factor': 1.0},))
+                                 for head in ('loss_cls', 'loss_aux1', 'loss_aux2')))
+  fast = losses.segmentation_losses(outputs, labels)
+  table = losses.make_objective(explicit)(outputs, labels)
+  for key in fast:
+    assert float(table[key]) == pytest.approx(float(fast[key]), rel=1e-5)
+
+
+# Config: every option off by default, bad values refused in one line.
+
+def demo_config(**overrides):
+  config = config_lib.get_config('bisenetv1_r18', 'demo')
+  for key, value in overrides.items():
+    *parents, leaf = key.split('.')
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
+def test_options_are_off_by_default():
+  spec = config_lib.train_spec(demo_config())
+  assert spec.objective == ObjectiveSpec() and spec.ema_momentum is None
+  assert spec.accumulate_steps == 1 and spec.loss_scale is None
+  spec = config_lib.train_spec(demo_config(**{'model.dtype': 'float16', 'ema.momentum': 0.0005}))
+  assert spec.loss_scale == LossScaleSpec() and spec.ema_momentum == 0.0005
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'losses.loss_cls': ({'type': 'CrossEntropyLos'},)}, 'CrossEntropyLos'),
+    ({'losses.loss_aux1': ({'type': 'FocalLoss', 'gama': 2.0},)}, 'gama'),
+    ({'losses.loss_cls': ({'type': 'CrossEntropyLoss', 'class_weight': (1.0, 2.0)},)},
+     'class_weight'),
+    ({'losses.loss_cls': ('CrossEntropyLoss',)}, 'is not a tuple of loss dicts'),
+    ({'ema.momentum': -0.1}, 'config.ema.momentum=-0.1 must be in (0, 1]'),
+    ({'ema.momentum': 1.5}, 'config.ema.momentum=1.5 must be in (0, 1]'),
+    ({'ohem.thresh': 1.5}, 'thresh'),
+    ({'accumulate_steps': 3}, 'config.accumulate_steps=3 must be a positive divisor of '
+                              'config.batch_size=8'),
+])
+def test_bad_options_are_one_line_errors(overrides, message):
+  with pytest.raises(UserError) as error:
+    config_lib.train_spec(demo_config(**overrides))
+  assert message in str(error.value) and '\n' not in str(error.value)
+
+
+def test_float16_on_a_tpu_and_micro_batches_devices_do_not_divide_are_refused():
+  spec = config_lib.train_spec(demo_config(**{'model.dtype': 'float16'}))
+  with pytest.raises(UserError, match='float16 does not run on TPUs'):
+    loop.check_precision(spec, 'tpu')
+  loop.check_precision(spec, 'gpu')
+  spec = config_lib.train_spec(demo_config(accumulate_steps=2))  # Micro-batches of 4.
+  with pytest.raises(UserError, match='the micro-batch of 4 .* is not divisible by the 8'):
+    loop.check_batch_size(spec, type('Mesh', (), {'size': 8}))
