@@ -237,3 +237,90 @@ def test_float16_on_a_tpu_and_micro_batches_devices_do_not_divide_are_refused():
   spec = config_lib.train_spec(demo_config(accumulate_steps=2))  # Micro-batches of 4.
   with pytest.raises(UserError, match='the micro-batch of 4 .* is not divisible by the 8'):
     loop.check_batch_size(spec, type('Mesh', (), {'size': 8}))
+
+
+# A whole run with every option.
+
+WEIGHTS = tuple(float(w) for w in np.linspace(0.5, 2.0, 19))
+
+
+def options_config(root, steps):
+  return demo_config(**{
+      'data.root': str(root), 'data.synthetic.num_train': 8, 'data.synthetic.num_val': 2,
+      'data.synthetic.height': 64, 'data.synthetic.width': 128, 'data.resize_to': (64, 128),
+      'data.crop_size': (64, 64), 'batch_size': 4, 'total_steps': steps,
+      'optimizer.warmup_steps': 2, 'log_every_steps': 1, 'checkpoint_every_steps': 2,
+      'eval_every_steps': 100, 'eval_batch_per_device': 2, 'model.dtype': 'float16',
+      'ema.momentum': 0.3, 'ohem.thresh': 0.7, 'ohem.min_kept_per_image': 500,
+      'accumulate_steps': 2, 'loss_scale.init_scale': 2.0**40,
+      'loss_scale.backoff_factor': 2.0**-30,
+      'losses.loss_cls': ({'type': 'CrossEntropyLoss', 'class_weight': WEIGHTS,
+                           'label_smoothing': 0.1}, {'type': 'LovaszLoss', 'scale_factor': 0.5}),
+      'losses.loss_aux1': ({'type': 'FocalLoss'},), 'losses.loss_aux2': ({'type': 'DiceLoss'},)})
+
+
+@pytest.mark.slow
+def test_a_run_with_every_option_resumes_exactly_and_its_ema_round_trips(tmp_path, capsys):
+  import json
+  import shutil
+
+  from bisenet_jax import checkpoint, evaluate
+  from bisenet_jax.bench import torch_model
+  from conftest import run_script
+
+  loop.train_and_evaluate(options_config(tmp_path / 'data', 4), tmp_path / 'straight')
+  def rows(workdir):
+    return [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+
+  def losses_of(workdir):  # Every logged value but the timing.
+    return [{k: v for k, v in r.items() if k != 'img_per_s'} for r in rows(workdir) if 'loss' in r]
+
+  straight = losses_of(tmp_path / 'straight')
+  assert len(straight) == 4 and {'skipped', 'loss_scale'} <= set(straight[0])
+  assert straight[0]['skipped'] == 1.0 and straight[0]['loss'] is None  # 2**40 overflows.
+  assert straight[1]['loss_scale'] == 2.0**10
+  assert [r['skipped'] for r in straight[1:]] == [0.0, 0.0, 0.0]
+  assert 'miou_ema' in rows(tmp_path / 'straight')[-1]
+
+  # The same run stopped after its step-2 checkpoint and resumed.
+  resumed = tmp_path / 'resumed'
+  shutil.copytree(tmp_path / 'straight', resumed)
+  shutil.rmtree(resumed / 'checkpoints' / '4')
+  (resumed / 'metrics.jsonl').write_text(''.join(
+      json.dumps(r) + '\n' for r in rows(tmp_path / 'straight') if r['step'] <= 2))
+  loop.train_and_evaluate(options_config(tmp_path / 'data', 4), resumed)
+  assert losses_of(resumed) == straight
+  for ema in (False, True):
+    a = checkpoint.restore_model(tmp_path / 'straight', ema)[1]
+    b = checkpoint.restore_model(resumed, ema)[1]
+    assert all(jax.tree.leaves(jax.tree.map(lambda x, y: bool(np.array_equal(x, y)), a, b)))
+
+  # EMA and weights differ, and go to sssegmentation's .pth as model and model_ema.
+  model_variables = checkpoint.restore_model(resumed, ema=False)[1]
+  ema_variables = checkpoint.restore_model(resumed, ema=True)[1]
+  assert not np.array_equal(model_variables['params']['decoder']['4']['kernel'],
+                            ema_variables['params']['decoder']['4']['kernel'])
+  result = run_script('convert/flax_to_ssseg.py', '--input', str(resumed), '--output',
+                      str(tmp_path / 'ema.pth'))
+  assert result.returncode == 0, result.stderr
+  saved = torch.load(tmp_path / 'ema.pth', weights_only=True)
+  reference = torch_model.build_reference('r18')
+  for entry in ('model', 'model_ema'):
+    reference.load_state_dict(saved[entry], strict=True)  # As sssegmentation's test.py --ema.
+  result = run_script('convert/ssseg_to_flax.py', '--input', str(tmp_path / 'ema.pth'),
+                      '--output', str(tmp_path / 'converted'))
+  assert result.returncode == 0 and 'with its model_ema' in result.stdout, result.stderr
+  for ema, expected in ((False, model_variables), (True, ema_variables)):
+    got = checkpoint.restore_model(tmp_path / 'converted', ema)[1]
+    assert all(jax.tree.leaves(jax.tree.map(lambda x, y: bool(np.array_equal(x, y)), got,
+                                            expected)))
+
+  # evaluate takes the EMA unless told otherwise.
+  root = tmp_path / 'data' / 'synthetic_cityscapes'
+  capsys.readouterr()
+  ema_scores = evaluate.main(['--checkpoint', str(resumed), '--data-root', str(root)])
+  assert 'EMA weights' in capsys.readouterr().out
+  model_scores = evaluate.main(['--checkpoint', str(resumed), '--data-root', str(root),
+                                '--no-ema'])
+  assert 'EMA weights' not in capsys.readouterr().out
+  assert not np.array_equal(ema_scores['confusion'], model_scores['confusion'])

@@ -52,7 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--input-size', type=_list(cli.size_argument('--input-size')),
                       metavar=f'{SIZE_FORMAT},...',
                       help='input sizes; default 1024x2048 (infer), 1024x1024 (train)')
-  parser.add_argument('--dtype', type=_list(str), default=['float32'], help='float32,bfloat16')
+  parser.add_argument('--dtype', type=_list(str), default=['float32'],
+                      help='float32,bfloat16,float16 (train: with dynamic loss scaling)')
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--steps', type=int, default=5)
   parser.add_argument('--compare-torch', action='store_true')

@@ -22,10 +22,14 @@ PEAKS_SOURCE = 'vendor datasheets, dense (no sparsity)'
 # the relevant peak is the FP32 one in the comment, and --peak-tflops should say so.
 PEAK_TFLOPS = {
     # NVIDIA H100 SXM5 datasheet: BF16 989.4, TF32 494.7, FP32 66.9. H200 has the same compute.
-    'H100': {'bfloat16': 989.4, 'float32': 494.7},
-    'H200': {'bfloat16': 989.4, 'float32': 494.7},
-    # NVIDIA A100 (SXM) datasheet: BF16 312, TF32 156, FP32 19.5.
-    'A100': {'bfloat16': 312.0, 'float32': 156.0},
+    'H100': {'bfloat16': 989.4, 'float16': 989.4, 'float32': 494.7},
+    'H200': {'bfloat16': 989.4, 'float16': 989.4, 'float32': 494.7},
+    # NVIDIA A100 (SXM) datasheet: BF16 and FP16 312, TF32 156, FP32 19.5.
+    'A100': {'bfloat16': 312.0, 'float16': 312.0, 'float32': 156.0},
+    # NVIDIA V100 (SXM2) and T4 datasheets: FP16 tensor cores 125 and 65, FP32 15.7 and 8.1
+    # (no TF32, no fast BF16).
+    'V100': {'float16': 125.0, 'float32': 15.7},
+    'T4': {'float16': 65.0, 'float32': 8.1},
     # Google Cloud TPU docs, per chip, BF16.
     'TPU v4': {'bfloat16': 275.0},
     'TPU v5 lite': {'bfloat16': 197.0},

@@ -17,10 +17,11 @@ from bisenet_jax.bench import flops as flops_lib, timing
 from bisenet_jax.data import cityscapes, pipeline, synthetic
 from bisenet_jax.errors import UserError
 from bisenet_jax.eval import evaluator
-from bisenet_jax.specs import ModelSpec, Size
+from bisenet_jax.specs import LossScaleSpec, ModelSpec, Size
 from bisenet_jax.train import optim, state as state_lib, step as step_lib
 
-DTYPES = ('float32', 'bfloat16')
+# float16 trains with dynamic loss scaling (GradScaler's defaults), as config.model.dtype does.
+DTYPES = ('float32', 'bfloat16', 'float16')
 # The input pipeline's files: Cityscapes-sized frames (the reference recipe's input).
 FRAMES = dict(num_train=8, num_val=1, height=1024, width=2048, seed=0)
 DEFAULT_FRAMES_DIR = '~/.cache/bisenet_jax/bench_frames'
@@ -137,8 +138,9 @@ def measure_train(point: Point, warmup: int, steps: int, peak_override=None,
   """One SGD step (forward, 3 losses, backward, update) on a sharded batch, plus data rates."""
   model, mesh, images, labels = _setup(point)
   schedule = optim.poly_warmup_schedule()
-  state = state_lib.create_train_state(model, optim.make_optimizer(schedule), jax.random.key(0),
-                                       mesh)
+  state = state_lib.create_train_state(
+      model, optim.make_optimizer(schedule), jax.random.key(0), mesh,
+      loss_scale=LossScaleSpec() if point.dtype == 'float16' else None)
   content = np.tile(np.array([0, 0, *point.input_size], np.int32), (len(images), 1))
   batch = {key: _global_array(value, parallel.batch_sharded(mesh))
            for key, value in (('image', images), ('label', labels), ('content', content))}
