@@ -15,7 +15,8 @@ official Cityscapes weights to your classes with
 are re-initialised), or start the backbone from ImageNet with `--config.init.backbone=...`.
 Folder names, the mask suffix and how mask values become classes are keys too
 (`data.image_dir`, `data.mask_dir`, `data.mask_suffix`, `data.ignore_index`,
-`data.reduce_zero_label`, `data.label_map`). See docs/custom_data.md.
+`data.reduce_zero_label`, `data.label_map`). See docs/custom_data.md; for rare classes, OHEM
+(`--config.ohem.thresh=0.7`) and class weights in the loss table: docs/training_options.md.
 
 ':garden' is the worked example of docs/custom_data.md: the synthetic garden set written by
 `python -m bisenet_jax.data.synthetic garden data/garden`, 120 steps of 192x192 crops, a few

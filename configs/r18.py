@@ -13,7 +13,9 @@ Embedded demo (no download: synthetic street scenes, written once under ~/.cache
   python train.py --config configs/r18.py:demo
 
 It trains for a few minutes on a laptop CPU and should reach at least 50% mIoU on the
-synthetic val split. Override any key, e.g. ``--config.batch_size=8``.
+synthetic val split. Override any key, e.g. ``--config.batch_size=8``. sssegmentation's
+training options (EMA, OHEM, the loss table, float16, gradient accumulation) are keys too, off
+by default: docs/training_options.md.
 """
 
 from bisenet_jax.train import config
