@@ -124,7 +124,8 @@ def _init_shapes(name, stem='deep'):
   return models.init_variables(models.build_model(name, stem=stem))
 
 
-@pytest.mark.parametrize('depth,name,count', [(18, 'bisenetv1_r18', 110), (50, 'bisenetv1_r50', 275)])
+@pytest.mark.parametrize('depth,name,count', [
+    (18, 'bisenetv1_r18', 110), pytest.param(50, 'bisenetv1_r50', 275, marks=pytest.mark.slow)])
 def test_imagenet_v1c_file_fills_the_whole_backbone(tmp_path, depth, name, count):
   state = torch_support.imagenet_state_dict(depth, 'deep', with_fc=True)
   torch.save({'state_dict': state}, tmp_path / 'v1c.pth')

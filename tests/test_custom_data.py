@@ -97,6 +97,7 @@ def test_fine_tuning_19_to_5_classes_loads_everything_but_the_three_classifiers(
           'auxiliary_decoder.1.4, decoder.4 (19 -> 5 classes)') in report.out + report.err
 
 
+@pytest.mark.slow
 def test_fine_tuning_from_another_architecture_is_refused(garden, tmp_path):
   write_cityscapes_checkpoint(tmp_path / 'r50', 'bisenetv1_r50')
   spec = train_spec(garden_config(garden, **{'init.checkpoint': str(tmp_path / 'r50')}))

@@ -175,6 +175,7 @@ def test_saved_predictions_score_the_same_in_cityscapesscripts(setup, one_device
   assert results['miou'] == pytest.approx(official['averageScoreClasses'], rel=1e-12)
 
 
+@pytest.mark.slow
 def test_eight_devices_count_what_one_device_counts(setup, one_device):
   results, _, predictions = one_device
   tmp = setup['tmp']

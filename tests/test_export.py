@@ -240,6 +240,7 @@ def test_stablehlo_round_trip_in_a_process_with_only_jax_and_numpy(r18, folder):
   assert_close_to_scale(got, np.concatenate([expected[:1], expected]), tolerance=1e-5)
 
 
+@pytest.mark.slow
 def test_float16_stablehlo_is_within_the_documented_bound(r18, folder, capsys):
   path = export(r18, folder / 'r18_fp16.stablehlo', '--format', 'stablehlo', '--dtype',
                 'float16', *size_flags(SMALL))
