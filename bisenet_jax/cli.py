@@ -207,3 +207,22 @@ def check_classes(path: str, num_classes: int, dataset: DatasetSpec) -> None:
                     f'{DATASET_NAMES[dataset.kind]} has {dataset.classes.num_classes}: use a '
                     'checkpoint trained for these classes, or pass the matching --dataset / '
                     '--classes')
+
+
+def open_exported(args: argparse.Namespace, spec: InferenceSpec, root: str | None, use: str):
+  """``(OnnxSegmenter, DatasetSpec)`` for an exported ``--outputs labels`` file.
+
+  Such a file runs each whole image once at its own input size, with the weights it was
+  exported with, so the inference and EMA flags are refused rather than ignored.
+  ``use``: what to do instead, e.g. 'evaluate the checkpoint it came from'.
+  """
+  from bisenet_jax.export.onnx_runtime import OnnxSegmenter
+  if not spec.is_plain or spec.input_size or args.ema is not None:
+    raise UserError('an exported file runs each whole image once, at its own input size, with '
+                    'the weights it was exported with: drop --mode, --window-*, --flip, --scales, '
+                    f'--input-size and --ema, or {use}')
+  segmenter = OnnxSegmenter(args.checkpoint)
+  segmenter.require_labels()
+  dataset = dataset_spec(args, segmenter.dataset, root=root)
+  check_classes(args.checkpoint, segmenter.interface.num_classes, dataset)
+  return segmenter, dataset

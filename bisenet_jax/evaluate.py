@@ -183,15 +183,8 @@ def checkpoint_evaluation(args: argparse.Namespace, spec: InferenceSpec) -> Eval
 
 def exported_evaluation(args: argparse.Namespace, spec: InferenceSpec) -> Evaluation:
   """An exported ``.onnx`` on ONNX Runtime: each whole image once, at the file's input size."""
-  from bisenet_jax.export.onnx_runtime import OnnxSegmenter
-  if not spec.is_plain or spec.input_size or args.ema is not None:
-    raise UserError('an exported file runs each whole image once, at its own input size, with '
-                    'the weights it was exported with: drop --mode, --window-*, --flip, --scales, '
-                    '--input-size and --ema, or evaluate the checkpoint it came from')
-  segmenter = OnnxSegmenter(args.checkpoint)
-  segmenter.require_labels()
-  dataset = cli.dataset_spec(args, segmenter.dataset, root=args.data_root)
-  cli.check_classes(args.checkpoint, segmenter.interface.num_classes, dataset)
+  segmenter, dataset = cli.open_exported(args, spec, root=args.data_root,
+                                         use='evaluate the checkpoint it came from')
   source = sources.open_split(dataset, args.data_root, args.split)
   spec = dataclasses.replace(spec, input_size=segmenter.interface.input_size)
 

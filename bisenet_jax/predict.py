@@ -169,15 +169,8 @@ def jax_predictor(args: argparse.Namespace, spec):
 
 def onnx_predictor(args: argparse.Namespace, spec):
   """``(predict, dataset)`` for an exported .onnx on ONNX Runtime: no JAX imported."""
-  from bisenet_jax.export.onnx_runtime import OnnxSegmenter
-  if not spec.is_plain or spec.input_size or args.ema is not None:
-    raise UserError('an .onnx model runs each whole image once at its own input size, with the '
-                    'weights it was exported with: drop --mode, --flip, --scales, --input-size '
-                    'and --ema, or predict with the checkpoint it was exported from')
-  segmenter = OnnxSegmenter(args.checkpoint)
-  segmenter.require_labels()
-  dataset = cli.dataset_spec(args, segmenter.dataset, root=None)
-  cli.check_classes(args.checkpoint, segmenter.interface.num_classes, dataset)
+  segmenter, dataset = cli.open_exported(args, spec, root=None,
+                                         use='predict with the checkpoint it came from')
   return (lambda image: segmenter.labels(image[None])[0]), dataset
 
 

@@ -126,3 +126,14 @@ def dataset(tmp_path):
   """A 3-class folder dataset with one 2x3 frame 'a' in 'val'; returns its root."""
   from labelled_files import write_folder_dataset
   return write_folder_dataset(tmp_path)
+
+
+@pytest.fixture(scope='session')
+def random_r18_pth(tmp_path_factory):
+  """The PyTorch reference R18 with random weights (seed 3), saved as an official ``.pth``."""
+  from bisenet_jax.bench import torch_model
+  import torch_support
+  path = tmp_path_factory.mktemp('random_r18') / 'official.pth'
+  model = torch_support.randomize_(torch_model.build_reference('r18'), seed=3)
+  torch_support.save_official_checkpoint(model, path, kind='full')
+  return path

@@ -127,5 +127,5 @@ def test_compare_onnx_times_onnx_runtime_on_the_same_threads(tmp_path):
   jax_row, onnx_row = rows
   assert onnx_row['img_per_s'] > 0 and onnx_row['threads'] == 1
   assert onnx_row['jax_speedup'] == pytest.approx(jax_row['img_per_s'] / onnx_row['img_per_s'])
-  assert any(line.startswith('JAX/ONNX Runtime infer r18 float32 1x64x128: ')
+  assert any(line.startswith('JAX float32/ONNX Runtime float32 infer r18 1x64x128: ')
              for line in result.stdout.splitlines())

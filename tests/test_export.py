@@ -307,7 +307,7 @@ def test_predict_refuses_a_logits_file_and_another_size(r18_onnx, r18_labels_onn
     with pytest.raises(SystemExit):
       predict.main(['--checkpoint', str(path), str(images / '0.png'), '--scales', '0.5,1',
                     '--output', str(tmp_path / 'o')])
-    assert 'runs each whole image once at its own input size' in capsys.readouterr().err
+    assert 'runs each whole image once, at its own input size' in capsys.readouterr().err
   # Files of earlier versions took one size only: they refuse another one.
   fixed = onnx.load(str(r18_labels_onnx))
   entry = next(p for p in fixed.metadata_props if p.key == INTERFACE_KEY)

@@ -17,20 +17,10 @@ from bisenet_jax.data.cityscapes import PALETTE
 from bisenet_jax.data.synthetic import draw_street_scene
 from bisenet_jax.data.normalization import normalize
 from bisenet_jax.eval import inference
-from bisenet_jax.bench import torch_model
 from labelled_files import read_rgb
-import torch_support
 
 # Input files -> (height, width); odd sizes that no stride divides. Two share a size.
 IMAGES = {'folder/a.png': (61, 97), 'folder/sub/b.jpg': (61, 97), 'single.png': (45, 70)}
-
-
-@pytest.fixture(scope='module')
-def checkpoint(tmp_path_factory):
-  path = tmp_path_factory.mktemp('predict') / 'official.pth'
-  model = torch_support.randomize_(torch_model.build_reference('r18'), seed=3)
-  torch_support.save_official_checkpoint(model, path, kind='full')
-  return path
 
 
 def write_images(root):
@@ -48,14 +38,14 @@ def expected_labels(model, variables, image):
     return np.asarray(labels_fn(normalize(image)[None]))[0]
 
 
-def test_masks_overlays_and_legend_for_a_folder_and_a_file(checkpoint, tmp_path, capsys):
+def test_masks_overlays_and_legend_for_a_folder_and_a_file(random_r18_pth, tmp_path, capsys):
   write_images(tmp_path)
   output = tmp_path / 'out' / 'nested'  # Created by the command.
-  predict.main(['--checkpoint', str(checkpoint), str(tmp_path / 'folder'),
+  predict.main(['--checkpoint', str(random_r18_pth), str(tmp_path / 'folder'),
                 str(tmp_path / 'single.png'), '--output', str(output), '--overlay'])
   assert 'wrote 3 mask(s)' in capsys.readouterr().out
 
-  model, variables = load_pretrained(checkpoint)
+  model, variables = load_pretrained(random_r18_pth)
   stems = {'folder/a.png': 'a', 'folder/sub/b.jpg': 'sub/b', 'single.png': 'single'}
   for name, stem in stems.items():
     image = read_rgb(tmp_path / name)
@@ -75,12 +65,12 @@ def test_masks_overlays_and_legend_for_a_folder_and_a_file(checkpoint, tmp_path,
 
 
 @pytest.mark.parametrize('case', ['unreadable', 'missing'])
-def test_bad_image_is_a_one_line_error_naming_it(checkpoint, tmp_path, capsys, case):
+def test_bad_image_is_a_one_line_error_naming_it(random_r18_pth, tmp_path, capsys, case):
   bad = tmp_path / 'bad.png'
   if case == 'unreadable':
     bad.write_bytes(b'not a png')
   with pytest.raises(SystemExit) as exit_info:
-    predict.main(['--checkpoint', str(checkpoint), str(bad), '--output', str(tmp_path / 'out')])
+    predict.main(['--checkpoint', str(random_r18_pth), str(bad), '--output', str(tmp_path / 'out')])
   assert exit_info.value.code == 2
   stderr = capsys.readouterr().err
   assert len(stderr.strip().splitlines()) == 1 and stderr.startswith('error: '), stderr

@@ -16,11 +16,9 @@ import numpy as np
 import pytest
 
 from bisenet_jax import predict, video
-from bisenet_jax.bench import torch_model
 from bisenet_jax.data.cityscapes import PALETTE
 from bisenet_jax.data.synthetic import draw_street_scene
 from labelled_files import read_rgb
-import torch_support
 
 SIZE = (64, 96)
 FRAMES = 6
@@ -109,18 +107,10 @@ def decoded_frames(path):
     frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
 
 
-@pytest.fixture(scope='module')
-def checkpoint(tmp_path_factory):
-  path = tmp_path_factory.mktemp('video') / 'official.pth'
-  model = torch_support.randomize_(torch_model.build_reference('r18'), seed=3)
-  torch_support.save_official_checkpoint(model, path, kind='full')
-  return path
-
-
 def test_a_video_gives_mask_and_overlay_videos_and_frame_masks_equal_to_image_masks(
-    checkpoint, tmp_path, capsys):
+    random_r18_pth, tmp_path, capsys):
   clip = write_video(tmp_path / 'clip.mp4')
-  predict.main(['--checkpoint', str(checkpoint), str(clip), '--output', str(tmp_path / 'out'),
+  predict.main(['--checkpoint', str(random_r18_pth), str(clip), '--output', str(tmp_path / 'out'),
                 '--overlay', '--frame-masks'])
   report = capsys.readouterr().out
   assert f'clip.mp4: {FRAMES} frame(s)' in report and 'frames/s end to end' in report
@@ -133,7 +123,7 @@ def test_a_video_gives_mask_and_overlay_videos_and_frame_masks_equal_to_image_ma
   frames, _ = decoded_frames(clip)
   for index, frame in enumerate(frames):
     cv2.imwrite(str(tmp_path / f'{index:06d}.png'), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-  predict.main(['--checkpoint', str(checkpoint), *[str(tmp_path / f'{i:06d}.png')
+  predict.main(['--checkpoint', str(random_r18_pth), *[str(tmp_path / f'{i:06d}.png')
                                                    for i in range(FRAMES)],
                 '--output', str(tmp_path / 'images')])
   for index in range(FRAMES):
@@ -157,14 +147,14 @@ class _CutShortHandler(http.server.SimpleHTTPRequestHandler):
     pass
 
 
-def test_a_stream_that_stops_keeps_what_was_written(checkpoint, tmp_path, capsys):
+def test_a_stream_that_stops_keeps_what_was_written(random_r18_pth, tmp_path, capsys):
   write_video(tmp_path / 'cam1.avi', count=12, fourcc='MJPG')
   handler = functools.partial(_CutShortHandler, directory=str(tmp_path))
   server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
   threading.Thread(target=server.serve_forever, daemon=True).start()
   try:
     url = f'http://127.0.0.1:{server.server_address[1]}/cam1.avi'
-    predict.main(['--checkpoint', str(checkpoint), url, '--output', str(tmp_path / 'out')])
+    predict.main(['--checkpoint', str(random_r18_pth), url, '--output', str(tmp_path / 'out')])
   finally:
     server.shutdown()
   report = capsys.readouterr().out
@@ -183,9 +173,9 @@ def test_a_stream_that_stops_keeps_what_was_written(checkpoint, tmp_path, capsys
     ('video name too long', 'OpenCV cannot write the video'),
     ('latency for a file', '--max-latency-ms takes a positive number and applies to cameras'),
 ])
-def test_bad_streams_are_one_line_errors_and_write_no_video(checkpoint, tmp_path, capsys, case,
+def test_bad_streams_are_one_line_errors_and_write_no_video(random_r18_pth, tmp_path, capsys, case,
                                                             expected):
-  args = ['--checkpoint', str(checkpoint), '--output', str(tmp_path / 'out')]
+  args = ['--checkpoint', str(random_r18_pth), '--output', str(tmp_path / 'out')]
   if case == 'not a video':
     (tmp_path / 'clip.mp4').write_bytes(b'not a video')
     args.append(str(tmp_path / 'clip.mp4'))
@@ -193,7 +183,7 @@ def test_bad_streams_are_one_line_errors_and_write_no_video(checkpoint, tmp_path
     args += ['--camera', '97']
   elif case == 'unwritable output':
     (tmp_path / 'file').write_text('a file, not a folder')
-    args = ['--checkpoint', str(checkpoint), '--output', str(tmp_path / 'file'),
+    args = ['--checkpoint', str(random_r18_pth), '--output', str(tmp_path / 'file'),
             str(write_video(tmp_path / 'clip.mp4', count=2))]
   elif case == 'video name taken by a folder':
     (tmp_path / 'out' / 'clip_mask.mp4').mkdir(parents=True)

@@ -128,13 +128,14 @@ def _same_workload(a: dict, b: dict) -> bool:
 
 
 def ratios(rows: list[dict]) -> list[str]:
-  """'JAX/PyTorch' lines: vs eager fp32 and vs the fastest PyTorch variant, per 1-device point."""
+  """Speed ratios per 1-device point: JAX over each ONNX Runtime file, and over eager fp32 and the
+  fastest PyTorch variant."""
   lines = []
   for jax_row in (r for r in rows if r['impl'] == 'jax' and r['devices'] == 1):
     for onnx in (r for r in rows if r['impl'] == 'onnxruntime' and _same_workload(r, jax_row)
                  and r.get('img_per_s')):
-      lines.append(f"JAX/ONNX Runtime {onnx['dtype']} {jax_row['mode']} {jax_row['arch']} "
-                   f"{jax_row['dtype']} {jax_row['batch_per_device']}x{jax_row['resolution']}: "
+      lines.append(f"JAX {jax_row['dtype']}/ONNX Runtime {onnx['dtype']} {jax_row['mode']} "
+                   f"{jax_row['arch']} {jax_row['batch_per_device']}x{jax_row['resolution']}: "
                    f"{jax_row['img_per_s'] / onnx['img_per_s']:.2f}x")
     torch_results = [r for r in rows if r['impl'].startswith('torch-')
                      and _same_workload(r, jax_row) and r.get('img_per_s')]
