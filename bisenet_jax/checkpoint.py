@@ -21,6 +21,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from bisenet_jax import models
 from bisenet_jax.data import sources
 from bisenet_jax.errors import UserError
 from bisenet_jax.specs import DatasetSpec, ModelSpec
@@ -178,7 +179,7 @@ def load_pretrained(path: str | os.PathLike, ema: bool | None = None, **override
     **overrides: ``ModelSpec`` fields to change, e.g. ``dtype='bfloat16'``.
   """
   spec, variables, _ = load_model(path, ema)
-  return dataclasses.replace(spec, **overrides).build(), variables
+  return models.build(dataclasses.replace(spec, **overrides)), variables
 
 
 def read_dataset(path: str | os.PathLike, num_classes: int) -> DatasetSpec | None:

@@ -34,7 +34,7 @@ import cv2
 import jax
 import numpy as np
 
-from bisenet_jax import checkpoint, cli, parallel
+from bisenet_jax import checkpoint, cli, models, parallel
 from bisenet_jax.data import cityscapes, masks, sources
 from bisenet_jax.errors import UserError
 from bisenet_jax.eval import evaluator, metrics
@@ -169,7 +169,7 @@ def checkpoint_evaluation(args: argparse.Namespace, spec: InferenceSpec) -> Eval
   def run(on_batch):
     # ssseg evaluates in full fp32 (TF32 off); GPUs would otherwise use TF32 convolutions.
     with jax.default_matmul_precision('highest'):
-      return evaluator.evaluate(model_spec.build(), variables, source, mesh=mesh,
+      return evaluator.evaluate(models.build(model_spec), variables, source, mesh=mesh,
                                 resize_to=dataset.resize_to, spec=spec,
                                 batch_per_device=args.batch_size, on_batch=on_batch,
                                 progress=sys.stderr.isatty())  # No bar in logs.

@@ -159,12 +159,12 @@ def predictor(model, variables, spec):
 
 def jax_predictor(args: argparse.Namespace, spec):
   """``(predict, dataset)`` for a checkpoint, on one device."""
-  from bisenet_jax import checkpoint, parallel
+  from bisenet_jax import checkpoint, models, parallel
   parallel.setup('no')  # One device, one process.
   model, variables, recorded = checkpoint.load_model(args.checkpoint, args.ema)
   dataset = cli.dataset_spec(args, recorded, root=None)
   cli.check_classes(args.checkpoint, model.num_classes, dataset)
-  return predictor(model.build(), variables, spec), dataset
+  return predictor(models.build(model), variables, spec), dataset
 
 
 def onnx_predictor(args: argparse.Namespace, spec):

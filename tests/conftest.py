@@ -131,7 +131,7 @@ def dataset(tmp_path):
 @pytest.fixture(scope='session')
 def random_r18_pth(tmp_path_factory):
   """The PyTorch reference R18 with random weights (seed 3), saved as an official ``.pth``."""
-  from bisenet_jax.bench import torch_model
+  from bisenet_jax.bench.torch_models import bisenetv1 as torch_model
   import torch_support
   path = tmp_path_factory.mktemp('random_r18') / 'official.pth'
   model = torch_support.randomize_(torch_model.build_reference('r18'), seed=3)

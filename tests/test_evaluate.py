@@ -22,7 +22,7 @@ from cityscapesscripts.helpers.labels import id2label, trainId2label
 
 from bisenet_jax import evaluate
 from bisenet_jax.data.synthetic import draw_street_scene
-from bisenet_jax.bench import torch_model
+from bisenet_jax.bench.torch_models import bisenetv1 as torch_model
 from conftest import launch_processes, run_cli, wait_for
 import torch_support
 

@@ -41,7 +41,7 @@ def save_random_model(directory, arch, seed=0):
 
 def save_reference_model(directory, arch, seed=3):
   """The PyTorch reference's random weights (whose logits vary across a scene) as a checkpoint."""
-  from bisenet_jax.bench import torch_model
+  from bisenet_jax.bench.torch_models import bisenetv1 as torch_model
   pth = directory.with_suffix('.pth')
   model = torch_support.randomize_(torch_model.build_reference(arch), seed=seed)
   torch_support.save_official_checkpoint(model, pth, kind='full')

@@ -1,4 +1,4 @@
-"""Tests of the PyTorch reference model (bisenet_jax/bench/torch_model.py) and the tests' PyTorch
+"""Tests of the PyTorch reference model (bisenet_jax/bench/torch_models/bisenetv1.py) and the tests' PyTorch
 helpers (tests/torch_support.py) against docs/reference.md.
 
 The reference is only useful for parity tests if it matches the official model's state-dict
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bisenet_jax.bench.torch_model import FEATURE_NAMES, ResNet, build_reference
+from bisenet_jax.bench.torch_models.bisenetv1 import FEATURE_NAMES, ResNet, build_reference
 from torch_support import (imagenet_state_dict, randomize_, read_key_list,
                            save_official_checkpoint)
 

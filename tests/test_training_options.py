@@ -265,7 +265,7 @@ def test_a_run_with_every_option_resumes_exactly_and_its_ema_round_trips(tmp_pat
   import shutil
 
   from bisenet_jax import checkpoint, evaluate
-  from bisenet_jax.bench import torch_model
+  from bisenet_jax.bench.torch_models import bisenetv1 as torch_model
   from conftest import run_script
 
   loop.train_and_evaluate(options_config(tmp_path / 'data', 4), tmp_path / 'straight')

@@ -155,6 +155,14 @@ def test_flip_unless_draw_exceeds_prob(draw, flipped):
   np.testing.assert_array_equal(out['label'], expected_label)
 
 
+def test_flip_of_a_crop_view_equals_numpys_reversed_view():
+  sample = frame(40, 60)
+  crop = {'image': sample['image'][3:30, 5:48], 'label': sample['label'][3:30, 5:48]}
+  out = T.random_flip(crop, ScriptedRng(random=[0.0]))
+  np.testing.assert_array_equal(out['image'], crop['image'][:, ::-1])
+  np.testing.assert_array_equal(out['label'], crop['label'][:, ::-1])
+
+
 # --- photometric distortion -----------------------------------------------------------------
 
 def reference_photometric_distortion(bgr, rng):
@@ -203,6 +211,39 @@ def test_photometric_matches_the_reference_on_bgr_data_bit_for_bit():
   # The flags matter: converting the RGB array with the RGB flags would measure hue differently.
   naive = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
   assert not np.array_equal(naive, cv2.cvtColor(rgb, cv2.COLOR_BGR2HSV))
+
+
+def every_value_image():
+  """Every uint8 value in every channel, and colours of every hue, as a strided crop view."""
+  ramp = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+  values = np.stack([ramp, np.roll(ramp, 85, axis=0), np.roll(ramp, 170, axis=0)])
+  colours = np.random.default_rng(5).integers(0, 256, (3, 256, 3), np.uint8)
+  padded = np.zeros((8, 260, 3), np.uint8)
+  padded[1:7, 2:258] = np.concatenate([values.reshape(3, 256, 3), colours])
+  return padded[1:7, 2:258]
+
+
+@pytest.mark.parametrize('switches', range(32))
+def test_photometric_tables_equal_the_per_pixel_reference_for_every_branch(switches):
+  """Each of the 32 combinations of the five on/off draws (brightness, mode, contrast,
+  saturation, hue), at extreme and random parameters: the table formulation gives the bits of
+  the reference's per-pixel arithmetic."""
+  brightness, mode, contrast, saturation, hue = ((switches >> bit) & 1 for bit in range(5))
+  image = every_value_image()
+  assert not image.flags['C_CONTIGUOUS']  # as random_crop passes it when nothing flips
+  rng = np.random.default_rng(switches)
+  for beta, alpha, alpha_s, delta in [(-32.0, 0.5, 0.5, -18), (31.999, 1.4999, 1.4999, 17),
+                                      *((rng.uniform(-32, 32), rng.uniform(0.5, 1.5),
+                                         rng.uniform(0.5, 1.5), rng.integers(-18, 18))
+                                        for _ in range(3))]:
+    integers = [brightness, mode] + [contrast] * mode + [saturation, hue] + [delta] * hue
+    integers += [contrast] * (1 - mode)
+    uniform = [beta] * brightness + [alpha] * contrast * mode + [alpha_s] * saturation
+    uniform += [alpha] * contrast * (1 - mode)
+    out = T.photometric_distortion(image, ScriptedRng(integers, uniform))
+    bgr = image[..., ::-1].copy()
+    reference = reference_photometric_distortion(bgr, ScriptedRng(integers, uniform))
+    np.testing.assert_array_equal(out, reference[..., ::-1])
 
 
 def test_hsv_conversions_equal_opencv4(opencv4_golden):

@@ -9,7 +9,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from bisenet_jax.bench.torch_model import ResNet
+from bisenet_jax.bench.torch_models.bisenetv1 import ResNet
 
 # Weight std = WEIGHT_GAIN / sqrt(fan_in), about 0.78x Kaiming-normal. Residual adds and BN running
 # statistics that do not match the real batch statistics make the scale sensitive: at 64x64 this

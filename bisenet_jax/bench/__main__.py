@@ -34,7 +34,7 @@ import jax
 from bisenet_jax import cli, parallel
 from bisenet_jax.bench import flops, jax_side, report, torch_side
 from bisenet_jax.errors import UserError
-from bisenet_jax.specs import SIZE_FORMAT, format_size
+from bisenet_jax.specs import NETWORKS, SIZE_FORMAT, format_size
 
 
 def _list(cast):
@@ -45,7 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog='python -m bisenet_jax.bench', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('mode', choices=['infer', 'train'])
-  parser.add_argument('--arch', type=_list(str), default=['r18'], help='r18,r50')
+  parser.add_argument('--arch', type=_list(str), default=['bisenetv1_r18'],
+                      help=f'networks, any of {",".join(NETWORKS)}')
   parser.add_argument('--devices', type=_list(int),
                       help='device counts (sub-meshes); default 1, 2, 4, ... up to all')
   parser.add_argument('--batch-per-device', type=_list(int), default=[1])
@@ -86,7 +87,7 @@ def check(args) -> None:
                                   if 2**i <= available and 2**i % processes == 0]
   if max(args.devices) > available:
     raise UserError(f'--devices asks for {max(args.devices)} but only {available} are visible.')
-  unknown = set(args.arch) - {'r18', 'r50'} or set(args.dtype) - set(jax_side.DTYPES) or set(
+  unknown = set(args.arch) - set(NETWORKS) or set(args.dtype) - set(jax_side.DTYPES) or set(
       args.torch_variants) - set(torch_side.VARIANTS)
   if unknown:
     raise UserError(f'unknown value(s) {sorted(unknown)}; see --help for the choices.')

@@ -17,8 +17,8 @@ from bisenet_jax.bench import flops as flops_lib, timing
 from bisenet_jax.data import cityscapes, pipeline, synthetic
 from bisenet_jax.errors import UserError
 from bisenet_jax.eval import evaluator
-from bisenet_jax.specs import LossScaleSpec, ModelSpec, Size
-from bisenet_jax.train import optim, state as state_lib, step as step_lib
+from bisenet_jax.specs import LossScaleSpec, ModelSpec, ObjectiveSpec, Size
+from bisenet_jax.train import losses, optim, state as state_lib, step as step_lib
 
 # float16 trains with dynamic loss scaling (GradScaler's defaults), as config.model.dtype does.
 DTYPES = ('float32', 'bfloat16', 'float16')
@@ -43,7 +43,7 @@ class Point:
 
   @property
   def model(self) -> ModelSpec:
-    return ModelSpec(f'bisenetv1_{self.arch}', 19, dtype=self.dtype)
+    return ModelSpec(self.arch, 19, dtype=self.dtype)
 
 
 def random_inputs(point: Point, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -108,7 +108,7 @@ def _global_array(value: np.ndarray, sharding) -> jax.Array:
 
 
 def _setup(point: Point):
-  model = point.model.build()
+  model = models.build(point.model)
   mesh = parallel.make_mesh(mesh_devices(point.devices))
   images, labels = random_inputs(point)
   return model, mesh, images, labels
@@ -135,7 +135,8 @@ def measure_infer(point: Point, warmup: int, steps: int, peak_override=None) -> 
 def measure_train(point: Point, warmup: int, steps: int, peak_override=None,
                   data_steps: int = 3, data_workers: int = 0,
                   frames_dir: str | os.PathLike = DEFAULT_FRAMES_DIR) -> dict:
-  """One SGD step (forward, 3 losses, backward, update) on a sharded batch, plus data rates."""
+  """One SGD step (forward, the network's reference losses, backward, update) on a sharded
+  batch, plus data rates."""
   model, mesh, images, labels = _setup(point)
   schedule = optim.poly_warmup_schedule()
   state = state_lib.create_train_state(
@@ -144,7 +145,9 @@ def measure_train(point: Point, warmup: int, steps: int, peak_override=None,
   content = np.tile(np.array([0, 0, *point.input_size], np.int32), (len(images), 1))
   batch = {key: _global_array(value, parallel.batch_sharded(mesh))
            for key, value in (('image', images), ('label', labels), ('content', content))}
-  train_step = step_lib.jit_train_step(mesh, learning_rate_fn=schedule, dropout_seed=0)
+  objective = losses.make_objective(ObjectiveSpec.reference(point.model.network))
+  train_step = step_lib.jit_train_step(mesh, learning_rate_fn=schedule, dropout_seed=0,
+                                       objective=objective)
   compiled, compile_s = timing.time_compile(train_step, state, batch)
   holder = {'state': state}  # The step donates its state: always call it with the newest.
 

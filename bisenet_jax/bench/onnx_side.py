@@ -27,7 +27,7 @@ def measure(point, images: np.ndarray, warmup: int, steps: int, threads: int | N
   ``calibration_source``: random-access samples with 'image' (int8 only).
   """
   start = time.perf_counter()
-  model = point.model.build()
+  model = models.build(point.model)
   variables = models.init_variables(model)
   interface = Interface(*point.input_size, model.num_classes, layout='nhwc', outputs='labels',
                         preprocessing=True, dtype=dtype, any_input_size=True)

@@ -30,7 +30,7 @@ def measure(point, variant: str, images: np.ndarray, labels: np.ndarray, warmup:
   import torch
   import torch.nn.functional as F
 
-  from bisenet_jax.bench.torch_model import build_reference
+  from bisenet_jax.bench.torch_models import reference_builder
 
   if threads:
     torch.set_num_threads(threads)
@@ -38,7 +38,7 @@ def measure(point, variant: str, images: np.ndarray, labels: np.ndarray, warmup:
   sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
   if device == 'cuda':
     torch.backends.cudnn.benchmark = True  # Fixed shapes: let cuDNN pick its fastest kernels.
-  model = build_reference(point.arch).to(device)
+  model = reference_builder(point.arch)().to(device)
   # Normalised on the host, outside the timed step (the JAX side does it inside, on the device).
   x = torch.from_numpy(normalize(images).transpose(0, 3, 1, 2).copy()).to(device)
   y = torch.from_numpy(labels.astype(np.int64)).to(device)
@@ -67,7 +67,8 @@ def measure(point, variant: str, images: np.ndarray, labels: np.ndarray, warmup:
       optimizer.zero_grad(set_to_none=True)
       with autocast:
         outputs = net(x)
-      loss = sum(F.cross_entropy(upsample(o), y, ignore_index=255) for o in outputs)
+      loss = sum(_head_loss(table, upsample(o), y)
+                 for (_, table), o in zip(point.model.network.heads, outputs, strict=True))
       loss.backward()
       optimizer.step()
 
@@ -86,3 +87,19 @@ def measure(point, variant: str, images: np.ndarray, labels: np.ndarray, warmup:
           'device_kind': torch.cuda.get_device_name() if device == 'cuda' else device,
           'program_memory_gib': (torch.cuda.max_memory_allocated() / 2**30
                                  if device == 'cuda' else None)}
+
+
+def _head_loss(table, logits, labels):
+  """The network's reference loss for one head (its ``CrossEntropyLoss`` entries: softmax, or
+  with ``use_sigmoid`` per-class binary; ``scale_factor``), ignored pixels 255."""
+  import torch.nn.functional as F
+  total = 0.0
+  for loss in table:
+    if loss.get('use_sigmoid'):
+      valid = labels != 255
+      target = F.one_hot(labels[valid], logits.shape[1]).to(logits.dtype)
+      value = F.binary_cross_entropy_with_logits(logits.permute(0, 2, 3, 1)[valid], target)
+    else:
+      value = F.cross_entropy(logits, labels, ignore_index=255)
+    total = total + value * loss.get('scale_factor', 1.0)
+  return total

@@ -126,11 +126,11 @@ def export(args: argparse.Namespace, images: list[Path] | None) -> dict:
   """Loads, exports, checks and writes; returns what the summary prints."""
   import jax
 
-  from bisenet_jax import checkpoint
+  from bisenet_jax import checkpoint, models
   from bisenet_jax.export import graph
 
   spec, variables, dataset = checkpoint.load_model(args.checkpoint, args.ema)
-  model = spec.build()
+  model = models.build(spec)
   interface = Interface(*args.input_size, model.num_classes, args.layout, args.outputs,
                         args.with_preprocessing, args.dtype,
                         any_input_size=args.format == 'onnx')

@@ -20,9 +20,8 @@ from flax import traverse_util
 
 from bisenet_jax.errors import UserError
 from bisenet_jax.interop import layout, torch_files
+from bisenet_jax.specs import ModelSpec
 
-# Where the ResNet sits inside the segmentor's variable tree.
-BACKBONE_PATH = ('backbone_net', 'context_path', 'backbone_net')
 IGNORED_PREFIXES = ('fc.', 'head.')
 
 
@@ -36,22 +35,31 @@ class ImportReport:
     return f'loaded {self.matched} ImageNet backbone tensors{ignored}'
 
 
-def backbone_subtree(variables: Mapping) -> dict:
+def backbone_path(model: ModelSpec) -> tuple[str, ...]:
+  """Where the network's ResNet sits in its variable tree; a one-line error if it has none."""
+  path = model.network.imagenet_backbone
+  if path is None:
+    raise UserError(f'{model.name} has no ImageNet backbone (the reference trains it from '
+                    'scratch): drop config.init.backbone.')
+  return path
+
+
+def backbone_subtree(variables: Mapping, path: tuple[str, ...]) -> dict:
   """{'params': resnet params, 'batch_stats': resnet stats} of a segmentor's variables."""
   out = {}
   for collection in ('params', 'batch_stats'):
     node = variables[collection]
-    for name in BACKBONE_PATH:
+    for name in path:
       node = node[name]
     out[collection] = node
   return out
 
 
-def with_backbone(variables: Mapping, backbone: Mapping) -> dict:
+def with_backbone(variables: Mapping, backbone: Mapping, path: tuple[str, ...]) -> dict:
   """A copy of ``variables`` whose ResNet leaves are replaced by ``backbone``'s."""
   flat = traverse_util.flatten_dict(dict(jax.tree_util.tree_map(lambda x: x, dict(variables))))
-  for path, value in traverse_util.flatten_dict(dict(backbone)).items():
-    flat[(path[0], *BACKBONE_PATH, *path[1:])] = jnp.asarray(value)
+  for leaf, value in traverse_util.flatten_dict(dict(backbone)).items():
+    flat[(leaf[0], *path, *leaf[1:])] = jnp.asarray(value)
   return traverse_util.unflatten_dict(flat)
 
 
@@ -72,16 +80,18 @@ def _stem_hint(keys, model_stem: str) -> str:
   return 'use an ImageNet ResNet file of the same depth as the model.'
 
 
-def load_backbone(path: str | os.PathLike, variables: Mapping, model_stem: str = 'deep'
+def load_backbone(path: str | os.PathLike, variables: Mapping, model: ModelSpec
                   ) -> tuple[dict, ImportReport]:
-  """Returns ``variables`` with the ResNet replaced by the file's weights, and a report."""
+  """Returns ``variables`` (of ``model``) with the ResNet replaced by the file's weights, and a
+  report."""
+  where = backbone_path(model)
   state_dict, ignored = _backbone_keys(torch_files.read_state_dict(path))
-  template = backbone_subtree(variables)
+  template = backbone_subtree(variables, where)
   expected = layout.key_table(template)
   if not set(state_dict) & set(expected):
     raise UserError(f'{path} matches no key of the ResNet backbone; '
-                    f'{_stem_hint(state_dict, model_stem)}')
+                    f'{_stem_hint(state_dict, model.stem)}')
   backbone = layout.match_state_dict(state_dict, template, what=str(path),
-                                     hint=_stem_hint(state_dict, model_stem))
+                                     hint=_stem_hint(state_dict, model.stem))
   matched = len(traverse_util.flatten_dict(backbone))
-  return with_backbone(variables, backbone), ImportReport(matched, ignored)
+  return with_backbone(variables, backbone, where), ImportReport(matched, ignored)

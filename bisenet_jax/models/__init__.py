@@ -1,7 +1,10 @@
-"""Pure architecture: BiSeNetV1 + FCN heads in Flax linen, PyTorch-exact. No task logic here."""
+"""Pure architecture: the networks' Flax modules, PyTorch-exact. No task logic here.
 
-from bisenet_jax.models.segmentor import (ARCHS, CLASSIFIERS, FCNBiSeNetV1, abstract_variables,
-                                          build_model, init_variables)
+``build(spec)`` is the one door: it builds the segmentor that ``specs.NETWORKS`` names for a
+``ModelSpec``.
+"""
 
-__all__ = ['ARCHS', 'CLASSIFIERS', 'FCNBiSeNetV1', 'abstract_variables', 'build_model',
-           'init_variables']
+from bisenet_jax.models.segmentor import (Segmentor, abstract_variables, build, classifier_paths,
+                                          init_variables)
+
+__all__ = ['Segmentor', 'abstract_variables', 'build', 'classifier_paths', 'init_variables']

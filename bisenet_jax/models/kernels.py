@@ -1,17 +1,25 @@
-"""Hand-written gradients for the model's two heaviest operations on CPU, for speed only.
+"""CPU formulations of the models' heaviest operations, for speed only.
 
 ``conv2d`` (the hook ``nn.Conv`` calls) and ``max_pool_3x3_s2`` compute exactly what
 ``lax.conv_general_dilated`` and a reduce-window max would, and their gradients equal autodiff's
 up to float rounding (tests/test_gradients.py). They exist because XLA's CPU backend runs the
 automatic versions slowly on a segmentation network's large maps: its convolution gradients at
-a fraction of the forward speed, and the max-pool gradient as a select-and-scatter. Other
-backends keep XLA's own convolution gradients (``jax.lax.platform_dependent``).
+a fraction of the forward speed, the max-pool gradient as a select-and-scatter, and depthwise
+(grouped) convolutions 5-20x slower forward and 5-50x slower backward than the same sums written
+as shifted multiply-adds. Other backends keep XLA's own convolutions
+(``jax.lax.platform_dependent``).
+
+Exported files must hold the standard operators (an ONNX ``Conv`` with ``group``, not 9 slices),
+and ``platform_dependent`` has no ONNX form: inside ``portable()`` every convolution is traced as
+``lax.conv_general_dilated`` itself.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -23,25 +31,82 @@ _NHWC = ('NHWC', 'HWIO', 'NHWC')
 _IM2COL_CHUNK_BYTES = 8 * 2**20
 
 
+_PORTABLE = contextvars.ContextVar('portable', default=False)
+
+
+@contextlib.contextmanager
+def portable() -> Iterator[None]:
+  """Trace convolutions as plain ``lax.conv_general_dilated`` (for exported files)."""
+  token = _PORTABLE.set(True)
+  try:
+    yield
+  finally:
+    _PORTABLE.reset(token)
+
+
 def conv2d(x: jax.Array, kernel: jax.Array, window_strides: Sequence[int],
            padding: Sequence[tuple[int, int]], lhs_dilation=None, rhs_dilation=None,
            dimension_numbers=None, feature_group_count: int = 1, precision=None) -> jax.Array:
-  """``lax.conv_general_dilated`` for NHWC inputs and HWIO kernels, with a CPU-tuned backward.
+  """``lax.conv_general_dilated`` for NHWC inputs and HWIO kernels, with CPU-tuned formulations.
 
-  The signature is the one ``nn.Conv`` calls (its ``conv_general_dilated`` hook). The forward
-  pass is XLA's convolution, except for unpadded 1x1 kernels, which are matrix products.
-  Dilation and feature groups, which no layer here uses, are refused.
+  The signature is the one ``nn.Conv`` calls (its ``conv_general_dilated`` hook). Dense
+  convolutions run XLA's forward pass, except unpadded 1x1 kernels, which are matrix products,
+  and a CPU-tuned backward. Grouped convolutions must be depthwise (one group per input
+  channel, any channel multiplier), as every grouped layer of these models is; on CPU they are
+  window taps (``depthwise_conv2d``). Dilation, which no layer uses, is refused.
   """
   if any(d not in (None, 1) for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))):
-    raise ValueError('conv2d supports no dilation (no layer of this model uses it).')
-  if feature_group_count != 1:
-    raise ValueError('conv2d supports no feature groups (no layer of this model uses them).')
+    raise ValueError('conv2d supports no dilation (no layer of these models uses it).')
   del dimension_numbers  # Always NHWC / HWIO here.
   padding = tuple(tuple(int(p) for p in pair) for pair in padding)
   strides = tuple(int(s) for s in window_strides)
+  if feature_group_count != 1:
+    if feature_group_count != x.shape[-1]:
+      raise ValueError('conv2d supports depthwise grouping only (groups == input channels).')
+    standard = functools.partial(jax.lax.conv_general_dilated, window_strides=strides,
+                                 padding=padding, dimension_numbers=_NHWC,
+                                 feature_group_count=feature_group_count, precision=precision)
+    if _PORTABLE.get():
+      return standard(x, kernel)
+    return jax.lax.platform_dependent(
+        x, kernel, cpu=functools.partial(depthwise_conv2d, strides=strides, padding=padding),
+        default=standard)
+  if _PORTABLE.get():
+    return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_NHWC,
+                                        precision=precision)
   if kernel.shape[:2] == (1, 1) and padding == ((0, 0), (0, 0)):
     return _pointwise_conv(x, kernel, strides, precision)
   return _conv2d(x, kernel, strides, padding, precision)
+
+
+def depthwise_conv2d(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
+                     padding: Sequence[tuple[int, int]]) -> jax.Array:
+  """A depthwise convolution as the sum of its kh*kw shifted, scaled copies of the input.
+
+  ``kernel`` is HWIO with I = 1 and O = multiplier * C: output channel o reads input channel
+  o // multiplier (PyTorch's grouping, ``groups=C``). Each tap is a strided slice of the padded
+  input times one kernel row; XLA fuses the taps into one pass over the input, and their
+  gradients are slices and pads again, where XLA's CPU backend would run a grouped convolution
+  (and its transposes) channel by channel.
+  """
+  kh, kw, _, out_channels = kernel.shape
+  multiplier = out_channels // x.shape[-1]
+  if multiplier > 1:  # Channel c feeds outputs c*m .. c*m + m - 1.
+    x = jnp.repeat(x, multiplier, axis=-1)
+  (top, bottom), (left, right) = padding
+  padded = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+  out_h = (padded.shape[1] - kh) // strides[0] + 1
+  out_w = (padded.shape[2] - kw) // strides[1] + 1
+  total = None
+  for i in range(kh):
+    for j in range(kw):
+      window = jax.lax.slice(
+          padded, (0, i, j, 0),
+          (padded.shape[0], i + (out_h - 1) * strides[0] + 1, j + (out_w - 1) * strides[1] + 1,
+           out_channels), (1, strides[0], strides[1], 1))
+      term = window * kernel[i, j, 0]
+      total = term if total is None else total + term
+  return total
 
 
 def _pointwise_conv(x, kernel, strides, precision):
@@ -173,11 +238,11 @@ def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
   return functools.reduce(jnp.maximum, _pool_taps(padded, out_hw))
 
 
-def _pool_input(x):
-  """x padded with -inf: 1 before, and after as far as the last window reaches."""
+def _pool_input(x, fill=-jnp.inf):
+  """x padded with ``fill``: 1 before, and after as far as the last window reaches."""
   out_hw = ((x.shape[1] + 1) // 2, (x.shape[2] + 1) // 2)
   pads = ((0, 0), (1, 2 * out_hw[0] - x.shape[1]), (1, 2 * out_hw[1] - x.shape[2]), (0, 0))
-  return jnp.pad(x, pads, constant_values=-jnp.inf), out_hw
+  return jnp.pad(x, pads, constant_values=fill), out_hw
 
 
 def _pool_taps(padded, out_hw):
@@ -211,3 +276,11 @@ def _max_pool_bwd(residuals, grad):
 
 
 max_pool_3x3_s2.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def avg_pool_3x3_s2(x: jax.Array) -> jax.Array:
+  """AvgPool2d(3, stride=2, padding=1) with PyTorch's defaults (``ceil_mode=False``,
+  ``count_include_pad=True``): zero padding counts, so every window divides by 9; output side
+  ceil(n / 2). Autodiff's gradient (pads of the taps) is already fast on CPU."""
+  padded, out_hw = _pool_input(x, fill=0)
+  return functools.reduce(jnp.add, _pool_taps(padded, out_hw)) / 9

@@ -42,18 +42,19 @@ def torch_uniform(fan_in: int) -> Callable:
 
 
 def conv(features: int, kernel_size: int, strides: int = 1, *, use_bias: bool = False,
-         in_features: int, name: str, dtype: Dtype = jnp.float32,
+         in_features: int, groups: int = 1, name: str, dtype: Dtype = jnp.float32,
          param_dtype: Dtype = jnp.float32) -> nn.Conv:
   """A Conv2d with PyTorch's padding (k // 2 on every side) and PyTorch's default init.
 
   ``in_features`` is only needed for the init bound; it must equal the input's channel count.
+  ``groups`` as in PyTorch (only 1 or ``in_features``, depthwise, occur in these models).
   """
   pad = kernel_size // 2
-  init = torch_uniform(in_features * kernel_size * kernel_size)
+  init = torch_uniform(in_features // groups * kernel_size * kernel_size)
   return nn.Conv(features, (kernel_size, kernel_size), (strides, strides),
-                 padding=((pad, pad), (pad, pad)), use_bias=use_bias, kernel_init=init,
-                 bias_init=init, dtype=dtype, param_dtype=param_dtype, name=name,
-                 conv_general_dilated=kernels.conv2d)
+                 padding=((pad, pad), (pad, pad)), feature_group_count=groups,
+                 use_bias=use_bias, kernel_init=init, bias_init=init, dtype=dtype,
+                 param_dtype=param_dtype, name=name, conv_general_dilated=kernels.conv2d)
 
 
 class BatchNorm(nn.Module):
@@ -129,20 +130,62 @@ class ConvNormModule(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
+  @property
+  def dtypes(self) -> dict[str, Dtype]:
+    """``dtype`` and ``param_dtype``, to pass on to child modules."""
+    return {'dtype': self.dtype, 'param_dtype': self.param_dtype}
+
   def conv(self, features: int, kernel_size: int, strides: int = 1, *, in_features: int,
-           name: str, use_bias: bool = False) -> nn.Conv:
+           name: str, use_bias: bool = False, groups: int = 1) -> nn.Conv:
     return conv(features, kernel_size, strides, use_bias=use_bias, in_features=in_features,
-                name=name, dtype=self.dtype, param_dtype=self.param_dtype)
+                groups=groups, name=name, dtype=self.dtype, param_dtype=self.param_dtype)
 
   def norm(self, name: str) -> BatchNorm:
     return BatchNorm(dtype=self.dtype, param_dtype=self.param_dtype, name=name)
 
   def conv_bn(self, x: jax.Array, features: int, kernel_size: int, strides: int = 1, *,
-              names: tuple[str, str], train: bool) -> jax.Array:
+              names: tuple[str, str], train: bool, groups: int = 1) -> jax.Array:
     """Conv (no bias) then BatchNorm, children named ``names = (conv_name, bn_name)``."""
     conv_name, bn_name = names
-    x = self.conv(features, kernel_size, strides, in_features=x.shape[-1], name=conv_name)(x)
+    x = self.conv(features, kernel_size, strides, in_features=x.shape[-1], groups=groups,
+                  name=conv_name)(x)
     return self.norm(bn_name)(x, train)
+
+  def conv_bn_relu(self, x: jax.Array, features: int, kernel_size: int, strides: int = 1, *,
+                   names: tuple[str, str], train: bool, groups: int = 1) -> jax.Array:
+    """``conv_bn`` then ReLU: the reference's Sequential(conv, BN, ReLU) at ``names``."""
+    return relu(self.conv_bn(x, features, kernel_size, strides, names=names, train=train,
+                             groups=groups))
+
+
+class DepthwiseSeparableConv(ConvNormModule):
+  """sssegmentation's DepthwiseSeparableConv2d: a depthwise kxk conv (stride here), then a 1x1.
+
+  Each half has its own optional BatchNorm and ReLU (the reference's ``dw_norm_cfg``,
+  ``dw_act_cfg``, ``pw_norm_cfg``, ``pw_act_cfg`` set or None); neither conv has a bias.
+  Children ``depthwise_conv``, ``depthwise_bn``, ``pointwise_conv``, ``pointwise_bn``.
+  """
+  features: int = 128
+  kernel_size: int = 3
+  strides: int = 1
+  depthwise_norm: bool = True
+  depthwise_relu: bool = True
+  pointwise_norm: bool = True
+  pointwise_relu: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    channels = x.shape[-1]
+    x = self.conv(channels, self.kernel_size, self.strides, in_features=channels,
+                  groups=channels, name='depthwise_conv')(x)
+    if self.depthwise_norm:
+      x = self.norm('depthwise_bn')(x, train)
+    if self.depthwise_relu:
+      x = relu(x)
+    x = self.conv(self.features, 1, in_features=channels, name='pointwise_conv')(x)
+    if self.pointwise_norm:
+      x = self.norm('pointwise_bn')(x, train)
+    return relu(x) if self.pointwise_relu else x
 
 
 def relu(x: jax.Array) -> jax.Array:
@@ -157,6 +200,29 @@ def channel_dropout(rate: float, name: str) -> nn.Dropout:
 def global_avg_pool(x: jax.Array) -> jax.Array:
   """AdaptiveAvgPool2d(1) on NHWC, keeping the spatial axes (N, 1, 1, C)."""
   return jnp.mean(x, axis=(1, 2), keepdims=True)
+
+
+@functools.lru_cache(maxsize=None)
+def adaptive_pool_matrix(in_size: int, out_size: int) -> np.ndarray:
+  """The (out_size, in_size) averaging matrix of AdaptiveAvgPool along one axis.
+
+  PyTorch's bins: output i averages inputs floor(i * in / out) .. ceil((i + 1) * in / out) - 1,
+  so bins overlap when ``in_size`` is not a multiple of ``out_size`` (and repeat inputs when it
+  is smaller).
+  """
+  matrix = np.zeros((out_size, in_size))  # float64: exact enough for float64 models too.
+  for i in range(out_size):
+    start, end = (i * in_size) // out_size, -(-((i + 1) * in_size) // out_size)
+    matrix[i, start:end] = 1.0 / (end - start)
+  return matrix
+
+
+def adaptive_avg_pool(x: jax.Array, size: int) -> jax.Array:
+  """AdaptiveAvgPool2d(size) on NHWC: (N, H, W, C) -> (N, size, size, C)."""
+  if size == 1:
+    return global_avg_pool(x)
+  rows, cols = (jnp.asarray(adaptive_pool_matrix(n, size), x.dtype) for n in x.shape[1:3])
+  return jnp.einsum('ih,nhwc,jw->nijc', rows, x, cols)
 
 
 @functools.lru_cache(maxsize=None)

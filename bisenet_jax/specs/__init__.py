@@ -12,12 +12,12 @@ same descriptions.
 from bisenet_jax.specs.data import (KINDS, LAYOUT_FIELDS, RESIZE_TO, SOURCE_KINDS, DataSpec,
                                     DatasetSpec, FolderLayout)
 from bisenet_jax.specs.inference import MODES, InferenceSpec
-from bisenet_jax.specs.model import ARCHS, DTYPES, STEMS, ArchSpec, ModelSpec
+from bisenet_jax.specs.model import DTYPES, HEAD_NAMES, NETWORKS, ModelSpec, Network, network
 from bisenet_jax.specs.sizes import SIZE_FORMAT, Size, check_size, format_size, parse_size
-from bisenet_jax.specs.training import (DEFAULT_LOSSES, HEADS, LossScaleSpec, ObjectiveSpec,
-                                        OptimizerSpec, TrainSpec)
+from bisenet_jax.specs.training import LossScaleSpec, ObjectiveSpec, OptimizerSpec, TrainSpec
 
-__all__ = ['ARCHS', 'DEFAULT_LOSSES', 'DTYPES', 'HEADS', 'KINDS', 'LAYOUT_FIELDS', 'MODES', 'RESIZE_TO', 'SIZE_FORMAT',
-           'SOURCE_KINDS', 'STEMS', 'ArchSpec', 'DataSpec', 'DatasetSpec', 'FolderLayout',
-           'InferenceSpec', 'LossScaleSpec', 'ModelSpec', 'ObjectiveSpec', 'OptimizerSpec', 'Size', 'TrainSpec', 'check_size',
-           'format_size', 'parse_size']
+__all__ = ['DTYPES', 'HEAD_NAMES', 'KINDS', 'LAYOUT_FIELDS', 'MODES', 'NETWORKS', 'RESIZE_TO',
+           'SIZE_FORMAT', 'SOURCE_KINDS', 'DataSpec', 'DatasetSpec', 'FolderLayout',
+           'InferenceSpec', 'LossScaleSpec', 'ModelSpec', 'Network', 'ObjectiveSpec',
+           'OptimizerSpec', 'Size', 'TrainSpec', 'check_size', 'format_size', 'network',
+           'parse_size']

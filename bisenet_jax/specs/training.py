@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from bisenet_jax.specs.data import DataSpec
-from bisenet_jax.specs.model import ModelSpec
+from bisenet_jax.specs.model import ModelSpec, Network
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,25 +21,26 @@ class OptimizerSpec:
   weight_decay: float = 5e-4
 
 
-# The heads' names, in the order the model returns their logits: the main head (on the fused
-# features), then the auxiliary heads on c8 and c16 (docs/reference.md §1.9).
-HEADS = ('loss_cls', 'loss_aux1', 'loss_aux2')
-DEFAULT_LOSSES = tuple((head, ({'type': 'CrossEntropyLoss'},)) for head in HEADS)
-
-
 @dataclasses.dataclass(frozen=True)
 class ObjectiveSpec:
   """What each head is trained to minimise, with sssegmentation's names (docs/reference.md §9).
 
   Attributes:
-    losses: (head, its losses) for every head in ``HEADS`` order; each loss a mapping
-      ``{'type': 'CrossEntropyLoss' | 'DiceLoss' | 'FocalLoss' | 'LovaszLoss', **arguments}``,
-      a head's losses summed. The default is the reference recipe's three cross-entropies.
+    losses: (head, its losses) for every head of the network, in the order its segmentor
+      returns their logits (``Network.heads``); each loss a mapping ``{'type':
+      'CrossEntropyLoss' | 'DiceLoss' | 'FocalLoss' | 'LovaszLoss', **arguments}``, a head's
+      losses summed.
     sampler: None, or the OHEM pixel sampler ``{'type': 'OHEMPixelSampler', 'thresh',
       'min_kept_per_image'}`` applied to every head.
   """
-  losses: tuple = DEFAULT_LOSSES
+  losses: tuple
   sampler: dict | None = None
+
+  @classmethod
+  def reference(cls, network: Network) -> ObjectiveSpec:
+    """The network's reference objective (its heads' losses, no sampler)."""
+    return cls(tuple((name, tuple(dict(loss) for loss in losses))
+                     for name, losses in network.heads))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,9 +64,9 @@ class TrainSpec:
     log_every_steps, checkpoint_every_steps, eval_every_steps: the run's cadences, in steps.
     keep_checkpoints: how many of the newest checkpoints stay on disk.
     eval_batch_per_device: images per device in each evaluation step.
+    objective: the losses per head and the OHEM sampler.
     init_checkpoint: a whole model to start from (fine-tuning), or ''.
     init_backbone: an ImageNet ResNet file for the context backbone, or ''.
-    objective: the losses per head and the OHEM sampler.
     ema_momentum: None, or the weight of the new value in the exponential moving average of
       the variables kept beside them (sssegmentation's EMA).
     accumulate_steps: micro-batches per optimizer step (``batch_size`` images in all).
@@ -82,9 +83,9 @@ class TrainSpec:
   eval_every_steps: int
   keep_checkpoints: int
   eval_batch_per_device: int
+  objective: ObjectiveSpec
   init_checkpoint: str = ''
   init_backbone: str = ''
-  objective: ObjectiveSpec = ObjectiveSpec()
   ema_momentum: float | None = None
   accumulate_steps: int = 1
   loss_scale: LossScaleSpec | None = None

@@ -20,12 +20,22 @@ from ml_collections import config_dict
 
 from bisenet_jax.data import sources
 from bisenet_jax.errors import UserError
-from bisenet_jax.specs import (DEFAULT_LOSSES, HEADS, LAYOUT_FIELDS, SOURCE_KINDS, DataSpec,
-                               FolderLayout, LossScaleSpec, ModelSpec, ObjectiveSpec,
-                               OptimizerSpec, TrainSpec, check_size)
+from bisenet_jax.specs import (HEAD_NAMES, LAYOUT_FIELDS, SOURCE_KINDS, DataSpec, FolderLayout,
+                               LossScaleSpec, ModelSpec, ObjectiveSpec, OptimizerSpec, TrainSpec,
+                               check_size, network)
+
+CITYSCAPES_TRAIN_IMAGES = 2975
+
+
+def iterations_per_epoch(batch_size: int) -> int:
+  """sssegmentation's iterations per epoch on Cityscapes train: each process's sampler pads the
+  2975 images to a multiple of the process count and drops its last incomplete batch; with 2-16
+  GPUs that is 186 for batch 16 and 93 for batch 32 (docs/reference.md §4.1)."""
+  return -(-CITYSCAPES_TRAIN_IMAGES // 16) * 16 // batch_size
+
 
 # sssegmentation: 186 iterations per epoch (2975 images padded to 2976, batch 16) x 860 epochs.
-ITERS_PER_EPOCH = 186
+ITERS_PER_EPOCH = iterations_per_epoch(16)
 EPOCHS = 860
 
 
@@ -35,14 +45,20 @@ RENAMED_KEYS = {'data.base_size': 'data.resize_to=(HEIGHT,WIDTH), e.g. '
 
 
 def reference_config(arch: str) -> ml_collections.ConfigDict:
-  """docs/reference.md §4-5: batch 16, crop 1024x1024, SGD 0.05 poly, 159,960 steps, SyncBN."""
+  """docs/reference.md §4-5: batch 16, crop 1024x1024, SGD 0.05 poly, 159,960 steps, SyncBN.
+
+  The Cityscapes recipe of BiSeNetV1 and BiSeNetV2 (the same one, §10.3); ``configs/*.py`` patch
+  it for other networks and datasets. ``arch`` names the network (``specs.NETWORKS``).
+  """
   config = ml_collections.ConfigDict()
   config.seed = 0
 
   config.model = ml_collections.ConfigDict(dict(
       name=arch,
       num_classes=19,  # 0: the dataset's (classes.txt for source 'folder').
-      dropout_rate=0.1, stem='deep',
+      dropout_rate=0.1,
+      # BiSeNetV1's ResNet stem: None = 'deep' (v1c, official), or 'classic' (7x7, torchvision).
+      stem=config_dict.placeholder(str),
       dtype='float32'))  # 'float32' | 'bfloat16' (compute) | 'float64' (exactness checks)
 
   config.data = ml_collections.ConfigDict()
@@ -88,7 +104,9 @@ def reference_config(arch: str) -> ml_collections.ConfigDict:
   # Each head's losses, summed: a tuple of {'type': 'CrossEntropyLoss' | 'DiceLoss' | 'FocalLoss'
   # | 'LovaszLoss', **the toolbox's arguments}, e.g.
   # --config.losses.loss_cls="({'type': 'CrossEntropyLoss', 'class_weight': (1.0, 4.0)},)".
-  config.losses = ml_collections.ConfigDict(dict(DEFAULT_LOSSES))
+  # None: the network's reference losses (specs.NETWORKS); only its own heads may be set.
+  config.losses = ml_collections.ConfigDict(
+      {head: config_dict.placeholder(tuple) for head in HEAD_NAMES})
   # OHEM pixel sampling on every head, on when thresh is set (the toolbox's 0.7 is common).
   config.ohem = ml_collections.ConfigDict(dict(
       thresh=config_dict.placeholder(float), min_kept_per_image=100_000))
@@ -257,29 +275,37 @@ def train_spec(config: ml_collections.ConfigDict) -> TrainSpec:
       eval_every_steps=config.eval_every_steps, keep_checkpoints=config.keep_checkpoints,
       eval_batch_per_device=config.eval_batch_per_device,
       init_checkpoint=config.init.checkpoint, init_backbone=config.init.backbone,
-      objective=objective_spec(config, model.num_classes), ema_momentum=momentum,
+      objective=objective_spec(config, model), ema_momentum=momentum,
       accumulate_steps=config.accumulate_steps,
       loss_scale=(LossScaleSpec(**config.loss_scale.to_dict()) if model.dtype == 'float16'
                   else None))
 
 
-def objective_spec(config: ml_collections.ConfigDict, num_classes: int) -> ObjectiveSpec:
-  """``config.losses`` and ``config.ohem``, checked (names, arguments, class weights' length)."""
+def objective_spec(config: ml_collections.ConfigDict, model: ModelSpec) -> ObjectiveSpec:
+  """``config.losses`` and ``config.ohem``, checked (names, arguments, class weights' length);
+  a head left None gets the network's reference losses."""
   from bisenet_jax.train import loss_functions  # Imports JAX: only for this check.
   sampler = None
   if config.ohem.thresh is not None:
     sampler = {'type': 'OHEMPixelSampler', 'thresh': config.ohem.thresh,
                'min_kept_per_image': config.ohem.min_kept_per_image}
+  heads = model.network.head_names
+  foreign = [head for head in HEAD_NAMES if head not in heads and config.losses[head] is not None]
+  if foreign:
+    raise UserError(f'config.losses.{foreign[0]} is set, but {model.name} has the heads '
+                    f'{", ".join(heads)}: set the losses of those.')
   losses = []
-  for head in HEADS:
+  for head, reference in model.network.heads:
     entries = config.losses[head]
+    if entries is None:
+      entries = reference
     entries = (entries,) if isinstance(entries, Mapping) else entries
     if not isinstance(entries, (tuple, list)) or not all(isinstance(e, Mapping) for e in entries):
       raise UserError(f'config.losses.{head}={entries!r} is not a tuple of loss dicts: write e.g. '
                       f"--config.losses.{head}=\"({{'type': 'CrossEntropyLoss'}},)\" (Python "
                       'literals only)')
     entries = tuple(dict(entry) for entry in entries)
-    loss_functions.check_head_losses(entries, num_classes, sampler=sampler,
+    loss_functions.check_head_losses(entries, model.num_classes, sampler=sampler,
                                      name=f'config.losses.{head}')
     losses.append((head, entries))
   return ObjectiveSpec(tuple(losses), sampler)
@@ -315,4 +341,5 @@ def model_spec(model: ml_collections.ConfigDict, data: DataSpec) -> ModelSpec:
              else f'{data.dataset.kind} has')
     raise UserError(f'config.model.num_classes={model.num_classes} but {where} {count} '
                     f'classes: set --config.model.num_classes={count}, or 0 to follow the data.')
+  network(model.name)  # One line naming the known networks, before anything else is said.
   return ModelSpec(model.name, count, model.stem, model.dropout_rate, model.dtype)

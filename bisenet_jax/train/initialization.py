@@ -12,7 +12,7 @@ from bisenet_jax.specs import TrainSpec
 from bisenet_jax.train.metrics_log import log
 
 
-def initial_variables(spec: TrainSpec, model: models.FCNBiSeNetV1) -> dict | None:
+def initial_variables(spec: TrainSpec, model: models.Segmentor) -> dict | None:
   """Variables to start from: a fine-tuning checkpoint, an ImageNet backbone, or None (init).
 
   Prints (on process 0) what was loaded.
@@ -20,27 +20,32 @@ def initial_variables(spec: TrainSpec, model: models.FCNBiSeNetV1) -> dict | Non
   fresh = lambda: models.init_variables(model, jax.random.key(spec.seed))  # noqa: E731
   if spec.init_checkpoint:
     loaded, variables, _ = checkpoint.load_model(spec.init_checkpoint)
-    if (loaded.name, loaded.stem) != (spec.model.name, spec.model.stem):
-      raise UserError(f'{spec.init_checkpoint} holds a different model ({loaded.name}, '
-                      f'{loaded.stem} stem) than config.model ({spec.model.name}, '
-                      f'{spec.model.stem} stem): fine-tune from a checkpoint of the same '
-                      'architecture.')
-    variables, report = transfer_variables(variables, fresh())
+    if loaded.name != spec.model.name:
+      raise UserError(f'{spec.init_checkpoint} holds a {loaded.name} model but config.model.name '
+                      f'is {spec.model.name}: fine-tune from a {spec.model.name} checkpoint, or '
+                      f'train {loaded.name} (--config.model.name={loaded.name}; its recipe is '
+                      f'{loaded.network.config}).')
+    if loaded.stem != spec.model.stem:
+      raise UserError(f'{spec.init_checkpoint} has the {loaded.stem} ResNet stem but '
+                      f'config.model.stem is {spec.model.stem}: set '
+                      f'--config.model.stem={loaded.stem}.')
+    variables, report = transfer_variables(variables, fresh(), models.classifier_paths(spec.model))
     log(f'{spec.init_checkpoint}: {report}')
     return variables
   if spec.init_backbone:
-    variables, report = imagenet.load_backbone(spec.init_backbone, fresh(), spec.model.stem)
+    variables, report = imagenet.load_backbone(spec.init_backbone, fresh(), spec.model)
     log(f'{spec.init_backbone}: {report}')
     return variables
   return None
 
 
-def transfer_variables(loaded: dict, fresh: dict) -> tuple[dict, str]:
+def transfer_variables(loaded: dict, fresh: dict,
+                       classifiers: frozenset[tuple[str, ...]]) -> tuple[dict, str]:
   """``loaded`` in ``fresh``'s place, keeping ``fresh``'s classifiers if the class counts differ.
 
-  Fine-tuning to another class set: every tensor but the three classifiers (the main head's
-  and both auxiliary heads' last 1x1 convolutions, ``models.CLASSIFIERS``) comes from
-  ``loaded``; those keep their fresh initialisation.
+  Fine-tuning to another class set: every tensor but the classifiers (the heads' last 1x1
+  convolutions, ``models.classifier_paths``) comes from ``loaded``; those keep their fresh
+  initialisation.
 
   Returns:
     (variables, a one-line report of what was loaded and what was re-initialised).
@@ -55,7 +60,7 @@ def transfer_variables(loaded: dict, fresh: dict) -> tuple[dict, str]:
   # Module paths (without the collection) whose tensors change shape.
   changed = sorted({key[1:-1] for key in fresh_flat
                     if loaded_flat[key].shape != fresh_flat[key].shape})
-  if any(path not in models.CLASSIFIERS for path in changed):
+  if any(path not in classifiers for path in changed):
     raise UserError(f'the checkpoint does not fit the model (layers '
                     f'{[".".join(p) for p in changed]} differ): fine-tune from a checkpoint of '
                     'the same architecture.')

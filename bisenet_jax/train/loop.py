@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from bisenet_jax import checkpoint, parallel
+from bisenet_jax import checkpoint, models, parallel
 from bisenet_jax.data import pipeline, sources
 from bisenet_jax.errors import UserError
 from bisenet_jax.eval import evaluator
@@ -124,7 +124,7 @@ def run(spec: TrainSpec, workdir: str | os.PathLike) -> dict:
   check_batch_size(spec, mesh)
   check_precision(spec, jax.default_backend())
   train_source, val_source = sources.open_training_sources(spec.data)
-  model = spec.model.build()
+  model = models.build(spec.model)
   workdir = _make_workdir(workdir)
   schedule = optim.poly_warmup_schedule(
       spec.optimizer.base_lr, spec.total_steps, spec.optimizer.min_lr, spec.optimizer.power,

@@ -2,7 +2,7 @@
 
 Matches sssegmentation's ``CrossEntropyLoss(reduction='mean', ignore_index=...)``
 (docs/reference.md §1.9, §4.4): each head's logits are upsampled bilinearly (align_corners=False)
-to the label size, get their own mean cross-entropy over the non-ignored pixels, and the three
+to the label size, get their own mean cross-entropy over the non-ignored pixels, and the heads'
 losses are summed with weight 1.0. This project marks ignored pixels with 255 (the reference uses
 -100).
 
@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from bisenet_jax.models.layers import at_least_float32, linear_resize_matrix, resize_bilinear
-from bisenet_jax.specs import HEADS, ObjectiveSpec
+from bisenet_jax.specs import ObjectiveSpec
 from bisenet_jax.train import loss_functions
 
 
@@ -129,23 +129,26 @@ def _upsampled_ce_bwd(ignore_label, residuals, grad_total):
 _upsampled_cross_entropy_sum.defvjp(_upsampled_ce_fwd, _upsampled_ce_bwd)
 
 
-def segmentation_losses(outputs: Sequence[jax.Array], labels: jax.Array,
+PLAIN_CROSS_ENTROPY = ({'type': 'CrossEntropyLoss'},)
+
+
+def segmentation_losses(outputs: Sequence[jax.Array], labels: jax.Array, heads: Sequence[str],
                         ignore_label: int = 255) -> dict[str, jax.Array]:
-  """The reference training objective for (main, aux1, aux2) logits.
+  """Plain cross-entropy on every head, summed: the reference objective of BiSeNetV1 and V2.
 
   Args:
-    outputs: ``(logits, aux8, aux16)``: float[N, h_i, w_i, K] (NHWC) at their own strides (8, 8,
-      16 for BiSeNetV1): the main head on the FFM output, the aux heads on c8 and c16.
+    outputs: each head's logits float[N, h_i, w_i, K] (NHWC) at its own stride, the main head
+      first (e.g. BiSeNetV1's main, c8 and c16 heads at strides 8, 8, 16).
     labels: int[N, H, W] (uint8 in this project) with ``ignore_label`` for ignored pixels; (H, W)
       is the size of the input image batch.
+    heads: the heads' loss names, in ``outputs`` order.
     ignore_label: label value excluded from every loss.
 
   Returns:
-    ``{'loss_cls', 'loss_aux1', 'loss_aux2', 'loss'}``: float32 scalars; ``loss`` is the sum of
-    the other three (weight 1.0 each).
+    ``{head: loss, ..., 'loss': their sum}`` (weight 1.0 each), float32 scalars.
   """
   losses = {name: upsampled_cross_entropy(logits, labels, ignore_label)
-            for name, logits in zip(HEADS, outputs, strict=True)}
+            for name, logits in zip(heads, outputs, strict=True)}
   losses['loss'] = sum(losses.values())
   return losses
 
@@ -153,13 +156,15 @@ def segmentation_losses(outputs: Sequence[jax.Array], labels: jax.Array,
 def make_objective(objective: ObjectiveSpec) -> Callable:
   """The training objective of ``objective``: ``(outputs, labels) -> {head: loss, 'loss': sum}``.
 
-  The reference recipe's (three plain cross-entropies, no sampler) is ``segmentation_losses``,
-  the fast form. Any other table runs sssegmentation's losses (``loss_functions.head_loss``,
-  with the OHEM sampler if any) on each head's logits upsampled bilinearly to the labels' size,
-  as the toolbox does, and sums the heads with weight 1.
+  Plain cross-entropy on every head without a sampler (BiSeNetV1's and V2's reference) is
+  ``segmentation_losses``, the fast form. Any other table runs sssegmentation's losses
+  (``loss_functions.head_loss``, with the OHEM sampler if any) on each head's logits upsampled
+  bilinearly to the labels' size, as the toolbox does, and sums the heads with weight 1.
   """
-  if objective == ObjectiveSpec():
-    return segmentation_losses
+  heads = tuple(head for head, _ in objective.losses)
+  if objective.sampler is None and all(
+      tuple(table) == PLAIN_CROSS_ENTROPY for _, table in objective.losses):
+    return functools.partial(segmentation_losses, heads=heads)
 
   def losses_of(outputs: Sequence[jax.Array], labels: jax.Array) -> dict[str, jax.Array]:
     losses = {}

@@ -34,10 +34,11 @@ def poly_warmup_schedule(base_lr: float = 0.05, total_steps: int = 159_960, min_
   ``(total_steps - i) / total_steps`` has an exact integer numerator, leaving an error < 2e-7.
 
   The returned function is jit-safe: ``i`` may be a traced integer scalar. Steps past
-  ``total_steps`` get ``min_lr``.
+  ``total_steps`` get ``min_lr``. ``warmup_steps=0`` means no warm-up (Fast-SCNN's recipe).
   """
-  warmup_factor = optax.linear_schedule(init_value=warmup_ratio, end_value=1.0,
-                                        transition_steps=warmup_steps)
+  warmup_factor = (optax.linear_schedule(init_value=warmup_ratio, end_value=1.0,
+                                         transition_steps=warmup_steps)
+                   if warmup_steps > 0 else optax.constant_schedule(1.0))
 
   def poly(step):
     steps_left = total_steps - jnp.clip(step, 0, total_steps)

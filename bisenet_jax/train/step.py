@@ -23,12 +23,11 @@ import optax
 from bisenet_jax import parallel
 from bisenet_jax.data.normalization import normalize_on_device
 from bisenet_jax.train.loss_scale import all_finite
-from bisenet_jax.train.losses import segmentation_losses
 from bisenet_jax.train.state import TrainState
 
 
 def train_step(state: TrainState, batch: dict, *, learning_rate_fn, dropout_seed: int,
-               objective: Callable = segmentation_losses, accumulate_steps: int = 1,
+               objective: Callable, accumulate_steps: int = 1,
                ema_momentum: float | None = None) -> tuple[TrainState, dict]:
   """One optimizer step on ``batch`` as the input pipeline makes it.
 
@@ -124,13 +123,14 @@ def _accumulated(gradients, params, batch_stats, images, labels, rng, steps: int
   return jax.tree.map(lambda g: g / steps, grad_sum), mean(losses), batch_stats
 
 
-def jit_train_step(mesh, *, learning_rate_fn, dropout_seed: int, **options):
+def jit_train_step(mesh, *, learning_rate_fn, dropout_seed: int, objective: Callable,
+                   **options):
   """``train_step`` compiled for ``mesh``: state replicated and donated, batch sharded.
 
-  ``options``: ``objective``, ``accumulate_steps``, ``ema_momentum`` (see ``train_step``).
+  ``options``: ``accumulate_steps``, ``ema_momentum`` (see ``train_step``).
   """
   step = functools.partial(train_step, learning_rate_fn=learning_rate_fn,
-                           dropout_seed=dropout_seed, **options)
+                           dropout_seed=dropout_seed, objective=objective, **options)
   return jax.jit(step, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
                  out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
                  donate_argnums=(0,))

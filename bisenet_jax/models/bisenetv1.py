@@ -1,4 +1,5 @@
-"""BiSeNetV1 (Yu et al., ECCV 2018) as sssegmentation builds it: spatial path, context path, FFM.
+"""BiSeNetV1 (Yu et al., ECCV 2018) with its FCN heads, as sssegmentation builds it: spatial path,
+context path (a ResNet), feature fusion module (docs/reference.md §1).
 
 Child names are the reference's state-dict names (``spatial_path`` > ``layer1.0``,
 ``context_path`` > ``arm16`` > ``atten_conv_layer.1``, ``ffm`` > ``conv_atten.0``), and the
@@ -14,8 +15,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bisenet_jax.models import layers
+from bisenet_jax.models import heads, layers
 from bisenet_jax.models.resnet import ResNet
+from bisenet_jax.models.segmentor import Segmentor
 
 
 class SpatialPath(layers.ConvNormModule):
@@ -98,11 +100,36 @@ class BiSeNetV1(layers.ConvNormModule):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     c8, c16 = ContextPath(depth=self.depth, stem=self.stem, channels=self.context_channels,
-                          name='context_path', **kw)(x, train)
-    spatial = SpatialPath(channels=self.spatial_channels, name='spatial_path', **kw)(x, train)
+                          name='context_path', **self.dtypes)(x, train)
+    spatial = SpatialPath(channels=self.spatial_channels, name='spatial_path',
+                          **self.dtypes)(x, train)
     self.sow('intermediates', 'spatial', spatial)
-    fused = FeatureFusionModule(features=self.out_channels, name='ffm', **kw)(spatial, c8, train)
+    fused = FeatureFusionModule(features=self.out_channels, name='ffm',
+                                **self.dtypes)(spatial, c8, train)
     self.sow('intermediates', 'ffm_output', fused)
     return c8, c16, fused
+
+
+class FCNBiSeNetV1(Segmentor):
+  """FCN + BiSeNetV1: a one-conv FCN head on the FFM output, one-conv auxiliary heads on c8 and
+  c16 (docs/reference.md §1.7). The defaults are the ResNet-18 variant's widths (§1.1)."""
+  depth: int = 18
+  stem: str = 'deep'
+  spatial_channels: Sequence[int] = (64, 64, 64, 128)
+  context_channels: Sequence[int] = (128, 256, 512)
+  head_channels: int = 256
+  aux_channels: int = 64
+
+  def backbone(self) -> nn.Module:
+    return BiSeNetV1(depth=self.depth, stem=self.stem, spatial_channels=self.spatial_channels,
+                     context_channels=self.context_channels, out_channels=self.head_channels,
+                     **self.dtypes, name='backbone_net')
+
+  def decoder(self) -> nn.Module:
+    return heads.FCNHead(features=self.head_channels, num_convs=1, **self.head_options,
+                         name='decoder')
+
+  def auxiliary_decoder(self) -> nn.Module:
+    return heads.AuxiliaryDecoder(widths=(self.aux_channels,) * 2, num_convs=1,
+                                  **self.head_options, name='auxiliary_decoder')
