@@ -67,7 +67,7 @@ def test_classes_follow_classes_txt_and_a_disagreeing_count_is_refused(garden):
 
 def write_cityscapes_checkpoint(path, arch='bisenetv1_r18'):
   """A 19-class model with random weights, as convert/ssseg_to_flax.py writes one."""
-  variables = models.init_variables(models.build_model(arch), jax.random.key(7))
+  variables = models.init_variables(models.build(ModelSpec(arch, 19)), jax.random.key(7))
   variables = jax.tree_util.tree_map(
       lambda x: x + jax.random.normal(jax.random.key(x.size), x.shape), variables)
   checkpoint.save_model(path, variables, ModelSpec(arch, 19))
@@ -78,13 +78,13 @@ def test_fine_tuning_19_to_5_classes_loads_everything_but_the_three_classifiers(
     garden, tmp_path, capsys):
   loaded = write_cityscapes_checkpoint(tmp_path / 'cityscapes')
   spec = train_spec(garden_config(garden, **{'init.checkpoint': str(tmp_path / 'cityscapes')}))
-  model = spec.model.build()
+  model = models.build(spec.model)
   variables = initial_variables(spec, model)
   fresh = models.init_variables(model, jax.random.key(spec.seed))
 
   got, old, new = (traverse_util.flatten_dict(v) for v in (variables, loaded, fresh))
   assert got.keys() == new.keys()
-  classifiers = {key for key in got if key[1:-1] in models.CLASSIFIERS}
+  classifiers = {key for key in got if key[1:-1] in models.classifier_paths(spec.model)}
   assert {'.'.join(key[1:]) for key in classifiers} == {
       f'{head}.{leaf}' for head in ('decoder.4', 'auxiliary_decoder.0.4',
                                     'auxiliary_decoder.1.4') for leaf in ('kernel', 'bias')}
@@ -101,8 +101,9 @@ def test_fine_tuning_19_to_5_classes_loads_everything_but_the_three_classifiers(
 def test_fine_tuning_from_another_architecture_is_refused(garden, tmp_path):
   write_cityscapes_checkpoint(tmp_path / 'r50', 'bisenetv1_r50')
   spec = train_spec(garden_config(garden, **{'init.checkpoint': str(tmp_path / 'r50')}))
-  with pytest.raises(UserError, match='different model'):
-    initial_variables(spec, spec.model.build())
+  with pytest.raises(UserError, match='holds a bisenetv1_r50 model but config.model.name is '
+                     'bisenetv1_r18'):
+    initial_variables(spec, models.build(spec.model))
 
 
 @pytest.mark.slow

@@ -32,22 +32,21 @@ ODD = (481, 641)  # No stride divides it.
 SMALL = (61, 97)
 
 
-def save_random_model(directory, arch, seed=0):
-  spec = ModelSpec(f'bisenetv1_{arch}', 19)
-  variables = models.init_variables(spec.build(), jax.random.key(seed))
+def save_random_model(directory, name, seed=0):
+  spec = ModelSpec(name, 19)
+  variables = models.init_variables(models.build(spec), jax.random.key(seed))
   checkpoint.save_model(directory, variables, spec, sources.CITYSCAPES)
   return directory
 
 
-def save_reference_model(directory, arch, seed=3):
+def save_reference_model(directory, name, seed=3):
   """The PyTorch reference's random weights (whose logits vary across a scene) as a checkpoint."""
-  from bisenet_jax.bench.torch_models import bisenetv1 as torch_model
+  from bisenet_jax.bench import torch_models
   pth = directory.with_suffix('.pth')
-  model = torch_support.randomize_(torch_model.build_reference(arch), seed=seed)
+  model = torch_support.randomize_(torch_models.reference_builder(name)(), seed=seed)
   torch_support.save_official_checkpoint(model, pth, kind='full')
   _, variables = checkpoint.load_pretrained(pth)
-  checkpoint.save_model(directory, variables, ModelSpec(f'bisenetv1_{arch}', 19),
-                        sources.CITYSCAPES)
+  checkpoint.save_model(directory, variables, ModelSpec(name, 19), sources.CITYSCAPES)
   return directory
 
 
@@ -58,7 +57,7 @@ def folder(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def r18(folder):
-  return save_reference_model(folder / 'r18', 'r18')
+  return save_reference_model(folder / 'r18', 'bisenetv1_r18')
 
 
 def export(checkpoint_path, output, *flags):
@@ -126,7 +125,7 @@ def test_onnx_logits_match_jax_r18_odd_size(r18, r18_onnx, batch):
 
 @pytest.mark.slow  # R50's export and two runs: about 50 s on 2 CPU cores.
 def test_onnx_logits_match_jax_r50_batch_1_and_2(folder):
-  r50 = save_random_model(folder / 'r50', 'r50')
+  r50 = save_random_model(folder / 'r50', 'bisenetv1_r50')
   size = (97, 129)
   path = export(r50, folder / 'r50.onnx', '--format', 'onnx', '--layout', 'nhwc',
                 *size_flags(size))
@@ -134,6 +133,32 @@ def test_onnx_logits_match_jax_r50_batch_1_and_2(folder):
   for batch in (1, 2):
     images = normalize(random_images(batch, size, seed=batch))
     assert_close_to_scale(session.run(None, {'images': images})[0], jax_logits(r50, images))
+
+
+@pytest.mark.parametrize('name', ['bisenetv2', 'fastscnn'])
+def test_every_network_exports_to_onnx_and_stablehlo_equal_to_jax(name, folder):
+  """Depthwise convolutions leave as ONNX grouped ``Conv`` nodes (not the CPU's window taps);
+  BGA's padded average pool and the pyramid's adaptive pools as standard operators. Logits equal
+  JAX's at an odd size, through ONNX Runtime and through the reloaded StableHLO."""
+  path = save_reference_model(folder / name, name)
+  size = (97, 129)
+  onnx_path = export(path, folder / f'{name}.onnx', '--format', 'onnx', *size_flags(size))
+  grouped = [node for node in onnx.load(str(onnx_path)).graph.node if node.op_type == 'Conv'
+             and any(a.name == 'group' and a.i > 1 for a in node.attribute)]
+  model, variables = checkpoint.load_pretrained(path)
+  depthwise = [k for k in jax.tree.leaves(variables['params']) if k.ndim == 4 and k.shape[2] == 1]
+  assert len(grouped) == len(depthwise) > 0
+  images = normalize(random_images(2, size, seed=11))
+  expected = jax_logits(path, images)
+  got = onnx_runtime.session(onnx_path).run(None, {'images': images.transpose(0, 3, 1, 2)})[0]
+  assert got.shape == (2, 19, 13, 17)
+  assert_close_to_scale(got.transpose(0, 2, 3, 1), expected)
+  hlo_path = export(path, folder / f'{name}.stablehlo', '--format', 'stablehlo',
+                    '--layout', 'nhwc', *size_flags(size))
+  from bisenet_jax.export import stablehlo_file
+  exported = stablehlo_file.load(hlo_path.read_bytes())
+  assert 'platform_index' not in exported.mlir_module()
+  assert_close_to_scale(np.asarray(exported.call(images)), expected)
 
 
 @pytest.mark.slow

@@ -64,10 +64,11 @@ def test_segmentation_losses_match_torch_upsample_and_ce():
   outputs = [rng.normal(size=(2, h, w, K)).astype(np.float32)
              for h, w in ((5, 7), (5, 7), (3, 4))]  # strides 8, 8, 16.
   labels = random_labels(rng, (2, height, width))
-  got = jax.jit(segmentation_losses)(outputs, labels)
+  heads = ('loss_cls', 'loss_aux1', 'loss_aux2')
+  got = jax.jit(segmentation_losses, static_argnums=2)(outputs, labels, heads)
 
   want = {}
-  for name, logits in zip(('loss_cls', 'loss_aux1', 'loss_aux2'), outputs):
+  for name, logits in zip(heads, outputs):
     upsampled = F.interpolate(torch.from_numpy(logits).permute(0, 3, 1, 2), size=(height, width),
                               mode='bilinear', align_corners=False)
     want[name] = F.cross_entropy(upsampled, torch.from_numpy(labels.astype(np.int64)),

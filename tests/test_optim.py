@@ -82,3 +82,11 @@ def test_make_optimizer_uses_pre_step_count_for_lr():
   state = optimizer.init(params)
   updates, _ = optimizer.update(grad, state, params)
   np.testing.assert_allclose(updates, -0.005 * (2.0 + 5e-4), rtol=1e-6)  # lr(0) = 0.005.
+
+
+def test_no_warm_up_is_the_plain_poly_decay():
+  """Fast-SCNN's recipe: lr 0.12 poly (power 0.9, min 1e-4) over 162,750 steps, no warm-up."""
+  schedule = poly_warmup_schedule(0.12, 162_750, 1e-4, 0.9, warmup_steps=0)
+  for step in (0, 1, 1000, 100_000, 162_749):
+    expected = (0.12 - 1e-4) * (1 - step / 162_750) ** 0.9 + 1e-4
+    np.testing.assert_allclose(float(schedule(step)), expected, rtol=1e-6)

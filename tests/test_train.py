@@ -15,7 +15,7 @@ import pytest
 
 from bisenet_jax import checkpoint, models
 from bisenet_jax.errors import UserError
-from bisenet_jax.specs import SOURCE_KINDS, ModelSpec
+from bisenet_jax.specs import NETWORKS, SOURCE_KINDS, ModelSpec
 from bisenet_jax.train import config as config_lib
 from bisenet_jax.train import loop
 from conftest import ROOT, cpu_devices, run_cli
@@ -32,8 +32,9 @@ def load_config_file(path: Path, arg: str | None):
 
 # Every config file with every variant it defines.
 CONFIG_VARIANTS = [('r18.py', None), ('r18.py', 'demo'), ('r50.py', None), ('r50.py', 'demo'),
-                   ('custom.py', None), ('custom.py', 'garden'), ('voc.py', None),
-                   ('ade20k.py', None)]
+                   ('bisenetv2.py', None), ('bisenetv2.py', 'demo'), ('fastscnn.py', None),
+                   ('fastscnn.py', 'demo'), ('custom.py', None), ('custom.py', 'garden'),
+                   ('voc.py', None), ('ade20k.py', None)]
 
 
 def test_the_variant_list_covers_every_config_file():
@@ -43,11 +44,11 @@ def test_the_variant_list_covers_every_config_file():
 @pytest.mark.parametrize('name,variant', CONFIG_VARIANTS)
 def test_every_config_loads_builds_and_is_locked(name, variant):
   config = load_config_file(ROOT / 'configs' / name, variant)
-  model = ModelSpec(config.model.name, config.model.num_classes or 5, config.model.stem,
-                    config.model.dropout_rate, config.model.dtype).build()
+  model = models.build(ModelSpec(config.model.name, config.model.num_classes or 5,
+                                 config.model.stem, config.model.dropout_rate, config.model.dtype))
   abstract = models.abstract_variables(model)
   assert 'auxiliary_decoder' in abstract['params']
-  assert config.data.source in SOURCE_KINDS and config.model.name in models.ARCHS
+  assert config.data.source in SOURCE_KINDS and config.model.name in NETWORKS
   with pytest.raises(AttributeError):
     config.batch_szie = 8  # A typo must fail, not add a key.
 

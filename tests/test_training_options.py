@@ -7,6 +7,7 @@ the losses themselves in tests/test_loss_functions.py.
 """
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -18,7 +19,7 @@ import torch
 from bisenet_jax.errors import UserError
 from bisenet_jax.interop import layout
 from bisenet_jax.models import layers
-from bisenet_jax.specs import LossScaleSpec, ObjectiveSpec
+from bisenet_jax.specs import NETWORKS, LossScaleSpec, ObjectiveSpec
 from bisenet_jax.train import config as config_lib
 from bisenet_jax.train import loop, losses, optim
 from bisenet_jax.train import state as state_lib
@@ -26,6 +27,7 @@ from bisenet_jax.train import step as step_lib
 from bisenet_jax.train.loss_scale import LossScale
 
 SIZE = 32
+V1_HEADS = NETWORKS['bisenetv1_r18'].head_names
 
 
 def tiny_batch(count=4, seed=0):
@@ -64,8 +66,9 @@ def make_state(model, **options):
 
 
 def run_step(state, batch, **options):
+  objective = losses.make_objective(ObjectiveSpec.reference(NETWORKS['bisenetv1_r18']))
   return step_lib.train_step(state, batch, learning_rate_fn=lambda step: 0.01, dropout_seed=0,
-                             **options)
+                             objective=objective, **options)
 
 
 # EMA.
@@ -152,7 +155,7 @@ def test_accumulated_step_equals_its_micro_batches_run_by_hand(model):
       outputs, updates = model.apply({'params': params, 'batch_stats': batch_stats},
                                      images[rows], train=True, rngs={'dropout': rng},
                                      mutable=['batch_stats'])
-      value = losses.segmentation_losses(outputs, batch['label'][rows])['loss']
+      value = losses.segmentation_losses(outputs, batch['label'][rows], V1_HEADS)['loss']
       return value, updates['batch_stats']
 
     (value, batch_stats), grad = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -170,11 +173,38 @@ def test_accumulated_step_equals_its_micro_batches_run_by_hand(model):
 
 # The loss table in training.
 
-def test_the_default_table_is_the_fast_reference_objective():
-  assert losses.make_objective(ObjectiveSpec()) is losses.segmentation_losses
-  table = dataclasses.replace(ObjectiveSpec(), sampler={
+@pytest.mark.parametrize('name,use_sigmoid,scales', [
+    ('bisenetv1_r18', False, (1.0, 1.0, 1.0)), ('bisenetv2', False, (1.0,) * 5),
+    ('fastscnn', True, (1.0, 0.4, 0.4))])
+def test_every_reference_objective_takes_the_fused_form(name, use_sigmoid, scales):
+  reference = ObjectiveSpec.reference(NETWORKS[name])
+  objective = losses.make_objective(reference)
+  assert objective.func is losses.segmentation_losses
+  assert objective.keywords == {'heads': NETWORKS[name].head_names, 'use_sigmoid': use_sigmoid,
+                                'scale_factors': scales}
+  table = dataclasses.replace(reference, sampler={
       'type': 'OHEMPixelSampler', 'thresh': 0.7, 'min_kept_per_image': 10})
-  assert losses.make_objective(table) is not losses.segmentation_losses
+  assert not isinstance(losses.make_objective(table), functools.partial)
+
+
+def test_fused_sigmoid_cross_entropy_equals_the_toolbox_form_value_and_gradient():
+  """Fast-SCNN's objective (sigmoid cross-entropy, auxiliary heads x0.4) in the fused form and
+  through the toolbox's loss table: the same losses and gradients, at an odd size."""
+  rng = np.random.default_rng(1)
+  outputs = tuple(jnp.asarray(rng.normal(size=(2, h, w, 5)), jnp.float32)
+                  for h, w in ((7, 9), (7, 9), (2, 3)))
+  labels = jnp.asarray(rng.choice([0, 1, 2, 3, 4, 255], (2, 53, 69)), jnp.uint8)
+  reference = ObjectiveSpec.reference(NETWORKS['fastscnn'])
+  general = dataclasses.replace(reference, losses=tuple(
+      (head, (*table, {'type': 'DiceLoss', 'scale_factor': 0.0})) for head, table in
+      reference.losses))  # A zero-weight extra loss: the same objective, not fusable.
+  fused, unfused = losses.make_objective(reference), losses.make_objective(general)
+  assert not isinstance(unfused, functools.partial)
+  for key, value in fused(outputs, labels).items():
+    assert float(value) == pytest.approx(float(unfused(outputs, labels)[key]), rel=1e-5), key
+  grads = [jax.grad(lambda o, f=f: f(o, labels)['loss'])(outputs) for f in (fused, unfused)]
+  for got, want in zip(*grads):
+    np.testing.assert_allclose(got, want, atol=1e-7, rtol=1e-4)
 
 
 def test_plain_cross_entropy_through_the_table_equals_the_fast_form():
@@ -182,9 +212,10 @@ def test_plain_cross_entropy_through_the_table_equals_the_fast_form():
   outputs = tuple(jnp.asarray(rng.normal(size=(2, size, size, 5)), jnp.float32)
                   for size in (8, 8, 4))
   labels = jnp.asarray(rng.choice([0, 1, 2, 3, 4, 255], (2, 64, 64)), jnp.uint8)
-  explicit = ObjectiveSpec(tuple((head, ({'type': 'CrossEntropyLoss', 'scale_factor': 1.0},))
-                                 for head in ('loss_cls', 'loss_aux1', 'loss_aux2')))
-  fast = losses.segmentation_losses(outputs, labels)
+  explicit = ObjectiveSpec(tuple((head, ({'type': 'CrossEntropyLoss', 'scale_factor': 1.0},
+                                         {'type': 'DiceLoss', 'scale_factor': 0.0}))
+                                 for head in V1_HEADS))
+  fast = losses.segmentation_losses(outputs, labels, V1_HEADS)
   table = losses.make_objective(explicit)(outputs, labels)
   for key in fast:
     assert float(table[key]) == pytest.approx(float(fast[key]), rel=1e-5)
@@ -205,7 +236,8 @@ def demo_config(**overrides):
 
 def test_options_are_off_by_default():
   spec = config_lib.train_spec(demo_config())
-  assert spec.objective == ObjectiveSpec() and spec.ema_momentum is None
+  assert spec.objective == ObjectiveSpec.reference(NETWORKS['bisenetv1_r18'])
+  assert spec.ema_momentum is None
   assert spec.accumulate_steps == 1 and spec.loss_scale is None
   spec = config_lib.train_spec(demo_config(**{'model.dtype': 'float16', 'ema.momentum': 0.0005}))
   assert spec.loss_scale == LossScaleSpec() and spec.ema_momentum == 0.0005
@@ -222,6 +254,12 @@ def test_options_are_off_by_default():
     ({'ohem.thresh': 1.5}, 'thresh'),
     ({'accumulate_steps': 3}, 'config.accumulate_steps=3 must be a positive divisor of '
                               'config.batch_size=8'),
+    ({'losses.loss_aux4': ({'type': 'CrossEntropyLoss'},)},
+     'config.losses.loss_aux4 is set, but bisenetv1_r18 has the heads loss_cls, loss_aux1, '
+     'loss_aux2'),
+    ({'model.name': 'bisenetv3'}, "unknown network 'bisenetv3': choose one of bisenetv1_r18"),
+    ({'model.name': 'fastscnn', 'model.stem': 'classic'},
+     "model stem 'classic' does not fit fastscnn"),
 ])
 def test_bad_options_are_one_line_errors(overrides, message):
   with pytest.raises(UserError) as error:

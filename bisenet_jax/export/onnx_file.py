@@ -56,13 +56,15 @@ def build(model, variables: dict, interface: Interface, calibration_inputs=None)
 
 
 def export_network(fn, spec):
-  """The ModelProto of the fixed-size network ``fn`` (``graph.network_interface``)."""
+  """The ModelProto of the fixed-size network ``fn`` (``graph.network_interface``), traced with
+  standard convolutions (``kernels.portable``: a grouped ``Conv``, not window taps)."""
+  from bisenet_jax.models import kernels
   jax2onnx, _ = require()
   # jax2onnx 0.13 prints its Flax plugins' debug lines and logs value-type warnings that say
   # nothing about the result (which onnx.checker and the export's comparison do check).
   for name in ('jax2onnx', 'onnx_ir'):
     logging.getLogger(name).setLevel(logging.ERROR)
-  with contextlib.redirect_stdout(io.StringIO()):
+  with contextlib.redirect_stdout(io.StringIO()), kernels.portable():
     return jax2onnx.to_onnx(fn, [spec], model_name='bisenet_jax', opset=OPSET,
                             input_names=[INPUT_NAME], output_names=['logits'])
 

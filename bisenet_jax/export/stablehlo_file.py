@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import jax
 
+from bisenet_jax.models import kernels
+
 
 def export_stablehlo(fn, spec) -> bytes:
-  return bytes(jax.export.export(jax.jit(fn))(spec).serialize())
+  """``fn`` traced with standard convolutions (``kernels.portable``), serialised."""
+  with kernels.portable():
+    return bytes(jax.export.export(jax.jit(fn))(spec).serialize())
 
 
 def load(data: bytes):

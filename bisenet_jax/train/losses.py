@@ -51,9 +51,13 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, ignore_label: int = 255)
   return jnp.sum(jnp.where(valid, per_pixel, 0.0)) / jnp.sum(valid)
 
 
-def upsampled_cross_entropy(logits: jax.Array, labels: jax.Array,
-                            ignore_label: int = 255) -> jax.Array:
+def upsampled_cross_entropy(logits: jax.Array, labels: jax.Array, ignore_label: int = 255,
+                            use_sigmoid: bool = False) -> jax.Array:
   """``cross_entropy(resize_bilinear(logits, labels' size), labels)``, computed faster.
+
+  With ``use_sigmoid``, the toolbox's sigmoid form instead (``loss_functions.cross_entropy(...,
+  use_sigmoid=True)``, Fast-SCNN's loss): every class a binary cross-entropy against the one-hot
+  label, the mean over valid pixels x classes.
 
   Same value and gradient as the composition (to float rounding), with two changes of method:
 
@@ -75,13 +79,14 @@ def upsampled_cross_entropy(logits: jax.Array, labels: jax.Array,
     float32 scalar; NaN when every pixel is ignored.
   """
   logits = logits.astype(at_least_float32(logits.dtype))
-  total = _upsampled_cross_entropy_sum(logits, labels, ignore_label)
-  return total / jnp.sum(labels != ignore_label)
+  total = _upsampled_cross_entropy_sum(logits, labels, ignore_label, use_sigmoid)
+  elements = jnp.sum(labels != ignore_label) * (logits.shape[-1] if use_sigmoid else 1)
+  return total / elements
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _upsampled_cross_entropy_sum(logits, labels, ignore_label):
-  return _upsampled_ce_fwd(logits, labels, ignore_label)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _upsampled_cross_entropy_sum(logits, labels, ignore_label, use_sigmoid):
+  return _upsampled_ce_fwd(logits, labels, ignore_label, use_sigmoid)[0]
 
 
 def _resize_matrices(logits: jax.Array, size: Sequence[int]) -> tuple[jax.Array, jax.Array]:
@@ -98,13 +103,17 @@ def _class_planes(logits: jax.Array, size: Sequence[int]) -> jax.Array:
   return jnp.einsum('nkHw,Ww->nkHW', upsampled_rows, cols)
 
 
-def _upsampled_ce_fwd(logits, labels, ignore_label):
+def _upsampled_ce_fwd(logits, labels, ignore_label, use_sigmoid):
   labels = labels.astype(jnp.int32)
   planes = _class_planes(logits, labels.shape[1:3])
   # Per-class planes: max / sum / select across planes are element-wise passes.
   classes = [planes[:, k] for k in range(planes.shape[1])]
-  peak = functools.reduce(jnp.maximum, classes)
-  log_normalizer = jnp.log(sum(jnp.exp(plane - peak) for plane in classes)) + peak
+  if use_sigmoid:
+    # sum_k BCE(x_k, onehot_k) = sum_k softplus(x_k) - x_label.
+    log_normalizer = sum(jnp.logaddexp(0.0, plane) for plane in classes)
+  else:
+    peak = functools.reduce(jnp.maximum, classes)
+    log_normalizer = jnp.log(sum(jnp.exp(plane - peak) for plane in classes)) + peak
   label_logit = sum(jnp.where(labels == k, plane, 0.0) for k, plane in enumerate(classes))
   # A label that is neither a class nor ignored poisons the loss (see cross_entropy).
   in_range = (labels >= 0) & (labels < len(classes))
@@ -113,13 +122,15 @@ def _upsampled_ce_fwd(logits, labels, ignore_label):
   return total, (logits, labels, log_normalizer)
 
 
-def _upsampled_ce_bwd(ignore_label, residuals, grad_total):
+def _upsampled_ce_bwd(ignore_label, use_sigmoid, residuals, grad_total):
   logits, labels, log_normalizer = residuals
   planes = _class_planes(logits, labels.shape[1:3])
   one_hot = labels[:, None] == jnp.arange(planes.shape[1])[:, None, None]
-  # d(sum of CE)/d(upsampled logits) = softmax - one_hot on valid pixels, 0 on ignored ones.
-  grad_planes = jnp.where((labels != ignore_label)[:, None],
-                          jnp.exp(planes - log_normalizer[:, None]) - one_hot, 0.0) * grad_total
+  # d(sum of CE)/d(upsampled logits) = softmax (sigmoid) - one_hot on valid pixels, 0 on ignored.
+  probabilities = (jax.nn.sigmoid(planes) if use_sigmoid
+                   else jnp.exp(planes - log_normalizer[:, None]))
+  grad_planes = jnp.where((labels != ignore_label)[:, None], probabilities - one_hot,
+                          0.0) * grad_total
   rows, cols = _resize_matrices(logits, labels.shape[1:3])
   # Transposed interpolation, minor (width) axis first so the big matmul needs no transpose.
   grad_rows = jnp.einsum('nkHW,Ww->nkHw', grad_planes, cols)
@@ -129,12 +140,30 @@ def _upsampled_ce_bwd(ignore_label, residuals, grad_total):
 _upsampled_cross_entropy_sum.defvjp(_upsampled_ce_fwd, _upsampled_ce_bwd)
 
 
-PLAIN_CROSS_ENTROPY = ({'type': 'CrossEntropyLoss'},)
+# The arguments a head's CrossEntropyLoss may have (with the toolbox's defaults here) for the
+# fused form to compute it.
+_FUSED_ARGUMENTS = {'type': 'CrossEntropyLoss', 'use_sigmoid': False, 'scale_factor': 1.0,
+                    'reduction': 'mean', 'ignore_index': 255}
+
+
+def fused_head_loss(table) -> tuple[bool, float] | None:
+  """``(use_sigmoid, scale_factor)`` when a head's loss table is one plain CrossEntropyLoss
+  (softmax or sigmoid, scaled; no class weights, smoothing or floor), else None."""
+  if len(table) != 1 or table[0].get('type') != 'CrossEntropyLoss':
+    return None
+  loss = {**_FUSED_ARGUMENTS, **table[0]}
+  if loss.keys() != _FUSED_ARGUMENTS.keys() or (loss['reduction'], loss['ignore_index']) != (
+      'mean', 255):
+    return None
+  return bool(loss['use_sigmoid']), float(loss['scale_factor'])
 
 
 def segmentation_losses(outputs: Sequence[jax.Array], labels: jax.Array, heads: Sequence[str],
+                        *, use_sigmoid: bool = False,
+                        scale_factors: Sequence[float] | None = None,
                         ignore_label: int = 255) -> dict[str, jax.Array]:
-  """Plain cross-entropy on every head, summed: the reference objective of BiSeNetV1 and V2.
+  """Cross-entropy on every head, scaled and summed: the reference objective of all three
+  networks (softmax, weight 1: BiSeNetV1 and V2; sigmoid, auxiliary heads 0.4: Fast-SCNN).
 
   Args:
     outputs: each head's logits float[N, h_i, w_i, K] (NHWC) at its own stride, the main head
@@ -142,13 +171,16 @@ def segmentation_losses(outputs: Sequence[jax.Array], labels: jax.Array, heads: 
     labels: int[N, H, W] (uint8 in this project) with ``ignore_label`` for ignored pixels; (H, W)
       is the size of the input image batch.
     heads: the heads' loss names, in ``outputs`` order.
+    use_sigmoid: the toolbox's sigmoid cross-entropy on every head instead of the softmax one.
+    scale_factors: each head's weight (default 1.0).
     ignore_label: label value excluded from every loss.
 
   Returns:
-    ``{head: loss, ..., 'loss': their sum}`` (weight 1.0 each), float32 scalars.
+    ``{head: loss, ..., 'loss': their sum}``, float32 scalars (each head's loss scaled).
   """
-  losses = {name: upsampled_cross_entropy(logits, labels, ignore_label)
-            for name, logits in zip(heads, outputs, strict=True)}
+  scale_factors = scale_factors or (1.0,) * len(heads)
+  losses = {name: scale * upsampled_cross_entropy(logits, labels, ignore_label, use_sigmoid)
+            for name, scale, logits in zip(heads, scale_factors, outputs, strict=True)}
   losses['loss'] = sum(losses.values())
   return losses
 
@@ -156,15 +188,18 @@ def segmentation_losses(outputs: Sequence[jax.Array], labels: jax.Array, heads: 
 def make_objective(objective: ObjectiveSpec) -> Callable:
   """The training objective of ``objective``: ``(outputs, labels) -> {head: loss, 'loss': sum}``.
 
-  Plain cross-entropy on every head without a sampler (BiSeNetV1's and V2's reference) is
-  ``segmentation_losses``, the fast form. Any other table runs sssegmentation's losses
-  (``loss_functions.head_loss``, with the OHEM sampler if any) on each head's logits upsampled
-  bilinearly to the labels' size, as the toolbox does, and sums the heads with weight 1.
+  One plain cross-entropy per head (softmax on all or sigmoid on all, any weights) without a
+  sampler, which is every network's reference, is ``segmentation_losses``, the fused form. Any
+  other table runs sssegmentation's losses (``loss_functions.head_loss``, with the OHEM sampler
+  if any) on each head's logits upsampled bilinearly to the labels' size, as the toolbox does,
+  and sums the heads with weight 1 (each loss carries its own ``scale_factor``).
   """
   heads = tuple(head for head, _ in objective.losses)
-  if objective.sampler is None and all(
-      tuple(table) == PLAIN_CROSS_ENTROPY for _, table in objective.losses):
-    return functools.partial(segmentation_losses, heads=heads)
+  fused = [fused_head_loss(table) for _, table in objective.losses]
+  if (objective.sampler is None and None not in fused
+      and len({use_sigmoid for use_sigmoid, _ in fused}) == 1):
+    return functools.partial(segmentation_losses, heads=heads, use_sigmoid=fused[0][0],
+                             scale_factors=tuple(scale for _, scale in fused))
 
   def losses_of(outputs: Sequence[jax.Array], labels: jax.Array) -> dict[str, jax.Array]:
     losses = {}
