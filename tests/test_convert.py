@@ -80,7 +80,9 @@ def test_not_a_checkpoint_and_missing_file_are_one_line_errors(tmp_path):
   assert not (tmp_path / 'out').exists()
 
 
-@pytest.mark.parametrize('name', ['bisenetv1_r18', 'bisenetv2', 'fastscnn'])
+@pytest.mark.parametrize('name', [
+    'bisenetv1_r18', pytest.param('bisenetv2', marks=pytest.mark.slow),
+    pytest.param('fastscnn', marks=pytest.mark.slow)])
 def test_export_round_trip_is_exact_and_loads_strictly(name, tmp_path, torch_threads):
   """Official file -> Flax (the network recognised from its tensors) -> .pth that the PyTorch
   model loads with strict=True, equal tensor for tensor -> Flax again, identical."""

@@ -135,6 +135,7 @@ def test_onnx_logits_match_jax_r50_batch_1_and_2(folder):
     assert_close_to_scale(session.run(None, {'images': images})[0], jax_logits(r50, images))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['bisenetv2', 'fastscnn'])
 def test_every_network_exports_to_onnx_and_stablehlo_equal_to_jax(name, folder):
   """Depthwise convolutions leave as ONNX grouped ``Conv`` nodes (not the CPU's window taps);

@@ -20,7 +20,7 @@ from bisenet_jax import load_pretrained, models
 from bisenet_jax.bench import torch_models
 from bisenet_jax.interop import ssseg
 from bisenet_jax.specs import NETWORKS, ModelSpec
-from conftest import run_cli
+from conftest import run_script
 import torch_support
 
 TOL = 1e-4
@@ -56,8 +56,8 @@ def converted(tmp_path_factory, torch_threads):
 def _convert(name, tmp):
   ref = torch_support.randomize_(torch_models.reference_builder(name)(), seed=1).eval()
   torch_support.save_official_checkpoint(ref, tmp / 'official.pth', kind='full')
-  result = run_cli('convert/ssseg_to_flax.py', '--input', str(tmp / 'official.pth'),
-                   '--output', str(tmp / 'flax'))
+  result = run_script('convert/ssseg_to_flax.py', '--input', str(tmp / 'official.pth'),
+                      '--output', str(tmp / 'flax'))
   assert result.returncode == 0, result.stderr
   assert f'({name}, 19 classes' in result.stdout
   model, variables = load_pretrained(tmp / 'flax')

@@ -200,9 +200,11 @@ def test_fused_sigmoid_cross_entropy_equals_the_toolbox_form_value_and_gradient(
       reference.losses))  # A zero-weight extra loss: the same objective, not fusable.
   fused, unfused = losses.make_objective(reference), losses.make_objective(general)
   assert not isinstance(unfused, functools.partial)
-  for key, value in fused(outputs, labels).items():
-    assert float(value) == pytest.approx(float(unfused(outputs, labels)[key]), rel=1e-5), key
-  grads = [jax.grad(lambda o, f=f: f(o, labels)['loss'])(outputs) for f in (fused, unfused)]
+  values = [jax.jit(f)(outputs, labels) for f in (fused, unfused)]
+  for key, value in values[0].items():
+    assert float(value) == pytest.approx(float(values[1][key]), rel=1e-5), key
+  grads = [jax.jit(jax.grad(lambda o, f=f: f(o, labels)['loss']))(outputs)
+           for f in (fused, unfused)]
   for got, want in zip(*grads):
     np.testing.assert_allclose(got, want, atol=1e-7, rtol=1e-4)
 

@@ -62,6 +62,13 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state, model: Mo
       options (EMA, float16) than ``abstract_state`` keeps.
   """
   folder = Path(manager.directory) / str(step)
+  stored = dict(checkpoint.read_json(folder, checkpoint.MODEL_CONFIG))
+  if stored != model.checkpoint_config():
+    stored_model = ModelSpec.from_checkpoint_config(stored)
+    raise UserError(f'The checkpoint in {manager.directory} holds {stored_model.name} '
+                    f'({stored_model.num_classes} classes), this run trains {model.name} '
+                    f'({model.num_classes} classes): use a new --workdir, or resume it with '
+                    f'its config ({stored_model.network.config}).')
   stored_options = (checkpoint.read_json(folder, TRAIN_OPTIONS) if (folder / TRAIN_OPTIONS).exists()
                     else {'ema': False, 'float16_loss_scale': False})
   if stored_options != _options(abstract_state):
@@ -71,15 +78,10 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state, model: Mo
   items = {
       checkpoint.VARIABLES: ocp.args.StandardRestore(abstract_state.variables()),
       OPTIMIZER: ocp.args.StandardRestore(_optimizer_tree(abstract_state)),
-      checkpoint.MODEL_CONFIG: ocp.args.JsonRestore(),
   }
   if abstract_state.ema is not None:
     items[checkpoint.EMA] = ocp.args.StandardRestore(abstract_state.ema)
   restored = manager.restore(step, args=ocp.args.Composite(**items))
-  stored = dict(restored[checkpoint.MODEL_CONFIG])
-  if stored != model.checkpoint_config():
-    raise UserError(f'The checkpoint in {manager.directory} is of another model ({stored}); '
-                    'use a new --workdir.')
   variables, optimizer = restored[checkpoint.VARIABLES], restored[OPTIMIZER]
   return abstract_state.replace(
       params=variables['params'], batch_stats=variables['batch_stats'],
