@@ -34,5 +34,15 @@ def fastscnn_config(arch):
   return recipe
 
 
+def demo_config(arch):
+  """The embedded demo with the recipe's optimizer; Fast-SCNN, from scratch and ten times
+  cheaper per step than BiSeNetV1, takes 480 steps to pass 50% (49.8% after 360)."""
+  demo = config.demo_config(arch, recipe=fastscnn_config)
+  demo.total_steps = 480
+  demo.checkpoint_every_steps = 80
+  demo.eval_every_steps = 240
+  return demo
+
+
 def get_config(arg=None):
-  return config.get_config('fastscnn', arg, {'': fastscnn_config, 'demo': config.demo_config})
+  return config.get_config('fastscnn', arg, {'': fastscnn_config, 'demo': demo_config})

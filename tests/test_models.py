@@ -129,8 +129,8 @@ def test_channel_dropout_drops_whole_channels():
   assert set(np.unique(y)) == {0.0, 2.0}
 
 
-@pytest.mark.parametrize('channels,multiplier,stride,size', [(4, 1, 1, (9, 14)), (4, 1, 2, (11, 14)),
-                                                            (3, 6, 1, (8, 9)), (3, 6, 2, (7, 10))])
+@pytest.mark.parametrize('channels,multiplier,stride,size', [
+    (4, 1, 1, (9, 14)), (4, 1, 2, (11, 14)), (3, 6, 1, (8, 9)), (3, 6, 2, (7, 10))])
 def test_depthwise_conv_matches_torch_forward_and_gradients(channels, multiplier, stride, size):
   """Depthwise convs (``groups == channels``, BiSeNetV2's x6 expansion included) as window taps
   on CPU: the same values and gradients as PyTorch's grouped Conv2d."""

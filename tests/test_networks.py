@@ -22,8 +22,8 @@ from bisenet_jax.bench import torch_models
 from bisenet_jax.bench.__main__ import main as bench_main
 from bisenet_jax.data.synthetic import draw_street_scene
 from bisenet_jax.export.__main__ import main as export_main
-from bisenet_jax.specs import NETWORKS, ModelSpec
-from conftest import ROOT, cpu_devices, launch_processes, run_cli, run_script, wait_for
+from bisenet_jax.specs import NETWORKS
+from conftest import cpu_devices, launch_processes, run_cli, run_script, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -139,11 +139,13 @@ def test_predict_images_and_a_video(trained, tmp_path):
 
 def test_export_onnx_and_stablehlo_then_score_and_run_the_file(trained, tmp_path, capsys):
   name, workdir, data = trained
+  # Two steps leave many near-tied logits, which int8 flips: the agreement bound is loosened
+  # here (docs/models.md measures it on the demos' trained models).
   for dtype in ('float32', 'int8'):
     export_main(['--checkpoint', str(workdir), '--format', 'onnx', '--outputs', 'labels',
                  '--with-preprocessing', '--input-size', '64x128', '--dtype', dtype,
-                 '--calibration', str(data / 'leftImg8bit' / 'train'), '--output',
-                 str(tmp_path / f'{dtype}.onnx')])
+                 '--calibration', str(data / 'leftImg8bit' / 'train'), '--min-agreement',
+                 '0.8', '--output', str(tmp_path / f'{dtype}.onnx')])
   export_main(['--checkpoint', str(workdir), '--format', 'stablehlo', '--input-size', '64x128',
                '--output', str(tmp_path / 'model.stablehlo')])
   assert 'wrote' in capsys.readouterr().out

@@ -1,5 +1,5 @@
-"""Tests of the PyTorch reference model (bisenet_jax/bench/torch_models/bisenetv1.py) and the tests' PyTorch
-helpers (tests/torch_support.py) against docs/reference.md.
+"""Tests of the PyTorch BiSeNetV1 (bisenet_jax/bench/torch_models/bisenetv1.py) and the tests'
+PyTorch helpers (tests/torch_support.py) against docs/reference.md.
 
 The reference is only useful for parity tests if it matches the official model's state-dict
 layout exactly and computes what the spec says; these tests pin both.

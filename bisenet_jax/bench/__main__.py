@@ -1,7 +1,7 @@
 """Benchmarks the JAX model (and optionally the PyTorch reference) over a sweep.
 
-  python -m bisenet_jax.bench infer --arch r18 --input-size 1024x2048 --compare-torch
-  python -m bisenet_jax.bench train --arch r18,r50 --dtype float32,bfloat16 \
+  python -m bisenet_jax.bench infer --arch bisenetv1_r18 --input-size 1024x2048 --compare-torch
+  python -m bisenet_jax.bench train --arch bisenetv1_r18,bisenetv1_r50 --dtype float32,bfloat16 \
       --input-size 1024x1024 --batch-per-device 2 --devices 1,2,4,8 \
       --output results.jsonl --plot scaling.png
 

@@ -77,7 +77,8 @@ class ContextPath(layers.ConvNormModule):
 
 
 class FeatureFusionModule(layers.ConvNormModule):
-  """f = ReLU(BN(conv1x1([spatial, context]))); a = sigmoid(ReLU(BN(conv1x1(mean_hw(f))))); f * (1 + a)."""
+  """f = ReLU(BN(conv1x1([spatial, context]))); a = sigmoid(ReLU(BN(conv1x1(mean_hw(f)))));
+  output f * (1 + a)."""
   features: int = 256
 
   @nn.compact

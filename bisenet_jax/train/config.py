@@ -121,9 +121,13 @@ def reference_config(arch: str) -> ml_collections.ConfigDict:
   return config
 
 
-def demo_config(arch: str) -> ml_collections.ConfigDict:
-  """The embedded default: synthetic street scenes, small crops, a few minutes on a laptop CPU."""
-  config = reference_config(arch)
+def demo_config(arch: str, recipe=reference_config) -> ml_collections.ConfigDict:
+  """The embedded default: synthetic street scenes, small crops, a few minutes on a laptop CPU.
+
+  ``recipe``: the network's Cityscapes recipe (``configs/*.py``) the demo shrinks; its
+  optimizer stays, with the warm-up (if any) shortened to 10 steps.
+  """
+  config = recipe(arch)
   config.data.source = 'synthetic'
   config.data.root = '~/.cache/bisenet_jax'
   config.data.resize_to = (256, 512)
@@ -132,7 +136,7 @@ def demo_config(arch: str) -> ml_collections.ConfigDict:
   config.data.worker_count = 0
   config.batch_size = 8
   config.total_steps = 120
-  config.optimizer.warmup_steps = 10
+  config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, 10)
   config.log_every_steps = 10
   config.checkpoint_every_steps = 40
   config.eval_every_steps = 60

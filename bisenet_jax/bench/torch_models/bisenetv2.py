@@ -39,8 +39,10 @@ Entry point: ``build_reference(num_classes=19, dropout=0.1)``.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from bisenet_jax.bench.torch_models.bricks import (DepthwiseSeparableConv2d, conv_bn, conv_bn_relu,
+                                                  resize)
 
 DETAIL_CHANNELS = (64, 64, 128)
 SEMANTIC_CHANNELS = (16, 32, 64, 128)
@@ -54,66 +56,6 @@ AUX_CHANNELS = ((16, 16), (32, 64), (64, 256), (128, 1024))
 FEATURE_NAMES = ('detail', 'stage1', 'stage2', 'stage3', 'stage4', 'ce', 'bga', 'logits')
 
 
-def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> list:
-  """Conv (no bias, padding kernel // 2) and BN, as two Sequential entries."""
-  return [
-    nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
-    nn.BatchNorm2d(cout),
-  ]
-
-
-def _conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> list:
-  """Conv (no bias) -> BN -> ReLU, as three Sequential entries."""
-  return [*_conv_bn(cin, cout, kernel, stride, groups), nn.ReLU()]
-
-
-def _resize(x: torch.Tensor, size: torch.Size) -> torch.Tensor:
-  return F.interpolate(x, size=tuple(size), mode='bilinear', align_corners=False)
-
-
-class DepthwiseSeparableConv2d(nn.Module):
-  """3x3 depthwise conv -> [BN] -> [ReLU] -> 1x1 conv -> [BN] -> [ReLU], no conv biases.
-
-  Optional parts exist as attributes only when enabled, as in the reference (keys
-  `depthwise_bn`, `pointwise_bn`; activations have no keys).
-  """
-
-  def __init__(
-    self,
-    cin: int,
-    cout: int,
-    stride: int = 1,
-    dw_norm: bool = True,
-    dw_act: bool = True,
-    pw_norm: bool = True,
-    pw_act: bool = True,
-  ):
-    super().__init__()
-    self.depthwise_conv = nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False)
-    if dw_norm:
-      self.depthwise_bn = nn.BatchNorm2d(cin)
-    if dw_act:
-      self.depthwise_activate = nn.ReLU()
-    self.pointwise_conv = nn.Conv2d(cin, cout, 1, bias=False)
-    if pw_norm:
-      self.pointwise_bn = nn.BatchNorm2d(cout)
-    if pw_act:
-      self.pointwise_activate = nn.ReLU()
-
-  def forward(self, x: torch.Tensor) -> torch.Tensor:
-    x = self.depthwise_conv(x)
-    if hasattr(self, 'depthwise_bn'):
-      x = self.depthwise_bn(x)
-    if hasattr(self, 'depthwise_activate'):
-      x = self.depthwise_activate(x)
-    x = self.pointwise_conv(x)
-    if hasattr(self, 'pointwise_bn'):
-      x = self.pointwise_bn(x)
-    if hasattr(self, 'pointwise_activate'):
-      x = self.pointwise_activate(x)
-    return x
-
-
 class DetailBranch(nn.Module):
   """Three stages of 3x3 Conv-BN-ReLU (2, 3, 3 convs; the first of each has stride 2)."""
 
@@ -121,9 +63,9 @@ class DetailBranch(nn.Module):
     super().__init__()
     stages = []
     for i, width in enumerate(channels):
-      layers = _conv_bn_relu(cin if i == 0 else channels[i - 1], width, 3, 2)
+      layers = conv_bn_relu(cin if i == 0 else channels[i - 1], width, 3, 2)
       for _ in range(1 if i == 0 else 2):
-        layers += _conv_bn_relu(width, width, 3)
+        layers += conv_bn_relu(width, width, 3)
       stages.append(nn.Sequential(*layers))
     self.detail_branch = nn.ModuleList(stages)
 
@@ -138,12 +80,12 @@ class StemBlock(nn.Module):
 
   def __init__(self, cin: int = 3, cout: int = 16):
     super().__init__()
-    self.conv_first = nn.Sequential(*_conv_bn_relu(cin, cout, 3, 2))
+    self.conv_first = nn.Sequential(*conv_bn_relu(cin, cout, 3, 2))
     self.convs = nn.Sequential(
-      *_conv_bn_relu(cout, cout // 2, 1), *_conv_bn_relu(cout // 2, cout, 3, 2)
+      *conv_bn_relu(cout, cout // 2, 1), *conv_bn_relu(cout // 2, cout, 3, 2)
     )
     self.pool = nn.MaxPool2d(3, 2, 1)
-    self.fuse_last = nn.Sequential(*_conv_bn_relu(cout * 2, cout, 3))
+    self.fuse_last = nn.Sequential(*conv_bn_relu(cout * 2, cout, 3))
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
     x = self.conv_first(x)
@@ -156,19 +98,19 @@ class GELayer(nn.Module):
   def __init__(self, cin: int, cout: int, exp_ratio: int = EXPANSION, stride: int = 1):
     super().__init__()
     mid = cin * exp_ratio
-    self.conv1 = nn.Sequential(*_conv_bn_relu(cin, cin, 3))
+    self.conv1 = nn.Sequential(*conv_bn_relu(cin, cin, 3))
     if stride == 1:
-      self.dwconv = nn.Sequential(*_conv_bn_relu(cin, mid, 3, 1, groups=cin))
+      self.dwconv = nn.Sequential(*conv_bn_relu(cin, mid, 3, 1, groups=cin))
       self.shortcut = None
     else:
       # The reference has no activation between the two depthwise convs.
       self.dwconv = nn.Sequential(
-        *_conv_bn(cin, mid, 3, stride, groups=cin), *_conv_bn_relu(mid, mid, 3, 1, groups=mid)
+        *conv_bn(cin, mid, 3, stride, groups=cin), *conv_bn_relu(mid, mid, 3, 1, groups=mid)
       )
       self.shortcut = nn.Sequential(
         DepthwiseSeparableConv2d(cin, cout, stride, dw_act=False, pw_act=False)
       )
-    self.conv2 = nn.Sequential(*_conv_bn(mid, cout, 1))
+    self.conv2 = nn.Sequential(*conv_bn(mid, cout, 1))
     self.act = nn.ReLU()
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -182,8 +124,8 @@ class CEBlock(nn.Module):
   def __init__(self, cin: int = 128, cout: int = 128):
     super().__init__()
     self.gap = nn.Sequential(nn.AdaptiveAvgPool2d((1, 1)), nn.BatchNorm2d(cin))
-    self.conv_gap = nn.Sequential(*_conv_bn_relu(cin, cout, 1))
-    self.conv_last = nn.Sequential(*_conv_bn_relu(cout, cout, 3))
+    self.conv_gap = nn.Sequential(*conv_bn_relu(cin, cout, 1))
+    self.conv_last = nn.Sequential(*conv_bn_relu(cout, cout, 3))
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
     return self.conv_last(x + self.conv_gap(self.gap(x)))
@@ -229,20 +171,20 @@ class BGALayer(nn.Module):
       DepthwiseSeparableConv2d(channels, channels, dw_act=False, pw_norm=False, pw_act=False)
     )
     # AvgPool2d keeps PyTorch's count_include_pad=True, as the reference does.
-    self.detail_down = nn.Sequential(*_conv_bn(channels, channels, 3, 2), nn.AvgPool2d(3, 2, 1))
-    self.semantic_conv = nn.Sequential(*_conv_bn(channels, channels, 3))
+    self.detail_down = nn.Sequential(*conv_bn(channels, channels, 3, 2), nn.AvgPool2d(3, 2, 1))
+    self.semantic_conv = nn.Sequential(*conv_bn(channels, channels, 3))
     self.semantic_dwconv = nn.Sequential(
       DepthwiseSeparableConv2d(channels, channels, dw_act=False, pw_norm=False, pw_act=False)
     )
-    self.conv = nn.Sequential(*_conv_bn_relu(channels, channels, 3))
+    self.conv = nn.Sequential(*conv_bn_relu(channels, channels, 3))
 
   def forward(self, x_d: torch.Tensor, x_s: torch.Tensor) -> torch.Tensor:
     detail_dwconv = self.detail_dwconv(x_d)
     detail_down = self.detail_down(x_d)
-    semantic_conv = _resize(self.semantic_conv(x_s), detail_dwconv.shape[2:])
+    semantic_conv = resize(self.semantic_conv(x_s), detail_dwconv.shape[2:])
     semantic_dwconv = self.semantic_dwconv(x_s)
     fuse_1 = detail_dwconv * torch.sigmoid(semantic_conv)
-    fuse_2 = _resize(detail_down * torch.sigmoid(semantic_dwconv), fuse_1.shape[2:])
+    fuse_2 = resize(detail_down * torch.sigmoid(semantic_dwconv), fuse_1.shape[2:])
     return self.conv(fuse_1 + fuse_2)
 
 
@@ -284,7 +226,7 @@ def conv_head(
   """
   layers = []
   for i in range(num_convs):
-    layers += _conv_bn_relu(cin if i == 0 else width, width, 3)
+    layers += conv_bn_relu(cin if i == 0 else width, width, 3)
   layers += [nn.Dropout2d(dropout), nn.Conv2d(width, num_classes, 1)]
   return nn.Sequential(*layers)
 

@@ -41,8 +41,10 @@ Entry point: ``build_reference(num_classes=19, dropout=0.1)``.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from bisenet_jax.bench.torch_models.bricks import (DepthwiseSeparableConv2d, conv_bn, conv_bn_relu,
+                                                  resize)
 
 DOWNSAMPLE_CHANNELS = (32, 48)
 GLOBAL_IN_CHANNELS = 64
@@ -70,40 +72,6 @@ FEATURE_NAMES = (
   'fusion',
   'logits',
 )
-
-
-def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> list:
-  """Conv (no bias, padding kernel // 2) and BN, as two Sequential entries."""
-  return [
-    nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
-    nn.BatchNorm2d(cout),
-  ]
-
-
-def _conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> list:
-  """Conv (no bias) -> BN -> ReLU, as three Sequential entries."""
-  return [*_conv_bn(cin, cout, kernel, stride, groups), nn.ReLU()]
-
-
-def _resize(x: torch.Tensor, size: torch.Size) -> torch.Tensor:
-  return F.interpolate(x, size=tuple(size), mode='bilinear', align_corners=False)
-
-
-class DepthwiseSeparableConv2d(nn.Module):
-  """3x3 depthwise conv -> BN -> ReLU -> 1x1 conv -> BN -> ReLU, no conv biases."""
-
-  def __init__(self, cin: int, cout: int, stride: int = 1):
-    super().__init__()
-    self.depthwise_conv = nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False)
-    self.depthwise_bn = nn.BatchNorm2d(cin)
-    self.depthwise_activate = nn.ReLU()
-    self.pointwise_conv = nn.Conv2d(cin, cout, 1, bias=False)
-    self.pointwise_bn = nn.BatchNorm2d(cout)
-    self.pointwise_activate = nn.ReLU()
-
-  def forward(self, x: torch.Tensor) -> torch.Tensor:
-    x = self.depthwise_activate(self.depthwise_bn(self.depthwise_conv(x)))
-    return self.pointwise_activate(self.pointwise_bn(self.pointwise_conv(x)))
 
 
 def _named_conv(
@@ -146,10 +114,10 @@ class PoolingPyramidModule(nn.ModuleList):
   def __init__(self, pool_scales: tuple[int, ...], cin: int, cout: int):
     super().__init__()
     for scale in pool_scales:
-      self.append(nn.Sequential(nn.AdaptiveAvgPool2d(scale), *_conv_bn_relu(cin, cout, 1)))
+      self.append(nn.Sequential(nn.AdaptiveAvgPool2d(scale), *conv_bn_relu(cin, cout, 1)))
 
   def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-    return [_resize(branch(x), x.shape[2:]) for branch in self]
+    return [resize(branch(x), x.shape[2:]) for branch in self]
 
 
 class LearningToDownsample(nn.Module):
@@ -163,7 +131,7 @@ class LearningToDownsample(nn.Module):
   ):
     super().__init__()
     dw1, dw2 = dw_channels
-    self.conv = nn.Sequential(*_conv_bn_relu(cin, dw1, 3, 2))
+    self.conv = nn.Sequential(*conv_bn_relu(cin, dw1, 3, 2))
     self.dsconv1 = DepthwiseSeparableConv2d(dw1, dw2, 2)
     self.dsconv2 = DepthwiseSeparableConv2d(dw2, cout, 2)
 
@@ -183,7 +151,7 @@ class GlobalFeatureExtractor(nn.Module):
       self.add_module(f'bottleneck{i + 1}', nn.Sequential(*blocks))
       cin = cout
     self.ppm = PoolingPyramidModule(POOL_SCALES, cin, cin // 4)
-    self.out = nn.Sequential(*_conv_bn_relu(cin * 2, GLOBAL_OUT_CHANNELS, 3))
+    self.out = nn.Sequential(*conv_bn_relu(cin * 2, GLOBAL_OUT_CHANNELS, 3))
 
   def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """'bottleneck1' .. 'bottleneck3', 'ppm' (the concatenation), 'lower_res' (the output)."""
@@ -208,13 +176,13 @@ class FeatureFusionModule(nn.Module):
     cout: int = FUSION_CHANNELS,
   ):
     super().__init__()
-    self.dwconv = nn.Sequential(*_conv_bn_relu(lower_in, cout, 3, groups=cout))
-    self.conv_lower_res = nn.Sequential(*_conv_bn(cout, cout, 1))
-    self.conv_higher_res = nn.Sequential(*_conv_bn(higher_in, cout, 1))
+    self.dwconv = nn.Sequential(*conv_bn_relu(lower_in, cout, 3, groups=cout))
+    self.conv_lower_res = nn.Sequential(*conv_bn(cout, cout, 1))
+    self.conv_higher_res = nn.Sequential(*conv_bn(higher_in, cout, 1))
     self.act = nn.ReLU()
 
   def forward(self, higher: torch.Tensor, lower: torch.Tensor) -> torch.Tensor:
-    lower = self.conv_lower_res(self.dwconv(_resize(lower, higher.shape[2:])))
+    lower = self.conv_lower_res(self.dwconv(resize(lower, higher.shape[2:])))
     return self.act(self.conv_higher_res(higher) + lower)
 
 
@@ -247,7 +215,7 @@ class FastSCNN(nn.Module):
 def aux_head(cin: int, width: int, num_classes: int, dropout: float) -> nn.Sequential:
   """One-conv DefaultAuxiliaryDecoder: conv3x3 -> BN -> ReLU -> Dropout2d -> conv1x1 (bias)."""
   return nn.Sequential(
-    *_conv_bn_relu(cin, width, 3), nn.Dropout2d(dropout), nn.Conv2d(width, num_classes, 1)
+    *conv_bn_relu(cin, width, 3), nn.Dropout2d(dropout), nn.Conv2d(width, num_classes, 1)
   )
 
 
