@@ -1,4 +1,5 @@
-"""bisenet-jax: BiSeNetV1 for semantic segmentation in JAX/Flax, faithful to sssegmentation.
+"""bisenet-jax: real-time semantic segmentation (BiSeNetV1, BiSeNetV2, Fast-SCNN) in JAX/Flax,
+faithful to sssegmentation.
 
 ``models`` and ``load_pretrained`` are imported on first use, so that the parts that run without
 JAX (ONNX Runtime prediction of an exported model) can import this package.

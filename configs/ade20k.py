@@ -1,11 +1,12 @@
-"""FCN-BiSeNetV1 (ResNet-18) on ADE20K: 150 classes, mmsegmentation's 512x512 recipe.
+"""ADE20K: 150 classes, mmsegmentation's 512x512 recipe; BiSeNetV1 R18 by default.
 
   python train.py --config configs/ade20k.py --config.data.root=/data/ADEChallengeData2016 \
       --workdir runs/ade20k
 
 Reads images/{training,validation}/*.jpg and annotations/{training,validation}/*.png; mask value
 0 ("other") is ignored and value v is class v - 1 (reduce-zero-label). Batch 16, 512x512 crops,
-SGD lr 0.01, 80,000 steps.
+SGD lr 0.01, 80,000 steps. Any network trains on it with one key:
+`--config.model.name=bisenetv2` (or `fastscnn`, ...).
 """
 
 from bisenet_jax.train import config

@@ -1,4 +1,4 @@
-"""FCN-BiSeNetV1 on your own labelled images (the generic folder layout), ResNet-18 by default.
+"""Your own labelled images (the generic folder layout), FCN-BiSeNetV1 ResNet-18 by default.
 
   ROOT/classes.txt               one class per line: `name` or `name R G B`
   ROOT/images/{train,val}/...    .jpg / .jpeg / .png
@@ -9,10 +9,11 @@
 The recipe is for a few hundred to a few thousand images of any size: resized to fit 512x1024
 at scales 0.5-2.0, 512x512 crops, batch 8, SGD lr 0.01 (200 warm-up steps), 8,000 steps; every
 value is a key (`--config.data.crop_size=(384,384)`, `--config.total_steps=4000`,
-`--config.model.name=bisenetv1_r50`). The class count comes from classes.txt. Fine-tune the
-official Cityscapes weights to your classes with
-`--config.init.checkpoint=fcn_bisenetv1_resnet18os32_cityscapes.pth` (the three classifiers
-are re-initialised), or start the backbone from ImageNet with `--config.init.backbone=...`.
+`--config.model.name=bisenetv1_r50`, `bisenetv2` or `fastscnn`: any network). The class count
+comes from classes.txt. Fine-tune the official Cityscapes weights to your classes with
+`--config.init.checkpoint=fcn_bisenetv1_resnet18os32_cityscapes.pth` (the heads' classifiers
+are re-initialised), or start BiSeNetV1's backbone from ImageNet with
+`--config.init.backbone=...`.
 Folder names, the mask suffix and how mask values become classes are keys too
 (`data.image_dir`, `data.mask_dir`, `data.mask_suffix`, `data.ignore_index`,
 `data.reduce_zero_label`, `data.label_map`). See docs/custom_data.md; for rare classes, OHEM

@@ -87,6 +87,23 @@ def wait_for(processes: list[subprocess.Popen], timeout: float = 900) -> list[st
   return [process.log_path.read_text() for process in processes]
 
 
+def rewind(source: Path, destination: Path, step: int) -> Path:
+  """A copy of a training workdir as it was at checkpoint ``step`` (later checkpoints and
+  metrics rows removed): resuming it replays the steps after ``step``."""
+  import json
+  import shutil
+
+  from bisenet_jax import checkpoint
+  shutil.copytree(source, destination)
+  for later in checkpoint.finalized_steps(destination):
+    if later > step:
+      shutil.rmtree(destination / checkpoint.TRAIN_CHECKPOINTS / str(later))
+  rows = (destination / 'metrics.jsonl').read_text().splitlines()
+  (destination / 'metrics.jsonl').write_text(
+      ''.join(f'{row}\n' for row in rows if json.loads(row)['step'] <= step))
+  return destination
+
+
 def run_script(script: str, *args: str) -> subprocess.CompletedProcess:
   """Runs a repository script in this process (fast) as if from the command line."""
   stdout, stderr, code = io.StringIO(), io.StringIO(), 0

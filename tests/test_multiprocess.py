@@ -14,7 +14,6 @@ CPU devices. One scenario covers the layouts and the failure:
 """
 
 import json
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 import pytest
 
 from bisenet_jax import checkpoint
-from conftest import launch_processes, run_cli, cpu_devices, wait_for
+from conftest import launch_processes, rewind, run_cli, cpu_devices, wait_for
 
 STEPS, EVERY = 9, 3
 HEARTBEAT_S = 10
@@ -71,18 +70,6 @@ def assert_same_params(a, b):
                  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))]
   print('max parameter difference:', max(differences))
   assert max(differences) < 1e-8
-
-
-def rewind(source: Path, destination: Path, step: int) -> Path:
-  """A copy of a workdir as it was at checkpoint ``step`` (later checkpoints and rows removed)."""
-  shutil.copytree(source, destination)
-  for later in checkpoint.finalized_steps(destination):
-    if later > step:
-      shutil.rmtree(destination / checkpoint.TRAIN_CHECKPOINTS / str(later))
-  rows = (destination / 'metrics.jsonl').read_text().splitlines()
-  (destination / 'metrics.jsonl').write_text(
-      ''.join(f'{row}\n' for row in rows if json.loads(row)['step'] <= step))
-  return destination
 
 
 def train_two_processes(data: Path, workdir: Path, log_dir: Path):

@@ -23,11 +23,14 @@ from bisenet_jax.bench.__main__ import main as bench_main
 from bisenet_jax.data.synthetic import draw_street_scene
 from bisenet_jax.export.__main__ import main as export_main
 from bisenet_jax.specs import NETWORKS
-from conftest import cpu_devices, launch_processes, run_cli, run_script, wait_for
+from conftest import cpu_devices, launch_processes, rewind, run_cli, run_script, wait_for
 
 pytestmark = pytest.mark.slow
 
 FAMILY = ['bisenetv2', 'fastscnn']
+# The tests of one network's trained workdir in one pytest-xdist worker (--dist loadgroup), so
+# that the module fixture trains once.
+BY_NETWORK = [pytest.param(name, marks=pytest.mark.xdist_group(name)) for name in FAMILY]
 STEPS, EVERY = 4, 2
 X64 = {'JAX_ENABLE_X64': '1'}
 
@@ -47,19 +50,6 @@ def config_flags(name: str, data: Path, **overrides) -> list[str]:
 def losses(workdir: Path) -> dict[int, float]:
   rows = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
   return {row['step']: row['loss'] for row in rows if 'loss' in row}
-
-
-def rewind(source: Path, destination: Path, step: int) -> Path:
-  """A copy of a workdir as it was at checkpoint ``step``."""
-  import shutil
-  shutil.copytree(source, destination)
-  for later in checkpoint.finalized_steps(destination):
-    if later > step:
-      shutil.rmtree(destination / checkpoint.TRAIN_CHECKPOINTS / str(later))
-  rows = (destination / 'metrics.jsonl').read_text().splitlines()
-  (destination / 'metrics.jsonl').write_text(
-      ''.join(f'{row}\n' for row in rows if json.loads(row)['step'] <= step))
-  return destination
 
 
 @pytest.mark.parametrize('name', FAMILY)
@@ -92,7 +82,7 @@ def test_two_processes_resume_with_every_option_exactly_like_one_uninterrupted_d
     assert difference < 1e-8, (ema, difference)
 
 
-@pytest.fixture(scope='module', params=FAMILY)
+@pytest.fixture(scope='module', params=BY_NETWORK)
 def trained(request, tmp_path_factory):
   """(network name, a float32 workdir after 2 demo steps with EMA, its data root)."""
   name = request.param
@@ -141,7 +131,7 @@ def test_export_onnx_and_stablehlo_then_score_and_run_the_file(trained, tmp_path
   name, workdir, data = trained
   # Two steps leave many near-tied logits, which int8 flips: the agreement bound is loosened
   # here (docs/models.md measures it on the demos' trained models).
-  for dtype in ('float32', 'int8'):
+  for dtype in ('float32', 'float16', 'int8'):
     export_main(['--checkpoint', str(workdir), '--format', 'onnx', '--outputs', 'labels',
                  '--with-preprocessing', '--input-size', '64x128', '--dtype', dtype,
                  '--calibration', str(data / 'leftImg8bit' / 'train'), '--min-agreement',
@@ -157,9 +147,10 @@ def test_export_onnx_and_stablehlo_then_score_and_run_the_file(trained, tmp_path
   # The file runs the network at 64x128, which is the size of every val image here.
   assert scores[str(tmp_path / 'float32.onnx')] == pytest.approx(scores[str(workdir)], abs=1e-4)
   image = next((data / 'leftImg8bit' / 'val').rglob('*.png'))
-  predict.main([str(image), '--checkpoint', str(tmp_path / 'int8.onnx'), '--output',
-                str(tmp_path / 'int8')])
-  assert (tmp_path / 'int8' / f'{image.stem}_mask.png').exists()
+  for dtype in ('float16', 'int8'):
+    predict.main([str(image), '--checkpoint', str(tmp_path / f'{dtype}.onnx'), '--output',
+                  str(tmp_path / dtype)])
+    assert (tmp_path / dtype / f'{image.stem}_mask.png').exists()
 
 
 def test_pth_round_trip_with_the_ema_loads_strictly_in_the_pytorch_model(trained, tmp_path):
@@ -217,3 +208,15 @@ def test_bench_infer_and_train(trained, tmp_path, capsys):
       ('jax', 'infer'), ('torch-eager', 'infer'), ('onnxruntime', 'infer'), ('jax', 'train')]
   assert all(r['arch'] == name and r['img_per_s'] > 0 for r in rows)
   assert rows[0]['gflops_per_image_analytic'] > 0
+
+
+def test_resuming_a_workdir_with_another_networks_config_is_one_line(trained, tmp_path):
+  name, workdir, data = trained
+  other = next(n for n in FAMILY if n != name)
+  before = sorted(p.name for p in (workdir / 'checkpoints').iterdir())
+  result = run_cli('train.py', '--workdir', str(workdir),
+                   *config_flags(other, data.parent, total_steps=4), env=cpu_devices(1))
+  assert result.returncode == 2, result.stderr[-3000:]
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and f'holds {name} (19 classes), this run trains {other}' in lines[0]
+  assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == before

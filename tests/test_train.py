@@ -15,7 +15,7 @@ import pytest
 
 from bisenet_jax import checkpoint, models
 from bisenet_jax.errors import UserError
-from bisenet_jax.specs import NETWORKS, SOURCE_KINDS, ModelSpec
+from bisenet_jax.specs import NETWORKS, SOURCE_KINDS, ModelSpec, ObjectiveSpec
 from bisenet_jax.train import config as config_lib
 from bisenet_jax.train import loop
 from conftest import ROOT, cpu_devices, run_cli
@@ -53,6 +53,17 @@ def test_every_config_loads_builds_and_is_locked(name, variant):
     config.batch_szie = 8  # A typo must fail, not add a key.
 
 
+@pytest.mark.parametrize('name', ['custom.py', 'voc.py', 'ade20k.py'])
+@pytest.mark.parametrize('network', sorted(NETWORKS))
+def test_the_dataset_configs_take_any_network_with_one_key(name, network):
+  """``--config.model.name`` alone switches the network: its heads get its reference losses."""
+  config = load_config_file(ROOT / 'configs' / name, None)
+  config.model.name = network
+  model = ModelSpec(network, config.model.num_classes or 5, config.model.stem)
+  objective = config_lib.objective_spec(config, model)
+  assert objective == ObjectiveSpec.reference(NETWORKS[network])
+
+
 def test_reference_recipe_values():
   config = config_lib.get_config('bisenetv1_r18')
   assert (config.batch_size, tuple(config.data.crop_size), config.total_steps) == (16, (1024, 1024),
@@ -61,6 +72,14 @@ def test_reference_recipe_values():
                                             warmup_steps=1000, warmup_ratio=0.1, momentum=0.9,
                                             weight_decay=5e-4)
   assert load_config_file(ROOT / 'configs' / 'r50.py', None).total_steps == 159_960
+  assert load_config_file(ROOT / 'configs' / 'bisenetv2.py', None).to_dict() == {
+      **config.to_dict(), 'model': {**config.model.to_dict(), 'name': 'bisenetv2'}}
+  fastscnn = load_config_file(ROOT / 'configs' / 'fastscnn.py', None)
+  assert (fastscnn.batch_size, tuple(fastscnn.data.crop_size), fastscnn.total_steps) == (
+      32, (512, 1024), 1750 * 93)
+  assert fastscnn.optimizer.to_dict() == dict(base_lr=0.12, min_lr=1e-4, power=0.9,
+                                              warmup_steps=0, warmup_ratio=0.1, momentum=0.9,
+                                              weight_decay=4e-5)
   with pytest.raises(UserError, match='variant'):
     config_lib.get_config('bisenetv1_r18', 'nope')
 

@@ -16,7 +16,19 @@ import jax
 from bisenet_jax.models import layers
 
 
-class FCNHead(layers.ConvNormModule):
+class _Head(layers.ConvNormModule):
+  """What every head ends with: Dropout2d, then the 1x1 classifier with a bias."""
+  num_classes: int = 19
+  dropout_rate: float = 0.1
+
+  def classify(self, x: jax.Array, index: int, train: bool) -> jax.Array:
+    """Dropout2d as child ``index``, the classifier as child ``index + 1``."""
+    x = layers.channel_dropout(self.dropout_rate, name=str(index))(x, deterministic=not train)
+    return self.conv(self.num_classes, 1, in_features=x.shape[-1], use_bias=True,
+                     name=str(index + 1))(x)
+
+
+class FCNHead(_Head):
   """``num_convs`` x (conv3x3 no bias, BN, ReLU), Dropout2d, conv1x1 with bias.
 
   sssegmentation's ``FCN`` decoder and its ``DefaultAuxiliaryDecoder``: conv i is child ``3i``
@@ -24,38 +36,28 @@ class FCNHead(layers.ConvNormModule):
   """
   features: int = 256
   num_convs: int = 1
-  num_classes: int = 19
-  dropout_rate: float = 0.1
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     for index in range(self.num_convs):
       x = self.conv_bn_relu(x, self.features, 3, names=(f'{3 * index}', f'{3 * index + 1}'),
                             train=train)
-    n = 3 * self.num_convs
-    x = layers.channel_dropout(self.dropout_rate, name=str(n))(x, deterministic=not train)
-    return self.conv(self.num_classes, 1, in_features=x.shape[-1], use_bias=True,
-                     name=str(n + 1))(x)
+    return self.classify(x, 3 * self.num_convs, train)
 
 
-class DepthwiseSeparableFCNHead(layers.ConvNormModule):
+class DepthwiseSeparableFCNHead(_Head):
   """``num_convs`` depthwise-separable 3x3 convs (BN and ReLU after each half), Dropout2d,
   conv1x1 with bias: sssegmentation's ``DepthwiseSeparableFCN`` decoder, children ``0`` ..
   ``n - 1``, the dropout ``n`` and the classifier ``n + 1``."""
   features: int = 128
   num_convs: int = 2
-  num_classes: int = 19
-  dropout_rate: float = 0.1
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     for index in range(self.num_convs):
       x = layers.DepthwiseSeparableConv(features=self.features, **self.dtypes,
                                         name=str(index))(x, train)
-    n = self.num_convs
-    x = layers.channel_dropout(self.dropout_rate, name=str(n))(x, deterministic=not train)
-    return self.conv(self.num_classes, 1, in_features=x.shape[-1], use_bias=True,
-                     name=str(n + 1))(x)
+    return self.classify(x, self.num_convs, train)
 
 
 class AuxiliaryDecoder(layers.ConvNormModule):
