@@ -9,7 +9,8 @@ import pytest
 
 from bisenet_jax.data import cityscapes
 from bisenet_jax.data.class_sets import ADE20K_CLASSES, CITYSCAPES_CLASSES, VOC_CLASSES
-from bisenet_jax.data.classes import ClassSet, default_palette, read_classes_file
+from bisenet_jax.data.classes import read_classes_file
+from bisenet_jax.specs import ClassSet, default_palette
 from bisenet_jax.errors import UserError
 from labelled_files import COLOURED_CLASSES, THREE_CLASSES
 

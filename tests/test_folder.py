@@ -10,7 +10,7 @@ import pytest
 
 from bisenet_jax.data import pipeline
 from bisenet_jax.data.class_sets import ADE20K_CLASSES, VOC_CLASSES
-from bisenet_jax.data.classes import ClassSet, default_palette
+from bisenet_jax.specs import ClassSet, default_palette
 from bisenet_jax.data.folder import Ade20kFolder, PascalVocFolder, SegmentationFolder
 from bisenet_jax.errors import UserError
 from labelled_files import (COLOURED_CLASSES, THREE_CLASSES, both, reference_labels, write_image,

@@ -3,9 +3,9 @@
 Sources: ``cityscapes`` (the label table and the official folder layout), ``folder`` (any
 labelled image set, with Pascal VOC and ADE20K layouts), ``tfds`` (a prepared TFDS Cityscapes),
 ``synthetic`` (the demo datasets) and ``sources`` (from a ``specs.DatasetSpec`` to its classes
-and splits). Their parts: ``images`` (reading image files), ``classes`` and ``class_sets``
-(class names and colours, ``classes.txt``), ``label_maps`` (mask values -> classes), ``masks``
-(mask files). Then ``transforms`` (the reference's train and test transforms),
+and splits). Their parts: ``images`` (reading image files), ``classes`` (``classes.txt``),
+``class_sets`` (the official datasets' class names and colours), ``label_maps`` (mask values ->
+classes), ``masks`` (mask files). Then ``transforms`` (the reference's train and test transforms),
 ``normalization`` (the reference's Normalize, on the host or the device) and ``pipeline``
 (grain batches).
 

@@ -1,7 +1,7 @@
 """The class sets of the datasets with official class lists: Cityscapes, Pascal VOC, ADE20K."""
 
 from bisenet_jax.data import cityscapes
-from bisenet_jax.data.classes import ClassSet
+from bisenet_jax.specs import ClassSet
 
 CITYSCAPES_CLASSES = ClassSet(cityscapes.CLASS_NAMES, cityscapes.PALETTE)
 

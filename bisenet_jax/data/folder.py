@@ -24,11 +24,12 @@ import numpy as np
 
 from bisenet_jax.data.cityscapes import IGNORE_LABEL
 from bisenet_jax.data.class_sets import ADE20K_CLASSES, VOC_CLASSES
-from bisenet_jax.data.classes import CLASSES_FILE, ClassSet, read_classes_file
+from bisenet_jax.data.classes import CLASSES_FILE, read_classes_file
 from bisenet_jax.data.images import IMAGE_SUFFIXES, image_size, read_image
 from bisenet_jax.data.label_maps import make_label_table
 from bisenet_jax.data.masks import read_mask
 from bisenet_jax.errors import UserError
+from bisenet_jax.specs import ClassSet
 
 
 class SegmentationFolder:

@@ -13,9 +13,10 @@ from pathlib import Path
 
 from bisenet_jax.data import cityscapes, folder
 from bisenet_jax.data.class_sets import ADE20K_CLASSES, CITYSCAPES_CLASSES, VOC_CLASSES
-from bisenet_jax.data.classes import CLASSES_FILE, ClassSet, read_classes_file
+from bisenet_jax.data.classes import CLASSES_FILE, read_classes_file
 from bisenet_jax.errors import UserError
-from bisenet_jax.specs import KINDS, RESIZE_TO, DataSpec, DatasetSpec, FolderLayout, Size
+from bisenet_jax.specs import (KINDS, RESIZE_TO, ClassSet, DataSpec, DatasetSpec, FolderLayout,
+                               Size)
 
 _PRESET_CLASSES = {'cityscapes': CITYSCAPES_CLASSES, 'voc': VOC_CLASSES, 'ade20k': ADE20K_CLASSES}
 CITYSCAPES = DatasetSpec('cityscapes', CITYSCAPES_CLASSES)

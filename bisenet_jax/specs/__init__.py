@@ -9,6 +9,7 @@ This package imports neither JAX nor Flax, so an exported model runs on ONNX Run
 same descriptions.
 """
 
+from bisenet_jax.specs.classes import MAX_CLASSES, ClassSet, default_palette
 from bisenet_jax.specs.data import (KINDS, LAYOUT_FIELDS, RESIZE_TO, SOURCE_KINDS, DataSpec,
                                     DatasetSpec, FolderLayout)
 from bisenet_jax.specs.inference import MODES, InferenceSpec
@@ -16,8 +17,8 @@ from bisenet_jax.specs.model import DTYPES, HEAD_NAMES, NETWORKS, ModelSpec, Net
 from bisenet_jax.specs.sizes import SIZE_FORMAT, Size, check_size, format_size, parse_size
 from bisenet_jax.specs.training import LossScaleSpec, ObjectiveSpec, OptimizerSpec, TrainSpec
 
-__all__ = ['DTYPES', 'HEAD_NAMES', 'KINDS', 'LAYOUT_FIELDS', 'MODES', 'NETWORKS', 'RESIZE_TO',
-           'SIZE_FORMAT', 'SOURCE_KINDS', 'DataSpec', 'DatasetSpec', 'FolderLayout',
-           'InferenceSpec', 'LossScaleSpec', 'ModelSpec', 'Network', 'ObjectiveSpec',
-           'OptimizerSpec', 'Size', 'TrainSpec', 'check_size', 'format_size', 'network',
-           'parse_size']
+__all__ = ['DTYPES', 'HEAD_NAMES', 'KINDS', 'LAYOUT_FIELDS', 'MAX_CLASSES', 'MODES', 'NETWORKS',
+           'RESIZE_TO', 'SIZE_FORMAT', 'SOURCE_KINDS', 'ClassSet', 'DataSpec', 'DatasetSpec',
+           'FolderLayout', 'InferenceSpec', 'LossScaleSpec', 'ModelSpec', 'Network',
+           'ObjectiveSpec', 'OptimizerSpec', 'Size', 'TrainSpec', 'check_size', 'default_palette',
+           'format_size', 'network', 'parse_size']

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from bisenet_jax.data.classes import ClassSet
 from bisenet_jax.errors import UserError
+from bisenet_jax.specs.classes import ClassSet
 from bisenet_jax.specs.sizes import Size
 
 KINDS = ('cityscapes', 'folder', 'voc', 'ade20k')

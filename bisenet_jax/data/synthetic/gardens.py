@@ -14,7 +14,8 @@ import numpy as np
 
 from bisenet_jax.data import masks
 from bisenet_jax.data.cityscapes import IGNORE_LABEL
-from bisenet_jax.data.classes import CLASSES_FILE, ClassSet
+from bisenet_jax.data.classes import CLASSES_FILE
+from bisenet_jax.specs import ClassSet
 from bisenet_jax.data.synthetic import cache
 from bisenet_jax.data.synthetic.canvas import Canvas, add_texture
 
