@@ -171,7 +171,9 @@ def checkpoint_evaluation(args: argparse.Namespace, spec: InferenceSpec) -> Eval
   from bisenet_jax import checkpoint, models, parallel
   from bisenet_jax.eval import evaluator
   parallel.setup(args.distributed)
-  model_spec, variables, recorded = checkpoint.load_model(args.checkpoint, args.ema)
+  opened = checkpoint.open_checkpoint(args.checkpoint)
+  model_spec, variables, recorded = checkpoint.load_model(opened, args.ema)
+  ema = args.ema is not False and checkpoint.has_ema(opened)
   dataset = cli.dataset_spec(args, recorded, root=args.data_root)
   cli.check_classes(args.checkpoint, model_spec.num_classes, dataset)
   source = sources.open_split(dataset, args.data_root, args.split)
@@ -186,7 +188,7 @@ def checkpoint_evaluation(args: argparse.Namespace, spec: InferenceSpec) -> Eval
                                 progress=sys.stderr.isatty())  # No bar in logs.
 
   where = f'{args.batch_size} image(s) per device on {mesh.size} device(s)'
-  if args.ema is not False and checkpoint.has_ema(args.checkpoint):
+  if ema:
     where = f'EMA weights, {where}'
   return Evaluation(dataset, spec, dataset.resize_to,
                     describe_protocol(spec, dataset, dataset.resize_to, args.split, where), run,

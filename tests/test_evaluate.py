@@ -369,3 +369,22 @@ def test_bad_input_is_a_one_line_error_and_writes_nothing(setup, tmp_path, capsy
   assert len(stderr.strip().splitlines()) == 1 and stderr.startswith('error: '), stderr
   assert expected in stderr
   assert not output.exists() and not list(tmp_path.glob('out/*'))
+
+
+def test_a_pth_is_read_once(setup, one_device, tmp_path, capsys, monkeypatch):
+  """Unpickling a training checkpoint takes seconds: recognising the network, finding its EMA and
+  reading its weights all use one ``torch.load``."""
+  state = setup['model'].state_dict()
+  torch.save({'model': state, 'model_ema': state}, tmp_path / 'with_ema.pth')
+  loads = []
+  load = torch.load
+  monkeypatch.setattr(torch, 'load', lambda *args, **kwargs: loads.append(args) or load(
+      *args, **kwargs))
+  evaluate.main(['--checkpoint', str(tmp_path / 'with_ema.pth'), '--data-root',
+                 str(setup['root']), '--resize-to', f'{HEIGHT}x{WIDTH}', '--output',
+                 str(tmp_path / 'results.json')])
+  assert len(loads) == 1
+  assert 'EMA weights' in capsys.readouterr().out
+  results, _, _ = one_device
+  np.testing.assert_array_equal(json.loads((tmp_path / 'results.json').read_text())['confusion'],
+                                results['confusion'])
