@@ -149,8 +149,8 @@ def describe_protocol(spec: InferenceSpec, dataset: DatasetSpec, resize_to, spli
 
 @dataclasses.dataclass(frozen=True)
 class Evaluation:
-  """What a run evaluates, ready to go: ``run(on_batch)`` returns the scores. Process
-  ``process_index`` 0 of the ``process_count`` that share the work reports them."""
+  """What a run evaluates, ready to go: ``run(on_batch)`` returns the scores. This process is
+  ``process_index`` of the ``process_count`` sharing the work; process 0 reports."""
   dataset: DatasetSpec
   spec: InferenceSpec
   resize_to: tuple[int, int] | None  # None: each image as it was read.
@@ -166,7 +166,7 @@ def is_exported(path: str) -> bool:
 
 def checkpoint_evaluation(args: argparse.Namespace, spec: InferenceSpec) -> Evaluation:
   """A JAX checkpoint, sharded over every device of every process."""
-  import jax
+  import jax  # Here, not above: an exported file is evaluated without JAX.
 
   from bisenet_jax import checkpoint, models, parallel
   from bisenet_jax.eval import evaluator
