@@ -123,10 +123,25 @@ def restore_model(path: str | os.PathLike, ema: bool | None = None) -> tuple[Mod
   return ModelSpec.from_checkpoint_config(dict(restored[MODEL_CONFIG])), dict(restored[item])
 
 
+def is_torch_file(path: str | os.PathLike) -> bool:
+  """An official (PyTorch) checkpoint, as opposed to an orbax folder."""
+  return Path(path).suffix in ('.pth', '.pt')
+
+
+def open_checkpoint(path: str | os.PathLike) -> str | os.PathLike:
+  """``path``, ready for several of this module's readers: a ``.pth`` is unpickled here, once
+  (``torch_files.OpenedFile``, a path-like that carries its contents), rather than by each of
+  ``load_model``, ``has_ema`` and their helpers; a checkpoint folder stays its path."""
+  if not is_torch_file(path):
+    return path
+  from bisenet_jax.interop import torch_files  # Imports torch when reading.
+  return torch_files.open_file(path)
+
+
 def has_ema(path: str | os.PathLike) -> bool:
-  """Whether a checkpoint (``.pth``, model checkpoint or training workdir) keeps an EMA of its
-  variables."""
-  if Path(path).suffix in ('.pth', '.pt'):
+  """Whether a checkpoint (``.pth``, model checkpoint, training workdir or ``open_checkpoint``'s
+  result) keeps an EMA of its variables."""
+  if is_torch_file(path):
     from bisenet_jax.interop import torch_files
     return torch_files.has_entry(path, 'model_ema')
   return (resolve_model_checkpoint(path) / EMA).is_dir()
@@ -155,17 +170,18 @@ def load_model(path: str | os.PathLike, ema: bool | None = None
   """``(model spec, variables, dataset)`` from an official ``.pth`` or any model checkpoint.
 
   Args:
-    path: an sssegmentation ``.pth`` (converted in memory; needs torch), a folder written by
-      ``convert/ssseg_to_flax.py``, a training step folder or a training workdir.
+    path: an sssegmentation ``.pth`` (converted in memory; needs torch; read once), a folder
+      written by ``convert/ssseg_to_flax.py``, a training step folder or a training workdir, or
+      ``open_checkpoint``'s result for any of them.
     ema: True loads the EMA of the variables (``model_ema`` of a ``.pth``), False the
       variables, None the EMA when there is one.
 
   Returns:
     The model, its variables, and the dataset it records (``read_dataset``).
   """
-  if Path(path).suffix in ('.pth', '.pt'):
+  if is_torch_file(path):
     from bisenet_jax.interop import ssseg  # Imports torch: only when a .pth is given.
-    spec, variables = ssseg.load_official_checkpoint(path, ema=ema)
+    spec, variables = ssseg.load_official_checkpoint(open_checkpoint(path), ema=ema)
   else:
     spec, variables = restore_model(path, ema)
   return spec, variables, read_dataset(path, spec.num_classes)
@@ -188,7 +204,7 @@ def read_dataset(path: str | os.PathLike, num_classes: int) -> DatasetSpec | Non
   An official ``.pth``, or a checkpoint that predates the ``dataset`` item, records none: with
   19 classes it is a Cityscapes model, otherwise its classes are unknown.
   """
-  if Path(path).suffix not in ('.pth', '.pt'):
+  if not is_torch_file(path):
     directory = resolve_model_checkpoint(path)
     if (directory / DATASET).exists():
       return DatasetSpec.from_json(dict(read_json(directory, DATASET)))

@@ -11,7 +11,8 @@ to sliding windows, test-time augmentation or a fixed input size. The checkpoint
 official ``.pth`` (converted in memory; needs torch), a folder written by
 ``convert/ssseg_to_flax.py`` or a training workdir; the architecture comes from the checkpoint.
 An ``.onnx`` from ``python -m bisenet_jax.export --outputs labels`` runs on ONNX Runtime with the
-same split, table and JSON (each whole image once, at the file's input size).
+same split, table and JSON (each whole image once, at the file's input size), in one process
+and without JAX: this module imports JAX only to evaluate a checkpoint.
 
 The split is sharded over every device (``--batch-size`` images per device per step). With
 ``--output`` the scores go to a JSON file, written only once evaluation has succeeded.
@@ -31,13 +32,12 @@ from pathlib import Path
 from typing import Callable
 
 import cv2
-import jax
 import numpy as np
 
-from bisenet_jax import checkpoint, cli, models, parallel
+from bisenet_jax import cli
 from bisenet_jax.data import cityscapes, masks, sources
 from bisenet_jax.errors import UserError
-from bisenet_jax.eval import evaluator, metrics
+from bisenet_jax.eval import host, metrics
 from bisenet_jax.files import write_atomically
 from bisenet_jax.specs import DatasetSpec, InferenceSpec, format_size
 
@@ -77,16 +77,19 @@ def prediction_writer(directory: Path, dataset: DatasetSpec
 
 
 class SteadyThroughput:
-  """An ``on_batch`` hook timing every batch after the first, i.e. without compilation."""
+  """An ``on_batch`` hook timing every batch after the first, i.e. without compilation.
 
-  def __init__(self):
-    self.first_done, self.images = None, 0
+  ``process_count``: the processes of the run, each predicting as many images per batch.
+  """
+
+  def __init__(self, process_count: int):
+    self.process_count, self.first_done, self.images = process_count, None, 0
 
   def __call__(self, batch: dict, predictions: np.ndarray) -> None:
     if self.first_done is None:
       self.first_done = time.perf_counter()
     else:
-      self.images += len(predictions) * jax.process_count()
+      self.images += len(predictions) * self.process_count
 
   def images_per_second(self) -> float | None:
     """None when there was a single batch (nothing to time after the compilation)."""
@@ -146,12 +149,15 @@ def describe_protocol(spec: InferenceSpec, dataset: DatasetSpec, resize_to, spli
 
 @dataclasses.dataclass(frozen=True)
 class Evaluation:
-  """What a run evaluates, ready to go: ``run(on_batch)`` returns the scores."""
+  """What a run evaluates, ready to go: ``run(on_batch)`` returns the scores. This process is
+  ``process_index`` of the ``process_count`` sharing the work; process 0 reports."""
   dataset: DatasetSpec
   spec: InferenceSpec
   resize_to: tuple[int, int] | None  # None: each image as it was read.
   protocol: str
   run: Callable[[Callable], dict]
+  process_index: int = 0
+  process_count: int = 1
 
 
 def is_exported(path: str) -> bool:
@@ -160,7 +166,14 @@ def is_exported(path: str) -> bool:
 
 def checkpoint_evaluation(args: argparse.Namespace, spec: InferenceSpec) -> Evaluation:
   """A JAX checkpoint, sharded over every device of every process."""
-  model_spec, variables, recorded = checkpoint.load_model(args.checkpoint, args.ema)
+  import jax  # Here, not above: an exported file is evaluated without JAX.
+
+  from bisenet_jax import checkpoint, models, parallel
+  from bisenet_jax.eval import evaluator
+  parallel.setup(args.distributed)
+  opened = checkpoint.open_checkpoint(args.checkpoint)
+  model_spec, variables, recorded = checkpoint.load_model(opened, args.ema)
+  ema = args.ema is not False and checkpoint.has_ema(opened)
   dataset = cli.dataset_spec(args, recorded, root=args.data_root)
   cli.check_classes(args.checkpoint, model_spec.num_classes, dataset)
   source = sources.open_split(dataset, args.data_root, args.split)
@@ -175,32 +188,31 @@ def checkpoint_evaluation(args: argparse.Namespace, spec: InferenceSpec) -> Eval
                                 progress=sys.stderr.isatty())  # No bar in logs.
 
   where = f'{args.batch_size} image(s) per device on {mesh.size} device(s)'
-  if args.ema is not False and checkpoint.has_ema(args.checkpoint):
+  if ema:
     where = f'EMA weights, {where}'
   return Evaluation(dataset, spec, dataset.resize_to,
-                    describe_protocol(spec, dataset, dataset.resize_to, args.split, where), run)
+                    describe_protocol(spec, dataset, dataset.resize_to, args.split, where), run,
+                    jax.process_index(), jax.process_count())
 
 
 def exported_evaluation(args: argparse.Namespace, spec: InferenceSpec) -> Evaluation:
-  """An exported ``.onnx`` on ONNX Runtime: each whole image once, at the file's input size."""
+  """An exported ``.onnx`` on ONNX Runtime: each whole image once, at the file's input size, in
+  this one process (JAX, which connects processes, is not imported)."""
+  if args.distributed == 'yes':
+    raise UserError('an exported file is evaluated in one process, on ONNX Runtime: drop '
+                    '--distributed yes')
   segmenter, dataset = cli.open_exported(args, spec, root=args.data_root,
                                          use='evaluate the checkpoint it came from')
   source = sources.open_split(dataset, args.data_root, args.split)
   spec = dataclasses.replace(spec, input_size=segmenter.interface.input_size)
 
   def run(on_batch):
-    return evaluator.evaluate_exported(segmenter, source, batch_size=args.batch_size,
-                                       on_batch=on_batch, progress=sys.stderr.isatty())
+    return host.evaluate_exported(segmenter, source, batch_size=args.batch_size,
+                                  on_batch=on_batch, progress=sys.stderr.isatty())
 
   where = f'{segmenter.interface.dtype} ONNX Runtime, {args.batch_size} image(s) per batch'
   return Evaluation(dataset, spec, None, describe_protocol(spec, dataset, None, args.split, where),
                     run)
-
-
-def _say(*args) -> None:
-  """Prints on process 0: one report per run."""
-  if jax.process_index() == 0:
-    print(*args)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -233,13 +245,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 @cli.user_errors_exit
 def main(argv=None) -> dict:
   args = parse_args(argv)
-  parallel.setup(args.distributed)
   spec = cli.inference_spec(args)
   output = _prepare_output(args.output)
   evaluation = (exported_evaluation if is_exported(args.checkpoint)
                 else checkpoint_evaluation)(args, spec)
-  _say(evaluation.protocol)
-  throughput = SteadyThroughput()
+  reporting = evaluation.process_index == 0  # One report, and one file, per run.
+  say = print if reporting else lambda *_: None
+  say(evaluation.protocol)
+  throughput = SteadyThroughput(evaluation.process_count)
   hooks = [throughput]
   if args.save_predictions:
     hooks.append(prediction_writer(Path(args.save_predictions), evaluation.dataset))
@@ -249,16 +262,16 @@ def main(argv=None) -> dict:
       hook(batch, labels)
 
   scores = evaluation.run(on_batch)
-  _say(metrics.format_table(scores, evaluation.dataset.classes.names))
-  _say(_timing_line(scores, throughput.images_per_second()))
-  if output is not None and jax.process_index() == 0:  # One file, even on a shared disk.
+  say(metrics.format_table(scores, evaluation.dataset.classes.names))
+  say(_timing_line(scores, throughput.images_per_second()))
+  if output is not None and reporting:
     record = results_record(scores, args, evaluation.spec, evaluation.dataset,
                             evaluation.resize_to)
     write_atomically(output, json.dumps(record, indent=2) + '\n',
                      remedy='choose a writable --output')
-    _say(f'wrote {output}')
+    say(f'wrote {output}')
   if args.save_predictions:
-    _say(f'wrote {scores["images"]} prediction(s) to {args.save_predictions}')
+    say(f'wrote {scores["images"]} prediction(s) to {args.save_predictions}')
   return scores
 
 

@@ -11,9 +11,13 @@ line.
 
 import copy
 import json
+import subprocess
+import sys
+import textwrap
 
 import cv2
 import numpy as np
+import onnx
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,9 +25,11 @@ from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as cs_ev
 from cityscapesscripts.helpers.labels import id2label, trainId2label
 
 from bisenet_jax import evaluate
+from bisenet_jax.data import sources
 from bisenet_jax.data.synthetic import draw_street_scene
 from bisenet_jax.bench.torch_models import bisenetv1 as torch_model
-from conftest import launch_processes, run_cli, wait_for
+from bisenet_jax.export import DATASET_KEY, INTERFACE_KEY, Interface
+from conftest import ROOT, launch_processes, run_cli, wait_for
 import torch_support
 
 K = 19
@@ -237,6 +243,84 @@ def test_an_exported_file_scores_what_its_checkpoint_scores(setup, one_device, t
   assert 'an exported file runs each whole image once' in capsys.readouterr().err
 
 
+# Each pixel's red value // RED_STEP: a stand-in model whose labels are known without running one.
+RED_STEP = 14  # 255 // 14 = 18, the last trainId.
+
+
+def write_red_channel_model(path):
+  """An ``.onnx`` with the interface and metadata of an exported ``--outputs labels
+  --with-preprocessing --layout nhwc`` file, whose graph labels each pixel red // RED_STEP."""
+  from onnx import TensorProto, helper
+  nodes = [
+      helper.make_node('Gather', ['images', 'red_index'], ['red'], axis=3),
+      helper.make_node('Cast', ['red'], ['red_int'], to=TensorProto.INT32),
+      helper.make_node('Div', ['red_int', 'step'], ['class_id']),
+      helper.make_node('Cast', ['class_id'], ['labels'], to=TensorProto.UINT8)]
+  graph = helper.make_graph(
+      nodes, 'red_channel',
+      [helper.make_tensor_value_info('images', TensorProto.UINT8, ['N', 'H', 'W', 3])],
+      [helper.make_tensor_value_info('labels', TensorProto.UINT8, ['N', 'H', 'W'])],
+      initializer=[helper.make_tensor('red_index', TensorProto.INT64, [], [0]),
+                   helper.make_tensor('step', TensorProto.INT32, [], [RED_STEP])])
+  model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 18)])
+  interface = Interface(HEIGHT, WIDTH, K, layout='nhwc', outputs='labels', preprocessing=True,
+                        any_input_size=True)
+  helper.set_model_props(model, {INTERFACE_KEY: interface.to_json(),
+                                 DATASET_KEY: json.dumps(sources.CITYSCAPES.to_json())})
+  onnx.checker.check_model(model)
+  onnx.save(model, str(path))
+  return path
+
+
+# JAX, Flax and orbax cannot be imported in this process: evaluating an exported file must not
+# need them.
+WITHOUT_JAX = textwrap.dedent('''
+    import sys
+    for name in ('jax', 'jaxlib', 'flax', 'orbax', 'orbax.checkpoint'):
+      sys.modules[name] = None
+    from bisenet_jax import evaluate
+    evaluate.main(sys.argv[1:])
+    assert not [m for m in sys.modules if m.split('.')[0] in ('jax', 'flax', 'orbax')
+                and sys.modules[m] is not None]
+''')
+
+
+def test_an_exported_file_is_scored_without_jax_as_with_it(setup, tmp_path, capsys):
+  model = write_red_channel_model(tmp_path / 'red.onnx')
+  flags = ['--checkpoint', str(model), '--data-root', str(setup['root'])]
+  result = subprocess.run(
+      [sys.executable, '-c', WITHOUT_JAX, *flags, '--output', str(tmp_path / 'no_jax.json'),
+       '--save-predictions', str(tmp_path / 'predictions'), '--batch-size', '2'],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert 'float32 ONNX Runtime' in result.stdout
+  without_jax = json.loads((tmp_path / 'no_jax.json').read_text())
+
+  # The predictions are the red channel's, and score what NumPy scores them.
+  red = np.stack([cv2.imread(str(f), cv2.IMREAD_COLOR)[..., 2] for f in setup['image_files']])
+  want = red // RED_STEP
+  assert len(np.unique(want)) >= 5
+  np.testing.assert_array_equal(read_predictions(tmp_path / 'predictions', setup['gt_files']),
+                                want)
+  label_ids = np.stack([cv2.imread(str(f), cv2.IMREAD_UNCHANGED) for f in setup['gt_files']])
+  want_iou = numpy_iou(want, label_ids)
+  np.testing.assert_array_equal(np.isnan(iou_array(without_jax)), np.isnan(want_iou))
+  np.testing.assert_allclose(iou_array(without_jax), want_iou, rtol=1e-12)
+
+  # The same run where JAX can be imported (it is, in this process) gives the same JSON; batches
+  # of 2 (the last one padded) count what batches of 1 count.
+  evaluate.main([*flags, '--output', str(tmp_path / 'with_jax.json')])
+  with_jax = json.loads((tmp_path / 'with_jax.json').read_text())
+  assert {**without_jax, 'seconds': 0} == {**with_jax, 'seconds': 0}
+
+  # Processes are connected through JAX: an exported file is evaluated in one.
+  capsys.readouterr()
+  with pytest.raises(SystemExit) as exit_info:
+    evaluate.main([*flags, '--distributed', 'yes'])
+  assert exit_info.value.code == 2
+  assert 'drop --distributed yes' in capsys.readouterr().err
+
+
 def _garbage_image(root):
   """An undecodable first image (so the error comes before any compilation)."""
   first_image, _ = write_fake_cityscapes(root)[0]
@@ -285,3 +369,22 @@ def test_bad_input_is_a_one_line_error_and_writes_nothing(setup, tmp_path, capsy
   assert len(stderr.strip().splitlines()) == 1 and stderr.startswith('error: '), stderr
   assert expected in stderr
   assert not output.exists() and not list(tmp_path.glob('out/*'))
+
+
+def test_a_pth_is_read_once(setup, one_device, tmp_path, capsys, monkeypatch):
+  """Unpickling a training checkpoint takes seconds: recognising the network, finding its EMA and
+  reading its weights all use one ``torch.load``."""
+  state = setup['model'].state_dict()
+  torch.save({'model': state, 'model_ema': state}, tmp_path / 'with_ema.pth')
+  loads = []
+  load = torch.load
+  monkeypatch.setattr(torch, 'load', lambda *args, **kwargs: loads.append(args) or load(
+      *args, **kwargs))
+  evaluate.main(['--checkpoint', str(tmp_path / 'with_ema.pth'), '--data-root',
+                 str(setup['root']), '--resize-to', f'{HEIGHT}x{WIDTH}', '--output',
+                 str(tmp_path / 'results.json')])
+  assert len(loads) == 1
+  assert 'EMA weights' in capsys.readouterr().out
+  results, _, _ = one_device
+  np.testing.assert_array_equal(json.loads((tmp_path / 'results.json').read_text())['confusion'],
+                                results['confusion'])

@@ -3,23 +3,22 @@
 Each process reads its own share of the split (``pipeline.EvalBatches``: batches of one image
 size, the same sizes in the same order in every process), batches are sharded over the mesh's
 data axis, and each batch's confusion matrix is one global reduction; the host sums them in
-int64. Rows added to fill a batch are masked, so every image counts exactly once.
+int64 (``host.accumulate``). Rows added to fill a batch are masked, so every image counts
+exactly once.
 """
 
 from __future__ import annotations
 
 import functools
-import time
 from typing import Callable, Sequence
 
 import jax
 import numpy as np
-from tqdm import tqdm
 
 from bisenet_jax import parallel
 from bisenet_jax.data import pipeline
 from bisenet_jax.data.normalization import normalize_on_device
-from bisenet_jax.eval import inference, metrics
+from bisenet_jax.eval import host, inference, metrics
 from bisenet_jax.specs import InferenceSpec
 
 
@@ -69,42 +68,6 @@ def evaluate(model, variables, source, *, mesh, resize_to: Sequence[int],
     counts = count_fn(predictions, inputs['label'], valid=inputs['valid'])
     return parallel.local_rows(predictions)[batch['valid']], counts
 
-  return _accumulate(batches, predict_and_count, model.num_classes, len(source), progress,
-                     on_batch)
-
-
-def evaluate_exported(segmenter, source, *, batch_size: int = 1, progress: bool = True,
-                      on_batch: Callable[[dict, np.ndarray], None] | None = None) -> dict:
-  """``evaluate`` for an exported ``.onnx`` on ONNX Runtime (``onnx_runtime.OnnxSegmenter``).
-
-  Each image goes to the file as it was read: the file resizes it to its own input size and its
-  labels back (``Interface.any_input_size``), so the recipe's test resize (a no-op for
-  Cityscapes frames) does not apply. One process, on the host.
-  """
-  num_classes = segmenter.interface.num_classes
-  count_fn = jax.jit(functools.partial(metrics.confusion_matrix, num_classes=num_classes))
-  batches = pipeline.EvalBatches(source, batch_size=batch_size, resize_to=None)
-
-  def predict_and_count(batch):
-    predictions = segmenter.labels(batch['image'])
-    return predictions[batch['valid']], count_fn(predictions, batch['label'], valid=batch['valid'])
-
-  return _accumulate(batches, predict_and_count, num_classes, len(source), progress, on_batch)
-
-
-def _accumulate(batches, predict_and_count, num_classes: int, images: int, progress: bool,
-                on_batch) -> dict:
-  """Sums the batches' confusion matrices (int64, on the host) and times the split."""
-  total = np.zeros((num_classes, num_classes), np.int64)
-  start, seen = time.perf_counter(), 0
-  bar = tqdm(batches, unit='batch', desc='eval', leave=False,
-             disable=not progress or jax.process_index() != 0)
-  for batch in bar:
-    predictions, counts = predict_and_count(batch)
-    total += np.asarray(counts, np.int64)
-    seen += int(batch['valid'].sum()) * jax.process_count()
-    bar.set_postfix_str(f'{seen / (time.perf_counter() - start):.2f} img/s')
-    if on_batch is not None:
-      on_batch(batch, predictions)
-  return {**metrics.segmentation_scores(total), 'confusion': total, 'images': images,
-          'seconds': time.perf_counter() - start}
+  return host.accumulate(batches, predict_and_count, model.num_classes, len(source),
+                         progress=progress, on_batch=on_batch, process_index=jax.process_index(),
+                         process_count=jax.process_count())

@@ -1,7 +1,9 @@
 """Confusion matrix -> per-class IoU, mIoU and pixel accuracy, computed as the reference does.
 
 Counting happens on device, one batch at a time (``confusion_matrix``, jit-able, works on a
-sharded batch); the totals and scores live on the host in 64-bit (``segmentation_scores``).
+sharded batch), or on the host for predictions already there (``host_confusion_matrix``, NumPy:
+an exported model's); the totals and scores live on the host in 64-bit (``segmentation_scores``).
+Only ``confusion_matrix`` imports JAX, when called: evaluating an exported file runs without it.
 docs/reference.md §6, per class c over the whole split: intersect_c = #(pred = c and gt = c),
 union_c = #(pred = c) + #(gt = c) - intersect_c, IoU_c = intersect_c / union_c, and mIoU is the
 mean over the classes whose IoU is defined (a class absent from both predictions and labels
@@ -11,11 +13,12 @@ positives, as in sssegmentation and the official cityscapesscripts evaluation.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
+
+if TYPE_CHECKING:
+  import jax
 
 
 def confusion_matrix(pred: jax.Array, label: jax.Array, num_classes: int = 19,
@@ -43,15 +46,32 @@ def confusion_matrix(pred: jax.Array, label: jax.Array, num_classes: int = 19,
   Returns:
     int32[K, K]: entry [g, p] counts pixels with ground truth g predicted as p (rows = truth).
   """
-  label = label.astype(jnp.int32)
-  keep = (label != ignore_label) & (label >= 0) & (label < num_classes)
-  if valid is not None:
-    keep &= jnp.reshape(valid, (-1,) + (1,) * (label.ndim - 1))
+  import jax
+  import jax.numpy as jnp
+  index = _bin_index(jnp, pred, label, num_classes, ignore_label, valid)
   bins = num_classes * num_classes
-  index = jnp.where(keep, label * num_classes + pred.astype(jnp.int32), bins)
   per_image = jax.vmap(lambda image: jnp.bincount(image, length=bins))
   counts = per_image(index.reshape(index.shape[0], -1)).sum(axis=0)
   return counts.reshape(num_classes, num_classes)
+
+
+def host_confusion_matrix(pred: np.ndarray, label: np.ndarray, num_classes: int = 19,
+                          ignore_label: int = 255, valid: np.ndarray | None = None
+                          ) -> np.ndarray:
+  """``confusion_matrix`` (same arguments and counts) in NumPy, as int64 [K, K]."""
+  bins = num_classes * num_classes
+  index = _bin_index(np, pred, label, num_classes, ignore_label, valid)
+  return np.bincount(index.ravel(), minlength=bins + 1)[:bins].reshape(num_classes, num_classes)
+
+
+def _bin_index(xp, pred, label, num_classes: int, ignore_label: int, valid):
+  """``label * K + pred`` per pixel, K*K where the pixel is not counted; ``xp``: jax.numpy or
+  numpy, whichever holds the arrays."""
+  label = label.astype(xp.int32)
+  keep = (label != ignore_label) & (label >= 0) & (label < num_classes)
+  if valid is not None:
+    keep = keep & xp.reshape(valid, (-1,) + (1,) * (label.ndim - 1))
+  return xp.where(keep, label * num_classes + pred.astype(xp.int32), num_classes * num_classes)
 
 
 def segmentation_scores(confusion: np.ndarray) -> dict:

@@ -1,7 +1,13 @@
-"""Reading and writing PyTorch ``.pth`` files as dicts of NumPy arrays (torch imported lazily)."""
+"""Reading and writing PyTorch ``.pth`` files as dicts of NumPy arrays (torch imported lazily).
+
+Unpickling a training checkpoint takes seconds (its optimizer state included), so a caller that
+asks several questions of one file opens it once (``open_file``) and passes the ``OpenedFile``
+where a path goes: every reader here takes either.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Mapping
@@ -21,6 +27,31 @@ def _torch():
   return torch
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class OpenedFile(os.PathLike):
+  """A ``.pth`` read once: its path (what ``os.fspath`` and ``str`` give, e.g. for ``Path`` or
+  messages) and what ``torch.load`` returned."""
+  path: Path
+  contents: object = dataclasses.field(repr=False)
+
+  def __fspath__(self) -> str:
+    return os.fspath(self.path)
+
+  def __str__(self) -> str:
+    return str(self.path)
+
+
+def open_file(path: str | os.PathLike) -> OpenedFile:
+  """Reads a ``.pth`` (an ``OpenedFile`` is returned as it is)."""
+  if isinstance(path, OpenedFile):
+    return path
+  return OpenedFile(Path(path), _load(Path(path)))
+
+
+def _contents(path: str | os.PathLike):
+  return path.contents if isinstance(path, OpenedFile) else _load(Path(path))
+
+
 def _load(path: Path):
   torch = _torch()
   if not path.is_file():
@@ -33,21 +64,23 @@ def _load(path: Path):
 
 
 def has_entry(path: str | os.PathLike, entry: str) -> bool:
-  """Whether a ``.pth`` holds a top-level ``entry`` (e.g. sssegmentation's ``model_ema``)."""
-  obj = _load(Path(path))
+  """Whether a ``.pth`` (or ``OpenedFile``) holds a top-level ``entry`` (e.g. sssegmentation's
+  ``model_ema``)."""
+  obj = _contents(path)
   return isinstance(obj, Mapping) and isinstance(obj.get(entry), Mapping)
 
 
 def read_state_dict(path: str | os.PathLike, entry: str | None = None) -> dict[str, np.ndarray]:
-  """Loads a state dict from a ``.pth``: a bare one, or under ``model`` / ``state_dict``, or
-  under ``entry`` when given (e.g. ``model_ema``, which sssegmentation's EMA writes).
+  """Loads a state dict from a ``.pth`` (or ``OpenedFile``): a bare one, or under ``model`` /
+  ``state_dict``, or under ``entry`` when given (e.g. ``model_ema``, which sssegmentation's EMA
+  writes).
 
   A ``module.`` prefix (DataParallel / DDP) is removed. Other top-level entries of a training
   checkpoint (``optimizer``, ``cur_epoch``, ...) are ignored. Tensors become NumPy arrays.
   """
   torch = _torch()
+  obj = _contents(path)
   path = Path(path)
-  obj = _load(path)
   if entry is not None:
     if not (isinstance(obj, Mapping) and isinstance(obj.get(entry), Mapping)):
       raise UserError(f'{path} has no {entry!r} entry (it was trained without EMA): drop --ema')
