@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fractions
 import math
 import os
 import queue
@@ -135,48 +136,35 @@ def _opened(capture: cv2.VideoCapture, name: str, description: str, *, live: boo
                      None if live or count <= 0 else count)
 
 
-class VideoFile:
-  """An .mp4 written with OpenCV, under a temporary name until it is installed.
+class _StagedVideo:
+  """A video written under a temporary name, renamed into place only when complete.
 
   ``close(keep)`` finishes it; several files that belong together are finished with ``finish``
   (all of them), then ``install``-ed, and ``discard`` removes whatever was not installed.
   """
 
-  def __init__(self, path: Path, fps: float, size: tuple[int, int]):
+  def __init__(self, path: Path):
     self.path = path
     self.temporary = path.with_name(f'.{path.stem}.{os.getpid()}.tmp{path.suffix}')
-    self.writer = cv2.VideoWriter(str(self.temporary), cv2.VideoWriter_fourcc(*FOURCC), fps,
-                                  (size[1], size[0]))
-    if not self.writer.isOpened():
-      self.discard()  # A name the file system refuses was never created.
-      raise UserError(f'OpenCV cannot write the video {path} ({FOURCC} in .mp4): check that '
-                      'the folder is writable and the name ends in .mp4')
     self.frames = 0
-
-  def write(self, rgb: np.ndarray) -> None:
-    # OpenCV 5 says when the encoder could not write a frame (a full disk); OpenCV 4 returns
-    # None and only the check in ``install`` notices.
-    if self.writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)) is False:
-      raise UserError(f'Cannot write the video {self.path}: the encoder failed on frame '
-                      f'{self.frames} ({_why_not_written(self.path.parent, rgb.nbytes)})')
-    self.frames += 1
 
   def finish(self) -> None:
     """Ends the encoding: the temporary file is complete (or as complete as it will get)."""
-    self.writer.release()
+    raise NotImplementedError
+
+  def _check_finished(self) -> None:
+    """Raises a UserError if the finished temporary file is not whole."""
 
   def install(self) -> None:
-    """Renames the finished file into place, if it holds every frame written."""
+    """Renames the finished file into place (if it holds a frame)."""
     if not self.frames:
       return
-    if _frames_in(self.temporary) != self.frames:
-      raise UserError(f'Cannot write the video {self.path}: the encoder could not finish it '
-                      f'({_why_not_written(self.path.parent, 0)})')
+    self._check_finished()
     try:
       os.replace(self.temporary, self.path)
     except OSError as e:
       raise UserError(f'Cannot write the video {self.path} ({e.strerror}): choose another '
-                      '--output') from e
+                      'folder or name') from e
 
   def discard(self) -> None:
     """Removes the temporary file (nothing once installed)."""
@@ -193,6 +181,85 @@ class VideoFile:
       self.discard()
 
 
+class VideoFile(_StagedVideo):
+  """An .mp4 written with OpenCV (mp4v)."""
+
+  def __init__(self, path: Path, fps: float, size: tuple[int, int]):
+    super().__init__(path)
+    self.writer = cv2.VideoWriter(str(self.temporary), cv2.VideoWriter_fourcc(*FOURCC), fps,
+                                  (size[1], size[0]))
+    if not self.writer.isOpened():
+      self.discard()  # A name the file system refuses was never created.
+      raise UserError(f'OpenCV cannot write the video {path} ({FOURCC} in .mp4): check that '
+                      'the folder is writable and the name ends in .mp4')
+
+  def write(self, rgb: np.ndarray) -> None:
+    # OpenCV 5 says when the encoder could not write a frame (a full disk); OpenCV 4 returns
+    # None and only the check before installing notices.
+    if self.writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)) is False:
+      raise UserError(f'Cannot write the video {self.path}: the encoder failed on frame '
+                      f'{self.frames} ({_why_not_written(self.path.parent, rgb.nbytes)})')
+    self.frames += 1
+
+  def finish(self) -> None:
+    self.writer.release()
+
+  def _check_finished(self) -> None:
+    if _frames_in(self.temporary) != self.frames:
+      raise UserError(f'Cannot write the video {self.path}: the encoder could not finish it '
+                      f'({_why_not_written(self.path.parent, 0)})')
+
+
+class Y4MFile(_StagedVideo):
+  """Uncompressed YUV4MPEG2 (.y4m): a text header, then each frame as 'FRAME' and I420 planes.
+
+  What browsers take as a fake camera (Chrome's --use-file-for-fake-video-capture); sides must
+  be even (the colour planes are subsampled 2x2).
+  """
+
+  def __init__(self, path: Path, fps: float, size: tuple[int, int]):
+    super().__init__(path)
+    if size[0] % 2 or size[1] % 2:
+      raise UserError(f'Cannot write the video {path}: .y4m (I420) needs an even height and '
+                      f'width, not {size[0]}x{size[1]}')
+    rate = fractions.Fraction(fps).limit_denominator(1001)
+    self.size, self.file = size, None
+    self.file = self._io(lambda: self.temporary.open('wb'))
+    self._io(lambda: self.file.write(f'YUV4MPEG2 W{size[1]} H{size[0]} F{rate.numerator}:'
+                                     f'{rate.denominator} Ip A1:1 C420jpeg\n'.encode()))
+
+  def write(self, rgb: np.ndarray) -> None:
+    if rgb.shape[:2] != self.size:
+      raise ValueError(f'frame of {rgb.shape[:2]} in a video of {self.size}')
+    planes = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)
+    self._io(lambda: self.file.write(b'FRAME\n' + planes.tobytes()))
+    self.frames += 1
+
+  def finish(self) -> None:
+    if not self.file.closed:
+      self._io(self.file.close)
+
+  def _io(self, action: Callable):
+    """Runs a file operation; an OSError becomes a UserError naming the video and the reason."""
+    try:
+      return action()
+    except OSError as e:
+      if self.file is not None:
+        with contextlib.suppress(OSError):
+          self.file.close()
+      self.discard()
+      raise UserError(f'Cannot write the video {self.path} ({e.strerror}): choose another '
+                      'folder or name, with free space') from e
+
+
+def open_writer(path: Path, fps: float, size: tuple[int, int]) -> _StagedVideo:
+  """A staged video writer for ``path``: .mp4 (mp4v) or .y4m (uncompressed)."""
+  writers = {'.mp4': VideoFile, '.y4m': Y4MFile}
+  if path.suffix.lower() not in writers:
+    raise UserError(f'Cannot write the video {path}: name it .mp4 (mp4v) or .y4m (YUV4MPEG2)')
+  return writers[path.suffix.lower()](path, fps, size)
+
+
 def _frames_in(path: Path) -> int:
   """How many frames a video file says it holds (0 if it does not open)."""
   capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
@@ -206,7 +273,7 @@ def _why_not_written(folder: Path, frame_bytes: int) -> str:
   """The likely reason an encoder failed, for its message."""
   with contextlib.suppress(OSError):
     if shutil.disk_usage(folder).free <= frame_bytes:
-      return 'no space left on the device: free some or choose another --output'
+      return 'no space left on the device: free some or write elsewhere'
   return 'check the free space and permissions of the folder'
 
 
