@@ -34,6 +34,7 @@ colours from the file's metadata (docs/deployment.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
 from pathlib import Path
@@ -132,13 +133,18 @@ def write_mask(path: Path, labels: np.ndarray, palette: np.ndarray) -> None:
 
 
 def _written(path: Path, write: Callable[[], bool]) -> None:
+  """Runs ``write``; a file it could not write (whole) is removed and named in a UserError."""
+  reason = ''
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
     written = write()
-  except OSError:
-    written = False
+  except OSError as e:
+    written, reason = False, f' ({e.strerror})' if e.strerror else ''
   if not written:
-    raise UserError(f'Cannot write {path}: check that --output is a writable folder')
+    with contextlib.suppress(OSError):  # A partly written file; a folder of that name stays.
+      path.unlink(missing_ok=True)
+    raise UserError(f'Cannot write {path}{reason}: check that --output is a writable folder '
+                    'with free space')
 
 
 def predictor(model, variables, spec):
@@ -215,10 +221,22 @@ class StreamOutputs:
       write_mask(self.output / self.stem / f'{index:06d}_mask.png', labels, self.palette)
 
   def close(self, keep: bool) -> list[Path]:
-    """Finishes the videos (kept only if ``keep``); returns the files kept."""
-    for file in self.videos.values():
-      file.close(keep)
-    return [file.path for file in self.videos.values() if keep and file.frames]
+    """Finishes every video, then installs them if ``keep``; returns the files kept.
+
+    Every encoder is finished and every temporary file removed whatever fails (a video that
+    cannot be finished keeps none of them).
+    """
+    files = list(self.videos.values())
+    with contextlib.ExitStack() as cleanup:
+      for file in files:
+        cleanup.callback(file.discard)
+      with contextlib.ExitStack() as finishing:  # Runs every callback, even after one raised.
+        for file in files:
+          finishing.callback(file.finish)
+      if keep:
+        for file in files:
+          file.install()
+    return [file.path for file in files if keep and file.frames]
 
 
 def predict_stream(item: Input, predict, palette, output: Path, args) -> list[str]:
@@ -243,8 +261,10 @@ def predict_stream(item: Input, predict, palette, output: Path, args) -> list[st
     kept = True
   finally:
     bar.close()
-    source.close()
-    written = outputs.close(kept)
+    try:
+      source.close()
+    finally:
+      written = outputs.close(kept)
   lines = report.lines(source)
   if written:
     lines.append(f'  wrote {", ".join(str(path) for path in written)}')

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fractions
 import math
 import os
 import queue
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -34,6 +36,9 @@ URL_SCHEMES = ('rtsp://', 'rtmp://', 'http://', 'https://', 'udp://', 'tcp://')
 FOURCC = 'mp4v'  # MPEG-4 part 2 in an .mp4: what OpenCV's bundled FFmpeg encodes everywhere.
 _LIVE_FPS = 30.0  # Written when a camera or stream does not say its frame rate.
 _QUEUE_FRAMES = 4
+# How long a finished run waits for its reader; one stalled in a read is left behind (the
+# capture is released when that read returns: FrameSource).
+_READER_GRACE_S = 1.0
 _END = None
 
 
@@ -49,6 +54,10 @@ def is_video(path: Path) -> bool:
 class FrameSource:
   """An opened video file, camera or stream.
 
+  A capture is never released while a read on it runs (OpenCV's capture is not thread-safe and
+  a stalled camera or stream can block a read for long): ``close`` during a read leaves the
+  release to that read, when it returns.
+
   Attributes:
     capture: the ``cv2.VideoCapture``.
     name: what the outputs are named after ('clip' for clip.mp4, 'camera0', the URL's stem).
@@ -63,13 +72,33 @@ class FrameSource:
   live: bool
   fps: float
   frame_count: int | None
+  _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, init=False,
+                                            repr=False)
+  _reading: bool = dataclasses.field(default=False, init=False, repr=False)
+  _closed: bool = dataclasses.field(default=False, init=False, repr=False)
 
   def read(self) -> np.ndarray | None:
-    """The next frame as uint8 [H, W, 3] RGB, or None at the end."""
-    ok, frame = self.capture.read()
+    """The next frame as uint8 [H, W, 3] RGB, or None at the end (or once closed)."""
+    with self._lock:
+      if self._closed:
+        return None
+      self._reading = True
+    try:
+      ok, frame = self.capture.read()
+    finally:
+      with self._lock:
+        self._reading = False
+        closed = self._closed
+    if closed:  # ``close`` came during the read and left the release to it.
+      self.capture.release()
+      return None
     return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) if ok else None
 
   def close(self) -> None:
+    with self._lock:
+      self._closed = True
+      if self._reading:
+        return
     self.capture.release()
 
 
@@ -107,36 +136,145 @@ def _opened(capture: cv2.VideoCapture, name: str, description: str, *, live: boo
                      None if live or count <= 0 else count)
 
 
-class VideoFile:
-  """An .mp4 written with OpenCV, under a temporary name until ``close`` renames it."""
+class _StagedVideo:
+  """A video written under a temporary name, renamed into place only when complete.
 
-  def __init__(self, path: Path, fps: float, size: tuple[int, int]):
+  ``close(keep)`` finishes it; several files that belong together are finished with ``finish``
+  (all of them), then ``install``-ed, and ``discard`` removes whatever was not installed.
+  """
+
+  def __init__(self, path: Path):
     self.path = path
     self.temporary = path.with_name(f'.{path.stem}.{os.getpid()}.tmp{path.suffix}')
+    self.frames = 0
+
+  def finish(self) -> None:
+    """Ends the encoding: the temporary file is complete (or as complete as it will get)."""
+    raise NotImplementedError
+
+  def _check_finished(self) -> None:
+    """Raises a UserError if the finished temporary file is not whole."""
+
+  def install(self) -> None:
+    """Renames the finished file into place (if it holds a frame)."""
+    if not self.frames:
+      return
+    self._check_finished()
+    try:
+      os.replace(self.temporary, self.path)
+    except OSError as e:
+      raise UserError(f'Cannot write the video {self.path} ({e.strerror}): choose another '
+                      'folder or name') from e
+
+  def discard(self) -> None:
+    """Removes the temporary file (nothing once installed)."""
+    with contextlib.suppress(OSError):
+      self.temporary.unlink(missing_ok=True)
+
+  def close(self, keep: bool) -> None:
+    """Finishes the file; ``keep`` installs it, otherwise (or on any error) it is removed."""
+    try:
+      self.finish()
+      if keep:
+        self.install()
+    finally:
+      self.discard()
+
+
+class VideoFile(_StagedVideo):
+  """An .mp4 written with OpenCV (mp4v)."""
+
+  def __init__(self, path: Path, fps: float, size: tuple[int, int]):
+    super().__init__(path)
     self.writer = cv2.VideoWriter(str(self.temporary), cv2.VideoWriter_fourcc(*FOURCC), fps,
                                   (size[1], size[0]))
     if not self.writer.isOpened():
-      with contextlib.suppress(OSError):  # A name the file system refuses was never created.
-        self.temporary.unlink(missing_ok=True)
+      self.discard()  # A name the file system refuses was never created.
       raise UserError(f'OpenCV cannot write the video {path} ({FOURCC} in .mp4): check that '
                       'the folder is writable and the name ends in .mp4')
-    self.frames = 0
 
   def write(self, rgb: np.ndarray) -> None:
-    self.writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    # OpenCV 5 says when the encoder could not write a frame (a full disk); OpenCV 4 returns
+    # None and only the check before installing notices.
+    if self.writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)) is False:
+      raise UserError(f'Cannot write the video {self.path}: the encoder failed on frame '
+                      f'{self.frames} ({_why_not_written(self.path.parent, rgb.nbytes)})')
     self.frames += 1
 
-  def close(self, keep: bool) -> None:
-    """Finishes the file; ``keep`` renames it into place, otherwise it is removed."""
+  def finish(self) -> None:
     self.writer.release()
+
+  def _check_finished(self) -> None:
+    if _frames_in(self.temporary) != self.frames:
+      raise UserError(f'Cannot write the video {self.path}: the encoder could not finish it '
+                      f'({_why_not_written(self.path.parent, 0)})')
+
+
+class Y4MFile(_StagedVideo):
+  """Uncompressed YUV4MPEG2 (.y4m): a text header, then each frame as 'FRAME' and I420 planes.
+
+  What browsers take as a fake camera (Chrome's --use-file-for-fake-video-capture); sides must
+  be even (the colour planes are subsampled 2x2).
+  """
+
+  def __init__(self, path: Path, fps: float, size: tuple[int, int]):
+    super().__init__(path)
+    if size[0] % 2 or size[1] % 2:
+      raise UserError(f'Cannot write the video {path}: .y4m (I420) needs an even height and '
+                      f'width, not {size[0]}x{size[1]}')
+    rate = fractions.Fraction(fps).limit_denominator(1001)
+    self.size, self.file = size, None
+    self.file = self._io(lambda: self.temporary.open('wb'))
+    self._io(lambda: self.file.write(f'YUV4MPEG2 W{size[1]} H{size[0]} F{rate.numerator}:'
+                                     f'{rate.denominator} Ip A1:1 C420jpeg\n'.encode()))
+
+  def write(self, rgb: np.ndarray) -> None:
+    if rgb.shape[:2] != self.size:
+      raise ValueError(f'frame of {rgb.shape[:2]} in a video of {self.size}')
+    planes = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)
+    self._io(lambda: self.file.write(b'FRAME\n' + planes.tobytes()))
+    self.frames += 1
+
+  def finish(self) -> None:
+    if not self.file.closed:
+      self._io(self.file.close)
+
+  def _io(self, action: Callable):
+    """Runs a file operation; an OSError becomes a UserError naming the video and the reason."""
     try:
-      if keep and self.frames:
-        os.replace(self.temporary, self.path)
+      return action()
     except OSError as e:
+      if self.file is not None:
+        with contextlib.suppress(OSError):
+          self.file.close()
+      self.discard()
       raise UserError(f'Cannot write the video {self.path} ({e.strerror}): choose another '
-                      '--output') from e
-    finally:
-      self.temporary.unlink(missing_ok=True)
+                      'folder or name, with free space') from e
+
+
+def open_writer(path: Path, fps: float, size: tuple[int, int]) -> _StagedVideo:
+  """A staged video writer for ``path``: .mp4 (mp4v) or .y4m (uncompressed)."""
+  writers = {'.mp4': VideoFile, '.y4m': Y4MFile}
+  if path.suffix.lower() not in writers:
+    raise UserError(f'Cannot write the video {path}: name it .mp4 (mp4v) or .y4m (YUV4MPEG2)')
+  return writers[path.suffix.lower()](path, fps, size)
+
+
+def _frames_in(path: Path) -> int:
+  """How many frames a video file says it holds (0 if it does not open)."""
+  capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+  try:
+    return int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
+  finally:
+    capture.release()
+
+
+def _why_not_written(folder: Path, frame_bytes: int) -> str:
+  """The likely reason an encoder failed, for its message."""
+  with contextlib.suppress(OSError):
+    if shutil.disk_usage(folder).free <= frame_bytes:
+      return 'no space left on the device: free some or write elsewhere'
+  return 'check the free space and permissions of the folder'
 
 
 @dataclasses.dataclass
@@ -216,6 +354,10 @@ def segment_stream(source: FrameSource, predict: Callable[[np.ndarray], np.ndarr
 
   Returns:
     The StreamReport. Ctrl-C stops reading and finishes what was read.
+
+  Raises:
+    What a stage raised. A writer that fails stops the run at once: reading and the model stop
+    within the frames already queued.
   """
   report = StreamReport()
   to_model, to_writer = queue.Queue(_QUEUE_FRAMES), queue.Queue(_QUEUE_FRAMES)
@@ -262,7 +404,7 @@ def segment_stream(source: FrameSource, predict: Callable[[np.ndarray], np.ndarr
   reader.start()
   writer.start()
   try:
-    while (item := _get(to_model, reader)) is not _END:
+    while writer.is_alive() and (item := _get(to_model, reader)) is not _END:
       index, read_at, frame = item
       if drop and time.perf_counter() - read_at > max_latency:
         skip()
@@ -270,16 +412,17 @@ def segment_stream(source: FrameSource, predict: Callable[[np.ndarray], np.ndarr
       start = time.perf_counter()
       labels = predict(frame)
       report.model_s.append(time.perf_counter() - start)
-      _put(to_writer, (index, read_at, frame, labels), writer.is_alive)
+      if not _put(to_writer, (index, read_at, frame, labels), writer.is_alive):
+        break  # The writer died: its error is raised below.
   except KeyboardInterrupt:
     pass  # Finish what was read.
   finally:
     stop.set()
     _put(to_writer, _END, writer.is_alive)
     writer.join()
-    reader.join(timeout=5)
+    reader.join(timeout=_READER_GRACE_S)
     report.seconds = (report.written_at[-1] if report.written_at else time.perf_counter()) - started
-  for stage in (reader, writer):
+  for stage in (writer, reader):
     if stage.error is not None:
       raise stage.error
   read_total = report.frames + report.skipped
@@ -287,14 +430,16 @@ def segment_stream(source: FrameSource, predict: Callable[[np.ndarray], np.ndarr
   return report
 
 
-def _put(target: queue.Queue, item, waiting: Callable[[], bool]) -> None:
-  """Puts ``item``, waiting for room as long as ``waiting()`` says the other side reads."""
+def _put(target: queue.Queue, item, waiting: Callable[[], bool]) -> bool:
+  """Puts ``item``, waiting for room as long as ``waiting()`` says the other side reads;
+  whether it was put."""
   while waiting():
     try:
       target.put(item, timeout=0.1)
-      return
+      return True
     except queue.Full:
       pass
+  return False
 
 
 def _put_replacing_oldest(target: queue.Queue, item, on_dropped: Callable[[], None]) -> None:

@@ -2,6 +2,7 @@
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -142,3 +143,96 @@ def test_garden_ensure_reuses_a_matching_copy_and_regenerates_otherwise(tmp_path
   synthetic.ensure_synthetic_folder(tmp_path, **{**GARDEN, 'num_val': 4})
   assert len(SegmentationFolder(root, 'val')) == 4
   assert sorted(p.name for p in tmp_path.iterdir()) == ['synthetic_folder']
+
+
+# Street clips, to try videos on.
+
+CLIP = dict(height=64, width=96, frames=8)
+
+
+def clip_frames(seed=0):
+  return list(synthetic.draw_street_clip(np.random.default_rng(seed), CLIP['height'],
+                                         CLIP['width'], CLIP['frames']))
+
+
+def test_a_clip_moves_smoothly_through_one_scene():
+  frames = clip_frames()
+  assert len(frames) == 8 and {f.shape for f in frames} == {(64, 96, 3)}
+  assert all(f.dtype == np.uint8 for f in frames)
+  change = lambda a, b: np.abs(a.astype(int) - b).mean()  # noqa: E731
+  steps = [change(a, b) for a, b in zip(frames, frames[1:])]
+  # Every frame moves, by a small part of what the whole clip moves.
+  assert min(steps) > 0 and max(steps) < 0.5 * change(frames[0], frames[-1])
+  np.testing.assert_array_equal(frames[-1], clip_frames()[-1])  # Deterministic.
+  assert change(frames[0], clip_frames(seed=1)[0]) > 10  # Another seed, another scene.
+
+
+def run_main(capsys, *args):
+  from bisenet_jax.data.synthetic.__main__ import main
+  with pytest.raises(SystemExit) as exit_info:
+    main(list(args))
+  return exit_info.value.code, capsys.readouterr()
+
+
+def write_clip(tmp_path, name, *options):
+  from bisenet_jax.data.synthetic.__main__ import main
+  path = tmp_path / name
+  main(['--video', str(path), '--size', '64x96', '--frames', '8', '--fps', '12', *options])
+  return path
+
+
+def test_an_mp4_clip_is_read_back_by_opencv(tmp_path, capsys):
+  path = write_clip(tmp_path, 'clip.mp4')
+  assert capsys.readouterr().out == f'wrote {path}: 8 frames of 64x96 at 12 frames/s (0.7 s)\n'
+  capture = cv2.VideoCapture(str(path))
+  assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(12)
+  decoded = []
+  while (read := capture.read())[0]:
+    decoded.append(cv2.cvtColor(read[1], cv2.COLOR_BGR2RGB))
+  assert len(decoded) == 8 and decoded[0].shape == (64, 96, 3)
+  assert np.abs(decoded[-1].astype(int) - clip_frames()[-1]).mean() < 8  # mp4v is lossy.
+  assert [p.name for p in tmp_path.iterdir()] == ['clip.mp4']
+
+
+def test_a_y4m_clip_is_a_header_and_i420_frames(tmp_path):
+  data = write_clip(tmp_path, 'clip.y4m').read_bytes()
+  header = b'YUV4MPEG2 W96 H64 F12:1 Ip A1:1 C420jpeg\n'
+  frame_bytes = 64 * 96 * 3 // 2
+  assert data.startswith(header)
+  assert len(data) == len(header) + 8 * (len(b'FRAME\n') + frame_bytes)
+  last = data[-frame_bytes:]
+  assert data[-frame_bytes - 6:-frame_bytes] == b'FRAME\n'
+  assert last == cv2.cvtColor(clip_frames()[-1], cv2.COLOR_RGB2YUV_I420).tobytes()
+  capture = cv2.VideoCapture(str(tmp_path / 'clip.y4m'))  # FFmpeg reads it too.
+  assert capture.get(cv2.CAP_PROP_FPS) == pytest.approx(12)
+  assert sum(1 for _ in iter(lambda: capture.read()[0], False)) == 8
+
+
+@pytest.mark.parametrize('args, expected', [
+    (['--video', 'clip.gif'], 'name it .mp4 (mp4v) or .y4m'),
+    (['--video', 'clip.mp4', '--size', '63x96'], 'give even sides of at least 32'),
+    (['--video', 'clip.mp4', '--fps', '0'], 'give a frame rate above 0'),
+    (['--video', 'clip.mp4', '--frames', '0'], "--frames '0' must be a positive integer"),
+    (['street', 'data', '--video', 'clip.mp4'], 'give KIND OUTPUT to write a dataset, or --video'),
+    (['street'], 'give KIND OUTPUT to write a dataset, or --video'),
+])
+def test_bad_clip_arguments_are_one_line_errors(tmp_path, monkeypatch, capsys, args, expected):
+  monkeypatch.chdir(tmp_path)
+  code, captured = run_main(capsys, *args)
+  assert code == 2 and captured.err.count('\n') == 1 and expected in captured.err, captured.err
+  assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize('name', ['clip.mp4', 'clip.y4m'])
+def test_a_clip_that_fails_midway_leaves_no_file(tmp_path, monkeypatch, name):
+  from bisenet_jax.data.synthetic import __main__ as cli
+
+  def failing(*args):
+    frames = synthetic.draw_street_clip(*args)
+    yield next(frames)
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(cli, 'draw_street_clip', failing)
+  with pytest.raises(KeyboardInterrupt):
+    write_clip(tmp_path, name)
+  assert list(tmp_path.iterdir()) == []

@@ -6,10 +6,15 @@ weights: mask and overlay videos, per-frame PNGs equal to the masks of the same 
 as images, a stream that stops mid-way, and one-line errors.
 """
 
+import argparse
+import collections
+import errno
 import functools
 import http.server
+import shutil
 import threading
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -18,6 +23,7 @@ import pytest
 from bisenet_jax import predict, video
 from bisenet_jax.data.cityscapes import PALETTE
 from bisenet_jax.data.synthetic import draw_street_scene
+from bisenet_jax.errors import UserError
 from labelled_files import read_rgb
 
 SIZE = (64, 96)
@@ -27,16 +33,16 @@ FRAMES = 6
 class FakeSource(video.FrameSource):
   """Frames 0, 1, 2, ... (each a constant image of its index), ``delay`` seconds apart."""
 
-  def __init__(self, count, live=False, delay=0.0, frame_count=None):
+  def __init__(self, count, live=False, delay=0.0, frame_count=None, shape=(4, 6)):
     super().__init__(None, 'fake', 'the fake source', live, 10.0, frame_count)
-    self.count, self.delay, self.index = count, delay, 0
+    self.count, self.delay, self.index, self.shape = count, delay, 0, shape
 
   def read(self):
     if self.index == self.count:
       return None
     time.sleep(self.delay)
     self.index += 1
-    return np.full((4, 6, 3), self.index - 1, np.uint8)
+    return np.full((*self.shape, 3), (self.index - 1) % 256, np.uint8)
 
   def close(self):
     pass
@@ -83,6 +89,161 @@ def test_an_error_in_a_stage_reaches_the_caller(stage):
   with pytest.raises(RuntimeError, match=f'{stage} failed'):
     video.segment_stream(FakeSource(50), fail if stage == 'model' else ok,
                          fail if stage == 'writer' else (lambda *args: None))
+
+
+class BlockingCapture:
+  """A capture whose reads after the first ``frames`` block until ``unblock`` is set."""
+
+  def __init__(self, frames):
+    self.frames, self.unblock, self.reading = frames, threading.Event(), False
+    self.releases = []  # Whether a read was running, at each release.
+
+  def read(self):
+    if self.frames:
+      self.frames -= 1
+      return True, np.zeros((4, 6, 3), np.uint8)
+    self.reading = True
+    self.unblock.wait(10)
+    self.reading = False
+    return False, None
+
+  def release(self):
+    self.releases.append(self.reading)
+
+
+def test_a_stalled_capture_is_released_only_after_its_read_returns():
+  capture = BlockingCapture(frames=2)
+  source = video.FrameSource(capture, 'camera9', 'camera 9', True, 10.0, None)
+
+  def model(frame):  # Fails once the reader is stalled.
+    while not capture.reading:
+      time.sleep(0.01)
+    raise RuntimeError('model failed')
+
+  with pytest.raises(RuntimeError, match='model failed'):
+    video.segment_stream(source, model, lambda *args: None)
+  source.close()
+  assert capture.reading and capture.releases == []  # Not released under a running read.
+  capture.unblock.set()
+  deadline = time.monotonic() + 2
+  while not capture.releases and time.monotonic() < deadline:
+    time.sleep(0.01)
+  assert capture.releases == [False]
+
+
+# The outputs of a stream: failures stop the run, and leave no partial file.
+
+FAIL_AT = 3
+TINY = (16, 24)
+
+
+class FullDiskWriter:
+  """A cv2.VideoWriter whose disk fills up at frame FAIL_AT: ``write`` returns False from there,
+  as OpenCV 5's does."""
+
+  def __init__(self, *args, make=cv2.VideoWriter):
+    self.real, self.frames = make(*args), 0
+
+  def isOpened(self):
+    return self.real.isOpened()
+
+  def write(self, frame):
+    if self.frames == FAIL_AT:
+      return False
+    self.frames += 1
+    return self.real.write(frame)
+
+  def release(self):
+    self.real.release()
+
+
+def full_disk_png(write_index_png):
+  """``masks.write_index_png`` on a disk that fills up at frame FAIL_AT: half a file, then
+  ENOSPC (what Pillow raises)."""
+  calls = []
+
+  def write(path, labels, palette):
+    calls.append(path)
+    if len(calls) <= FAIL_AT:
+      return write_index_png(path, labels, palette)
+    Path(path).write_bytes(b'\x89PNG half')
+    raise OSError(errno.ENOSPC, 'No space left on device')
+
+  return write
+
+
+def stream_args(**options):
+  return argparse.Namespace(**{'overlay': True, 'frame_masks': True, 'max_latency_ms': None,
+                               **options})
+
+
+@pytest.mark.parametrize('failing', ['video encoder', 'frame mask'])
+def test_a_failing_writer_stops_the_run_at_once_and_leaves_no_partial_file(
+    tmp_path, monkeypatch, failing):
+  source = FakeSource(2000, frame_count=2000, shape=TINY)
+  monkeypatch.setattr(predict, 'open_source', lambda item: source)
+  if failing == 'video encoder':
+    monkeypatch.setattr(cv2, 'VideoWriter', FullDiskWriter)
+    monkeypatch.setattr(shutil, 'disk_usage',
+                        lambda path: collections.namedtuple('Usage', 'total used free')(1, 1, 0))
+    failed, reason = tmp_path / 'clip_mask.mp4', 'no space left on the device'
+  else:
+    monkeypatch.setattr(predict.masks, 'write_index_png',
+                        full_disk_png(predict.masks.write_index_png))
+    failed, reason = tmp_path / 'clip' / f'{FAIL_AT:06d}_mask.png', 'No space left on device'
+  item = predict.Input('video', 'clip.mp4', Path('clip'))
+  with pytest.raises(UserError) as error:
+    predict.predict_stream(item, lambda frame: frame[..., 0] % 19, PALETTE, tmp_path,
+                           stream_args())
+  # Stopped within the frames already queued, not at the end of the file.
+  assert source.index <= FAIL_AT + 2 * video._QUEUE_FRAMES + 4, source.index
+  message = str(error.value)
+  assert '\n' not in message and str(failed) in message and reason in message, message
+  left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob('*') if p.is_file())
+  # The frame masks written whole before the failure stay; no video, temporary or half file.
+  assert left == [f'clip/{index:06d}_mask.png' for index in range(FAIL_AT)]
+
+
+class ReleaseRecorder:
+  """Wraps a cv2.VideoWriter: records its release, and raises after it if ``fail``."""
+
+  def __init__(self, writer, fail):
+    self.writer, self.fail, self.released = writer, fail, False
+
+  def write(self, frame):
+    return self.writer.write(frame)
+
+  def release(self):
+    self.writer.release()
+    self.released = True
+    if self.fail:
+      raise RuntimeError('release failed')
+
+
+def test_a_close_that_fails_still_finishes_every_video_and_removes_them(tmp_path):
+  outputs = predict.StreamOutputs(tmp_path, predict.Input('video', 'clip.mp4', Path('clip')),
+                                  10.0, PALETTE, overlay=True, frame_masks=False)
+  for index in range(3):
+    outputs.write(index, np.zeros((*TINY, 3), np.uint8), np.full(TINY, index, np.uint8))
+  writers = {kind: ReleaseRecorder(file.writer, fail=kind == 'mask')
+             for kind, file in outputs.videos.items()}
+  for kind, file in outputs.videos.items():
+    file.writer = writers[kind]
+  with pytest.raises(RuntimeError, match='release failed'):
+    outputs.close(keep=True)
+  assert all(writer.released for writer in writers.values())
+  assert list(tmp_path.iterdir()) == []  # Neither video kept, no temporary left.
+
+
+def test_a_video_the_encoder_could_not_finish_is_not_installed(tmp_path):
+  file = video.VideoFile(tmp_path / 'clip_mask.mp4', 10.0, TINY)
+  for index in range(3):
+    file.write(np.full((*TINY, 3), 40 * index, np.uint8))
+  file.finish()
+  file.temporary.write_bytes(file.temporary.read_bytes()[:100])  # What a full disk leaves.
+  with pytest.raises(UserError, match='the encoder could not finish it'):
+    file.close(keep=True)
+  assert list(tmp_path.iterdir()) == []
 
 
 # predict on real video files.
