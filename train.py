@@ -9,6 +9,7 @@ Rerunning a command with the same ``--workdir`` resumes it. Launched as several 
 ``bisenet_jax.parallel.setup`` connects them first.
 """
 
+import argparse
 import os
 import sys
 
@@ -46,16 +47,13 @@ def main(argv):
 
 
 def config_arguments(argv: list[str]) -> tuple[str | None, list[str]]:
-  """The ``--config`` value and the keys of every ``--config.KEY[=VALUE]`` in ``argv``."""
-  path, keys = None, []
-  for index, arg in enumerate(argv):
-    if arg == '--config' and index + 1 < len(argv):
-      path = argv[index + 1]
-    elif arg.startswith('--config='):
-      path = arg.partition('=')[2]
-    elif arg.startswith('--config.'):
-      keys.append(arg[len('--config.'):].partition('=')[0])
-  return path, keys
+  """The ``--config`` value and the keys of every ``--config.KEY[=VALUE]`` in ``argv``, read
+  before absl parses them (which stops at the first unknown key with a bare message)."""
+  parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+  parser.add_argument('--config')
+  known, rest = parser.parse_known_args(argv[1:])
+  keys = [arg[len('--config.'):].partition('=')[0] for arg in rest if arg.startswith('--config.')]
+  return known.config, keys
 
 
 def parse_flags(argv):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import io
 import itertools
@@ -80,26 +81,55 @@ def parse_args(argv=None) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
-def check(args) -> None:
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+  """What one ``bench`` command measures, checked and with its defaults resolved (the flags
+  stay at the edge, ``sweep_from_args``)."""
+  mode: str
+  archs: tuple[str, ...]
+  devices: tuple[int, ...]
+  batch_per_device: tuple[int, ...]
+  input_sizes: tuple[tuple[int, int], ...]
+  dtypes: tuple[str, ...]
+  warmup: int
+  steps: int
+  compare_torch: bool
+  compare_onnx: bool
+  onnx_dtypes: tuple[str, ...]
+  torch_variants: tuple[str, ...]
+  threads: int | None
+  data_workers: int
+  data_frames: str
+  peak_tflops: float | None
+
+
+def sweep_from_args(args: argparse.Namespace) -> Sweep:
+  """The sweep the flags ask for, every value checked (after ``parallel.setup``: the default
+  device counts depend on the devices visible)."""
   available, processes = jax.device_count(), jax.process_count()
   # A sub-mesh takes the same number of devices from every process (jax_side.mesh_devices).
-  args.devices = args.devices or [2**i for i in range(available.bit_length())
-                                  if 2**i <= available and 2**i % processes == 0]
-  if max(args.devices) > available:
-    raise UserError(f'--devices asks for {max(args.devices)} but only {available} are visible.')
+  devices = args.devices or [2**i for i in range(available.bit_length())
+                             if 2**i <= available and 2**i % processes == 0]
+  if max(devices) > available:
+    raise UserError(f'--devices asks for {max(devices)} but only {available} are visible.')
   unknown = set(args.arch) - set(NETWORKS) or set(args.dtype) - set(jax_side.DTYPES) or set(
       args.torch_variants) - set(torch_side.VARIANTS)
   if unknown:
     raise UserError(f'unknown value(s) {sorted(unknown)}; see --help for the choices.')
-  args.input_size = args.input_size or [(1024, 2048) if args.mode == 'infer' else (1024, 1024)]
   if args.compare_onnx and args.mode != 'infer':
     raise UserError('--compare-onnx measures inference only: use the infer mode.')
   if set(args.onnx_dtypes) - {'float32', 'float16', 'int8'}:
     raise UserError(f'--onnx-dtypes {",".join(args.onnx_dtypes)}: choose among float32, '
                     'float16, int8')
-  if args.mode == 'train' and 1 in args.batch_per_device and 1 in args.devices:
+  if args.mode == 'train' and 1 in args.batch_per_device and 1 in devices:
     raise UserError('training needs at least 2 images per step (BatchNorm over 1x1 maps): '
                     'use --batch-per-device 2 or more.')
+  input_sizes = args.input_size or [(1024, 2048) if args.mode == 'infer' else (1024, 1024)]
+  return Sweep(args.mode, tuple(args.arch), tuple(sorted(devices)), tuple(args.batch_per_device),
+               tuple(input_sizes), tuple(args.dtype), args.warmup, args.steps,
+               args.compare_torch, args.compare_onnx, tuple(args.onnx_dtypes),
+               tuple(args.torch_variants), args.threads, args.data_workers, args.data_frames,
+               args.peak_tflops)
 
 
 def environment() -> dict:
@@ -108,7 +138,7 @@ def environment() -> dict:
           'matmul_precision': jax.config.jax_default_matmul_precision or 'default'}
 
 
-def header(args) -> str:
+def header(sweep: Sweep) -> str:
   """What the numbers depend on besides the code: versions, device, flags, threads."""
   env = environment()
   lines = [f"jax {env['jax']} on {env['backend']} ({jax.devices()[0].device_kind}, "
@@ -116,10 +146,10 @@ def header(args) -> str:
            f"XLA_FLAGS={env['xla_flags'] or '(none)'}, "
            f"default matmul/conv precision: {env['matmul_precision']}",
            f'MFU peaks: {flops.PEAKS_SOURCE} (bisenet_jax/bench/flops.py; CPUs: n/a)']
-  if args.compare_torch:
+  if sweep.compare_torch:
     import torch
-    if args.threads:
-      torch.set_num_threads(args.threads)
+    if sweep.threads:
+      torch.set_num_threads(sweep.threads)
     lines.append(f'torch {torch.__version__}, {torch.get_num_threads()} threads')
   return '\n'.join(lines)
 
@@ -153,19 +183,19 @@ def ratios(rows: list[dict]) -> list[str]:
   return lines
 
 
-def run(args, emit) -> list[dict]:
+def run(sweep: Sweep, emit) -> list[dict]:
   """Measures every point; ``emit(row)`` is called as each row is done (console, .jsonl)."""
-  measure = (jax_side.measure_infer if args.mode == 'infer' else
-             functools.partial(jax_side.measure_train, data_workers=args.data_workers,
-                               frames_dir=args.data_frames))
+  measure = (jax_side.measure_infer if sweep.mode == 'infer' else
+             functools.partial(jax_side.measure_train, data_workers=sweep.data_workers,
+                               frames_dir=sweep.data_frames))
   rows, smallest = [], {}
   for arch, dtype, size, batch, devices in itertools.product(
-      args.arch, args.dtype, args.input_size, args.batch_per_device, sorted(args.devices)):
-    point = jax_side.Point(args.mode, arch, devices, batch, size, dtype)
-    base = dict(impl='jax', mode=args.mode, arch=arch, dtype=dtype, devices=devices,
+      sweep.archs, sweep.dtypes, sweep.input_sizes, sweep.batch_per_device, sweep.devices):
+    point = jax_side.Point(sweep.mode, arch, devices, batch, size, dtype)
+    base = dict(impl='jax', mode=sweep.mode, arch=arch, dtype=dtype, devices=devices,
                 batch_per_device=batch, resolution=format_size(size),
-                warmup=args.warmup, steps=args.steps, **environment())
-    row = {**base, **measure(point, args.warmup, args.steps, args.peak_tflops)}
+                warmup=sweep.warmup, steps=sweep.steps, **environment())
+    row = {**base, **measure(point, sweep.warmup, sweep.steps, sweep.peak_tflops)}
     row['img_per_s_per_device'] = row['img_per_s'] / devices
     # Weak scaling: per-device throughput vs the smallest device count of the same configuration
     # (the 1-device point, unless a multi-host sweep cannot run one).
@@ -176,37 +206,37 @@ def run(args, emit) -> list[dict]:
     emit(row)
     # The PyTorch variants fix their own precision, so each workload is measured once, beside
     # the first JAX dtype that runs it.
-    if args.compare_torch and devices == 1 and not any(
+    if sweep.compare_torch and devices == 1 and not any(
         r['impl'].startswith('torch-') and _same_workload(r, row) for r in rows):
-      for torch_row in torch_rows(args, point, base, row):
+      for torch_row in torch_rows(sweep, point, base, row):
         rows.append(torch_row)
         emit(torch_row)
-    if args.compare_onnx and devices == 1 and not any(
+    if sweep.compare_onnx and devices == 1 and not any(
         r['impl'] == 'onnxruntime' and _same_workload(r, row) for r in rows):
-      for onnx_dtype in args.onnx_dtypes:
-        onnx_row = onnx_row_for(args, point, base, row, onnx_dtype)
+      for onnx_dtype in sweep.onnx_dtypes:
+        onnx_row = onnx_row_for(sweep, point, base, row, onnx_dtype)
         rows.append(onnx_row)
         emit(onnx_row)
   return rows
 
 
-def onnx_row_for(args, point, base, jax_row, dtype: str) -> dict:
+def onnx_row_for(sweep, point, base, jax_row, dtype: str) -> dict:
   from bisenet_jax.bench import onnx_side  # Needs the export extra.
   images, _ = jax_side.random_inputs(point)
-  calibration = jax_side.reference_frames(args.data_frames) if dtype == 'int8' else None
+  calibration = jax_side.reference_frames(sweep.data_frames) if dtype == 'int8' else None
   row = {**base, 'impl': 'onnxruntime', 'dtype': dtype,
-         **onnx_side.measure(point, images, args.warmup, args.steps, args.threads, dtype,
+         **onnx_side.measure(point, images, sweep.warmup, sweep.steps, sweep.threads, dtype,
                              calibration)}
   row['img_per_s_per_device'] = row['img_per_s']
   row['jax_speedup'] = jax_row['img_per_s'] / row['img_per_s']
   return row
 
 
-def torch_rows(args, point, base, jax_row):
+def torch_rows(sweep, point, base, jax_row):
   images, labels = jax_side.random_inputs(point)
-  for variant in args.torch_variants:
-    result = torch_side.measure(point, variant, images, labels, args.warmup, args.steps,
-                                args.threads)
+  for variant in sweep.torch_variants:
+    result = torch_side.measure(point, variant, images, labels, sweep.warmup, sweep.steps,
+                                sweep.threads)
     row = {**base, 'impl': f'torch-{variant}', 'dtype': torch_side.VARIANT_DTYPES[variant],
            **result}
     if 'img_per_s' in row:
@@ -220,12 +250,12 @@ def main(argv=None) -> None:
   args = parse_args(argv)
   cli.parse_absl_flags()  # For the input pipeline's grain workers (--data-workers).
   parallel.setup(args.distributed)
-  check(args)
+  sweep = sweep_from_args(args)
   if jax.process_index() != 0:  # Every process measures; process 0 alone reports.
     with contextlib.redirect_stdout(io.StringIO()):
-      run(args, emit=lambda row: None)
+      run(sweep, emit=lambda row: None)
     return
-  print(header(args), flush=True)
+  print(header(sweep), flush=True)
   print(report.table([]), flush=True)
 
   def emit(row):
@@ -233,7 +263,7 @@ def main(argv=None) -> None:
     if args.output:  # Row by row, so an interrupted sweep keeps what it measured.
       report.append_jsonl([row], args.output)
 
-  rows = run(args, emit)
+  rows = run(sweep, emit)
   print()
   print(report.table(rows))
   for line in ratios(rows):
