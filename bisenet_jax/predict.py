@@ -239,10 +239,26 @@ class StreamOutputs:
     return [file.path for file in files if keep and file.frames]
 
 
-def predict_stream(item: Input, predict, palette, output: Path, args) -> list[str]:
+@dataclasses.dataclass(frozen=True)
+class StreamOptions:
+  """What is written for a video, camera or stream, and how late a live frame may be.
+
+  Attributes:
+    overlay: also write the video blended with its masks.
+    frame_masks: also write every frame's mask as a PNG.
+    max_latency_s: live sources: skip frames that waited longer than this for the model.
+  """
+  overlay: bool = False
+  frame_masks: bool = False
+  max_latency_s: float | None = None
+
+
+def predict_stream(item: Input, predict, palette, output: Path,
+                   options: StreamOptions) -> list[str]:
   """Segments one video, camera or stream; returns the report's lines."""
   source = open_source(item)
-  outputs = StreamOutputs(output, item, source.fps, palette, args.overlay, args.frame_masks)
+  outputs = StreamOutputs(output, item, source.fps, palette, options.overlay,
+                          options.frame_masks)
   bar = tqdm(total=source.frame_count, unit='frame', desc=str(item.stem), leave=False,
              disable=not sys.stderr.isatty())
 
@@ -252,9 +268,8 @@ def predict_stream(item: Input, predict, palette, output: Path, args) -> list[st
 
   kept = False
   try:
-    report = video.segment_stream(
-        source, predict, outputs.write, on_frame=on_frame,
-        max_latency=None if args.max_latency_ms is None else args.max_latency_ms / 1e3)
+    report = video.segment_stream(source, predict, outputs.write, on_frame=on_frame,
+                                  max_latency=options.max_latency_s)
     if not report.frames and not source.live:
       raise UserError(f'OpenCV opened {source.description} but decoded no frame of it: the file '
                       'is damaged or its codec is missing from OpenCV\'s FFmpeg')
@@ -319,9 +334,11 @@ def main(argv=None) -> None:
   if images:
     print(f'wrote {len(images)} mask(s){" and overlays" if args.overlay else ""} and '
           f'{LEGEND_NAME} to {output}')
+  options = StreamOptions(args.overlay, args.frame_masks,
+                          None if args.max_latency_ms is None else args.max_latency_ms / 1e3)
   for item in items:
     if item.kind != 'image':
-      print('\n'.join(predict_stream(item, predict, palette, output, args)), flush=True)
+      print('\n'.join(predict_stream(item, predict, palette, output, options)), flush=True)
 
 
 if __name__ == '__main__':

@@ -6,7 +6,6 @@ weights: mask and overlay videos, per-frame PNGs equal to the masks of the same 
 as images, a stream that stops mid-way, and one-line errors.
 """
 
-import argparse
 import collections
 import errno
 import functools
@@ -172,11 +171,6 @@ def full_disk_png(write_index_png):
   return write
 
 
-def stream_args(**options):
-  return argparse.Namespace(**{'overlay': True, 'frame_masks': True, 'max_latency_ms': None,
-                               **options})
-
-
 @pytest.mark.parametrize('failing', ['video encoder', 'frame mask'])
 def test_a_failing_writer_stops_the_run_at_once_and_leaves_no_partial_file(
     tmp_path, monkeypatch, failing):
@@ -194,7 +188,7 @@ def test_a_failing_writer_stops_the_run_at_once_and_leaves_no_partial_file(
   item = predict.Input('video', 'clip.mp4', Path('clip'))
   with pytest.raises(UserError) as error:
     predict.predict_stream(item, lambda frame: frame[..., 0] % 19, PALETTE, tmp_path,
-                           stream_args())
+                           predict.StreamOptions(overlay=True, frame_masks=True))
   # Stopped within the frames already queued, not at the end of the file.
   assert source.index <= FAIL_AT + 2 * video._QUEUE_FRAMES + 4, source.index
   message = str(error.value)
