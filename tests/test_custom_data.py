@@ -74,6 +74,7 @@ def write_cityscapes_checkpoint(path, arch='bisenetv1_r18'):
   return variables
 
 
+@pytest.mark.slow  # A whole fine-tuning run (other networks: tests/test_networks.py).
 def test_fine_tuning_19_to_5_classes_loads_everything_but_the_three_classifiers(
     garden, tmp_path, capsys):
   loaded = write_cityscapes_checkpoint(tmp_path / 'cityscapes')

@@ -276,6 +276,7 @@ def test_imagenet_file_matching_nothing_is_refused_before_training(tmp_path):
   assert not (tmp_path / 'run' / 'checkpoints' / '2').exists()
 
 
+@pytest.mark.slow  # Another whole run; the quick tier keeps test_short_run_lowers_the_loss_*.
 def test_diverging_loss_stops_with_the_last_good_checkpoint(tmp_path):
   config = tiny_config(tmp_path / 'data', 9, **{'optimizer.base_lr': 1e30,
                                                 'optimizer.warmup_steps': 0})
