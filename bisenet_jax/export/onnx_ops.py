@@ -186,7 +186,8 @@ class _AdaptivePoolPlugin(PrimitiveLeafPlugin):
 
     Row i is 1 / (end - start) on inputs start .. end - 1, with start = floor(i * side / size)
     and end = ceil((i + 1) * side / size) = (((i + 1) * side + size - 1) // size): integer
-    ``Div`` of non-negative values floors. ``side`` is the axis' (symbolic) size.
+    ``Div`` of non-negative values floors. ``side`` is the axis' (symbolic) size; the count
+    end - start is the row's sum of ones, exact in floating point.
     """
     ints, const = writer.ints, writer.constant
     bins = np.arange(size, dtype=np.int64).reshape(size, 1)
@@ -202,7 +203,10 @@ class _AdaptivePoolPlugin(PrimitiveLeafPlugin):
     flags = [writer.node(op, positions, bound, shape=(size, side), dtype=ir.DataType.BOOL)
              for op, bound in (('GreaterOrEqual', start), ('Less', stop))]
     inside = writer.node('And', *flags, shape=(size, side), dtype=ir.DataType.BOOL)
-    weights = writer.node('Cast', inside, shape=(size, side), to=writer.dtype.value)
-    count = writer.node('Cast', ints('Sub', stop, start, shape=column), shape=column,
-                        to=writer.dtype.value)
-    return writer.node('Div', weights, count, shape=(size, side))
+    # Ones on the bins through Where, not Cast: a float16 conversion retypes the constants.
+    dtype = writer.dtype.numpy()
+    ones = writer.node('Where', inside, const(np.ones((), dtype)), const(np.zeros((), dtype)),
+                       shape=(size, side))
+    count = writer.node('ReduceSum', ones, const(np.array([1], np.int64)), shape=column,
+                        keepdims=1)
+    return writer.node('Div', ones, count, shape=(size, side))
