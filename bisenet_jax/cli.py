@@ -222,7 +222,6 @@ def open_exported(args: argparse.Namespace, spec: InferenceSpec, root: str | Non
                     'the weights it was exported with: drop --mode, --window-*, --flip, --scales, '
                     f'--input-size and --ema, or {use}')
   segmenter = OnnxSegmenter(args.checkpoint)
-  segmenter.require_labels()
   dataset = dataset_spec(args, segmenter.dataset, root=root)
   check_classes(args.checkpoint, segmenter.interface.num_classes, dataset)
   return segmenter, dataset

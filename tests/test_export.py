@@ -1,14 +1,16 @@
 """Tests of ``python -m bisenet_jax.export`` and of running its files (ONNX Runtime, jax.export).
 
-Models are the PyTorch reference with random weights (R18; varied labels on street scenes) or a
-Flax initialisation (R50), saved as model checkpoints with Cityscapes' classes. Each file is
-exported once per module and checked against the JAX model it came from.
+Models are the PyTorch reference with random weights (varied labels on street scenes) or a Flax
+initialisation (R50), saved as model checkpoints with Cityscapes' classes. Each file is exported
+once per module and checked against the JAX model it came from: a default file at each image's
+own size, a file of fixed ``--input-size`` as JAX with that input size.
 """
 
 import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -74,6 +76,12 @@ def r18_onnx(r18, folder):
   return export(r18, folder / 'r18.onnx', '--format', 'onnx', *size_flags(ODD))
 
 
+@pytest.fixture(scope='module')
+def r18_any_size_onnx(r18, folder):
+  """The default file: float32 NCHW logits, the network at each image's own size."""
+  return export(r18, folder / 'r18_any_size.onnx', '--format', 'onnx')
+
+
 def jax_logits(checkpoint_path, images_nhwc):
   model, variables = checkpoint.load_pretrained(checkpoint_path)
   with jax.default_matmul_precision('highest'):
@@ -93,6 +101,38 @@ def assert_close_to_scale(got, expected, tolerance=1e-4):
   scale = np.abs(expected).max()
   assert scale > 0
   assert np.abs(got - expected).max() <= tolerance * scale
+
+
+def test_a_default_file_runs_the_network_at_the_images_own_size(r18, r18_any_size_onnx):
+  model = onnx.load(str(r18_any_size_onnx))
+  metadata = {p.key: p.value for p in model.metadata_props}
+  assert Interface.from_json(metadata[INTERFACE_KEY]) == Interface(None, None, 19,
+                                                                   any_input_size=True)
+  operators = [node.op_type for node in model.graph.node]
+  assert operators.count('Conv') == 37 and operators.count('Resize') == 2
+  assert 'BatchNormalization' not in operators and 'Transpose' not in operators
+  session = onnx_runtime.session(r18_any_size_onnx)
+  for size in ((97, 203), (64, 96)):
+    images = normalize(random_images(1, size, seed=size[0]))
+    got = session.run(None, {'images': images.transpose(0, 3, 1, 2)})[0]
+    assert got.shape == (1, 19, -(-size[0] // 8), -(-size[1] // 8))
+    assert_close_to_scale(got, jax_logits(r18, images).transpose(0, 3, 1, 2))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', ['bisenetv1_r18', 'bisenetv1_r50', 'bisenetv2', 'fastscnn'])
+def test_every_network_runs_at_the_images_own_size_at_real_sizes(name, folder):
+  """The default file of each network equals its JAX model at sizes no stride divides, and at
+  Cityscapes' own: every resize and adaptive pool follows the run-time shapes."""
+  path = save_reference_model(folder / f'{name}_any', name)
+  session = onnx_runtime.session(export(path, folder / f'{name}_any.onnx', '--format', 'onnx'))
+  for size in ((97, 203), (481, 641), (720, 1280), (1024, 2048)):
+    images = normalize(random_images(1, size, seed=size[1]))
+    got = session.run(None, {'images': images.transpose(0, 3, 1, 2)})[0]
+    expected = jax_logits(path, images).transpose(0, 3, 1, 2)
+    print(f'{name} {size}: max |ONNX - JAX| / max |JAX| = '
+          f'{np.abs(got - expected).max() / np.abs(expected).max():.1e}')
+    assert_close_to_scale(got, expected)
 
 
 @pytest.mark.slow
@@ -176,11 +216,18 @@ def test_preprocessing_in_the_graph_equals_normalising_first(r18, r18_onnx, fold
 @pytest.fixture(scope='module')
 def r18_labels_onnx(r18, folder):
   return export(r18, folder / 'r18_labels.onnx', '--format', 'onnx', '--outputs', 'labels',
-                '--with-preprocessing', '--layout', 'nhwc', *size_flags(SMALL))
+                '--with-preprocessing', '--layout', 'nhwc')
 
 
-def jax_labels(checkpoint_path, images, input_size):
-  """What the file should give: the JAX model run at ``input_size``, labels at the images' size."""
+@pytest.fixture(scope='module')
+def r18_fixed_labels_onnx(r18, folder):
+  return export(r18, folder / 'r18_fixed_labels.onnx', '--format', 'onnx', '--outputs',
+                'labels', '--with-preprocessing', '--layout', 'nhwc', *size_flags(SMALL))
+
+
+def jax_labels(checkpoint_path, images, input_size=None):
+  """What the file should give: the JAX model run at ``input_size`` (default: the images'),
+  labels at the images' size."""
   model, variables = checkpoint.load_pretrained(checkpoint_path)
   spec = InferenceSpec(input_size=input_size)
   with jax.default_matmul_precision('highest'):
@@ -189,8 +236,21 @@ def jax_labels(checkpoint_path, images, input_size):
             normalize(images)))
 
 
-def test_a_file_takes_images_of_any_size_as_jax_with_its_input_size(r18, r18_labels_onnx):
+def test_a_labels_file_equals_predict_labels_at_each_images_size(r18, r18_labels_onnx):
   session = onnx_runtime.session(r18_labels_onnx)
+  for batch, size in ((1, (45, 70)), (1, (90, 200)), (2, SMALL)):
+    images = street_scenes(batch, size, seed=sum(size))
+    expected = jax_labels(r18, images)
+    assert len(np.unique(expected)) >= 2
+    got = session.run(None, {'images': images})[0]
+    assert got.dtype == np.uint8 and got.shape == (batch, *size)
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.slow
+def test_a_file_of_fixed_size_takes_any_size_as_jax_with_its_input_size(r18,
+                                                                         r18_fixed_labels_onnx):
+  session = onnx_runtime.session(r18_fixed_labels_onnx)
   for size in ((45, 70), (90, 200), SMALL):
     images = street_scenes(1, size, seed=sum(size))
     expected = jax_labels(r18, images, SMALL)
@@ -200,23 +260,11 @@ def test_a_file_takes_images_of_any_size_as_jax_with_its_input_size(r18, r18_lab
     np.testing.assert_array_equal(got, expected)
 
 
-def test_labels_output_equals_predict_labels(r18, r18_labels_onnx):
-  images = street_scenes(2, SMALL, seed=7)
-  model, variables = checkpoint.load_pretrained(r18)
-  with jax.default_matmul_precision('highest'):
-    expected = np.asarray(jax.jit(lambda x: inference.predict_labels(
-        lambda y: model.apply(variables, y, train=False), x, SMALL))(normalize(images)))
-  got = onnx_runtime.session(r18_labels_onnx).run(None, {'images': images})[0]
-  assert got.dtype == np.uint8 and got.shape == (2, *SMALL)
-  assert len(np.unique(expected)) >= 2
-  np.testing.assert_array_equal(got, expected)
-
-
-def write_images(root, count=2):
+def write_images(root, count=2, sizes=(SMALL,)):
   import cv2
   root.mkdir()
   for index in range(count):
-    image = street_scenes(1, SMALL, seed=20 + index)[0]
+    image = street_scenes(1, sizes[index % len(sizes)], seed=20 + index)[0]
     assert cv2.imwrite(str(root / f'{index}.png'), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
   return root
 
@@ -242,6 +290,26 @@ def test_predict_with_the_onnx_file_without_jax_writes_the_checkpoints_masks(
   for name in ('0_mask.png', '1_mask.png', 'legend.png'):
     np.testing.assert_array_equal(read_rgb(tmp_path / 'onnx' / name),
                                   read_rgb(tmp_path / 'jax' / name), err_msg=name)
+
+
+def test_a_logits_file_and_a_labels_file_give_the_same_masks_in_predict(
+    r18_any_size_onnx, r18_labels_onnx, tmp_path):
+  """A logits file's logits are upsampled and argmaxed on the host as the protocol does."""
+  images = write_images(tmp_path / 'images', count=2, sizes=(SMALL, (50, 90)))
+  for path, output in ((r18_any_size_onnx, 'logits'), (r18_labels_onnx, 'labels')):
+    predict.main(['--checkpoint', str(path), str(images), '--output', str(tmp_path / output)])
+  for name in ('0_mask.png', '1_mask.png'):
+    mask = read_rgb(tmp_path / 'labels' / name)
+    assert len(np.unique(mask.reshape(-1, 3), axis=0)) >= 2
+    np.testing.assert_array_equal(read_rgb(tmp_path / 'logits' / name), mask, err_msg=name)
+
+
+def test_host_upsampling_is_the_protocols_resize():
+  from bisenet_jax.models.layers import resize_bilinear
+  logits = np.random.default_rng(0).normal(size=(2, 7, 13, 5)).astype(np.float32)
+  for size in ((50, 97), (7, 13), (4, 30)):
+    np.testing.assert_allclose(onnx_runtime.upsample_bilinear(logits, size),
+                               np.asarray(resize_bilinear(logits, size)), rtol=0, atol=1e-6)
 
 
 @pytest.mark.slow
@@ -326,16 +394,16 @@ def test_missing_extra_names_it(r18, tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.slow
-def test_predict_refuses_a_logits_file_and_another_size(r18_onnx, r18_labels_onnx, tmp_path,
-                                                        capsys):
-  images = write_images(tmp_path / 'images', count=1)  # SMALL: not r18_onnx's size either.
+def test_predict_refuses_test_time_views_and_another_size_for_a_fixed_file(
+    r18_onnx, r18_labels_onnx, tmp_path, capsys):
+  images = write_images(tmp_path / 'images', count=1)
   for path in (r18_onnx, r18_labels_onnx):
     with pytest.raises(SystemExit):
       predict.main(['--checkpoint', str(path), str(images / '0.png'), '--scales', '0.5,1',
                     '--output', str(tmp_path / 'o')])
     assert 'runs each whole image once, at its own input size' in capsys.readouterr().err
   # Files of earlier versions took one size only: they refuse another one.
-  fixed = onnx.load(str(r18_labels_onnx))
+  fixed = onnx.load(str(r18_onnx))
   entry = next(p for p in fixed.metadata_props if p.key == INTERFACE_KEY)
   entry.value = json.dumps({**json.loads(entry.value), 'any_input_size': False})
   onnx.save(fixed, tmp_path / 'fixed.onnx')
@@ -344,11 +412,7 @@ def test_predict_refuses_a_logits_file_and_another_size(r18_onnx, r18_labels_onn
   with pytest.raises(SystemExit):
     predict.main(['--checkpoint', str(tmp_path / 'fixed.onnx'), str(tmp_path / 'other.png'),
                   '--output', str(tmp_path / 'o')])
-  assert 'takes 61x97 images, this one is 32x48' in capsys.readouterr().err
-  with pytest.raises(SystemExit):
-    predict.main(['--checkpoint', str(r18_onnx), str(images / '0.png'),
-                  '--output', str(tmp_path / 'o')])
-  assert 'export it again with --outputs labels' in capsys.readouterr().err
+  assert 'takes 481x641 images, this one is 32x48' in capsys.readouterr().err
   assert not list((tmp_path / 'o').glob('*_mask.png'))
 
 
@@ -363,14 +427,13 @@ def test_float16_and_int8_files_report_their_agreement_and_run_any_size(r18, r18
                                                                          tmp_path, capsys):
   calibration = write_images(tmp_path / 'calibration', count=4)
   export(r18, tmp_path / 'fp16.onnx', '--format', 'onnx', '--dtype', 'float16', '--outputs',
-         'labels', '--with-preprocessing', '--layout', 'nhwc', *size_flags(SMALL),
-         '--calibration', str(calibration))
+         'labels', '--with-preprocessing', '--layout', 'nhwc', '--calibration', str(calibration))
   out = capsys.readouterr().out
   assert 'float16' in out and 'check on 4 calibration image(s)' in out
   assert agreement(out) > 0.99
   export(r18, tmp_path / 'int8.onnx', '--format', 'onnx', '--dtype', 'int8', '--outputs',
-         'labels', '--with-preprocessing', '--layout', 'nhwc', *size_flags(SMALL),
-         '--calibration', str(calibration), '--min-agreement', '0.5')
+         'labels', '--with-preprocessing', '--layout', 'nhwc', '--calibration', str(calibration),
+         '--min-agreement', '0.5')
   out = capsys.readouterr().out
   assert 'int8' in out and agreement(out) > 0.9  # Random weights: near-tied logits.
   int8 = onnx.load(str(tmp_path / 'int8.onnx'))
@@ -382,7 +445,7 @@ def test_float16_and_int8_files_report_their_agreement_and_run_any_size(r18, r18
     segmenter = onnx_runtime.OnnxSegmenter(tmp_path / name)
     labels = segmenter.labels(images)
     assert labels.shape == (1, 45, 70) and labels.dtype == np.uint8
-    assert np.mean(labels == jax_labels(r18, images, SMALL)) > 0.85
+    assert np.mean(labels == jax_labels(r18, images)) > 0.85
 
 
 @pytest.mark.slow
@@ -415,7 +478,7 @@ def test_calibration_takes_a_dataset_roots_training_images(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_video_through_the_onnx_file_gives_the_jax_masks_at_its_input_size(
+def test_a_video_through_the_onnx_file_gives_the_jax_masks(
     r18, r18_labels_onnx, tmp_path, capsys):
   import cv2
   writer = cv2.VideoWriter(str(tmp_path / 'clip.mp4'), cv2.VideoWriter_fourcc(*'mp4v'), 5.0,
@@ -426,9 +489,42 @@ def test_a_video_through_the_onnx_file_gives_the_jax_masks_at_its_input_size(
   predict.main(['--checkpoint', str(r18_labels_onnx), str(tmp_path / 'clip.mp4'),
                 '--output', str(tmp_path / 'onnx'), '--frame-masks'])
   predict.main(['--checkpoint', str(r18), str(tmp_path / 'clip.mp4'), '--output',
-                str(tmp_path / 'jax'), '--frame-masks', '--input-size', f'{SMALL[0]}x{SMALL[1]}'])
+                str(tmp_path / 'jax'), '--frame-masks'])
   assert capsys.readouterr().out.count('clip.mp4: 4 frame(s)') == 2
   for index in range(4):
     name = f'clip/{index:06d}_mask.png'
     np.testing.assert_array_equal(read_rgb(tmp_path / 'onnx' / name),
                                   read_rgb(tmp_path / 'jax' / name), err_msg=name)
+
+
+def write_cityscapes_of_several_sizes(root, sizes):
+  """Street scenes of ``sizes`` in Cityscapes' layout (val split, one city)."""
+  import cv2
+  for index, size in enumerate(sizes):
+    image, label_ids = draw_street_scene(np.random.default_rng(index), *size)
+    stem = root / '{}' / 'val' / 'city' / f'city_000000_{index:06d}_{{}}.png'
+    for path, array in ((str(stem).format('leftImg8bit', 'leftImg8bit'),
+                         cv2.cvtColor(image, cv2.COLOR_RGB2BGR)),
+                        (str(stem).format('gtFine', 'gtFine_labelIds'), label_ids)):
+      Path(path).parent.mkdir(parents=True, exist_ok=True)
+      assert cv2.imwrite(path, array)
+  return root
+
+
+@pytest.mark.slow
+def test_a_default_float32_file_scores_what_its_checkpoint_scores(r18, folder, tmp_path, capsys):
+  """Images of three sizes, each scored at its own size by both (``--resize-to 120x192`` keeps
+  every one of them as it is for the checkpoint: each touches one of its edges)."""
+  from bisenet_jax import evaluate
+  root = write_cityscapes_of_several_sizes(tmp_path / 'cityscapes',
+                                           ((97, 192), (120, 161), (120, 192)))
+  path = export(r18, tmp_path / 'r18.onnx', '--format', 'onnx')
+  scores = {}
+  for name, model, flags in (('checkpoint', r18, ['--resize-to', '120x192']), ('onnx', path, [])):
+    evaluate.main(['--checkpoint', str(model), '--data-root', str(root),
+                   '--output', str(tmp_path / f'{name}.json'), *flags])
+    scores[name] = json.loads((tmp_path / f'{name}.json').read_text())
+  capsys.readouterr()
+  assert scores['onnx']['images'] == scores['checkpoint']['images'] == 3
+  assert 0 < scores['checkpoint']['miou'] < 1
+  assert abs(scores['onnx']['miou'] - scores['checkpoint']['miou']) < 1e-4

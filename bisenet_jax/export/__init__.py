@@ -36,7 +36,7 @@ class Interface:
   """What an exported model takes and returns.
 
   Attributes:
-    height, width: the size the network runs at.
+    height, width: the size the network runs at, or None: at each image's own size.
     num_classes: K.
     layout: 'nchw' (as PyTorch exports) or 'nhwc', of the input and of the logits.
     outputs: 'logits' (float32 at stride 8: ceil(H/8) x ceil(W/8) of the input) or 'labels'
@@ -46,13 +46,14 @@ class Interface:
       ``normalize``); otherwise float32 RGB normalised with MEAN_RGB / STD_RGB.
     dtype: the precision inside the graph ('float32', 'float16', or 'int8': statically
       quantized convolutions); inputs and logits stay float32.
-    any_input_size: the file takes images of any size: it resizes them (bilinearly,
+    any_input_size: the file takes images of any size (ONNX): without height and width the
+      network runs at each image's size; with them it resizes the images (bilinearly,
       half-pixel, as ``resize_bilinear``) to height x width and its output back to theirs, as
       ``InferenceSpec(input_size=(height, width))`` does in JAX. Otherwise (StableHLO) the input
       must be height x width.
   """
-  height: int
-  width: int
+  height: int | None
+  width: int | None
   num_classes: int
   layout: str = 'nchw'
   outputs: str = 'logits'
@@ -61,8 +62,9 @@ class Interface:
   any_input_size: bool = False
 
   @property
-  def input_size(self) -> tuple[int, int]:
-    return self.height, self.width
+  def input_size(self) -> tuple[int, int] | None:
+    """The size the network runs at; None: each image's own."""
+    return None if self.height is None else (self.height, self.width)
 
   @property
   def input_dtype(self) -> str:

@@ -7,9 +7,11 @@
 
 The default interface is what a PyTorch export of the model has: input ``images`` float32
 [N, 3, H, W] RGB normalised as the reference does, output ``logits`` float32 [N, K, ceil(H/8),
-ceil(W/8)]. An ONNX file takes any batch size and any image size: it runs the network at
-``--input-size HEIGHTxWIDTH`` (default 1024x2048), resizing the images to it and its output
-back; a StableHLO file takes exactly that size. ``--layout nhwc``, ``--outputs labels`` (uint8
+ceil(W/8)]. An ONNX file takes any batch size and any image size and runs the network at each
+image's own size, as the checkpoint does; with ``--input-size HEIGHTxWIDTH`` it runs it at that
+size, resizing the images to it and its output back (one shape for TensorRT engines). A
+StableHLO file takes exactly ``--input-size`` (default 1024x2048). ``--layout nhwc``,
+``--outputs labels`` (uint8
 class ids at the input's size, as ``predict_labels``), ``--with-preprocessing`` (uint8 RGB input,
 normalised in the graph) and ``--dtype float16|int8`` change it; int8 (ONNX) is calibrated on
 ``--calibration`` images. Before the file is written (to a temporary name, renamed once checked)
@@ -42,6 +44,10 @@ from bisenet_jax.specs import SIZE_FORMAT, format_size
 DEFAULT_MIN_AGREEMENT = 0.97
 DEFAULT_CALIBRATION_COUNT = 100
 _RANDOM_CHECK_IMAGES = 2
+STABLEHLO_SIZE = (1024, 2048)
+# Without calibration images a file taking any size is checked at two sizes, one that no
+# stride divides.
+_RANDOM_CHECK_SIZES = ((128, 256), (97, 203))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,9 +60,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--format', required=True, help=' or '.join(FORMATS))
   parser.add_argument('--output', required=True, help='the file to write')
   parser.add_argument('--input-size', type=cli.size_argument('--input-size'),
-                      default=(1024, 2048), metavar=SIZE_FORMAT,
-                      help='the size the network runs at (default 1024x2048); an ONNX file '
-                      'resizes other images to it')
+                      metavar=SIZE_FORMAT,
+                      help='run the network at this fixed size: an ONNX file resizes other '
+                      "images to it (default: each image's own size); the size a StableHLO file "
+                      f'takes (default {format_size(STABLEHLO_SIZE)})')
   cli.add_renamed_flags(parser, {'--height': f'--input-size {SIZE_FORMAT}',
                                  '--width': f'--input-size {SIZE_FORMAT}'})
   parser.add_argument('--layout', default='nchw', help='nchw (default, as PyTorch) or nhwc')
@@ -131,7 +138,7 @@ def export(args: argparse.Namespace, images: list[Path] | None) -> dict:
 
   spec, variables, dataset = checkpoint.load_model(args.checkpoint, args.ema)
   model = models.build(spec)
-  interface = Interface(*args.input_size, model.num_classes, args.layout, args.outputs,
+  interface = Interface(*_network_size(args), model.num_classes, args.layout, args.outputs,
                         args.with_preprocessing, args.dtype,
                         any_input_size=args.format == 'onnx')
   check_images = _check_images(images, interface)
@@ -159,6 +166,13 @@ def export(args: argparse.Namespace, images: list[Path] | None) -> dict:
           'opset': _opset(data) if args.format == 'onnx' else None}
 
 
+def _network_size(args: argparse.Namespace) -> tuple:
+  """(height, width) the network runs at: ``--input-size``, else any (ONNX) or the default."""
+  if args.input_size is not None:
+    return args.input_size
+  return (None, None) if args.format == 'onnx' else STABLEHLO_SIZE
+
+
 def _onnx_file(model, variables, interface: Interface, dataset, check_images) -> bytes:
   from bisenet_jax.export import onnx_file
   proto = onnx_file.build(model, variables, interface, check_images)
@@ -169,7 +183,8 @@ def _onnx_file(model, variables, interface: Interface, dataset, check_images) ->
 def _check_images(files: list[Path] | None, interface: Interface):
   """A function returning the check (and calibration) inputs, one image per batch, as the file
   takes them: the calibration images (resized to the fixed size of a StableHLO file), or random
-  ones (an ONNX file also gets one of another size)."""
+  ones (at the fixed size, and one of another size for an ONNX file; at two sizes for a file
+  running at the image's own size)."""
 
   def images():
     if files:
@@ -180,9 +195,12 @@ def _check_images(files: list[Path] | None, interface: Interface):
         yield image
       return
     rng = np.random.default_rng(0)
-    sizes = [interface.input_size] * _RANDOM_CHECK_IMAGES
-    if interface.any_input_size:
-      sizes.append(tuple(max(1, 3 * side // 4) for side in interface.input_size))
+    if interface.input_size is None:
+      sizes = list(_RANDOM_CHECK_SIZES)
+    else:
+      sizes = [interface.input_size] * _RANDOM_CHECK_IMAGES
+      if interface.any_input_size:
+        sizes.append(tuple(max(1, 3 * side // 4) for side in interface.input_size))
     for size in sizes:
       yield rng.integers(0, 256, (*size, 3), np.uint8)
 
@@ -237,8 +255,12 @@ def summary(args: argparse.Namespace, result: dict) -> str:
   kind = f"onnx opset {result['opset']}" if result['opset'] else 'stablehlo (jax.export)'
   normalisation = ('uint8 RGB, normalised in the graph' if interface.preprocessing else
                    f'RGB, (x - {list(MEAN_RGB)}) / {list(STD_RGB)}')
-  size = (f'any size (the network runs at {format_size(interface.input_size)})'
-          if interface.any_input_size else 'fixed size')
+  if interface.input_size is None:
+    size = "any size (the network runs at the image's own size)"
+  elif interface.any_input_size:
+    size = f'any size (the network runs at {format_size(interface.input_size)})'
+  else:
+    size = 'fixed size'
   output_dtype = 'uint8' if interface.outputs == 'labels' else 'float32'
   line = f"check on {check['images']}: {check['agreement']:.2%} of the labels equal JAX float32's"
   if check['logits_error'] is not None:

@@ -18,9 +18,10 @@ from bisenet_jax.specs import InferenceSpec
 def interface_fn(model, variables: dict, interface: Interface) -> Callable[[jax.Array], jax.Array]:
   """``images -> logits or labels`` as ``interface`` says, the weights closed over (constants).
 
-  With ``interface.any_input_size`` the images may have any size: they are resized to the
-  interface's size and the output back to theirs (``InferenceSpec.input_size``), which is what
-  an exported ONNX file computes and the reference its check compares against. float16 runs the
+  With ``interface.any_input_size`` the images may have any size: the network runs at theirs,
+  or, if the interface has a fixed size, they are resized to it and the output back to theirs
+  (``InferenceSpec.input_size``), which is what an exported ONNX file computes and the reference
+  its check compares against. float16 runs the
   convolutions and activations in float16 with float16 weights (StableHLO); the BatchNorm
   statistics stay float32, as ``layers.BatchNorm`` keeps them, and so do inputs and logits.
   """
@@ -49,17 +50,29 @@ def interface_fn(model, variables: dict, interface: Interface) -> Callable[[jax.
   return fn
 
 
-def network_interface(interface: Interface) -> Interface:
-  """The fixed-size network an ONNX file wraps: float32 normalised input, logits out.
+def network_fn(model, variables: dict, layout: str) -> Callable[[jax.Array], jax.Array]:
+  """Normalised float32 images -> float32 logits at stride 8, both in ``layout``: the network an
+  ONNX file wraps (``onnx_file.wrap``), the weights closed over."""
+  variables = {'params': variables['params'], 'batch_stats': variables['batch_stats']}
 
-  ``onnx_file.take_any_size`` adds the normalisation, the resizes and the argmax around it.
-  """
+  def fn(images):
+    if layout == 'nchw':
+      images = jnp.transpose(images, (0, 2, 3, 1))
+    logits = model.apply(variables, images, train=False).astype(jnp.float32)
+    return jnp.transpose(logits, (0, 3, 1, 2)) if layout == 'nchw' else logits
+
+  return fn
+
+
+def network_interface(interface: Interface) -> Interface:
+  """The input ``network_fn`` is traced for: float32 normalised, of the interface's fixed size,
+  or of any (symbolic) size when it has none."""
   return dataclasses.replace(interface, preprocessing=False, outputs='logits', dtype='float32',
-                             any_input_size=False)
+                             any_input_size=interface.input_size is None)
 
 
 def input_spec(interface: Interface) -> jax.ShapeDtypeStruct:
-  """The input with a symbolic batch dimension 'N' (and the interface's fixed size)."""
-  dims = ', '.join(str(d) for d in dataclasses.replace(
-      interface, any_input_size=False).input_shape('N'))
+  """The input with a symbolic batch dimension 'N', and symbolic 'H' and 'W' where the interface
+  takes any size."""
+  dims = ', '.join(str(d) for d in interface.input_shape('N'))
   return jax.ShapeDtypeStruct(jax.export.symbolic_shape(dims), jnp.dtype(interface.input_dtype))

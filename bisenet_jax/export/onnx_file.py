@@ -1,14 +1,16 @@
 """ONNX through jax2onnx (imported here only: the ``export`` extra), taking any image size.
 
-The network is traced by jax2onnx at one size (the context path computes its nearest-resize
-indices from static shapes, as PyTorch's rule needs, so it cannot be traced with symbolic height
-and width). ``take_any_size`` then puts standard ONNX operators around it, so the file takes
-images of any size in any runtime: the normalisation as a lookup (``Gather`` on the same table as
-``normalization.normalize``, bit-identical), a bilinear ``Resize`` (half-pixel, no antialiasing:
-``resize_bilinear``'s arithmetic) to the network's size, and after it a ``Resize`` of the logits
-back to the input's size (labels: then ``ArgMax``) or to its stride-8 grid (logits). Finally
-ONNX Runtime's basic (portable) graph optimisations fold the BatchNorms into the convolutions and
-cancel the transposes jax2onnx writes around NHWC convolutions: about 800 nodes become 190.
+By default the network is traced with symbolic height and width: the file computes it at each
+image's own size, as the checkpoint does (``onnx_ops`` writes the operations whose arithmetic
+depends on the sizes: resizes, adaptive and 3x3 pools). With a fixed ``Interface`` size the
+network is traced at that size and ``wrap`` resizes the images to it (a bilinear ``Resize``,
+half-pixel, no antialiasing: ``resize_bilinear``'s arithmetic) and its output back, for runtimes
+that want one shape (TensorRT engines). ``wrap`` also puts the interface around the network with
+standard ONNX operators: the normalisation as a lookup (``Gather`` on the same table as
+``normalization.normalize``, bit-identical) and, for labels, a ``Resize`` of the logits to the
+input's size and ``ArgMax``. Finally ONNX Runtime's basic (portable) graph optimisations fold the
+BatchNorms into the convolutions and cancel the transposes jax2onnx writes around NHWC
+convolutions: about 800 nodes become 120-210.
 """
 
 from __future__ import annotations
@@ -48,48 +50,49 @@ def build(model, variables: dict, interface: Interface, calibration_inputs=None)
   int8 (``precision``; int8 calibrates on ``calibration_inputs()``, inputs as the file takes
   them). Without its metadata (``with_metadata``)."""
   from bisenet_jax.export import graph, precision
-  network_interface = graph.network_interface(interface)
-  network = export_network(graph.interface_fn(model, variables, network_interface),
-                           graph.input_spec(network_interface))
-  proto = optimize(take_any_size(network, interface))
+  network = export_network(graph.network_fn(model, variables, interface.layout),
+                           graph.input_spec(graph.network_interface(interface)))
+  proto = optimize(wrap(network, interface))
   return precision.convert(proto, interface.dtype, calibration_inputs)
 
 
 def export_network(fn, spec):
-  """The ModelProto of the fixed-size network ``fn`` (``graph.network_interface``), traced with
-  standard convolutions (``kernels.portable``: a grouped ``Conv``, not window taps)."""
+  """The ModelProto of the network ``fn`` (``graph.network_fn``) for inputs like ``spec``
+  (symbolic or fixed height and width), traced with standard convolutions and with the
+  size-dependent operations of ``onnx_ops`` (``kernels.portable``)."""
   from bisenet_jax.models import kernels
   jax2onnx, _ = require()
+  from bisenet_jax.export import onnx_ops
   # jax2onnx 0.13 prints its Flax plugins' debug lines and logs value-type warnings that say
   # nothing about the result (which onnx.checker and the export's comparison do check).
   for name in ('jax2onnx', 'onnx_ir'):
     logging.getLogger(name).setLevel(logging.ERROR)
-  with contextlib.redirect_stdout(io.StringIO()), kernels.portable():
+  with contextlib.redirect_stdout(io.StringIO()), kernels.portable(onnx_ops.SHAPE_OPS):
     return jax2onnx.to_onnx(fn, [spec], model_name='bisenet_jax', opset=OPSET,
                             input_names=[INPUT_NAME], output_names=['logits'])
 
 
-def take_any_size(network, interface: Interface):
-  """The file's graph: ``network`` behind normalisation and resizes to and from its size."""
+def wrap(network, interface: Interface):
+  """The file's graph: ``network`` (logits at stride 8) behind the interface's normalisation,
+  resized to and from a fixed network size if the interface has one, then labels if asked."""
   _, onnx = require()
   from onnx import TensorProto, helper, numpy_helper
-  graph = network.graph
-  for node in graph.node:  # The network reads the resized images, and its output is internal.
-    node.input[:] = [_NETWORK_INPUT if name == INPUT_NAME else name for name in node.input]
-    node.output[:] = [_NETWORK_OUTPUT if name == 'logits' else name for name in node.output]
   nchw = interface.layout == 'nchw'
   spatial = [2, 3] if nchw else [1, 2]
   channel_shape = (1, 3, 1, 1) if nchw else (1, 1, 1, 3)
-  constants = {
-      'size': np.array(interface.input_size, np.int64),
-      'spatial_start': np.array([spatial[0]], np.int64),
-      'spatial_end': np.array([spatial[1] + 1], np.int64),
-  }
+  fixed = interface.input_size is not None
+  resized_logits = interface.outputs == 'labels' or fixed  # To the input's size or grid.
+  constants = {}
+  if resized_logits:
+    constants['spatial_start'] = np.array([spatial[0]], np.int64)
+    constants['spatial_end'] = np.array([spatial[1] + 1], np.int64)
+  if fixed:
+    constants['size'] = np.array(interface.input_size, np.int64)
   if interface.preprocessing:
     # Channel c of value v is entry 256 * c + v of the channel-major table.
     constants['table'] = normalization_table().T.reshape(-1).astype(np.float32)
     constants['channel_offsets'] = (256 * np.arange(3, dtype=np.int64)).reshape(channel_shape)
-  if interface.outputs == 'logits':
+  if interface.outputs == 'logits' and fixed:
     constants['stride_minus_one'] = np.array(OUTPUT_STRIDE - 1, np.int64)
     constants['stride'] = np.array(OUTPUT_STRIDE, np.int64)
   initializers = [numpy_helper.from_array(value, f'any_size/{name}')
@@ -98,30 +101,38 @@ def take_any_size(network, interface: Interface):
   resize = lambda inputs, output: helper.make_node(  # noqa: E731
       'Resize', [inputs[0], '', '', inputs[1]], [output], mode='linear',
       coordinate_transformation_mode='half_pixel', axes=spatial)
-  before = []
-  images = INPUT_NAME
+  before, images = [], INPUT_NAME
   if interface.preprocessing:
     before += [helper.make_node('Cast', [INPUT_NAME], [c('index')], to=TensorProto.INT64),
                helper.make_node('Add', [c('index'), c('channel_offsets')], [c('entry')]),
                helper.make_node('Gather', [c('table'), c('entry')], [c('normalised')], axis=0)]
     images = c('normalised')
-  before.append(resize([images, c('size')], _NETWORK_INPUT))
-  after = [helper.make_node('Shape', [INPUT_NAME], [c('shape')]),
-           helper.make_node('Slice', [c('shape'), c('spatial_start'), c('spatial_end')],
-                            [c('input_size')])]
+  if fixed:
+    before.append(resize([images, c('size')], c('resized')))
+    images = c('resized')
+  input_size = [helper.make_node('Shape', [INPUT_NAME], [c('shape')]),
+                helper.make_node('Slice', [c('shape'), c('spatial_start'), c('spatial_end')],
+                                 [c('input_size')])]
+  logits = c('logits') if resized_logits else 'logits'
   if interface.outputs == 'labels':
-    after += [resize([_NETWORK_OUTPUT, c('input_size')], c('upsampled')),
-              helper.make_node('ArgMax', [c('upsampled')], [c('argmax')],
-                               axis=1 if nchw else 3, keepdims=0),
-              helper.make_node('Cast', [c('argmax')], ['labels'], to=TensorProto.UINT8)]
+    after = input_size + [
+        resize([logits, c('input_size')], c('upsampled')),
+        helper.make_node('ArgMax', [c('upsampled')], [c('argmax')], axis=1 if nchw else 3,
+                         keepdims=0),
+        helper.make_node('Cast', [c('argmax')], ['labels'], to=TensorProto.UINT8)]
     output = helper.make_tensor_value_info('labels', TensorProto.UINT8, ['N', 'H', 'W'])
   else:
     # ceil(size / 8) = (size + 7) // 8 on positive integers.
-    after += [helper.make_node('Add', [c('input_size'), c('stride_minus_one')], [c('padded')]),
-              helper.make_node('Div', [c('padded'), c('stride')], [c('stride_size')]),
-              resize([_NETWORK_OUTPUT, c('stride_size')], 'logits')]
+    after = [] if not fixed else input_size + [
+        helper.make_node('Add', [c('input_size'), c('stride_minus_one')], [c('padded')]),
+        helper.make_node('Div', [c('padded'), c('stride')], [c('stride_size')]),
+        resize([logits, c('stride_size')], 'logits')]
     output = helper.make_tensor_value_info('logits', TensorProto.FLOAT,
                                            list(interface.output_shape('N')))
+  graph = network.graph
+  for node in graph.node:  # The network reads the (normalised, resized) images.
+    node.input[:] = [images if name == INPUT_NAME else name for name in node.input]
+    node.output[:] = [logits if name == 'logits' else name for name in node.output]
   for node in before + after:  # Named, as converters derive the names they add from them.
     node.name = f'any_size/{node.output[0]}'
   inputs = [helper.make_tensor_value_info(

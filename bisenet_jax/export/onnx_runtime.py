@@ -58,17 +58,45 @@ class OnnxSegmenter:
     """The model's output for an input as its interface takes it."""
     return self.session.run(None, {INPUT_NAME: images})[0]
 
-  def require_labels(self) -> None:
-    """Prediction and evaluation need a '--outputs labels' file."""
-    if self.interface.outputs != 'labels':
-      raise UserError(f'{self.path} outputs logits; prediction needs the labels at image size: '
-                      'export it again with --outputs labels')
-
   def labels(self, images: np.ndarray) -> np.ndarray:
-    """uint8 [N, H, W, 3] RGB images -> uint8 [N, H, W] class ids (``require_labels``)."""
+    """uint8 [N, H, W, 3] RGB images -> uint8 [N, H, W] class ids.
+
+    A labels file computes them; a logits file's logits are upsampled to the images' size and
+    their argmax taken here, as the evaluation protocol does (``inference.predict_labels``).
+    The same masks, then, as a labels file of the same model (a file of fixed network size has
+    already resized its logits to the images' stride-8 grid: a second resize, which can move a
+    few boundary pixels).
+    """
     interface = self.interface
     if not interface.any_input_size and images.shape[1:3] != interface.input_size:
       raise UserError(f'{self.path} takes {format_size(interface.input_size)} images, this one '
                       f'is {format_size(images.shape[1:3])}: export the model again with '
                       f'--input-size {format_size(images.shape[1:3])}')
-    return self.run(interface.prepare(images))
+    output = self.run(interface.prepare(images))
+    if interface.outputs == 'labels':
+      return output
+    logits = output.transpose(0, 2, 3, 1) if interface.layout == 'nchw' else output
+    return upsample_bilinear(logits, images.shape[1:3]).argmax(-1).astype(np.uint8)
+
+
+def upsample_bilinear(x: np.ndarray, size) -> np.ndarray:
+  """F.interpolate(x, size, mode='bilinear', align_corners=False) on float32 NHWC maps, in
+  float32: ``layers.resize_bilinear``'s taps and order (width, then height), without JAX."""
+  return _resize_axis(_resize_axis(x, 2, size[1]), 1, size[0])
+
+
+def _resize_axis(x: np.ndarray, axis: int, out_size: int) -> np.ndarray:
+  in_size = x.shape[axis]
+  if out_size == in_size:
+    return x
+  # PyTorch's source coordinate (dst + 0.5) * in / out - 0.5, clamped at 0, scale in float32.
+  scale = np.float32(in_size) / np.float32(out_size)
+  source = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+  source = np.maximum(source, np.float32(0))
+  low = np.minimum(np.floor(source).astype(np.int64), in_size - 1)
+  high = np.minimum(low + 1, in_size - 1)
+  shape = [1] * x.ndim
+  shape[axis] = out_size
+  weight_high = (source - low).astype(np.float32).reshape(shape)
+  return (np.take(x, low, axis=axis) * (np.float32(1) - weight_high)
+          + np.take(x, high, axis=axis) * weight_high)

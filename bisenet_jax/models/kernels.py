@@ -11,7 +11,10 @@ as shifted multiply-adds. Other backends keep XLA's own convolutions
 
 Exported files must hold the standard operators (an ONNX ``Conv`` with ``group``, not 9 slices),
 and ``platform_dependent`` has no ONNX form: inside ``portable()`` every convolution is traced as
-``lax.conv_general_dilated`` itself.
+``lax.conv_general_dilated`` itself. ``portable(ops)`` also hands the size-dependent operations
+(the 3x3 pools here, the resizes and adaptive pools of ``layers``) to ``ops``, a ``ShapeOps``:
+the ONNX export passes operations that are written as ONNX ``MaxPool``, ``Resize``... computed
+from the run-time shapes, so that the file runs at any image size.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-from typing import Iterator, Sequence
+from typing import Iterator, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,17 +34,44 @@ _NHWC = ('NHWC', 'HWIO', 'NHWC')
 _IM2COL_CHUNK_BYTES = 8 * 2**20
 
 
+class ShapeOps(Protocol):
+  """The size-dependent operations of the models, as an exporter writes them.
+
+  Each computes what the model's own function of the same name computes (PyTorch's
+  semantics), but from the shapes its input has at run time rather than the traced ones.
+  """
+
+  def pool_3x3_s2(self, x: jax.Array, kind: str) -> jax.Array:
+    """``max_pool_3x3_s2`` (kind 'max') or ``avg_pool_3x3_s2`` ('avg')."""
+
+  def resize(self, x: jax.Array, size: tuple, method: str) -> jax.Array:
+    """``layers.resize_nearest`` (method 'nearest') or ``layers.resize_bilinear`` ('linear')
+    to ``size``, which may hold symbolic dimensions."""
+
+  def adaptive_avg_pool(self, x: jax.Array, size: int) -> jax.Array:
+    """``layers.adaptive_avg_pool`` (size > 1)."""
+
+
 _PORTABLE = contextvars.ContextVar('portable', default=False)
+_SHAPE_OPS: contextvars.ContextVar[ShapeOps | None] = contextvars.ContextVar('shape_ops',
+                                                                             default=None)
 
 
 @contextlib.contextmanager
-def portable() -> Iterator[None]:
-  """Trace convolutions as plain ``lax.conv_general_dilated`` (for exported files)."""
-  token = _PORTABLE.set(True)
+def portable(ops: ShapeOps | None = None) -> Iterator[None]:
+  """Trace convolutions as plain ``lax.conv_general_dilated`` (for exported files), and the
+  size-dependent operations through ``ops`` when given."""
+  tokens = _PORTABLE.set(True), _SHAPE_OPS.set(ops)
   try:
     yield
   finally:
-    _PORTABLE.reset(token)
+    _PORTABLE.reset(tokens[0])
+    _SHAPE_OPS.reset(tokens[1])
+
+
+def shape_ops() -> ShapeOps | None:
+  """The ``ShapeOps`` of the enclosing ``portable(ops)``, if any."""
+  return _SHAPE_OPS.get()
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, window_strides: Sequence[int],
@@ -227,13 +257,18 @@ def _kernel_grad_cpu(strides, padding, precision, x, kernel, grad):
   return total.reshape(kernel.shape).astype(kernel.dtype)
 
 
-@jax.custom_vjp
 def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
   """MaxPool2d(3, stride=2, padding=1): padding acts like -inf, output side ceil(n / 2).
 
   The maximum of the nine strided window taps. The gradient goes to the first maximal tap in
   row-major window order, as PyTorch's max-pool backward does (ties are common after a ReLU).
   """
+  ops = shape_ops()
+  return _max_pool_3x3_s2(x) if ops is None else ops.pool_3x3_s2(x, 'max')
+
+
+@jax.custom_vjp
+def _max_pool_3x3_s2(x: jax.Array) -> jax.Array:
   padded, out_hw = _pool_input(x)
   return functools.reduce(jnp.maximum, _pool_taps(padded, out_hw))
 
@@ -254,7 +289,7 @@ def _pool_taps(padded, out_hw):
 
 
 def _max_pool_fwd(x):
-  y = max_pool_3x3_s2(x)
+  y = _max_pool_3x3_s2(x)
   return y, (x, y)
 
 
@@ -275,12 +310,15 @@ def _max_pool_bwd(residuals, grad):
   return (dpadded[:, 1:1 + x.shape[1], 1:1 + x.shape[2]],)
 
 
-max_pool_3x3_s2.defvjp(_max_pool_fwd, _max_pool_bwd)
+_max_pool_3x3_s2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def avg_pool_3x3_s2(x: jax.Array) -> jax.Array:
   """AvgPool2d(3, stride=2, padding=1) with PyTorch's defaults (``ceil_mode=False``,
   ``count_include_pad=True``): zero padding counts, so every window divides by 9; output side
   ceil(n / 2). Autodiff's gradient (pads of the taps) is already fast on CPU."""
+  ops = shape_ops()
+  if ops is not None:
+    return ops.pool_3x3_s2(x, 'avg')
   padded, out_hw = _pool_input(x, fill=0)
   return functools.reduce(jnp.add, _pool_taps(padded, out_hw)) / 9

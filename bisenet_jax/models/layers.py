@@ -221,6 +221,8 @@ def adaptive_avg_pool(x: jax.Array, size: int) -> jax.Array:
   """AdaptiveAvgPool2d(size) on NHWC: (N, H, W, C) -> (N, size, size, C)."""
   if size == 1:
     return global_avg_pool(x)
+  if (ops := kernels.shape_ops()) is not None:
+    return ops.adaptive_avg_pool(x, size)
   rows, cols = (jnp.asarray(adaptive_pool_matrix(n, size), x.dtype) for n in x.shape[1:3])
   return jnp.einsum('ih,nhwc,jw->nijc', rows, x, cols)
 
@@ -244,6 +246,8 @@ def _resize_axis_nearest(x: jax.Array, axis: int, out_size: int) -> jax.Array:
 
 def resize_nearest(x: jax.Array, size: Sequence[int]) -> jax.Array:
   """F.interpolate(x, size, mode='nearest') on NHWC, exact for any sizes."""
+  if (ops := kernels.shape_ops()) is not None:
+    return ops.resize(x, tuple(size), 'nearest')
   x = _resize_axis_nearest(x, 1, size[0])
   return _resize_axis_nearest(x, 2, size[1])
 
@@ -295,6 +299,8 @@ def resize_bilinear(x: jax.Array, size: Sequence[int]) -> jax.Array:
   Two taps per output pixel and axis, as PyTorch, with no antialiasing when shrinking
   (``jax.image.resize`` antialiases by default and builds dense weight matrices).
   """
+  if (ops := kernels.shape_ops()) is not None:
+    return ops.resize(x, tuple(size), 'linear')
   # Width first, then height: PyTorch's order of the two interpolations.
   x = _resize_axis_linear(x, 2, size[1])
   return _resize_axis_linear(x, 1, size[0])
