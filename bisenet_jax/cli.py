@@ -210,7 +210,8 @@ def check_classes(path: str, num_classes: int, dataset: DatasetSpec) -> None:
 
 
 def open_exported(args: argparse.Namespace, spec: InferenceSpec, root: str | None, use: str):
-  """``(OnnxSegmenter, DatasetSpec)`` for an exported ``--outputs labels`` file.
+  """``(OnnxSegmenter, DatasetSpec)`` for a file written by ``python -m bisenet_jax.export``
+  (labels or logits: ``OnnxSegmenter.labels`` takes the argmax of a logits file on the host).
 
   Such a file runs each whole image once at its own input size, with the weights it was
   exported with, so the inference and EMA flags are refused rather than ignored.

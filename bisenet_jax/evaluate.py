@@ -10,9 +10,9 @@ of the defined class IoUs. ``--mode slide``, ``--flip``, ``--scales`` and ``--in
 to sliding windows, test-time augmentation or a fixed input size. The checkpoint may be an
 official ``.pth`` (converted in memory; needs torch), a folder written by
 ``convert/ssseg_to_flax.py`` or a training workdir; the architecture comes from the checkpoint.
-An ``.onnx`` from ``python -m bisenet_jax.export --outputs labels`` runs on ONNX Runtime with the
-same split, table and JSON (each whole image once, at the file's input size), in one process
-and without JAX: this module imports JAX only to evaluate a checkpoint.
+An ``.onnx`` from ``python -m bisenet_jax.export`` runs on ONNX Runtime with the same split,
+table and JSON (each whole image once, at its own size unless the file was exported at a fixed
+one), in one process and without JAX: this module imports JAX only to evaluate a checkpoint.
 
 The split is sharded over every device (``--batch-size`` images per device per step). With
 ``--output`` the scores go to a JSON file, written only once evaluation has succeeded.
@@ -221,8 +221,7 @@ def parse_args(argv=None) -> argparse.Namespace:
       epilog='Sizes are HEIGHTxWIDTH. Without inference flags this is the reference protocol.')
   parser.add_argument('--checkpoint', required=True,
                       help='official .pth, a folder from convert/ssseg_to_flax.py, a training '
-                      'workdir (its latest checkpoint), or an .onnx from bisenet_jax.export '
-                      '--outputs labels')
+                      'workdir (its latest checkpoint), or an .onnx from bisenet_jax.export')
   parser.add_argument('--data-root', required=True,
                       help='the dataset root (Cityscapes: the folder holding leftImg8bit/ and '
                       'gtFine/)')

@@ -26,9 +26,10 @@ models, a 1024x2048 street frame) for good results; ``--scales`` runs it at othe
 shared, jitted ``evaluator.make_segment_fn`` on one device with the same flags as
 ``bisenet_jax.evaluate``; it compiles once per distinct image size.
 
-``--checkpoint model.onnx`` runs a file from ``python -m bisenet_jax.export --outputs labels``
-on ONNX Runtime instead, without JAX: any image size (the file resizes to its own), classes and
-colours from the file's metadata (docs/deployment.md).
+``--checkpoint model.onnx`` runs a file from ``python -m bisenet_jax.export`` on ONNX Runtime
+instead, without JAX: any image size (the network runs at the image's own size, or at a fixed
+``--input-size`` the file was exported with), classes and colours from the file's metadata
+(docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -297,8 +298,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help='also segment camera INDEX (OpenCV numbering, 0 = the first)')
   parser.add_argument('--checkpoint', required=True,
                       help='official .pth, a folder from convert/ssseg_to_flax.py, a training '
-                      'workdir (its latest checkpoint), or an .onnx from bisenet_jax.export '
-                      '--outputs labels')
+                      'workdir (its latest checkpoint), or an .onnx from bisenet_jax.export')
   parser.add_argument('--output', required=True, help='folder for the masks (created if needed)')
   parser.add_argument('--overlay', action='store_true',
                       help='also write the image (video) blended with its mask')

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bisenet_jax import resampling
 from bisenet_jax.errors import UserError
 from bisenet_jax.export import DATASET_KEY, EXTRA_HINT, INPUT_NAME, INTERFACE_KEY, Interface
 from bisenet_jax.specs import DatasetSpec, format_size
@@ -89,14 +90,9 @@ def _resize_axis(x: np.ndarray, axis: int, out_size: int) -> np.ndarray:
   in_size = x.shape[axis]
   if out_size == in_size:
     return x
-  # PyTorch's source coordinate (dst + 0.5) * in / out - 0.5, clamped at 0, scale in float32.
-  scale = np.float32(in_size) / np.float32(out_size)
-  source = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
-  source = np.maximum(source, np.float32(0))
-  low = np.minimum(np.floor(source).astype(np.int64), in_size - 1)
-  high = np.minimum(low + 1, in_size - 1)
+  low, high, weight_high = resampling.linear_taps(in_size, out_size)
   shape = [1] * x.ndim
   shape[axis] = out_size
-  weight_high = (source - low).astype(np.float32).reshape(shape)
+  weight_high = weight_high.reshape(shape)
   return (np.take(x, low, axis=axis) * (np.float32(1) - weight_high)
           + np.take(x, high, axis=axis) * weight_high)

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bisenet_jax import resampling
 from bisenet_jax.models import kernels
 
 Dtype = Any
@@ -253,17 +254,6 @@ def resize_nearest(x: jax.Array, size: Sequence[int]) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=None)
-def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  # PyTorch's align_corners=False source index: (dst + 0.5) * in / out - 0.5, clamped at 0.
-  scale = np.float32(in_size) / np.float32(out_size)
-  src = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
-  src = np.maximum(src, np.float32(0))
-  lo = np.minimum(np.floor(src).astype(np.int32), in_size - 1)
-  hi = np.minimum(lo + 1, in_size - 1)
-  weight_hi = (src - lo).astype(np.float32)
-  return lo, hi, weight_hi
-
-
 def linear_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
   """The (out_size, in_size) float32 matrix of ``resize_bilinear`` along one axis.
 
@@ -272,7 +262,7 @@ def linear_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
   zeros. Useful where a matmul beats a gather, e.g. for the backward pass (a matmul with the
   transpose instead of a scatter-add).
   """
-  lo, hi, weight_hi = _linear_taps(in_size, out_size)
+  lo, hi, weight_hi = resampling.linear_taps(in_size, out_size)
   matrix = np.zeros((out_size, in_size), np.float32)
   rows = np.arange(out_size)
   np.add.at(matrix, (rows, lo), 1 - weight_hi)
@@ -284,7 +274,7 @@ def _resize_axis_linear(x: jax.Array, axis: int, out_size: int) -> jax.Array:
   in_size = x.shape[axis]
   if out_size == in_size:
     return x
-  lo, hi, weight_hi = _linear_taps(in_size, out_size)
+  lo, hi, weight_hi = resampling.linear_taps(in_size, out_size)
   shape = [1] * x.ndim
   shape[axis] = out_size
   weight_lo = jnp.asarray(1 - weight_hi, x.dtype).reshape(shape)
