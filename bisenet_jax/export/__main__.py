@@ -95,9 +95,38 @@ def _choice(value: str, choices: tuple[str, ...], flag: str) -> str:
   return value
 
 
-def check_args(args: argparse.Namespace) -> list[Path] | None:
-  """Every argument error before the (slow) checkpoint load and export; returns the
-  calibration image files, if any."""
+@dataclasses.dataclass(frozen=True)
+class ExportJob:
+  """One export, checked at the edge (``job_from_args``) before the slow checkpoint load.
+
+  Attributes:
+    checkpoint: what ``checkpoint.load_model`` reads; ``ema``: its EMA choice (None: the default).
+    format: 'onnx' or 'stablehlo'; output: the file to write.
+    input_size: the size the network runs at, or None (ONNX: the image's own size).
+    layout, outputs, preprocessing, dtype: the file's ``Interface`` (besides the classes).
+    calibration: image files to calibrate int8 on and to check the file against, or None.
+    min_agreement: an int8 file whose labels agree less with float32 JAX's is refused.
+  """
+  checkpoint: str
+  ema: bool | None
+  format: str
+  output: Path
+  input_size: tuple[int, int] | None
+  layout: str
+  outputs: str
+  preprocessing: bool
+  dtype: str
+  calibration: tuple[Path, ...] | None
+  min_agreement: float
+
+  def interface(self, num_classes: int) -> Interface:
+    height, width = self.input_size or (None, None)
+    return Interface(height, width, num_classes, self.layout, self.outputs, self.preprocessing,
+                     self.dtype, any_input_size=self.format == 'onnx')
+
+
+def job_from_args(args: argparse.Namespace) -> ExportJob:
+  """Every argument error before the (slow) checkpoint load and export."""
   _choice(args.format, FORMATS, '--format')
   _choice(args.layout, LAYOUTS, '--layout')
   _choice(args.outputs, OUTPUTS, '--outputs')
@@ -124,26 +153,27 @@ def check_args(args: argparse.Namespace) -> list[Path] | None:
   if args.dtype == 'float16' and args.format == 'onnx':
     from bisenet_jax.export import precision
     precision.require_float16()
-  if args.calibration is None:
-    return None
-  return calibration.calibration_images(args.calibration, args.calibration_count)
+  images = (None if args.calibration is None else
+            tuple(calibration.calibration_images(args.calibration, args.calibration_count)))
+  input_size = args.input_size or (None if args.format == 'onnx' else STABLEHLO_SIZE)
+  return ExportJob(args.checkpoint, args.ema, args.format, output, input_size, args.layout,
+                   args.outputs, args.with_preprocessing, args.dtype, images, args.min_agreement)
 
 
-def export(args: argparse.Namespace, images: list[Path] | None) -> dict:
+def export(job: ExportJob) -> dict:
   """Loads, exports, checks and writes; returns what the summary prints."""
   import jax
 
   from bisenet_jax import checkpoint, models
   from bisenet_jax.export import graph
 
-  spec, variables, dataset = checkpoint.load_model(args.checkpoint, args.ema)
+  spec, variables, dataset = checkpoint.load_model(job.checkpoint, job.ema)
   model = models.build(spec)
-  interface = Interface(*_network_size(args), model.num_classes, args.layout, args.outputs,
-                        args.with_preprocessing, args.dtype,
-                        any_input_size=args.format == 'onnx')
+  interface = job.interface(model.num_classes)
+  images = job.calibration
   check_images = _check_images(images, interface)
   with jax.default_matmul_precision('highest'):  # Full fp32, as the reference (no TF32).
-    if args.format == 'onnx':
+    if job.format == 'onnx':
       data = _onnx_file(model, variables, interface, dataset, check_images)
       run = _onnx_runner(data)
     else:
@@ -156,21 +186,14 @@ def export(args: argparse.Namespace, images: list[Path] | None) -> dict:
                                            dataclasses.replace(interface, dtype='float32')))
     check = compare(run, reference, check_images(), interface)
   check['images'] = f'{len(images)} calibration image(s)' if images else 'random images'
-  if args.dtype == 'int8' and check['agreement'] < args.min_agreement:
+  if job.dtype == 'int8' and check['agreement'] < job.min_agreement:
     raise UserError(f"the int8 file's labels agree with float32 JAX's on {check['agreement']:.2%} "
                     f"of the pixels of {check['images']}, under --min-agreement "
-                    f'{args.min_agreement:.2%}: nothing written; calibrate on more typical '
+                    f'{job.min_agreement:.2%}: nothing written; calibrate on more typical '
                     'images (--calibration, --calibration-count) or lower --min-agreement')
-  write_atomically(args.output, data, remedy='choose another --output')
+  write_atomically(job.output, data, remedy='choose another --output')
   return {'interface': interface, 'bytes': len(data), 'check': check,
-          'opset': _opset(data) if args.format == 'onnx' else None}
-
-
-def _network_size(args: argparse.Namespace) -> tuple:
-  """(height, width) the network runs at: ``--input-size``, else any (ONNX) or the default."""
-  if args.input_size is not None:
-    return args.input_size
-  return (None, None) if args.format == 'onnx' else STABLEHLO_SIZE
+          'opset': _opset(data) if job.format == 'onnx' else None}
 
 
 def _onnx_file(model, variables, interface: Interface, dataset, check_images) -> bytes:
@@ -250,7 +273,7 @@ def _opset(data: bytes) -> int:
   return onnx_file.opset(data)
 
 
-def summary(args: argparse.Namespace, result: dict) -> str:
+def summary(job: ExportJob, result: dict) -> str:
   interface, check = result['interface'], result['check']
   kind = f"onnx opset {result['opset']}" if result['opset'] else 'stablehlo (jax.export)'
   normalisation = ('uint8 RGB, normalised in the graph' if interface.preprocessing else
@@ -266,7 +289,7 @@ def summary(args: argparse.Namespace, result: dict) -> str:
   if check['logits_error'] is not None:
     line += f"; max |logits - JAX| = {check['logits_error']:.1e} of max |logits|"
   return '\n'.join([
-      f"wrote {args.output}: {kind}, {interface.dtype}, {result['bytes'] / 2**20:.1f} MiB",
+      f"wrote {job.output}: {kind}, {interface.dtype}, {result['bytes'] / 2**20:.1f} MiB",
       f'input  {INPUT_NAME} {describe(interface.input_shape(), interface.input_dtype)} '
       f'{interface.layout.upper()}, {size}, {normalisation}',
       f'output {interface.output_name} {describe(interface.output_shape(), output_dtype)}',
@@ -275,9 +298,8 @@ def summary(args: argparse.Namespace, result: dict) -> str:
 
 @cli.user_errors_exit
 def main(argv=None) -> None:
-  args = parse_args(argv)
-  images = check_args(args)
-  print(summary(args, export(args, images)))
+  job = job_from_args(parse_args(argv))
+  print(summary(job, export(job)))
 
 
 if __name__ == '__main__':
