@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import torch
 
@@ -59,15 +60,15 @@ def model():
   return TinySegmentor()
 
 
-def make_state(model, **options):
+def make_state(model, tx=None, **options):
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ('data',))
-  return state_lib.create_train_state(model, optim.make_optimizer(0.01), jax.random.key(0), mesh,
-                                      **options)
+  return state_lib.create_train_state(model, tx or optim.make_optimizer(0.01), jax.random.key(0),
+                                      mesh, **options)
 
 
-def run_step(state, batch, **options):
+def run_step(state, batch, learning_rate_fn=lambda step: 0.01, **options):
   objective = losses.make_objective(ObjectiveSpec.reference(NETWORKS['bisenetv1_r18']))
-  return step_lib.train_step(state, batch, learning_rate_fn=lambda step: 0.01, dropout_seed=0,
+  return step_lib.train_step(state, batch, learning_rate_fn=learning_rate_fn, dropout_seed=0,
                              objective=objective, **options)
 
 
@@ -133,6 +134,30 @@ def test_float16_step_skips_an_overflow_and_keeps_the_weights(model):
   assert float(metrics['skipped']) == 0.0 and np.isfinite(float(metrics['loss']))
   assert not all(jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)),
                                               new_state.params, state.params)))
+
+
+def test_skipped_float16_steps_move_the_learning_rate_schedule_on(model):
+  """After k skipped steps the lr applied is the schedule's at step k, as logged: GradScaler
+  skips ``optimizer.step()`` but the toolbox's scheduler sets the lr from the iteration count."""
+  schedule = optim.poly_warmup_schedule(base_lr=0.1, total_steps=10, min_lr=0.0, warmup_steps=0)
+  # Skipped steps leave the momentum trace at zero, and without weight decay the first
+  # applied update is exactly -lr * gradients.
+  tx = optim.make_optimizer(schedule, momentum=0.9, weight_decay=0.0)
+  # 2**40, 2**30 and 2**20 overflow float16's gradients; 2**10 does not.
+  state = make_state(model.clone(dtype=jnp.float16), tx,
+                     loss_scale=LossScaleSpec(init_scale=2.0**40, backoff_factor=2.0**-10))
+  step = jax.jit(functools.partial(run_step, learning_rate_fn=schedule))
+  skipped = []
+  for seed in range(4):
+    before = state.params
+    state, metrics = step(state, tiny_batch(seed=seed))
+    skipped.append(float(metrics['skipped']))
+  assert skipped == [1.0, 1.0, 1.0, 0.0]
+  moved = optax.tree.norm(jax.tree.map(jnp.subtract, state.params, before))
+  applied = float(moved) / float(metrics['grad_norm'])
+  assert applied == pytest.approx(float(metrics['lr']), rel=1e-5)
+  assert float(metrics['lr']) == pytest.approx(float(schedule(3)), rel=1e-6)
+  assert float(schedule(3)) < 0.8 * float(schedule(0))  # A real change of lr to detect.
 
 
 # Gradient accumulation.
