@@ -248,6 +248,56 @@ def test_plain_cross_entropy_through_the_table_equals_the_fast_form():
     assert float(table[key]) == pytest.approx(float(fast[key]), rel=1e-5)
 
 
+# The toolbox's losses over several devices: each device's own images, as under DDP.
+
+PER_DEVICE_SCRIPT = """
+import json
+from bisenet_jax import parallel
+parallel.setup()
+import jax
+import numpy as np
+from bisenet_jax.specs import ObjectiveSpec
+from bisenet_jax.train import losses
+
+spec = ObjectiveSpec((('loss_cls', ({'type': 'CrossEntropyLoss'}, {'type': 'LovaszLoss'})),
+                      ('loss_aux1', ({'type': 'LovaszLoss'},))),
+                     {'type': 'OHEMPixelSampler', 'thresh': 0.7, 'min_kept_per_image': 20})
+rng = np.random.default_rng(0)
+labels = rng.choice([0, 1, 2, 255], (4, 16, 16)).astype(np.uint8)
+# Device 0's images are nearly solved, device 1's are not: the global OHEM ranking differs.
+confident = 6.0 * np.eye(3, dtype=np.float32)[np.where(labels == 255, 0, labels)]
+outputs = tuple(np.concatenate([confident[:2, ::s, ::s], rng.normal(size=(2, 16 // s, 16 // s, 3))
+                                ]).astype(np.float32) for s in (2, 4))
+mesh = parallel.make_mesh()
+assert mesh.size == 2
+value_and_grad = lambda objective: jax.jit(jax.value_and_grad(
+    lambda o, l: objective(o, l)['loss']))
+loss, grads = value_and_grad(losses.make_objective(spec, mesh))(
+    *jax.device_put((outputs, labels), parallel.batch_sharded(mesh)))
+one_device = value_and_grad(losses.make_objective(spec))
+halves = [one_device(tuple(o[i:i + 2] for o in outputs), labels[i:i + 2]) for i in (0, 2)]
+print(json.dumps({
+    'loss': float(loss), 'halves': [float(h[0]) for h in halves],
+    'global': float(one_device(outputs, labels)[0]),
+    'grad_error': max(float(np.abs(np.asarray(g) - np.concatenate([h[1][k] for h in halves]) / 2)
+                            .max()) for k, g in enumerate(grads))}))
+"""
+
+
+def test_toolbox_losses_run_on_each_devices_own_images():
+  """OHEM and Lovasz on 2 devices: the mean of each device's loss on its own 2 images (and its
+  gradient), as DistributedDataParallel averages them, not the loss of the global batch."""
+  import json
+
+  from conftest import cpu_devices, run_cli
+  result = run_cli('-c', PER_DEVICE_SCRIPT, env=cpu_devices(2))
+  assert result.returncode == 0, result.stderr[-3000:]
+  got = json.loads(result.stdout.splitlines()[-1])
+  assert got['loss'] == pytest.approx(np.mean(got['halves']), rel=1e-6)
+  assert got['grad_error'] < 1e-8
+  assert abs(got['global'] - got['loss']) > 0.05  # The difference the test tells apart.
+
+
 # Config: every option off by default, bad values refused in one line.
 
 def demo_config(**overrides):

@@ -258,7 +258,8 @@ def _train(spec: TrainSpec, model, state, mesh, schedule, data_iterator, val_sou
   """
   train_step = step_lib.jit_train_step(
       mesh, learning_rate_fn=schedule, dropout_seed=spec.seed,
-      objective=losses.make_objective(spec.objective), accumulate_steps=spec.accumulate_steps,
+      objective=losses.make_objective(spec.objective, mesh),
+      accumulate_steps=spec.accumulate_steps,
       ema_momentum=spec.ema_momentum)
 
   def evaluate(variables) -> dict:

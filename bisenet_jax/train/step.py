@@ -3,8 +3,10 @@
 The batch is sharded over the mesh's data axis and the state replicated. Under ``jax.jit`` every
 reduction over the batch axis is global, so BatchNorm's batch statistics are computed over the
 whole global batch: SyncBatchNorm, as the reference trains, with no ``axis_name``. Likewise the
-loss is one mean over the global batch's valid pixels (the reference averages per-GPU means,
-which only reweights GPUs by their valid-pixel counts).
+reference cross-entropy is one mean over the global batch's valid pixels (the reference averages
+per-GPU means, which only reweights GPUs by their valid-pixel counts). The toolbox's loss table
+(OHEM, Lovasz, ...) runs on each device's own images and is averaged over the devices, as under
+DistributedDataParallel (``losses.per_device``).
 
 The toolbox's options (docs/reference.md §9) enter here: the losses of ``objective``,
 gradient accumulation over micro-batches, float16 loss scaling with skipped steps, and the EMA
