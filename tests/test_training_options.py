@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import torch
 
@@ -59,15 +60,15 @@ def model():
   return TinySegmentor()
 
 
-def make_state(model, **options):
+def make_state(model, tx=None, **options):
   mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ('data',))
-  return state_lib.create_train_state(model, optim.make_optimizer(0.01), jax.random.key(0), mesh,
-                                      **options)
+  return state_lib.create_train_state(model, tx or optim.make_optimizer(0.01), jax.random.key(0),
+                                      mesh, **options)
 
 
-def run_step(state, batch, **options):
+def run_step(state, batch, learning_rate_fn=lambda step: 0.01, **options):
   objective = losses.make_objective(ObjectiveSpec.reference(NETWORKS['bisenetv1_r18']))
-  return step_lib.train_step(state, batch, learning_rate_fn=lambda step: 0.01, dropout_seed=0,
+  return step_lib.train_step(state, batch, learning_rate_fn=learning_rate_fn, dropout_seed=0,
                              objective=objective, **options)
 
 
@@ -133,6 +134,30 @@ def test_float16_step_skips_an_overflow_and_keeps_the_weights(model):
   assert float(metrics['skipped']) == 0.0 and np.isfinite(float(metrics['loss']))
   assert not all(jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)),
                                               new_state.params, state.params)))
+
+
+def test_skipped_float16_steps_move_the_learning_rate_schedule_on(model):
+  """After k skipped steps the lr applied is the schedule's at step k, as logged: GradScaler
+  skips ``optimizer.step()`` but the toolbox's scheduler sets the lr from the iteration count."""
+  schedule = optim.poly_warmup_schedule(base_lr=0.1, total_steps=10, min_lr=0.0, warmup_steps=0)
+  # Skipped steps leave the momentum trace at zero, and without weight decay the first
+  # applied update is exactly -lr * gradients.
+  tx = optim.make_optimizer(schedule, momentum=0.9, weight_decay=0.0)
+  # 2**40, 2**30 and 2**20 overflow float16's gradients; 2**10 does not.
+  state = make_state(model.clone(dtype=jnp.float16), tx,
+                     loss_scale=LossScaleSpec(init_scale=2.0**40, backoff_factor=2.0**-10))
+  step = jax.jit(functools.partial(run_step, learning_rate_fn=schedule))
+  skipped = []
+  for seed in range(4):
+    before = state.params
+    state, metrics = step(state, tiny_batch(seed=seed))
+    skipped.append(float(metrics['skipped']))
+  assert skipped == [1.0, 1.0, 1.0, 0.0]
+  moved = optax.tree.norm(jax.tree.map(jnp.subtract, state.params, before))
+  applied = float(moved) / float(metrics['grad_norm'])
+  assert applied == pytest.approx(float(metrics['lr']), rel=1e-5)
+  assert float(metrics['lr']) == pytest.approx(float(schedule(3)), rel=1e-6)
+  assert float(schedule(3)) < 0.8 * float(schedule(0))  # A real change of lr to detect.
 
 
 # Gradient accumulation.
@@ -221,6 +246,56 @@ def test_plain_cross_entropy_through_the_table_equals_the_fast_form():
   table = losses.make_objective(explicit)(outputs, labels)
   for key in fast:
     assert float(table[key]) == pytest.approx(float(fast[key]), rel=1e-5)
+
+
+# The toolbox's losses over several devices: each device's own images, as under DDP.
+
+PER_DEVICE_SCRIPT = """
+import json
+from bisenet_jax import parallel
+parallel.setup()
+import jax
+import numpy as np
+from bisenet_jax.specs import ObjectiveSpec
+from bisenet_jax.train import losses
+
+spec = ObjectiveSpec((('loss_cls', ({'type': 'CrossEntropyLoss'}, {'type': 'LovaszLoss'})),
+                      ('loss_aux1', ({'type': 'LovaszLoss'},))),
+                     {'type': 'OHEMPixelSampler', 'thresh': 0.7, 'min_kept_per_image': 20})
+rng = np.random.default_rng(0)
+labels = rng.choice([0, 1, 2, 255], (4, 16, 16)).astype(np.uint8)
+# Device 0's images are nearly solved, device 1's are not: the global OHEM ranking differs.
+confident = 6.0 * np.eye(3, dtype=np.float32)[np.where(labels == 255, 0, labels)]
+outputs = tuple(np.concatenate([confident[:2, ::s, ::s], rng.normal(size=(2, 16 // s, 16 // s, 3))
+                                ]).astype(np.float32) for s in (2, 4))
+mesh = parallel.make_mesh()
+assert mesh.size == 2
+value_and_grad = lambda objective: jax.jit(jax.value_and_grad(
+    lambda o, l: objective(o, l)['loss']))
+loss, grads = value_and_grad(losses.make_objective(spec, mesh))(
+    *jax.device_put((outputs, labels), parallel.batch_sharded(mesh)))
+one_device = value_and_grad(losses.make_objective(spec))
+halves = [one_device(tuple(o[i:i + 2] for o in outputs), labels[i:i + 2]) for i in (0, 2)]
+print(json.dumps({
+    'loss': float(loss), 'halves': [float(h[0]) for h in halves],
+    'global': float(one_device(outputs, labels)[0]),
+    'grad_error': max(float(np.abs(np.asarray(g) - np.concatenate([h[1][k] for h in halves]) / 2)
+                            .max()) for k, g in enumerate(grads))}))
+"""
+
+
+def test_toolbox_losses_run_on_each_devices_own_images():
+  """OHEM and Lovasz on 2 devices: the mean of each device's loss on its own 2 images (and its
+  gradient), as DistributedDataParallel averages them, not the loss of the global batch."""
+  import json
+
+  from conftest import cpu_devices, run_cli
+  result = run_cli('-c', PER_DEVICE_SCRIPT, env=cpu_devices(2))
+  assert result.returncode == 0, result.stderr[-3000:]
+  got = json.loads(result.stdout.splitlines()[-1])
+  assert got['loss'] == pytest.approx(np.mean(got['halves']), rel=1e-6)
+  assert got['grad_error'] < 1e-8
+  assert abs(got['global'] - got['loss']) > 0.05  # The difference the test tells apart.
 
 
 # Config: every option off by default, bad values refused in one line.

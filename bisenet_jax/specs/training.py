@@ -45,11 +45,14 @@ class ObjectiveSpec:
 
 @dataclasses.dataclass(frozen=True)
 class LossScaleSpec:
-  """Dynamic loss scaling for float16 training, PyTorch's GradScaler settings."""
+  """Dynamic loss scaling for float16 training, PyTorch's GradScaler settings, and how many
+  skipped steps in a row stop a run (at GradScaler's defaults, 100 skips take the scale from
+  65536 to 2**-84: a gradient would then have to exceed 65504 * 2**84 to overflow float16)."""
   init_scale: float = 65536.0
   growth_factor: float = 2.0
   backoff_factor: float = 0.5
   growth_interval: int = 2000
+  max_consecutive_skips: int = 100
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -95,7 +96,7 @@ def reference_config(arch: str) -> ml_collections.ConfigDict:
   config.eval_batch_per_device = 1
 
   config.init = ml_collections.ConfigDict(dict(
-      backbone='',  # ImageNet ResNet .pth (OpenMMLab v1c, or torchvision with model.stem='classic').
+      backbone='',  # ImageNet ResNet .pth (OpenMMLab v1c; torchvision with model.stem='classic').
       checkpoint='',  # A full model to fine-tune from (official .pth or a model checkpoint).
   ))
 
@@ -116,7 +117,8 @@ def reference_config(arch: str) -> ml_collections.ConfigDict:
   # Micro-batches per optimizer step; batch_size is their total. BatchNorm statistics are then
   # per micro-batch, so this is not the same as one larger batch.
   config.accumulate_steps = 1
-  # model.dtype='float16': dynamic loss scaling, with PyTorch GradScaler's defaults.
+  # model.dtype='float16': dynamic loss scaling, with PyTorch GradScaler's defaults; that many
+  # skipped steps in a row (max_consecutive_skips) stop the run.
   config.loss_scale = ml_collections.ConfigDict(dataclasses.asdict(LossScaleSpec()))
   return config
 
@@ -269,6 +271,7 @@ def train_spec(config: ml_collections.ConfigDict) -> TrainSpec:
   if momentum is not None and not 0 < momentum <= 1:
     raise UserError(f'config.ema.momentum={momentum} must be in (0, 1], the weight of the new '
                     "value (the toolbox's 0.0005), or None for no EMA.")
+  loss_scale = loss_scale_spec(config.loss_scale) if config.model.dtype == 'float16' else None
   data = data_spec(config.data)
   model = model_spec(config.model, data)
   return TrainSpec(
@@ -281,8 +284,36 @@ def train_spec(config: ml_collections.ConfigDict) -> TrainSpec:
       init_checkpoint=config.init.checkpoint, init_backbone=config.init.backbone,
       objective=objective_spec(config, model), ema_momentum=momentum,
       accumulate_steps=config.accumulate_steps,
-      loss_scale=(LossScaleSpec(**config.loss_scale.to_dict()) if model.dtype == 'float16'
-                  else None))
+      loss_scale=loss_scale)
+
+
+# config.loss_scale's checks: each returns None when the value can train, else what to write.
+_LOSS_SCALE_CHECKS = {
+    'init_scale': lambda v: None if 0 < v < math.inf else
+    "a positive number (GradScaler's 65536.0; at 0 every step is skipped)",
+    'growth_factor': lambda v: None if 1 < v < math.inf else
+    "a number above 1 (GradScaler's 2.0)",
+    'backoff_factor': lambda v: None if 0 < v < 1 else
+    "a number in (0, 1) (GradScaler's 0.5)",
+    'growth_interval': lambda v: None if _is_int(v) and v >= 1 else
+    "a whole number of steps, at least 1 (GradScaler's 2000)",
+    'max_consecutive_skips': lambda v: None if _is_int(v) and v >= 1 else
+    'a whole number of steps, at least 1 (100 by default)',
+}
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def loss_scale_spec(loss_scale: ml_collections.ConfigDict) -> LossScaleSpec:
+  """``config.loss_scale`` checked: values with which float16 training can take a step."""
+  for key, check in _LOSS_SCALE_CHECKS.items():
+    problem = check(loss_scale[key])
+    if problem:
+      raise UserError(f'config.loss_scale.{key}={loss_scale[key]!r} cannot train: write '
+                      f'{problem}.')
+  return LossScaleSpec(**loss_scale.to_dict())
 
 
 def objective_spec(config: ml_collections.ConfigDict, model: ModelSpec) -> ObjectiveSpec:

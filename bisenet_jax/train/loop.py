@@ -20,7 +20,9 @@ import os
 import time
 from pathlib import Path
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from tqdm import tqdm
@@ -29,6 +31,7 @@ from bisenet_jax import checkpoint, models, parallel
 from bisenet_jax.data import pipeline, sources
 from bisenet_jax.errors import UserError
 from bisenet_jax.eval import evaluator
+from bisenet_jax.models import layers
 from bisenet_jax.specs import TrainSpec
 from bisenet_jax.train import (checkpointing, losses, optim, state as state_lib,
                                step as step_lib)
@@ -65,6 +68,48 @@ def check_batch_size(spec: TrainSpec, mesh) -> None:
                     f'{mesh.size}.')
 
 
+def check_micro_batch(spec: TrainSpec, model, devices: int) -> None:
+  """Refuses micro-batches of one image when a BatchNorm of ``model`` would then normalise a
+  single value per channel (one after each global pooling: BiSeNetV1's context path, BiSeNetV2's
+  context embedding, Fast-SCNN's pyramid pooling), whose batch variance is 0. PyTorch raises
+  "Expected more than 1 value per channel when training" there. Statistics are global over the
+  devices (SyncBatchNorm), so it is the micro-batch over every device that counts.
+  """
+  micro_batch = spec.batch_size // spec.accumulate_steps
+  if micro_batch > 1:
+    return
+  norms = single_value_norms(model, spec.data.crop_size)
+  if norms:
+    raise UserError(
+        f'config.batch_size={spec.batch_size} with config.accumulate_steps='
+        f'{spec.accumulate_steps} on {devices} device{"s" * (devices > 1)} trains on one '
+        f'image at a time, and {spec.model.name}\'s BatchNorm {norms[0]} (after a global '
+        'pooling) then sees one value per channel: raise config.batch_size or lower '
+        'config.accumulate_steps to give each micro-batch at least 2 images.')
+
+
+def single_value_norms(model, size: tuple[int, int]) -> list[str]:
+  """The paths of ``model``'s BatchNorms that see one value per channel and image in a training
+  forward pass on ``size`` crops, found by tracing it (shapes only, nothing computed)."""
+  found = []
+
+  def record(next_fun, args, kwargs, context):
+    if isinstance(context.module, layers.BatchNorm) and context.method_name == '__call__':
+      x = args[0]
+      if x.size == x.shape[0] * x.shape[-1]:
+        found.append('/'.join(context.module.path))
+    return next_fun(*args, **kwargs)
+
+  def forward(variables, images):
+    with nn.intercept_methods(record):
+      return model.apply(variables, images, train=True, rngs={'dropout': jax.random.key(0)},
+                         mutable=['batch_stats'])
+
+  jax.eval_shape(forward, models.abstract_variables(model),
+                 jax.ShapeDtypeStruct((2, *size, 3), jnp.float32))
+  return found
+
+
 def check_precision(spec: TrainSpec, backend: str) -> None:
   if spec.model.dtype == 'float16' and backend == 'tpu':
     raise UserError('config.model.dtype=float16 does not run on TPUs (they compute in '
@@ -96,6 +141,26 @@ def mean_metrics(pending: list[dict]) -> dict:
   return means
 
 
+def skips_in_a_row(fetched: list[dict], before: int, limit: int) -> int:
+  """The float16 steps skipped in a row up to the newest of ``fetched`` (host metrics), after
+  ``before`` of them; stops the run when they reach ``limit``.
+
+  GradScaler's rule keeps lowering the scale while steps overflow, so a long run of skips means
+  the gradients are not finite at any scale (a NaN loss, NaN weights): such a run would go on
+  to ``total_steps`` with its starting weights.
+  """
+  streak = before
+  for metrics in fetched:
+    streak = streak + 1 if metrics['skipped'] else 0
+    if streak >= limit:
+      raise TrainingDiverged(
+          f'the last {streak} steps were all skipped: their float16 gradients were not finite '
+          f"even at loss scale {float(metrics['loss_scale']):.3g}; training stopped. Check the "
+          'labels, lower --config.optimizer.base_lr or train in --config.model.dtype=bfloat16 '
+          f'(config.loss_scale.max_consecutive_skips={limit} sets this limit).')
+  return streak
+
+
 def _diverged(losses: np.ndarray, steps: int):
   raise TrainingDiverged(
       f'the loss became {losses[~np.isfinite(losses)][0]} within the last {steps} steps; '
@@ -123,8 +188,9 @@ def run(spec: TrainSpec, workdir: str | os.PathLike) -> dict:
   mesh = parallel.make_mesh()
   check_batch_size(spec, mesh)
   check_precision(spec, jax.default_backend())
-  train_source, val_source = sources.open_training_sources(spec.data)
   model = models.build(spec.model)
+  check_micro_batch(spec, model, mesh.size)
+  train_source, val_source = sources.open_training_sources(spec.data)
   workdir = _make_workdir(workdir)
   schedule = optim.poly_warmup_schedule(
       spec.optimizer.base_lr, spec.total_steps, spec.optimizer.min_lr, spec.optimizer.power,
@@ -192,7 +258,8 @@ def _train(spec: TrainSpec, model, state, mesh, schedule, data_iterator, val_sou
   """
   train_step = step_lib.jit_train_step(
       mesh, learning_rate_fn=schedule, dropout_seed=spec.seed,
-      objective=losses.make_objective(spec.objective), accumulate_steps=spec.accumulate_steps,
+      objective=losses.make_objective(spec.objective, mesh),
+      accumulate_steps=spec.accumulate_steps,
       ema_momentum=spec.ema_momentum)
 
   def evaluate(variables) -> dict:
@@ -214,7 +281,7 @@ def _train(spec: TrainSpec, model, state, mesh, schedule, data_iterator, val_sou
     log(line)
     return scores
 
-  step, scores, pending = int(state.step), None, []
+  step, scores, pending, skipped = int(state.step), None, [], 0
   bar = stack.enter_context(tqdm(total=spec.total_steps, initial=step, unit='step',
                                  dynamic_ncols=True, disable=jax.process_index() != 0))
   stop = stack.enter_context(sigterm_requests_stop())
@@ -229,9 +296,12 @@ def _train(spec: TrainSpec, model, state, mesh, schedule, data_iterator, val_sou
     stopping = stop['stop'] or manager.reached_preemption(step)
     is_last = step == spec.total_steps
     if step % spec.log_every_steps == 0 or is_last or stopping:
-      values = mean_metrics(pending)
+      fetched = jax.device_get(pending)
+      values = mean_metrics(fetched)
       values['img_per_s'] = len(pending) * spec.batch_size / (time.perf_counter() - window_start)
       metrics_log.write(step, values)
+      if spec.loss_scale is not None:
+        skipped = skips_in_a_row(fetched, skipped, spec.loss_scale.max_consecutive_skips)
       bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2e}",
                       img_s=f"{values['img_per_s']:.1f}")
       pending, window_start = [], time.perf_counter()

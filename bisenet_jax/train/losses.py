@@ -19,7 +19,9 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh, PartitionSpec as P
 
+from bisenet_jax import parallel
 from bisenet_jax.models.layers import at_least_float32, linear_resize_matrix, resize_bilinear
 from bisenet_jax.specs import ObjectiveSpec
 from bisenet_jax.train import loss_functions
@@ -185,14 +187,16 @@ def segmentation_losses(outputs: Sequence[jax.Array], labels: jax.Array, heads: 
   return losses
 
 
-def make_objective(objective: ObjectiveSpec) -> Callable:
+def make_objective(objective: ObjectiveSpec, mesh: Mesh | None = None) -> Callable:
   """The training objective of ``objective``: ``(outputs, labels) -> {head: loss, 'loss': sum}``.
 
   One plain cross-entropy per head (softmax on all or sigmoid on all, any weights) without a
-  sampler, which is every network's reference, is ``segmentation_losses``, the fused form. Any
-  other table runs sssegmentation's losses (``loss_functions.head_loss``, with the OHEM sampler
-  if any) on each head's logits upsampled bilinearly to the labels' size, as the toolbox does,
-  and sums the heads with weight 1 (each loss carries its own ``scale_factor``).
+  sampler, which is every network's reference, is ``segmentation_losses``, the fused form: one
+  mean over the global batch's valid pixels. Any other table runs sssegmentation's losses
+  (``loss_functions.head_loss``, with the OHEM sampler if any) on each head's logits upsampled
+  bilinearly to the labels' size, as the toolbox does, and sums the heads with weight 1 (each
+  loss carries its own ``scale_factor``); over a ``mesh`` of several devices, on each device's
+  own rows of the batch (``per_device``).
   """
   heads = tuple(head for head, _ in objective.losses)
   fused = [fused_head_loss(table) for _, table in objective.losses]
@@ -211,4 +215,21 @@ def make_objective(objective: ObjectiveSpec) -> Callable:
     losses['loss'] = sum(losses.values())
     return losses
 
-  return losses_of
+  return losses_of if mesh is None or mesh.size == 1 else per_device(losses_of, mesh)
+
+
+def per_device(objective: Callable, mesh: Mesh) -> Callable:
+  """``objective`` computed on each device's rows of the batch, then averaged over the devices.
+
+  This is the toolbox's loss under DistributedDataParallel: each GPU scores its own images (the
+  OHEM threshold ranks its own pixels and keeps at least ``min_kept_per_image`` times its own
+  image count, a batch Lovasz sorts its own errors, a mean runs over its own valid pixels), and
+  averaging the gradients averages the losses. Under ``jax.jit`` over the global batch these
+  would instead rank and sort every pixel of every device: an all-gather of each head's
+  per-pixel values in every step.
+  """
+  def local(outputs, labels):
+    return jax.lax.pmean(objective(outputs, labels), parallel.DATA_AXIS)
+
+  batch = P(parallel.DATA_AXIS)
+  return jax.shard_map(local, mesh=mesh, in_specs=(batch, batch), out_specs=P())

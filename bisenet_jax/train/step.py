@@ -3,8 +3,10 @@
 The batch is sharded over the mesh's data axis and the state replicated. Under ``jax.jit`` every
 reduction over the batch axis is global, so BatchNorm's batch statistics are computed over the
 whole global batch: SyncBatchNorm, as the reference trains, with no ``axis_name``. Likewise the
-loss is one mean over the global batch's valid pixels (the reference averages per-GPU means,
-which only reweights GPUs by their valid-pixel counts).
+reference cross-entropy is one mean over the global batch's valid pixels (the reference averages
+per-GPU means, which only reweights GPUs by their valid-pixel counts). The toolbox's loss table
+(OHEM, Lovasz, ...) runs on each device's own images and is averaged over the devices, as under
+DistributedDataParallel (``losses.per_device``).
 
 The toolbox's options (docs/reference.md §9) enter here: the losses of ``objective``,
 gradient accumulation over micro-batches, float16 loss scaling with skipped steps, and the EMA
@@ -80,12 +82,12 @@ def train_step(state: TrainState, batch: dict, *, learning_rate_fn, dropout_seed
     grads = jax.tree.map(lambda g: g / scale, grads)
     finite = all_finite(grads)
     stepped = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-    # A skipped step keeps parameters and optimizer state; the step count (and so the lr
-    # schedule) and the running statistics of its forward pass move on, as in the toolbox.
-    new_state = stepped.replace(params=keep(stepped.params, state.params),
-                                opt_state=keep(stepped.opt_state, state.opt_state),
-                                loss_scale=state.loss_scale.updated(finite))
+    # A skipped step keeps parameters and optimizer state; the step count, the lr schedule's
+    # own count and the running statistics of its forward pass move on, as in the toolbox.
+    new_state = stepped.replace(
+        params=optax.tree.where(finite, stepped.params, state.params),
+        opt_state=_skipped_or_stepped(finite, stepped.opt_state, state.opt_state),
+        loss_scale=state.loss_scale.updated(finite))
     metrics = {'skipped': 1.0 - finite.astype(jnp.float32), 'loss_scale': scale}
   if ema_momentum is not None:
     new_state = new_state.replace(ema=jax.tree.map(
@@ -99,6 +101,21 @@ def train_step(state: TrainState, batch: dict, *, learning_rate_fn, dropout_seed
       **metrics,
   }
   return new_state, metrics
+
+
+def _skipped_or_stepped(finite: jax.Array, stepped, kept):
+  """The optimizer state after a step that was applied (``finite``) or skipped.
+
+  A skipped step keeps the momentum but not the schedule's step count: optax's schedule counts
+  the updates it has seen (``ScaleByScheduleState.count``), and left behind it would apply the
+  lr of an earlier step than ``state.step`` (and the logged lr) for the rest of the run, where
+  GradScaler skips ``optimizer.step()`` and the toolbox's scheduler still sets the lr from the
+  iteration count.
+  """
+  def leaf(path, new, old):
+    is_count = getattr(path[-1], 'name', None) == 'count'
+    return new if is_count else jnp.where(finite, new, old)
+  return jax.tree.map_with_path(leaf, stepped, kept)
 
 
 def _accumulated(gradients, params, batch_stats, images, labels, rng, steps: int):
