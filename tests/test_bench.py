@@ -71,6 +71,7 @@ def test_xla_flops_per_image_match_the_analytic_conv_count():
   assert row['gflops_per_image_xla'] == pytest.approx(row['gflops_per_image_analytic'], rel=0.1)
 
 
+@pytest.mark.slow  # A compile of R18's inference and its FLOP count.
 def test_one_point_prints_the_table_and_writes_its_row(tmp_path, capsys):
   bench_main(['infer', '--input-size', '64x96', '--devices', '1', '--warmup', '0', '--steps', '1',
               '--output', str(tmp_path / 'r.jsonl')])

@@ -27,7 +27,8 @@ def convert(src, out, *extra):
   return run_script('convert/ssseg_to_flax.py', '--input', str(src), '--output', str(out), *extra)
 
 
-@pytest.mark.parametrize('kind', ['full', 'bare', 'module'])
+@pytest.mark.parametrize('kind', [pytest.param('full', marks=pytest.mark.slow),
+                                  pytest.param('bare', marks=pytest.mark.slow), 'module'])
 def test_every_official_file_kind_converts_to_the_same_variables(r18, tmp_path, kind):
   torch_support.save_official_checkpoint(r18, tmp_path / 'x.pth', kind=kind)
   assert convert(tmp_path / 'x.pth', tmp_path / 'out').returncode == 0
@@ -135,6 +136,7 @@ def test_a_file_of_no_known_network_says_what_was_looked_for(r18, tmp_path):
     ssseg.convert_state_dict(state, 'r18')
 
 
+@pytest.mark.slow  # A whole official .pth read and converted (the CLIs do it quickly too).
 def test_load_pretrained_reads_an_official_pth_directly(r18, tmp_path):
   torch_support.save_official_checkpoint(r18, tmp_path / 'a.pth', kind='full')
   model, variables = load_pretrained(tmp_path / 'a.pth')

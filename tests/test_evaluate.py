@@ -32,6 +32,9 @@ from bisenet_jax.export import DATASET_KEY, INTERFACE_KEY, Interface
 from conftest import ROOT, launch_processes, run_cli, wait_for
 import torch_support
 
+# One pytest-xdist worker builds this module's checkpoints and files once (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group('evaluate')
+
 K = 19
 HEIGHT, WIDTH = 64, 128
 # Five images: with 8 devices x 1 image the only batch has 3 padding rows.

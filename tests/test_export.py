@@ -30,6 +30,9 @@ from conftest import ROOT
 from labelled_files import read_rgb
 import torch_support
 
+# One pytest-xdist worker builds this module's checkpoints and files once (--dist loadgroup).
+pytestmark = pytest.mark.xdist_group('export')
+
 ODD = (481, 641)  # No stride divides it.
 SMALL = (61, 97)
 
@@ -236,6 +239,7 @@ def jax_labels(checkpoint_path, images, input_size=None):
             normalize(images)))
 
 
+@pytest.mark.slow  # Three sizes; the quick tier compares masks through predict below.
 def test_a_labels_file_equals_predict_labels_at_each_images_size(r18, r18_labels_onnx):
   session = onnx_runtime.session(r18_labels_onnx)
   for batch, size in ((1, (45, 70)), (1, (90, 200)), (2, SMALL)):

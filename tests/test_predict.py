@@ -38,6 +38,7 @@ def expected_labels(model, variables, image):
     return np.asarray(labels_fn(normalize(image)[None]))[0]
 
 
+@pytest.mark.slow  # Three image sizes from a .pth (tests/test_export.py predicts quickly).
 def test_masks_overlays_and_legend_for_a_folder_and_a_file(random_r18_pth, tmp_path, capsys):
   write_images(tmp_path)
   output = tmp_path / 'out' / 'nested'  # Created by the command.

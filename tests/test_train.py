@@ -115,6 +115,7 @@ def read_rows(workdir: Path) -> list[dict]:
   return [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
 
 
+@pytest.mark.slow  # A whole run with its evaluation and checkpoint (about 40 s).
 def test_short_run_lowers_the_loss_and_writes_everything(tmp_path):
   summary = loop.train_and_evaluate(tiny_config(tmp_path / 'data', 12, **{
       'optimizer.base_lr': 0.02}), tmp_path / 'run')
@@ -267,6 +268,7 @@ def test_workdir_that_cannot_be_created_is_one_line(tmp_path):
   assert len(lines) == 1 and f'Cannot create the workdir {workdir}' in lines[0], lines
 
 
+@pytest.mark.slow  # Builds the model before the file is matched (about 25 s).
 def test_imagenet_file_matching_nothing_is_refused_before_training(tmp_path):
   import torch
   torch.save({'state_dict': {'head.weight': torch.zeros(3)}}, tmp_path / 'bad.pth')
@@ -276,7 +278,7 @@ def test_imagenet_file_matching_nothing_is_refused_before_training(tmp_path):
   assert not (tmp_path / 'run' / 'checkpoints' / '2').exists()
 
 
-@pytest.mark.slow  # Another whole run; the quick tier keeps test_short_run_lowers_the_loss_*.
+@pytest.mark.slow  # A whole run.
 def test_diverging_loss_stops_with_the_last_good_checkpoint(tmp_path):
   config = tiny_config(tmp_path / 'data', 9, **{'optimizer.base_lr': 1e30,
                                                 'optimizer.warmup_steps': 0})

@@ -121,6 +121,7 @@ def test_loss_scale_follows_torch_grad_scaler():
     assert float(ours.scale) == scaler.get_scale()
 
 
+@pytest.mark.slow  # The quick tier skips steps in the learning-rate test.
 def test_float16_step_skips_an_overflow_and_keeps_the_weights(model):
   state = make_state(model.clone(dtype=jnp.float16),
                      loss_scale=LossScaleSpec(init_scale=2.0**40))  # Overflows float16.
@@ -162,6 +163,7 @@ def test_skipped_float16_steps_move_the_learning_rate_schedule_on(model):
 
 # Gradient accumulation.
 
+@pytest.mark.slow  # Two compiled steps; the slow whole run with every option covers it too.
 def test_accumulated_step_equals_its_micro_batches_run_by_hand(model):
   state = make_state(model)
   batch = tiny_batch(count=4, seed=3)
