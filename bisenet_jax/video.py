@@ -14,6 +14,7 @@ Free of JAX: ``predict`` runs exported ``.onnx`` files through it on ONNX Runtim
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import dataclasses
 import fractions
@@ -136,7 +137,7 @@ def _opened(capture: cv2.VideoCapture, name: str, description: str, *, live: boo
                      None if live or count <= 0 else count)
 
 
-class _StagedVideo:
+class _StagedVideo(abc.ABC):
   """A video written under a temporary name, renamed into place only when complete.
 
   ``close(keep)`` finishes it; several files that belong together are finished with ``finish``
@@ -148,9 +149,9 @@ class _StagedVideo:
     self.temporary = path.with_name(f'.{path.stem}.{os.getpid()}.tmp{path.suffix}')
     self.frames = 0
 
+  @abc.abstractmethod
   def finish(self) -> None:
     """Ends the encoding: the temporary file is complete (or as complete as it will get)."""
-    raise NotImplementedError
 
   def _check_finished(self) -> None:
     """Raises a UserError if the finished temporary file is not whole."""
