@@ -26,12 +26,13 @@ def main(argv=None):
   parser.add_argument('--arch', choices=list(NETWORKS), help='force a network')
   add_ema_argument(parser)
   args = parser.parse_args(argv)
-  spec, variables = ssseg.load_official_checkpoint(args.input, args.arch, ema=False)
+  source = torch_files.open_file(args.input)  # Unpickled once for every reader below.
+  spec, variables = ssseg.load_official_checkpoint(source, args.arch, ema=False)
   ema = None
-  if args.ema or (args.ema is None and torch_files.has_entry(args.input, 'model_ema')):
-    ema = ssseg.load_official_checkpoint(args.input, args.arch, ema=True)[1]
+  if args.ema or (args.ema is None and torch_files.has_entry(source, 'model_ema')):
+    ema = ssseg.load_official_checkpoint(source, args.arch, ema=True)[1]
   path = checkpoint.save_model(args.output, variables, spec,
-                               checkpoint.read_dataset(args.input, spec.num_classes), ema=ema)
+                               checkpoint.read_dataset(source, spec.num_classes), ema=ema)
   stem = f', {spec.stem} stem' if spec.stem else ''
   print(f'converted {args.input} ({spec.name}, {spec.num_classes} classes{stem}'
         f'{", with its model_ema" if ema is not None else ""}) -> {path}')

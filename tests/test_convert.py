@@ -145,6 +145,17 @@ def test_load_pretrained_reads_an_official_pth_directly(r18, tmp_path):
       variables['batch_stats']['decoder']['1']['var'], r18.decoder[1].running_var.numpy())
 
 
+def test_a_pth_with_its_ema_is_unpickled_once(r18, tmp_path, monkeypatch):
+  state = r18.state_dict()
+  torch.save({'model': state, 'model_ema': state}, tmp_path / 'with_ema.pth')
+  loads, load = [], torch.load
+  monkeypatch.setattr(torch, 'load', lambda *args, **kwargs: loads.append(args) or load(
+      *args, **kwargs))
+  result = convert(tmp_path / 'with_ema.pth', tmp_path / 'out')
+  assert result.returncode == 0, result.stderr
+  assert 'with its model_ema' in result.stdout and len(loads) == 1
+
+
 def test_output_folder_that_exists_is_refused(r18, tmp_path):
   torch_support.save_official_checkpoint(r18, tmp_path / 'a.pth', kind='bare')
   (tmp_path / 'out').mkdir()
