@@ -7,7 +7,8 @@ The network (BiSeNetV1 R18/R50, BiSeNetV2, Fast-SCNN), stem and class count are 
 tensors; ``--arch`` forces a network. The conversion is strict: every missing, unexpected or
 mis-shaped key is listed and nothing is written. A file with ``model_ema`` (sssegmentation
 trained with EMA) gives a checkpoint that keeps both, as a training run does (``--no-ema``
-leaves the EMA out, ``--ema`` requires it). The output loads with ``bisenet_jax.load_pretrained(OUTPUT)``.
+leaves the EMA out, ``--ema`` requires it). The output loads with
+``bisenet_jax.load_pretrained(OUTPUT)``.
 """
 
 import argparse

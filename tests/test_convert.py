@@ -35,7 +35,8 @@ def test_every_official_file_kind_converts_to_the_same_variables(r18, tmp_path, 
   model, variables = load_pretrained(tmp_path / 'out')
   assert (model.depth, model.num_classes) == (18, 19)
   kernel = variables['params']['decoder']['4']['kernel']
-  np.testing.assert_array_equal(kernel, r18.decoder[4].weight.detach().numpy().transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(
+      kernel, r18.decoder[4].weight.detach().numpy().transpose(2, 3, 1, 0))
 
 
 def _broken_state_dicts(state):
@@ -47,7 +48,8 @@ def _broken_state_dicts(state):
   return {
       'missing': (missing, [], 'missing: backbone_net.ffm.conv1.1.running_var'),
       'extra': (extra, [], 'unexpected: backbone_net.extra.weight'),
-      'shape': (wrong, [], 'wrong shape: decoder.0.weight: file (256, 256, 1, 1), model (256, 256, 3, 3)'),
+      'shape': (wrong, [], 'wrong shape: decoder.0.weight: file (256, 256, 1, 1), '
+                'model (256, 256, 3, 3)'),
       'arch': (state, ['--arch', 'bisenetv1_r50'], 'as bisenetv1_r50'),
   }
 
@@ -112,7 +114,8 @@ def test_export_round_trip_is_exact_and_loads_strictly(name, tmp_path, torch_thr
   assert convert(tmp_path / 'b.pth', tmp_path / 'flax2').returncode == 0
   _, v1 = load_pretrained(tmp_path / 'flax')
   _, v2 = load_pretrained(tmp_path / 'flax2')
-  assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda a, b: bool(jnp.array_equal(a, b)), v1, v2))
+  assert jax.tree_util.tree_all(
+      jax.tree_util.tree_map(lambda a, b: bool(jnp.array_equal(a, b)), v1, v2))
 
 
 def test_a_file_of_no_known_network_says_what_was_looked_for(r18, tmp_path):

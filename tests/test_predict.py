@@ -1,8 +1,8 @@
 """Tests of ``python -m bisenet_jax.predict``: files written, colours, and errors.
 
 The model is the PyTorch reference with random weights saved as an official ``.pth``; the
-expected mask of each image is Cityscapes' ``PALETTE[argmax]`` of ``inference.predict_labels`` run here,
-directly on the Flax model, at the image's own (odd) size.
+expected mask of each image is Cityscapes' ``PALETTE[argmax]`` of ``inference.predict_labels``
+run here, directly on the Flax model, at the image's own (odd) size.
 """
 
 import functools

@@ -1,4 +1,5 @@
-"""Training: configs, the jitted step on 1 vs 8 devices, a real short run, kill-and-resume, errors."""
+"""Training: configs, the jitted step on 1 vs 8 devices, a real short run, kill-and-resume,
+errors."""
 
 import importlib.util
 import json
@@ -197,7 +198,8 @@ def demo_steps(workdir: Path, data_root: Path, devices: int, steps: int = 3) -> 
                    '--config.model.dtype=float64',
                    '--config.data.synthetic.num_train=24', '--config.data.synthetic.num_val=2',
                    '--config.eval_every_steps=100000', '--config.checkpoint_every_steps=100000',
-                   '--config.log_every_steps=1', env={**cpu_devices(devices), 'JAX_ENABLE_X64': '1'})
+                   '--config.log_every_steps=1',
+                   env={**cpu_devices(devices), 'JAX_ENABLE_X64': '1'})
   assert result.returncode == 0, result.stderr[-3000:]
   return [row['loss'] for row in read_rows(workdir) if 'loss' in row]
 

@@ -78,7 +78,8 @@ def imagenet_state_dict(
 
 
 def _sgd_state(model: nn.Module) -> dict:
-  """SGD state dict (docs/reference.md §2) after one step, taken on copies so `model` is untouched."""
+  """SGD state dict (docs/reference.md §2) after one step, taken on copies so `model` is
+  untouched."""
   params = [p.detach().clone().requires_grad_(True) for p in model.parameters()]
   optimizer = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
   for p in params:
