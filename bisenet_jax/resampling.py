@@ -1,5 +1,6 @@
-"""PyTorch's bilinear sampling rule in NumPy, for the models' resizes (traced with static sizes)
-and for the host-side upsampling of an exported file's logits (which must not import JAX)."""
+"""PyTorch's bilinear sampling rule, for the models' resizes (JAX, traced with static sizes)
+and for the host-side upsampling of an exported file's logits (NumPy: that path must not import
+JAX)."""
 
 from __future__ import annotations
 
@@ -20,3 +21,21 @@ def linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np
   low = np.minimum(np.floor(source).astype(np.int32), in_size - 1)
   high = np.minimum(low + 1, in_size - 1)
   return low, high, (source - low).astype(np.float32)
+
+
+def resize_axis_linear(x, axis: int, out_size: int, xp=np):
+  """``x`` resampled along ``axis`` to ``out_size`` with ``linear_taps``, in ``x``'s dtype.
+
+  ``xp`` is the array module: ``jax.numpy`` in the models, NumPy on the host; both compute the
+  same products in the same order.
+  """
+  in_size = x.shape[axis]
+  if out_size == in_size:
+    return x
+  low, high, weight_high = linear_taps(in_size, out_size)
+  shape = [1] * x.ndim
+  shape[axis] = out_size
+  weight_low = xp.asarray(1 - weight_high, x.dtype).reshape(shape)
+  weight_high = xp.asarray(weight_high, x.dtype).reshape(shape)
+  return (xp.take(x, xp.asarray(low), axis=axis) * weight_low +
+          xp.take(x, xp.asarray(high), axis=axis) * weight_high)

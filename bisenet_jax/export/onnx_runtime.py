@@ -83,16 +83,5 @@ class OnnxSegmenter:
 def upsample_bilinear(x: np.ndarray, size) -> np.ndarray:
   """F.interpolate(x, size, mode='bilinear', align_corners=False) on float32 NHWC maps, in
   float32: ``layers.resize_bilinear``'s taps and order (width, then height), without JAX."""
-  return _resize_axis(_resize_axis(x, 2, size[1]), 1, size[0])
-
-
-def _resize_axis(x: np.ndarray, axis: int, out_size: int) -> np.ndarray:
-  in_size = x.shape[axis]
-  if out_size == in_size:
-    return x
-  low, high, weight_high = resampling.linear_taps(in_size, out_size)
-  shape = [1] * x.ndim
-  shape[axis] = out_size
-  weight_high = weight_high.reshape(shape)
-  return (np.take(x, low, axis=axis) * (np.float32(1) - weight_high)
-          + np.take(x, high, axis=axis) * weight_high)
+  x = resampling.resize_axis_linear(x, 2, size[1])
+  return resampling.resize_axis_linear(x, 1, size[0])

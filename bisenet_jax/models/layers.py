@@ -270,19 +270,6 @@ def linear_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
   return matrix
 
 
-def _resize_axis_linear(x: jax.Array, axis: int, out_size: int) -> jax.Array:
-  in_size = x.shape[axis]
-  if out_size == in_size:
-    return x
-  lo, hi, weight_hi = resampling.linear_taps(in_size, out_size)
-  shape = [1] * x.ndim
-  shape[axis] = out_size
-  weight_lo = jnp.asarray(1 - weight_hi, x.dtype).reshape(shape)
-  weight_hi = jnp.asarray(weight_hi, x.dtype).reshape(shape)
-  return (jnp.take(x, jnp.asarray(lo), axis=axis) * weight_lo +
-          jnp.take(x, jnp.asarray(hi), axis=axis) * weight_hi)
-
-
 def resize_bilinear(x: jax.Array, size: Sequence[int]) -> jax.Array:
   """F.interpolate(x, size, mode='bilinear', align_corners=False) on NHWC.
 
@@ -292,5 +279,5 @@ def resize_bilinear(x: jax.Array, size: Sequence[int]) -> jax.Array:
   if (ops := kernels.shape_ops()) is not None:
     return ops.resize(x, tuple(size), 'linear')
   # Width first, then height: PyTorch's order of the two interpolations.
-  x = _resize_axis_linear(x, 2, size[1])
-  return _resize_axis_linear(x, 1, size[0])
+  x = resampling.resize_axis_linear(x, 2, size[1], xp=jnp)
+  return resampling.resize_axis_linear(x, 1, size[0], xp=jnp)
