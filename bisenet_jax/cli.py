@@ -196,33 +196,9 @@ def dataset_spec(args: argparse.Namespace, recorded: DatasetSpec | None,
       resize_to=getattr(args, 'resize_to', None))
 
 
-DATASET_NAMES = {'cityscapes': 'Cityscapes', 'folder': 'the folder dataset',
-                 'voc': 'Pascal VOC', 'ade20k': 'ADE20K'}
-
-
-def check_classes(path: str, num_classes: int, dataset: DatasetSpec) -> None:
-  """The model must predict as many classes as the dataset has."""
-  if num_classes != dataset.classes.num_classes:
-    raise UserError(f'checkpoint {path} has {num_classes} classes, '
-                    f'{DATASET_NAMES[dataset.kind]} has {dataset.classes.num_classes}: use a '
-                    'checkpoint trained for these classes, or pass the matching --dataset / '
-                    '--classes')
-
-
-def open_exported(args: argparse.Namespace, spec: InferenceSpec, root: str | None, use: str):
-  """``(OnnxSegmenter, DatasetSpec)`` for a file written by ``python -m bisenet_jax.export``
-  (labels or logits: ``OnnxSegmenter.labels`` takes the argmax of a logits file on the host).
-
-  Such a file runs each whole image once at its own input size, with the weights it was
-  exported with, so the inference and EMA flags are refused rather than ignored.
-  ``use``: what to do instead, e.g. 'evaluate the checkpoint it came from'.
-  """
-  from bisenet_jax.export.onnx_runtime import OnnxSegmenter
-  if not spec.is_plain or spec.input_size or args.ema is not None:
-    raise UserError('an exported file runs each whole image once, at its own input size, with '
-                    'the weights it was exported with: drop --mode, --window-*, --flip, --scales, '
-                    f'--input-size and --ema, or {use}')
-  segmenter = OnnxSegmenter(args.checkpoint)
-  dataset = dataset_spec(args, segmenter.dataset, root=root)
-  check_classes(args.checkpoint, segmenter.interface.num_classes, dataset)
-  return segmenter, dataset
+def load_segmenter(args: argparse.Namespace, spec: InferenceSpec, root: str | None):
+  """The ``Segmenter`` of ``--checkpoint`` with the command's inference, EMA and dataset flags
+  (``root``: the data root, where a folder dataset's classes may be read)."""
+  from bisenet_jax.segmenter import Segmenter
+  return Segmenter.load(args.checkpoint, inference=spec, ema=args.ema,
+                        dataset=lambda recorded: dataset_spec(args, recorded, root))

@@ -175,7 +175,7 @@ def checkpoint_evaluation(args: argparse.Namespace, spec: InferenceSpec) -> Eval
   model_spec, variables, recorded = checkpoint.load_model(opened, args.ema)
   ema = args.ema is not False and checkpoint.has_ema(opened)
   dataset = cli.dataset_spec(args, recorded, root=args.data_root)
-  cli.check_classes(args.checkpoint, model_spec.num_classes, dataset)
+  sources.check_classes(args.checkpoint, model_spec.num_classes, dataset)
   source = sources.open_split(dataset, args.data_root, args.split)
   mesh = parallel.make_mesh()
 
@@ -201,16 +201,16 @@ def exported_evaluation(args: argparse.Namespace, spec: InferenceSpec) -> Evalua
   if args.distributed == 'yes':
     raise UserError('an exported file is evaluated in one process, on ONNX Runtime: drop '
                     '--distributed yes')
-  segmenter, dataset = cli.open_exported(args, spec, root=args.data_root,
-                                         use='evaluate the checkpoint it came from')
+  segmenter = cli.load_segmenter(args, spec, root=args.data_root)
+  dataset = segmenter.dataset
   source = sources.open_split(dataset, args.data_root, args.split)
-  spec = dataclasses.replace(spec, input_size=segmenter.interface.input_size)
+  spec = dataclasses.replace(spec, input_size=segmenter.backend.input_size)
 
   def run(on_batch):
-    return host.evaluate_exported(segmenter, source, batch_size=args.batch_size,
-                                  on_batch=on_batch, progress=sys.stderr.isatty())
+    return host.evaluate_segmenter(segmenter, source, batch_size=args.batch_size,
+                                   on_batch=on_batch, progress=sys.stderr.isatty())
 
-  where = f'{segmenter.interface.dtype} ONNX Runtime, {args.batch_size} image(s) per batch'
+  where = f'{segmenter.backend.description}, {args.batch_size} image(s) per batch'
   return Evaluation(dataset, spec, None, describe_protocol(spec, dataset, None, args.split, where),
                     run)
 

@@ -22,9 +22,9 @@ Cityscapes'), or ``--dataset`` / ``--classes``'.
 Each image is normalised as in evaluation (on the device) but NOT resized: the model sees it
 at its own size, so objects should appear at roughly the training data's scale (for Cityscapes
 models, a 1024x2048 street frame) for good results; ``--scales`` runs it at other sizes too,
-``--input-size HEIGHTxWIDTH`` at one fixed size (what an exported file does). Inference is the
-shared, jitted ``evaluator.make_segment_fn`` on one device with the same flags as
-``bisenet_jax.evaluate``; it compiles once per distinct image size.
+``--input-size HEIGHTxWIDTH`` at one fixed size (what an exported file does). The model runs
+through ``bisenet_jax.Segmenter``: the shared, jitted inference on one device with the same
+flags as ``bisenet_jax.evaluate``, compiled once per distinct image size.
 
 ``--checkpoint model.onnx`` runs a file from ``python -m bisenet_jax.export`` on ONNX Runtime
 instead, without JAX: any image size (the network runs at the image's own size, or at a fixed
@@ -102,16 +102,6 @@ def _check_unique(found: list[Input]) -> None:
     owners[item.stem] = item.source
 
 
-def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
-  """uint8 [H, W] class indices -> uint8 [H, W, 3] RGB colours from ``palette`` [K, 3]."""
-  return palette[labels]
-
-
-def blend(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-  """The image and its colour mask mixed 50/50 (uint8 RGB)."""
-  return cv2.addWeighted(image, 0.5, mask, 0.5, 0.0)
-
-
 def draw_legend(classes, swatch: int = 24) -> np.ndarray:
   """uint8 RGB image: one row per class, a colour swatch followed by the index and name."""
   width = swatch + 60 + 9 * max(len(name) for name in classes.names)
@@ -148,45 +138,13 @@ def _written(path: Path, write: Callable[[], bool]) -> None:
                     'with free space')
 
 
-def predictor(model, variables, spec):
-  """``uint8 [H, W, 3] RGB image -> uint8 [H, W] class indices`` through the shared inference."""
-  import jax
-
-  from bisenet_jax.eval import evaluator
-  segment = evaluator.make_segment_fn(model, spec)
-  variables = jax.device_put(variables, jax.devices()[0])
-
-  def predict(image: np.ndarray) -> np.ndarray:
-    # Full fp32 as in evaluation (the reference runs with TF32 off).
-    with jax.default_matmul_precision('highest'):
-      return np.asarray(segment(variables, image[None], out_size=image.shape[:2]))[0]
-
-  return predict
-
-
-def jax_predictor(args: argparse.Namespace, spec):
-  """``(predict, dataset)`` for a checkpoint, on one device."""
-  from bisenet_jax import checkpoint, models, parallel
-  parallel.setup('no')  # One device, one process.
-  model, variables, recorded = checkpoint.load_model(args.checkpoint, args.ema)
-  dataset = cli.dataset_spec(args, recorded, root=None)
-  cli.check_classes(args.checkpoint, model.num_classes, dataset)
-  return predictor(models.build(model), variables, spec), dataset
-
-
-def onnx_predictor(args: argparse.Namespace, spec):
-  """``(predict, dataset)`` for an exported .onnx on ONNX Runtime: no JAX imported."""
-  segmenter, dataset = cli.open_exported(args, spec, root=None,
-                                         use='predict with the checkpoint it came from')
-  return (lambda image: segmenter.labels(image[None])[0]), dataset
-
-
 def predict_image(item: Input, predict, palette, output: Path, overlay: bool) -> None:
   image = read_image(item.source, 'replace the file or leave it out')
   labels = predict(image)
   write_mask(output / f'{item.stem}_mask.png', labels, palette)
   if overlay:
-    write_rgb(output / f'{item.stem}_overlay.png', blend(image, colorize(labels, palette)))
+    overlay_image = masks.blend(image, masks.colorize(labels, palette))
+    write_rgb(output / f'{item.stem}_overlay.png', overlay_image)
 
 
 def open_source(item: Input) -> video.FrameSource:
@@ -214,10 +172,10 @@ class StreamOutputs:
         path = self.output / f'{self.stem}_{kind}.mp4'
         path.parent.mkdir(parents=True, exist_ok=True)
         self.videos[kind] = video.VideoFile(path, self.fps, labels.shape)
-    colours = colorize(labels, self.palette)
+    colours = masks.colorize(labels, self.palette)
     self.videos['mask'].write(colours)
     if self.overlay:
-      self.videos['overlay'].write(blend(frame, colours))
+      self.videos['overlay'].write(masks.blend(frame, colours))
     if self.frame_masks:
       write_mask(self.output / self.stem / f'{index:06d}_mask.png', labels, self.palette)
 
@@ -322,11 +280,10 @@ def main(argv=None) -> None:
       item.kind in ('url', 'camera') for item in items)):
     raise UserError('--max-latency-ms takes a positive number and applies to cameras and stream '
                     "URLs only: a file's frames are never skipped")
-  onnx = Path(args.checkpoint).suffix.lower() == '.onnx'
-  predict, dataset = onnx_predictor(args, spec) if onnx else jax_predictor(args, spec)
-  palette = dataset.classes.palette
+  segmenter = cli.load_segmenter(args, spec, root=None)
+  predict, palette = segmenter, segmenter.palette
   output = Path(args.output)
-  write_rgb(output / LEGEND_NAME, draw_legend(dataset.classes))
+  write_rgb(output / LEGEND_NAME, draw_legend(segmenter.classes))
   images = [item for item in items if item.kind == 'image']
   for item in tqdm(images, unit='image', desc='predict', leave=False,
                    disable=not sys.stderr.isatty()):

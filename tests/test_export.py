@@ -446,7 +446,7 @@ def test_float16_and_int8_files_report_their_agreement_and_run_any_size(r18, r18
   assert (tmp_path / 'int8.onnx').stat().st_size < (r18_labels_onnx.stat().st_size / 3)
   images = street_scenes(1, (45, 70), seed=9)
   for name in ('fp16.onnx', 'int8.onnx'):
-    segmenter = onnx_runtime.OnnxSegmenter(tmp_path / name)
+    segmenter = onnx_runtime.OnnxModel(tmp_path / name)
     labels = segmenter.labels(images)
     assert labels.shape == (1, 45, 70) and labels.dtype == np.uint8
     assert np.mean(labels == jax_labels(r18, images)) > 0.85

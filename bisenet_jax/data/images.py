@@ -5,7 +5,10 @@ orientation) and handed on as uint8 [H, W, 3] RGB. ``image_size`` reads the size
 will produce from the file's header alone, so a split can be planned without decoding it.
 """
 
+import io
+
 import cv2
+import numpy as np
 from PIL import Image
 
 from bisenet_jax.errors import UserError
@@ -36,13 +39,27 @@ def read_image(path, remedy):
   return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def image_size(path):
-  """(height, width) of the image `read_image` would decode, from the file's header."""
+def decode_image(data: bytes, name: str, remedy: str):
+  """`read_image` for an encoded image held in memory (PNG, JPEG, ...): uint8 [H, W, 3] RGB.
+
+  ``name`` says which image it is in the error, e.g. 'image_bytes[2]'.
+  """
+  image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+  if image is None:
+    raise UserError(f'Cannot decode {name}: it is not a PNG, JPEG or other image OpenCV reads; '
+                    f'{remedy}')
+  return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def image_size(source, remedy='replace it'):
+  """(height, width) of the image `read_image` (a path) or `decode_image` (bytes) would decode,
+  from its header alone: a size can be checked before a large image is decoded."""
+  name = 'the image' if isinstance(source, bytes) else f'image {source}'
   try:
-    with Image.open(path) as image:
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
       width, height = image.size
       orientation = image.getexif().get(_EXIF_ORIENTATION)
-  except OSError as error:
-    raise UserError(f'Cannot decode image {path} ({error}): the file is corrupt or not an image; '
-                    'replace it') from None
+  except (OSError, Image.DecompressionBombError) as error:
+    raise UserError(f'Cannot decode {name} ({error}): the file is corrupt or not an image; '
+                    f'{remedy}') from None
   return (width, height) if orientation in _TRANSPOSING_ORIENTATIONS else (height, width)

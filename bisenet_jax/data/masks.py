@@ -1,5 +1,9 @@
-"""Mask files: reading the class indices a mask stores, and writing predictions as palette PNGs."""
+"""Masks: reading the class indices a mask file stores, writing predictions as palette PNGs, and
+showing them in the classes' colours."""
 
+import io
+
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -18,12 +22,33 @@ _WIDE_MODES = ('I;16', 'I;16L', 'I;16B', 'I')
 def write_index_png(path, indices, palette):
   """Writes uint8 [H, W] class indices as a palette PNG: viewers show each class's colour from
   `palette` (uint8 [K, 3]; 255, the ignore label, white), `read_mask` gives the indices back."""
+  _index_image(indices, palette).save(path)
+
+
+def encode_index_png(indices, palette) -> bytes:
+  """The bytes of the PNG `write_index_png` writes."""
+  buffer = io.BytesIO()
+  _index_image(indices, palette).save(buffer, format='PNG')
+  return buffer.getvalue()
+
+
+def _index_image(indices, palette) -> Image.Image:
   colours = np.zeros((256, 3), np.uint8)
   colours[:len(palette)] = palette
   colours[IGNORE_LABEL] = 255
   image = Image.fromarray(np.asarray(indices, np.uint8))
   image.putpalette(colours.tobytes())  # An 'L' image becomes a palette ('P') image.
-  image.save(path)
+  return image
+
+
+def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
+  """uint8 [..., H, W] class indices -> uint8 [..., H, W, 3] RGB colours from ``palette``."""
+  return palette[labels]
+
+
+def blend(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+  """The image and its colour mask mixed 50/50 (uint8 RGB)."""
+  return cv2.addWeighted(image, 0.5, mask, 0.5, 0.0)
 
 
 def read_mask(path):

@@ -95,3 +95,16 @@ def open_training_sources(data: DataSpec):
     from bisenet_jax.data.tfds import TfdsCityscapes  # Imports tensorflow_datasets.
     return tuple(TfdsCityscapes(split, data.tfds_data_dir or None) for split in splits)
   return tuple(open_split(data.dataset, data.root, split) for split in splits)
+
+
+DATASET_NAMES = {'cityscapes': 'Cityscapes', 'folder': 'the folder dataset',
+                 'voc': 'Pascal VOC', 'ade20k': 'ADE20K'}
+
+
+def check_classes(path: str, num_classes: int, dataset: DatasetSpec) -> None:
+  """The model must predict as many classes as the dataset has."""
+  if num_classes != dataset.classes.num_classes:
+    raise UserError(f'checkpoint {path} has {num_classes} classes, '
+                    f'{DATASET_NAMES[dataset.kind]} has {dataset.classes.num_classes}: use a '
+                    'checkpoint trained for these classes, or pass the matching --dataset / '
+                    '--classes')

@@ -22,16 +22,20 @@ from bisenet_jax.eval import host, inference, metrics
 from bisenet_jax.specs import InferenceSpec
 
 
-def make_segment_fn(model, spec: InferenceSpec = InferenceSpec()) -> Callable:
+def make_segment_fn(model, spec: InferenceSpec = InferenceSpec(),
+                    outputs: str = 'labels') -> Callable:
   """``(variables, uint8 RGB images, out_size) -> uint8 labels``: the jitted shared inference.
 
   Images arrive as uint8 [N, H, W, 3] RGB and are normalised on the device, as in training.
+  ``outputs='logits'`` returns the float32 [N, out_h, out_w, K] logits whose argmax the labels
+  are.
   """
+  predict = {'labels': inference.predict_labels, 'logits': inference.segment_logits}[outputs]
 
   @functools.partial(jax.jit, static_argnames='out_size')
   def segment(variables, images, out_size):
     logits_fn = lambda x: model.apply(variables, x, train=False)
-    return inference.predict_labels(logits_fn, normalize_on_device(images), out_size, spec)
+    return predict(logits_fn, normalize_on_device(images), out_size, spec)
 
   return segment
 

@@ -21,19 +21,20 @@ from bisenet_jax.eval import metrics
 PredictAndCount = Callable[[dict], tuple[np.ndarray, np.ndarray]]
 
 
-def evaluate_exported(segmenter, source, *, batch_size: int = 1, progress: bool = True,
-                      on_batch: Callable[[dict, np.ndarray], None] | None = None) -> dict:
-  """``evaluator.evaluate`` for an exported ``.onnx`` on ONNX Runtime (``OnnxSegmenter``).
+def evaluate_segmenter(segmenter, source, *, batch_size: int = 1, progress: bool = True,
+                       on_batch: Callable[[dict, np.ndarray], None] | None = None) -> dict:
+  """``evaluator.evaluate`` through a ``Segmenter`` (how an exported ``.onnx`` is evaluated,
+  on ONNX Runtime), one batch of images of one size at a time.
 
-  Each image goes to the file as it was read: the file resizes it to its own input size and its
-  labels back (``Interface.any_input_size``), so the recipe's test resize (a no-op for
-  Cityscapes frames) does not apply. One process, on the host.
+  Each image goes to the model as it was read: an exported file resizes it to its own input
+  size and its labels back (``Interface.any_input_size``), so the recipe's test resize (a no-op
+  for Cityscapes frames) does not apply. One process, on the host.
   """
-  num_classes = segmenter.interface.num_classes
+  num_classes = segmenter.num_classes
   batches = pipeline.EvalBatches(source, batch_size=batch_size, resize_to=None)
 
   def predict_and_count(batch):
-    predictions = segmenter.labels(batch['image'])
+    predictions = segmenter.batch(batch['image'])
     counts = metrics.host_confusion_matrix(predictions, batch['label'], num_classes,
                                            valid=batch['valid'])
     return predictions[batch['valid']], counts

@@ -41,7 +41,7 @@ def session(model: str | Path | bytes, threads: int | None = None):
     raise UserError(f'ONNX Runtime cannot load {name}: {reason}') from None
 
 
-class OnnxSegmenter:
+class OnnxModel:
   """An exported model file with its ``Interface`` and dataset, read from its metadata."""
 
   def __init__(self, path: str | Path, threads: int | None = None):
@@ -68,16 +68,26 @@ class OnnxSegmenter:
     already resized its logits to the images' stride-8 grid: a second resize, which can move a
     few boundary pixels).
     """
+    if self.interface.outputs == 'labels':
+      return self._output(images)
+    return self.logits(images).argmax(-1).astype(np.uint8)
+
+  def logits(self, images: np.ndarray) -> np.ndarray:
+    """uint8 [N, H, W, 3] RGB images -> float32 [N, H, W, K] logits (a logits file's only)."""
+    if self.interface.outputs == 'labels':
+      raise UserError(f'{self.path} gives class ids, not logits: export the model again with '
+                      '--outputs logits')
+    output = self._output(images)
+    logits = output.transpose(0, 2, 3, 1) if self.interface.layout == 'nchw' else output
+    return upsample_bilinear(logits.astype(np.float32), images.shape[1:3])
+
+  def _output(self, images: np.ndarray) -> np.ndarray:
     interface = self.interface
     if not interface.any_input_size and images.shape[1:3] != interface.input_size:
       raise UserError(f'{self.path} takes {format_size(interface.input_size)} images, this one '
                       f'is {format_size(images.shape[1:3])}: export the model again with '
                       f'--input-size {format_size(images.shape[1:3])}')
-    output = self.run(interface.prepare(images))
-    if interface.outputs == 'labels':
-      return output
-    logits = output.transpose(0, 2, 3, 1) if interface.layout == 'nchw' else output
-    return upsample_bilinear(logits, images.shape[1:3]).argmax(-1).astype(np.uint8)
+    return self.run(interface.prepare(images))
 
 
 def upsample_bilinear(x: np.ndarray, size) -> np.ndarray:

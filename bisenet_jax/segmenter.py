@@ -1,0 +1,228 @@
+"""One model ready to segment images: the Python API through which every command reaches a model.
+
+  from bisenet_jax import Segmenter
+  segmenter = Segmenter.load('fcn_bisenetv1_resnet18os32_cityscapes.pth')
+  labels = segmenter('street.png')                  # uint8 [H, W] class ids
+  logits = segmenter(image, logits=True)            # float32 [H, W, K], image: uint8 RGB array
+  masks = segmenter.batch(images)                   # uint8 [N, H, W] for uint8 [N, H, W, 3]
+  picture = segmenter.overlay(image, labels)        # the image blended with the class colours
+  segmenter.classes.names, segmenter.palette
+
+``Segmenter.load`` takes what every command takes: an official ``.pth``, a folder from
+``convert/ssseg_to_flax.py``, a training workdir or step folder (JAX, one device), or an
+``.onnx`` from ``python -m bisenet_jax.export`` (ONNX Runtime; JAX is never imported on that
+path). Images are RGB uint8 arrays of any size, or image files; each is segmented at its own
+size with the inference options of an ``InferenceSpec`` (the reference protocol by default),
+normalised as in training, and its labels (or logits) come back at that size. ``batch`` runs
+images of one size as one forward pass; images of several sizes run one size at a time.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from bisenet_jax.data import masks, sources
+from bisenet_jax.data.images import read_image
+from bisenet_jax.errors import UserError
+from bisenet_jax.specs import ClassSet, DatasetSpec, InferenceSpec
+
+ImageLike = np.ndarray | str | os.PathLike
+
+
+class Backend(abc.ABC):
+  """Runs a model on uint8 [N, H, W, 3] RGB images of one size.
+
+  Attributes:
+    name: 'jax' or 'onnxruntime'.
+    num_classes: K.
+    input_size: the only (height, width) the model takes, or None for any size.
+    description: what runs the model, e.g. 'int8 ONNX Runtime', for reports.
+  """
+
+  name: str
+  num_classes: int
+  input_size: tuple[int, int] | None = None
+  description: str
+
+  @abc.abstractmethod
+  def labels(self, images: np.ndarray) -> np.ndarray:
+    """uint8 [N, H, W] class ids."""
+
+  @abc.abstractmethod
+  def logits(self, images: np.ndarray) -> np.ndarray:
+    """float32 [N, H, W, K] class logits at the images' size."""
+
+
+class JaxBackend(Backend):
+  """A checkpoint on one JAX device, through the shared jitted inference (compiled once per
+  image size and batch size), in full float32 as in evaluation."""
+
+  name = 'jax'
+
+  def __init__(self, model, variables, spec: InferenceSpec):
+    import jax
+
+    from bisenet_jax.eval import evaluator
+    self.num_classes = model.num_classes
+    self.description = f'JAX on {jax.devices()[0].platform.upper()}'
+    self._labels = evaluator.make_segment_fn(model, spec)
+    self._logits = evaluator.make_segment_fn(model, spec, outputs='logits')
+    self._variables = jax.device_put(variables, jax.devices()[0])
+
+  def _run(self, segment, images):
+    import jax
+    with jax.default_matmul_precision('highest'):  # The reference runs with TF32 off.
+      return np.asarray(segment(self._variables, images, out_size=images.shape[1:3]))
+
+  def labels(self, images):
+    return self._run(self._labels, images)
+
+  def logits(self, images):
+    return self._run(self._logits, images)
+
+
+class OnnxBackend(Backend):
+  """An exported file on ONNX Runtime (``export.onnx_runtime``), NumPy around it."""
+
+  name = 'onnxruntime'
+
+  def __init__(self, exported):
+    self.exported = exported
+    interface = exported.interface
+    self.num_classes = interface.num_classes
+    self.input_size = None if interface.any_input_size else tuple(interface.input_size)
+    self.description = f'{interface.dtype} ONNX Runtime'
+
+  def labels(self, images):
+    return self.exported.labels(images)
+
+  def logits(self, images):
+    return self.exported.logits(images)
+
+
+class Segmenter:
+  """A model with its classes, segmenting RGB images of any size (module docstring)."""
+
+  def __init__(self, backend: Backend, dataset: DatasetSpec, source: str = ''):
+    self.backend, self.dataset, self.source = backend, dataset, source
+
+  @classmethod
+  def load(cls, path: str | os.PathLike, *, inference: InferenceSpec = InferenceSpec(),
+           ema: bool | None = None,
+           dataset: str | Callable[[DatasetSpec | None], DatasetSpec] | None = None,
+           classes: ClassSet | None = None, threads: int | None = None) -> Segmenter:
+    """A model file or checkpoint, ready to segment.
+
+    Args:
+      path: an official ``.pth`` (needs torch), a converted or training checkpoint (folder or
+        workdir), or an exported ``.onnx``.
+      inference: whole / sliding window, flip, scales, input size (JAX only: an exported file
+        runs each whole image once, as it was exported).
+      ema: which weights of a checkpoint with an EMA (``checkpoint.load_model``); JAX only.
+      dataset: the dataset kind whose classes the model predicts (default: what the file
+        records, else Cityscapes), or a function from what the file records (None when
+        nothing) to the dataset: how commands apply their dataset flags.
+      classes: the classes, given explicitly (with a kind or none).
+      threads: ONNX Runtime's intra-op threads (default: one per core).
+
+    Raises:
+      UserError: a missing or unreadable file, options the file cannot honour, or classes that
+        do not match the model's.
+    """
+    path = str(path)
+    if Path(path).suffix.lower() == '.onnx':
+      from bisenet_jax.export.onnx_runtime import OnnxModel
+      if not inference.is_plain or inference.input_size or ema is not None:
+        raise UserError('an exported file runs each whole image once, at its own input size, '
+                        'with the weights it was exported with: drop --mode, --window-*, --flip, '
+                        '--scales, --input-size and --ema, or use the checkpoint it came from')
+      exported = OnnxModel(path, threads)
+      backend, recorded = OnnxBackend(exported), exported.dataset
+    else:
+      from bisenet_jax import checkpoint, models, parallel
+      parallel.setup('no')  # One device, one process.
+      model, variables, recorded = checkpoint.load_model(path, ema)
+      backend = JaxBackend(models.build(model), variables, inference)
+    if callable(dataset):
+      resolved = dataset(recorded)
+    else:
+      resolved = sources.resolve_dataset(dataset, recorded=recorded, classes=classes)
+    sources.check_classes(path, backend.num_classes, resolved)
+    return cls(backend, resolved, path)
+
+  @property
+  def classes(self) -> ClassSet:
+    return self.dataset.classes
+
+  @property
+  def palette(self) -> np.ndarray:
+    """uint8 [K, 3] RGB colour of each class."""
+    return self.dataset.classes.palette
+
+  @property
+  def num_classes(self) -> int:
+    return self.backend.num_classes
+
+  def __call__(self, image: ImageLike, *, logits: bool = False) -> np.ndarray:
+    """uint8 [H, W] class ids of one image (an RGB uint8 [H, W, 3] array or an image file), or
+    with ``logits`` its float32 [H, W, K] class logits."""
+    return self.batch(as_image(image)[None], logits=logits)[0]
+
+  def batch(self, images: np.ndarray | Sequence[ImageLike], *, logits: bool = False):
+    """Several images: uint8 [N, H, W, 3] gives uint8 [N, H, W] in one forward pass; a sequence
+    of arrays or files of any sizes gives a list, each consecutive run of one size batched."""
+    run = self.backend.logits if logits else self.backend.labels
+    if isinstance(images, np.ndarray):
+      return run(check_images(images))
+    results, group = [], []
+    for image in map(as_image, images):
+      if group and image.shape != group[0].shape:
+        results.extend(run(np.stack(group)))
+        group = []
+      group.append(image)
+    if group:
+      results.extend(run(np.stack(group)))
+    return results
+
+  def colorize(self, labels: np.ndarray) -> np.ndarray:
+    """uint8 [..., H, W] class ids -> uint8 [..., H, W, 3] in the classes' colours."""
+    return masks.colorize(labels, self.palette)
+
+  def overlay(self, image: ImageLike, labels: np.ndarray | None = None) -> np.ndarray:
+    """The image blended 50/50 with its mask's colours (uint8 RGB), as ``predict --overlay``
+    writes it; the labels are computed when not given."""
+    image = as_image(image)
+    labels = self(image) if labels is None else labels
+    if labels.shape != image.shape[:2]:
+      raise UserError(f'labels of size {labels.shape} do not fit an image of size '
+                      f'{image.shape[:2]}')
+    return masks.blend(image, self.colorize(labels))
+
+  def __repr__(self) -> str:
+    return (f'Segmenter({self.source!r}, {self.backend.name}, {self.num_classes} classes of '
+            f'{self.dataset.kind})')
+
+
+def as_image(image: ImageLike) -> np.ndarray:
+  """An RGB uint8 [H, W, 3] array, read from a file when given a path."""
+  if isinstance(image, (str, os.PathLike)):
+    return read_image(image, 'pass an image file (PNG, JPEG, ...)')
+  image = np.asarray(image)
+  if image.ndim != 3:
+    raise UserError(f'an image must be RGB uint8 [H, W, 3]; got {image.dtype} '
+                    f'{list(image.shape)}')
+  return check_images(image[None])[0]
+
+
+def check_images(images: np.ndarray) -> np.ndarray:
+  """uint8 [N, H, W, 3] RGB, or a one-line error that says what was given."""
+  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or not all(
+      images.shape[:3]):
+    raise UserError(f'images must be RGB uint8 [N, H, W, 3] (one image uint8 [H, W, 3]); got '
+                    f'{images.dtype} {list(images.shape)}')
+  return images
