@@ -212,17 +212,16 @@ def as_image(image: ImageLike) -> np.ndarray:
   """An RGB uint8 [H, W, 3] array, read from a file when given a path."""
   if isinstance(image, (str, os.PathLike)):
     return read_image(image, 'pass an image file (PNG, JPEG, ...)')
-  image = np.asarray(image)
-  if image.ndim != 3:
-    raise UserError(f'an image must be RGB uint8 [H, W, 3]; got {image.dtype} '
-                    f'{list(image.shape)}')
-  return check_images(image[None])[0]
+  return _checked(np.asarray(image), 'an image must be RGB uint8 [H, W, 3]')
 
 
 def check_images(images: np.ndarray) -> np.ndarray:
   """uint8 [N, H, W, 3] RGB, or a one-line error that says what was given."""
-  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or not all(
-      images.shape[:3]):
-    raise UserError(f'images must be RGB uint8 [N, H, W, 3] (one image uint8 [H, W, 3]); got '
-                    f'{images.dtype} {list(images.shape)}')
-  return images
+  return _checked(images, 'images must be RGB uint8 [N, H, W, 3]', leading=1)
+
+
+def _checked(array: np.ndarray, requirement: str, leading: int = 0) -> np.ndarray:
+  if (array.dtype != np.uint8 or array.ndim != 3 + leading or array.shape[-1] != 3
+      or not all(array.shape[:-1])):
+    raise UserError(f'{requirement}; got {array.dtype} {list(array.shape)}')
+  return array
