@@ -47,7 +47,7 @@ class Result:
   batch_size: int
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # Identity: the deque removes this job, not an equal one.
 class _Job:
   images: np.ndarray
   future: Future
