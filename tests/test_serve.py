@@ -484,3 +484,23 @@ def test_a_jax_checkpoint_gives_segmenters_labels_in_padded_batches(tmp_path):
     assert max(a.get_response()['parameters']['batch_size'] for a in answers) > 1
   finally:
     jax_server.stop()
+
+
+def test_without_kserve_the_command_names_the_extra(red_model, monkeypatch, capsys):
+  import builtins
+  real_import = builtins.__import__
+
+  def without_kserve(name, *args, **kwargs):
+    if name.split('.')[0] == 'kserve':
+      raise ImportError(f'No module named {name!r}', name='kserve')
+    return real_import(name, *args, **kwargs)
+
+  monkeypatch.setattr(builtins, '__import__', without_kserve)
+  for module in [name for name in sys.modules if name == 'bisenet_jax.serve.app']:
+    monkeypatch.delitem(sys.modules, module)
+  from bisenet_jax.serve.__main__ import main
+  with pytest.raises(SystemExit) as exit_info:
+    main(['--checkpoint', str(red_model)])
+  assert exit_info.value.code == 2
+  assert capsys.readouterr().err.strip() == (
+      "error: serving needs the serve extra (kserve is missing): pip install -e '.[serve]'")

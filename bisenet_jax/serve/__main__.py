@@ -98,7 +98,11 @@ def _argv_hidden():
 def main(argv=None) -> None:
   args = parse_args(argv)
   with _argv_hidden():
-    from bisenet_jax.serve import app
+    try:
+      from bisenet_jax.serve import app
+    except ImportError as error:
+      raise UserError(f'serving needs the serve extra ({error.name} is missing): '
+                      "pip install -e '.[serve]'") from None
   app.run(args)
 
 
