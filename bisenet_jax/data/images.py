@@ -60,6 +60,8 @@ def image_size(source, remedy='replace it'):
       width, height = image.size
       orientation = image.getexif().get(_EXIF_ORIENTATION)
   except (OSError, Image.DecompressionBombError) as error:
-    raise UserError(f'Cannot decode {name} ({error}): the file is corrupt or not an image; '
+    # Pillow's message names the in-memory buffer object for bytes: only a file's is useful.
+    detail = '' if isinstance(source, bytes) else f' ({error})'
+    raise UserError(f'Cannot decode {name}{detail}: the file is corrupt or not an image; '
                     f'{remedy}') from None
   return (width, height) if orientation in _TRANSPOSING_ORIENTATIONS else (height, width)
