@@ -1,0 +1,106 @@
+"""Serves a model over the Open Inference Protocol (KServe v2), REST and gRPC, with dynamic
+batching; GET / is a page that segments an image in the browser.
+
+  python -m bisenet_jax.serve --checkpoint fcn_bisenetv1_resnet18os32_cityscapes.pth
+  python -m bisenet_jax.serve --checkpoint r18_labels.onnx --host 0.0.0.0 --max-batch-size 16
+
+See docs/serving.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+
+from bisenet_jax import cli
+from bisenet_jax.errors import UserError
+from bisenet_jax.specs import SIZE_FORMAT
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(prog='python -m bisenet_jax.serve',
+                                   description=__doc__.splitlines()[0],
+                                   epilog='Sizes are HEIGHTxWIDTH.')
+  parser.add_argument('--checkpoint', required=True,
+                      help='official .pth, a folder from convert/ssseg_to_flax.py, a training '
+                      'workdir, or an .onnx from python -m bisenet_jax.export (no JAX needed)')
+  parser.add_argument('--host', default='127.0.0.1',
+                      help='the address both servers bind (default 127.0.0.1: this machine '
+                      'only; 0.0.0.0 for every IPv4 interface)')
+  parser.add_argument('--port', type=_port('--port'), default=8080, help='REST port (8080)')
+  parser.add_argument('--grpc-port', type=_port('--grpc-port'), default=8081,
+                      help='gRPC port (8081)')
+  parser.add_argument('--model-name', default='bisenet',
+                      help='the name in the protocol paths, /v2/models/<name> (bisenet)')
+  parser.add_argument('--max-batch-size', type=cli.positive_int('--max-batch-size'), default=8,
+                      help='most images per forward pass and per request; 1 turns batching '
+                      'off (8)')
+  parser.add_argument('--max-batch-delay-ms', type=_non_negative('--max-batch-delay-ms'),
+                      default=5.0, help='how long a batch waits for more requests of its '
+                      'image size after its oldest arrived (5)')
+  parser.add_argument('--max-queue', type=cli.positive_int('--max-queue'), default=64,
+                      help='most images waiting; a request beyond it is refused at once, 503 '
+                      '(64)')
+  parser.add_argument('--max-pixels', type=cli.positive_int('--max-pixels'), default=8388608,
+                      help='most pixels per image, H x W (8388608: 2048x4096)')
+  parser.add_argument('--max-request-bytes', type=cli.positive_int('--max-request-bytes'),
+                      default=64 << 20, help='largest request body, else 413 (67108864)')
+  parser.add_argument('--threads', type=cli.positive_int('--threads'),
+                      help="ONNX Runtime's intra-op threads (default: one per core)")
+  parser.add_argument('--warmup', type=_sizes, default=(), metavar=f'{SIZE_FORMAT},...',
+                      help='image sizes to compile (JAX) or run once before the server is '
+                      'ready, e.g. 512x1024,1024x2048')
+  cli.add_ema_argument(parser)
+  cli.add_dataset_arguments(parser, layout=False)
+  cli.add_inference_arguments(parser)
+  return parser.parse_args(argv)
+
+
+def _port(flag: str):
+  def parse(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+      raise UserError(f'{flag} {text!r} must be a port number, 1 to 65535')
+    return int(text)
+  return parse
+
+
+def _non_negative(flag: str):
+  def parse(text: str) -> float:
+    try:
+      value = float(text)
+    except ValueError:
+      value = -1.0
+    if not value >= 0:
+      raise UserError(f'{flag} {text!r} must be a number of milliseconds, 0 or more')
+    return value
+  return parse
+
+
+def _sizes(text: str):
+  return tuple(cli.size_argument('--warmup')(part) for part in text.split(',') if part)
+
+
+@contextlib.contextmanager
+def _argv_hidden():
+  """``import kserve`` parses sys.argv (kserve/model_server.py's module-level
+  ``parser.parse_known_args()``): it would read our flags as its own (argparse accepts
+  abbreviations) or exit on them, so it sees none."""
+  argv = sys.argv
+  sys.argv = argv[:1]
+  try:
+    yield
+  finally:
+    sys.argv = argv
+
+
+@cli.user_errors_exit
+def main(argv=None) -> None:
+  args = parse_args(argv)
+  with _argv_hidden():
+    from bisenet_jax.serve import app
+  app.run(args)
+
+
+if __name__ == '__main__':
+  main()

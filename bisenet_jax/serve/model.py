@@ -1,0 +1,209 @@
+"""The served model: a kserve ``Model`` whose ``predict`` checks an Open Inference Protocol
+request, decodes its images, waits for its batch and answers ``labels`` and/or ``mask_png``.
+
+kserve decodes the protocol (JSON or the binary tensor extension, REST or gRPC) into an
+``InferRequest`` and encodes the ``InferResponse``; everything about images is here. Every
+mistake in a request is a one-line ``InvalidInput`` (HTTP 400, gRPC INVALID_ARGUMENT), raised
+before the request is queued. Decoding and PNG encoding run on worker threads, off the event
+loop that serves every connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+from kserve import Model
+from kserve.errors import InvalidInput
+from kserve.protocol.grpc.grpc_predict_v2_pb2 import InferParameter
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+from bisenet_jax.data import images as image_files
+from bisenet_jax.data import masks
+from bisenet_jax.errors import UserError
+from bisenet_jax.serve.batching import Batcher
+
+IMAGE, IMAGE_BYTES, LABELS, MASK_PNG = 'image', 'image_bytes', 'labels', 'mask_png'
+INPUTS = [{'name': IMAGE, 'datatype': 'UINT8', 'shape': [-1, -1, -1, 3]},
+          {'name': IMAGE_BYTES, 'datatype': 'BYTES', 'shape': [-1]}]
+OUTPUTS = [{'name': LABELS, 'datatype': 'UINT8', 'shape': [-1, -1, -1]},
+           {'name': MASK_PNG, 'datatype': 'BYTES', 'shape': [-1]}]
+_SEND = f"send '{IMAGE}' (UINT8 [N, H, W, 3] RGB) or '{IMAGE_BYTES}' (BYTES [N], PNG or JPEG)"
+
+# When the request reached the server (time.perf_counter()), set by the REST middleware; a
+# gRPC request's clock starts when kserve hands it over, after its (cheap) decoding.
+ARRIVAL: contextvars.ContextVar[float] = contextvars.ContextVar('arrival')
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+  max_batch_size: int
+  max_pixels: int
+
+
+def request_images(request: InferRequest, limits: Limits) -> np.ndarray:
+  """The request's uint8 [N, H, W, 3] RGB images, or a one-line ``InvalidInput``."""
+  names = [tensor.name for tensor in request.inputs]
+  unknown = [name for name in names if name not in (IMAGE, IMAGE_BYTES)]
+  if unknown:
+    raise InvalidInput(f'unknown input {unknown[0]!r}: {_SEND}')
+  if len(names) != 1:
+    raise InvalidInput(f'{"no input" if not names else "inputs " + ", ".join(names)}: {_SEND}, '
+                       'exactly one')
+  tensor = request.inputs[0]
+  if tensor.name == IMAGE:
+    return _array_images(tensor, limits)
+  return _encoded_images(tensor, limits)
+
+
+def _array_images(tensor, limits: Limits) -> np.ndarray:
+  shape = list(tensor.shape)
+  if tensor.datatype != 'UINT8':
+    raise InvalidInput(f"input '{IMAGE}' must be UINT8, not {tensor.datatype}")
+  if len(shape) != 4 or shape[3] != 3 or min(shape) < 1:
+    raise InvalidInput(f"input '{IMAGE}' must have shape [N, H, W, 3] with N, H, W >= 1, not "
+                       f'{shape}')
+  _check_count(IMAGE, shape[0], limits)
+  _check_pixels(IMAGE, shape[1:3], limits)
+  try:
+    images = np.asarray(tensor.as_numpy())
+    if images.dtype != np.uint8:
+      images = images.astype(np.uint8, casting='safe')
+    return images.reshape(shape)
+  except (ValueError, TypeError, OverflowError):
+    raise InvalidInput(f"input '{IMAGE}' does not hold the {int(np.prod(shape))} uint8 values "
+                       f'of its shape {shape}') from None
+
+
+def _encoded_images(tensor, limits: Limits) -> np.ndarray:
+  shape = list(tensor.shape)
+  if tensor.datatype != 'BYTES':
+    raise InvalidInput(f"input '{IMAGE_BYTES}' must be BYTES, not {tensor.datatype}")
+  if len(shape) != 1 or shape[0] < 1:
+    raise InvalidInput(f"input '{IMAGE_BYTES}' must have shape [N] with N >= 1, not {shape}")
+  _check_count(IMAGE_BYTES, shape[0], limits)
+  try:
+    elements = [bytes(e) if not isinstance(e, str) else e.encode()
+                for e in tensor.as_numpy().reshape(-1)]
+  except (ValueError, TypeError):
+    raise InvalidInput(f"input '{IMAGE_BYTES}' does not hold {shape[0]} byte strings") from None
+  if len(elements) != shape[0]:
+    raise InvalidInput(f"input '{IMAGE_BYTES}' holds {len(elements)} byte strings, its shape "
+                       f'says {shape[0]}')
+  decoded = []
+  for index, data in enumerate(elements):
+    name = f'{IMAGE_BYTES}[{index}]'
+    try:
+      # The size from the header first: an image over the limit is never decoded.
+      _check_pixels(name, image_files.image_size(data, 'send a PNG or JPEG'), limits)
+      decoded.append(image_files.decode_image(data, name, 'send a PNG or JPEG'))
+    except UserError as error:
+      raise InvalidInput(str(error)) from None
+  sizes = {image.shape for image in decoded}
+  if len(sizes) > 1:
+    raise InvalidInput(f"the images of '{IMAGE_BYTES}' have several sizes "
+                       f'({", ".join(f"{h}x{w}" for h, w, _ in sorted(sizes))}): send images '
+                       'of one size per request')
+  return np.stack(decoded)
+
+
+def _check_count(name: str, count: int, limits: Limits) -> None:
+  if count > limits.max_batch_size:
+    raise InvalidInput(f'{name!r} holds {count} images, more than the server\'s '
+                       f'--max-batch-size {limits.max_batch_size}: send them in several requests')
+
+
+def _check_pixels(name: str, size, limits: Limits) -> None:
+  if size[0] * size[1] > limits.max_pixels:
+    raise InvalidInput(f'{name!r} is {size[0]}x{size[1]}, more than the server\'s --max-pixels '
+                       f'{limits.max_pixels} pixels per image: send a smaller image')
+
+
+def requested_outputs(request: InferRequest) -> list[str]:
+  """The outputs a request names (default: ``labels``), or a one-line ``InvalidInput``."""
+  requested = request.request_outputs or ()
+  for output in requested:
+    if output.name not in (LABELS, MASK_PNG):
+      raise InvalidInput(f"unknown output {output.name!r}: ask for '{LABELS}' and/or "
+                         f"'{MASK_PNG}'")
+    binary = output.binary_data if output.binary_data is not None else (
+        request.use_binary_outputs)
+    # JSON holds text only; gRPC always carries bytes.
+    if output.name == MASK_PNG and not binary and not request.from_grpc:
+      raise InvalidInput(f"'{MASK_PNG}' holds PNG bytes: ask for it with \"parameters\": "
+                         '{"binary_data": true}')
+  return [output.name for output in requested] or [LABELS]
+
+
+def _outputs(labels: np.ndarray, names: list[str], palette: np.ndarray) -> list[InferOutput]:
+  outputs = []
+  for name in names:
+    if name == LABELS:
+      data = np.ascontiguousarray(labels)
+      datatype = 'UINT8'
+    else:
+      data = np.array([masks.encode_index_png(mask, palette) for mask in labels], np.object_)
+      datatype = 'BYTES'
+    output = InferOutput(name, list(data.shape), datatype)
+    # As bytes: kserve encodes them for gRPC as they are, and for REST JSON or binary as asked.
+    output.set_data_from_numpy(data, binary_data=True)
+    outputs.append(output)
+  return outputs
+
+
+def _parameters(values: dict, grpc: bool) -> dict:
+  """Response parameters; over gRPC floats go as strings: kserve's protocol buffer has no
+  double parameter."""
+  if not grpc:
+    return values
+  return {key: InferParameter(string_param=repr(value)) if isinstance(value, float) else value
+          for key, value in values.items()}
+
+
+class SegmentationModel(Model):
+  """The Open Inference Protocol face of a ``Segmenter`` behind a ``Batcher``.
+
+  ``enable_latency_logging`` stays off (kserve's default for a ``Model``): no log line per
+  request.
+  """
+
+  def __init__(self, name: str, segmenter, batcher: Batcher, limits: Limits):
+    super().__init__(name)
+    self.segmenter, self.batcher, self.limits = segmenter, batcher, limits
+    self.ready = True
+
+  def get_input_types(self):
+    return INPUTS
+
+  def get_output_types(self):
+    return OUTPUTS
+
+  def parameters(self) -> dict:
+    """What REST model metadata adds to kserve's (the contract's ``parameters``)."""
+    return {'classes': list(self.segmenter.classes.names),
+            'palette': self.segmenter.palette.tolist(),
+            'network': network_name(self.segmenter), 'backend': self.segmenter.backend.description,
+            'max_batch_size': self.limits.max_batch_size}
+
+  async def predict(self, request: InferRequest, headers=None) -> InferResponse:
+    arrival = ARRIVAL.get(time.perf_counter())
+    names = requested_outputs(request)
+    images = await asyncio.to_thread(request_images, request, self.limits)
+    result = await asyncio.wrap_future(self.batcher.submit(images))
+    outputs = await asyncio.to_thread(_outputs, result.labels, names, self.segmenter.palette)
+    parameters = {'server_ms': (time.perf_counter() - arrival) * 1000,
+                  'compute_ms': result.compute_s * 1000, 'batch_size': result.batch_size}
+    return InferResponse(request.id, self.name, outputs,
+                         parameters=_parameters(parameters, request.from_grpc),
+                         use_binary_outputs=request.use_binary_outputs,
+                         requested_outputs=request.request_outputs)
+
+
+def network_name(segmenter) -> str:
+  """The model file's name: ``Segmenter`` keeps no network name, and the file names the model
+  the way its user does (e.g. fcn_bisenetv1_resnet18os32_cityscapes.pth)."""
+  return Path(segmenter.source).name
