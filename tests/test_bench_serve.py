@@ -18,7 +18,7 @@ FIELDS = {'model', 'checkpoint', 'backend', 'batching', 'max_batch_size', 'concu
           'resolution', 'requests', 'ok', 'refused', 'failed', 'unsent', 'img_per_s',
           'latency_ms_p50', 'latency_ms_p90', 'latency_ms_p99', 'mean_batch_size',
           'model_img_per_s', 'model_best_batch', 'model_ms_batch1', 'throughput_vs_model',
-          'p50_overhead_ms', 'load_average', 'cpu'}
+          'p50_overhead_ms', 'load_average', 'cpu', 'server_ms_p50', 'compute_ms_p50'}
 
 
 @pytest.fixture(scope='module')

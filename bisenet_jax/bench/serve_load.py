@@ -7,9 +7,11 @@ concurrency (one Open Inference Protocol client per worker thread, binary ``imag
 ``labels`` out, street frames drawn from a seed) with a time limit, then stopped. Each point
 counts the requests answered, refused (503: the server's queue was full) and failed, its
 throughput, the latency percentiles of the answered ones, and the mean batch they ran in
-(``parameters.batch_size`` of each response). The model alone (``Segmenter`` for a checkpoint,
-``OnnxModel`` for an ``.onnx``) is timed first, with no server running, at batch 1 and at each
-batch size up to the server's largest; the two goals compare the server with it.
+(``parameters.batch_size`` of each response), and the median time inside the server
+(``server_ms``: arrival to answer) and of its forward passes (``compute_ms``). The model alone
+(``Segmenter`` for a checkpoint, ``OnnxModel`` for an ``.onnx``) is timed first, with no server
+running, at batch 1 and at each batch size up to the server's largest; the two goals compare
+the server with it.
 """
 
 from __future__ import annotations
@@ -160,7 +162,7 @@ def run_load(url: str, images: np.ndarray, load: LoadSpec) -> dict:
   httpclient = http_client_module()
   lock = threading.Lock()
   issued = [0]
-  latencies, batch_sizes, outcomes = [], [], {'ok': 0, 'refused': 0, 'failed': 0}
+  latencies, parameters, outcomes = [], [], {'ok': 0, 'refused': 0, 'failed': 0}
   errors: list[str] = []
   deadline = time.perf_counter() + load.time_limit_s
 
@@ -175,14 +177,15 @@ def run_load(url: str, images: np.ndarray, load: LoadSpec) -> dict:
     client = httpclient.InferenceServerClient(url, network_timeout=load.time_limit_s + 60)
     try:
       while (index := next_index()) is not None:
-        outcome, seconds, batch = _one_request(httpclient, client, images[index % len(images)])
+        outcome, seconds, detail = _one_request(httpclient, client,
+                                                images[index % len(images)])
         with lock:
           outcomes[outcome] += 1
           if outcome == 'ok':
             latencies.append(seconds)
-            batch_sizes.append(batch)
+            parameters.append(detail)
           elif outcome == 'failed' and len(errors) < 3:
-            errors.append(batch)
+            errors.append(detail)
     finally:
       client.close()
 
@@ -195,17 +198,23 @@ def run_load(url: str, images: np.ndarray, load: LoadSpec) -> dict:
   wall = time.perf_counter() - start
   ms = 1e3 * np.asarray(latencies)
   percentile = (lambda q: float(np.percentile(ms, q))) if len(ms) else (lambda q: None)
+
+  def median(key):
+    values = [p[key] for p in parameters if p.get(key) is not None]
+    return float(np.median(values)) if values else None
   return {'requests': load.requests, **outcomes, 'unsent': load.requests - issued[0],
           'wall_s': wall, 'img_per_s': outcomes['ok'] / wall,
           'latency_ms_p50': percentile(50), 'latency_ms_p90': percentile(90),
           'latency_ms_p99': percentile(99),
-          'mean_batch_size': float(np.mean(batch_sizes)) if batch_sizes else None,
+          'mean_batch_size': (float(np.mean([p['batch_size'] for p in parameters]))
+                              if parameters else None),
+          'server_ms_p50': median('server_ms'), 'compute_ms_p50': median('compute_ms'),
           'errors': errors}
 
 
 def _one_request(httpclient, client, image: np.ndarray):
-  """('ok', seconds, server batch size), ('refused', seconds, None) or ('failed', seconds,
-  why)."""
+  """('ok', seconds, the response's parameters: batch_size, server_ms, compute_ms),
+  ('refused', seconds, None) or ('failed', seconds, why)."""
   tensor = httpclient.InferInput('image', [1, *image.shape], 'UINT8')
   tensor.set_data_from_numpy(image[None], binary_data=True)
   output = httpclient.InferRequestedOutput('labels', binary_data=True)
@@ -220,7 +229,10 @@ def _one_request(httpclient, client, image: np.ndarray):
   seconds = time.perf_counter() - start
   if labels is None or labels.shape != (1, *image.shape[:2]):
     return 'failed', seconds, f'labels of shape {getattr(labels, "shape", None)}'
-  return 'ok', seconds, result.get_response().get('parameters', {}).get('batch_size')
+  parameters = result.get_response().get('parameters', {})
+  if 'batch_size' not in parameters:
+    return 'failed', seconds, 'the response has no parameters.batch_size'
+  return 'ok', seconds, parameters
 
 
 def model_speed(checkpoint: str, images: np.ndarray, max_batch_size: int, warmup: int,
@@ -285,7 +297,8 @@ COLUMNS = (  # (header, key, format), for report.table.
     ('ok', 'ok', '{}'), ('refused', 'refused', '{}'), ('failed', 'failed', '{}'),
     ('unsent', 'unsent', '{}'), ('img/s', 'img_per_s', '{:.2f}'),
     ('p50 ms', 'latency_ms_p50', '{:.0f}'), ('p90 ms', 'latency_ms_p90', '{:.0f}'),
-    ('p99 ms', 'latency_ms_p99', '{:.0f}'), ('mean batch', 'mean_batch_size', '{:.2f}'),
+    ('p99 ms', 'latency_ms_p99', '{:.0f}'), ('server ms p50', 'server_ms_p50', '{:.0f}'),
+    ('compute ms p50', 'compute_ms_p50', '{:.0f}'), ('mean batch', 'mean_batch_size', '{:.2f}'),
     ('model img/s', 'model_img_per_s', '{:.2f}'), ('@b', 'model_best_batch', '{}'),
     ('model ms b1', 'model_ms_batch1', '{:.0f}'), ('vs model', 'throughput_vs_model', '{:.0%}'),
     ('p50 - model ms', 'p50_overhead_ms', '{:+.0f}'), ('load avg', 'load_average', '{:.2f}'),
