@@ -19,8 +19,8 @@ with the PyTorch reference in this process, on the same inputs and thread count,
 JAX/PyTorch ratios. A multi-process run (GPU cluster, TPU pod slice, or processes on one host)
 starts the same command in every process (see ``bisenet_jax.parallel``); process 0 reports.
 'serve' loads ``python -m bisenet_jax.serve`` on this machine with a fixed number of requests
-and compares it with the model alone (``serve_load``). See docs/benchmarks.md and
-docs/serving.md.
+and compares it with the model alone (``serve_load``; docs/serving.md, "Speed"). See
+docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -106,10 +107,8 @@ class Server:
                '--warmup', format_size(warmup_size)]
     if threads:
       command += ['--threads', str(threads)]
-    self.log = Path(os.environ.get('TMPDIR', '/tmp')) / f'bench_serve_{self.port}.log'
-    self._log_file = self.log.open('w')
-    self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self._log_file,
-                                    text=True)
+    self._log = tempfile.TemporaryFile('w+')  # Its stderr, read if it fails to start.
+    self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self._log, text=True)
     self.banner = self._wait_ready(timeout_s)
     self.url = f'127.0.0.1:{self.port}'
 
@@ -127,7 +126,9 @@ class Server:
     finally:
       timer.cancel()
     self.close()
-    tail = (''.join(lines) + self.log.read_text()).strip().splitlines()[-1:] or ['no output']
+    self._log.seek(0)
+    tail = (''.join(lines) + self._log.read()).strip().splitlines()[-1:] or ['no output']
+    self._log.close()
     raise UserError(f'the server for {self.process.args[4]} stopped before it was ready '
                     f'(exit {self.process.returncode}, or {timeout_s:.0f} s passed): {tail[0]}')
 
@@ -139,13 +140,13 @@ class Server:
       except subprocess.TimeoutExpired:
         self.process.kill()
         self.process.wait()
-    self._log_file.close()
 
   def __enter__(self):
     return self
 
   def __exit__(self, *exc):
     self.close()
+    self._log.close()
 
 
 def model_metadata(url: str) -> dict:
