@@ -4,6 +4,8 @@
   python -m bisenet_jax.bench train --arch bisenetv1_r18,bisenetv1_r50 --dtype float32,bfloat16 \
       --input-size 1024x1024 --batch-per-device 2 --devices 1,2,4,8 \
       --output results.jsonl --plot scaling.png
+  python -m bisenet_jax.bench serve --checkpoint runs/r18 --checkpoint r18_int8.onnx \
+      --input-size 512x1024 --concurrency 1,4,16 --batching on,off --output serve.jsonl
 
 Every point states what it measured: compile time apart, then the median and p90 step time of
 ``--steps`` blocked steps after ``--warmup`` ones; img/s over all devices and per device;
@@ -16,7 +18,9 @@ share of a fed step spent waiting for data. ``--compare-torch`` runs the same 1-
 with the PyTorch reference in this process, on the same inputs and thread count, and prints the
 JAX/PyTorch ratios. A multi-process run (GPU cluster, TPU pod slice, or processes on one host)
 starts the same command in every process (see ``bisenet_jax.parallel``); process 0 reports.
-See docs/benchmarks.md.
+'serve' loads ``python -m bisenet_jax.serve`` on this machine with a fixed number of requests
+and compares it with the model alone (``serve_load``; docs/serving.md, "Speed"). See
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import platform
 import jax
 
 from bisenet_jax import cli, parallel
-from bisenet_jax.bench import flops, jax_side, report, torch_side
+from bisenet_jax.bench import flops, jax_side, report, serve_load, torch_side
 from bisenet_jax.errors import UserError
 from bisenet_jax.specs import NETWORKS, SIZE_FORMAT, format_size
 
@@ -45,7 +49,7 @@ def _list(cast):
 def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog='python -m bisenet_jax.bench', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('mode', choices=['infer', 'train'])
+  parser.add_argument('mode', choices=['infer', 'train', 'serve'])
   parser.add_argument('--arch', type=_list(str), default=['bisenetv1_r18'],
                       help=f'networks, any of {",".join(NETWORKS)}')
   parser.add_argument('--devices', type=_list(int),
@@ -53,7 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--batch-per-device', type=_list(int), default=[1])
   parser.add_argument('--input-size', type=_list(cli.size_argument('--input-size')),
                       metavar=f'{SIZE_FORMAT},...',
-                      help='input sizes; default 1024x2048 (infer), 1024x1024 (train)')
+                      help='input sizes; default 1024x2048 (infer), 1024x1024 (train), '
+                      '512x1024 (serve: one size)')
   parser.add_argument('--dtype', type=_list(str), default=['float32'],
                       help='float32,bfloat16,float16 (train: with dynamic loss scaling)')
   parser.add_argument('--warmup', type=int, default=2)
@@ -75,6 +80,21 @@ def parse_args(argv=None) -> argparse.Namespace:
                            'once (Cityscapes layout; default: %(default)s)')
   parser.add_argument('--peak-tflops', type=float, help='per-device peak for MFU, if not listed')
   parser.add_argument('--output', help='append one JSON object per point to this .jsonl')
+  serve = parser.add_argument_group('serve')
+  serve.add_argument('--checkpoint', action='append',
+                     help='serve: a model to serve (repeat the flag for several)')
+  serve.add_argument('--url', help='serve: load this running server (http://127.0.0.1:PORT) '
+                     'instead of starting one per model and batching choice')
+  serve.add_argument('--batching', type=_list(str), help='serve: on,off (default both; off: '
+                     'the server runs one image per forward pass)')
+  serve.add_argument('--max-batch-size', type=cli.positive_int('--max-batch-size'), default=8,
+                     help="serve: the server's largest batch with batching on (default 8)")
+  serve.add_argument('--concurrency', type=_list(int), default=[1, 4, 16],
+                     help='serve: requests in flight, one client thread each (default 1,4,16)')
+  serve.add_argument('--requests', type=cli.positive_int('--requests'), default=64,
+                     help='serve: requests per point (default 64)')
+  serve.add_argument('--time-limit-s', type=float, default=300.0,
+                     help='serve: no request of a point starts after this (default 300)')
   parser.add_argument('--plot', help='write a PNG of img/s and scaling efficiency vs devices')
   cli.add_renamed_flags(parser, {'--resolution': f'--input-size {SIZE_FORMAT}'})
   cli.add_distributed_argument(parser)
@@ -106,6 +126,9 @@ class Sweep:
 def sweep_from_args(args: argparse.Namespace) -> Sweep:
   """The sweep the flags ask for, every value checked (after ``parallel.setup``: the default
   device counts depend on the devices visible)."""
+  if args.checkpoint or args.url:
+    raise UserError('--checkpoint and --url are for bench serve; infer and train measure '
+                    '--arch with random weights')
   available, processes = jax.device_count(), jax.process_count()
   # A sub-mesh takes the same number of devices from every process (jax_side.mesh_devices).
   devices = args.devices or [2**i for i in range(available.bit_length())
@@ -130,6 +153,54 @@ def sweep_from_args(args: argparse.Namespace) -> Sweep:
                args.compare_torch, args.compare_onnx, tuple(args.onnx_dtypes),
                tuple(args.torch_variants), args.threads, args.data_workers, args.data_frames,
                args.peak_tflops)
+
+
+def serve_sweep_from_args(args: argparse.Namespace) -> serve_load.ServeSweep:
+  """The serve sweep the flags ask for, every value checked before a model is loaded."""
+  if not args.checkpoint:
+    raise UserError('bench serve needs a model: pass --checkpoint (a checkpoint or an .onnx)')
+  missing = [path for path in args.checkpoint if not os.path.exists(path)]
+  if missing:
+    raise UserError(f'--checkpoint {missing[0]} does not exist')
+  url = None if args.url is None else serve_load.loopback_url(args.url)
+  if url and (len(args.checkpoint) > 1 or args.batching):
+    raise UserError('--url measures the one running server as it is: give the one --checkpoint '
+                    'it serves (for the in-process figures) and no --batching')
+  batching = args.batching or ['on', 'off']
+  if set(batching) - {'on', 'off'} or min(args.concurrency, default=0) < 1:
+    raise UserError(f'--batching {",".join(batching)} --concurrency '
+                    f'{",".join(map(str, args.concurrency))}: choose among on,off and give '
+                    'positive concurrencies')
+  sizes = args.input_size or [(512, 1024)]
+  if len(sizes) != 1 or args.time_limit_s <= 0:
+    raise UserError('bench serve takes one --input-size and a positive --time-limit-s')
+  return serve_load.ServeSweep(tuple(args.checkpoint), url, tuple(batching), args.max_batch_size,
+                               tuple(args.concurrency), args.requests, args.time_limit_s,
+                               sizes[0], args.warmup, args.steps, args.threads)
+
+
+def serve_main(args: argparse.Namespace) -> None:
+  sweep = serve_sweep_from_args(args)
+  env = serve_load.environment()
+  print(f"{env['cpu']}, {env['cpu_count']} CPUs, load average "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; {sweep.requests} requests per point "
+        f'(at most {sweep.time_limit_s:g} s), {format_size(sweep.input_size)} frames', flush=True)
+  print(report.table([], serve_load.COLUMNS), flush=True)
+
+  def emit(row):
+    print(report.table([row], serve_load.COLUMNS).splitlines()[1], flush=True)
+    for error in row['errors']:
+      print(f'  failed: {error}', flush=True)
+    if args.output:
+      report.append_jsonl([row], args.output)
+
+  rows = serve_load.run(sweep, emit)
+  print()
+  print(report.table(rows, serve_load.COLUMNS))
+  for line in serve_load.goal_lines(rows):
+    print(line)
+  if args.output:
+    print(f'appended {len(rows)} rows to {args.output}')
 
 
 def environment() -> dict:
@@ -248,6 +319,9 @@ def torch_rows(sweep, point, base, jax_row):
 @cli.user_errors_exit
 def main(argv=None) -> None:
   args = parse_args(argv)
+  if args.mode == 'serve':  # One process on this machine: no mesh, no device sweep.
+    serve_main(args)
+    return
   cli.parse_absl_flags()  # For the input pipeline's grain workers (--data-workers).
   parallel.setup(args.distributed)
   sweep = sweep_from_args(args)

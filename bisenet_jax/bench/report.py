@@ -29,15 +29,17 @@ def _cell(row: dict, key: str, fmt: str) -> str:
   return fmt.format(value)
 
 
-def table(rows: list[dict]) -> str:
-  cells = [[header for header, _, _ in COLUMNS]]
+def table(rows: list[dict], columns=COLUMNS) -> str:
+  """An aligned text table of ``rows``, one line per row, under a header line; ``columns``:
+  (header, key, format) triples (default: the infer and train columns)."""
+  cells = [[header for header, _, _ in columns]]
   for row in rows:
     if 'error' in row:
       cells.append([row['impl'], row['mode'], row['arch'], row['dtype'], '1', '', '',
-                    f"n/a ({row['error']})"] + [''] * (len(COLUMNS) - 8))
+                    f"n/a ({row['error']})"] + [''] * (len(columns) - 8))
     else:
-      cells.append([_cell(row, key, fmt) for _, key, fmt in COLUMNS])
-  widths = [max(len(c[i]) for c in cells if i < len(c)) for i in range(len(COLUMNS))]
+      cells.append([_cell(row, key, fmt) for _, key, fmt in columns])
+  widths = [max(len(c[i]) for c in cells if i < len(c)) for i in range(len(columns))]
   return '\n'.join('  '.join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells)
 
 

@@ -3,10 +3,11 @@
 ``python -m bisenet_jax.export`` writes the file (``__main__``); ``graph`` builds the JAX
 functions it exports and checks against; ``onnx_file`` serialises the ONNX graph and makes it
 take any image size, ``precision`` makes float16 and int8 files, ``calibration`` reads their
-images, ``stablehlo_file`` writes StableHLO; ``onnx_runtime`` runs an exported ``.onnx`` without
-JAX (``predict``, ``evaluate``, the benchmark). This module holds what both sides share and
-imports neither JAX nor ONNX: the ``Interface`` of an exported model, which the ONNX file
-carries in its ``metadata_props`` (see docs/deployment.md).
+images, ``stablehlo_file`` writes StableHLO; ``triton`` lays an ``.onnx`` out as a Triton
+model repository; ``onnx_runtime`` runs an exported ``.onnx`` without JAX (``predict``,
+``evaluate``, the benchmark). This module holds what both sides share and imports neither
+JAX nor ONNX: the ``Interface`` of an exported model, which the ONNX file carries in its
+``metadata_props`` (see docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ import numpy as np
 
 from bisenet_jax.data.normalization import MEAN_RGB, STD_RGB, normalize
 
-FORMATS = ('onnx', 'stablehlo')
+FORMATS = ('onnx', 'stablehlo', 'triton-repository')
+# The formats whose model is an .onnx file (a Triton repository holds one).
+ONNX_FORMATS = ('onnx', 'triton-repository')
 LAYOUTS = ('nchw', 'nhwc')
 OUTPUTS = ('logits', 'labels')
 DTYPES = ('float32', 'float16', 'int8')

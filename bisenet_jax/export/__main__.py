@@ -1,9 +1,11 @@
-"""Exports a model to ONNX or StableHLO.
+"""Exports a model to ONNX, StableHLO, or a Triton model repository.
 
   python -m bisenet_jax.export --checkpoint fcn_bisenetv1_resnet18os32_cityscapes.pth \
       --format onnx --output r18.onnx
   python -m bisenet_jax.export --checkpoint runs/r18 --format onnx --dtype int8 \
       --calibration /data/cityscapes --outputs labels --with-preprocessing --output r18_int8.onnx
+  python -m bisenet_jax.export --checkpoint runs/r18 --format triton-repository \
+      --outputs labels --with-preprocessing --layout nhwc --output model_repository/
 
 The default interface is what a PyTorch export of the model has: input ``images`` float32
 [N, 3, H, W] RGB normalised as the reference does, output ``logits`` float32 [N, K, ceil(H/8),
@@ -17,7 +19,9 @@ normalised in the graph) and ``--dtype float16|int8`` change it; int8 (ONNX) is 
 ``--calibration`` images. Before the file is written (to a temporary name, renamed once checked)
 its labels are compared with the float32 JAX model's on the calibration images (or random ones
 when none are given): the share that agree is printed, and an int8 file under
-``--min-agreement`` is refused. See docs/deployment.md.
+``--min-agreement`` is refused. ``--format triton-repository`` writes the same ONNX file into
+``--output``, a Triton Inference Server model repository, with its ``config.pbtxt``
+(``--triton-*``; ``export.triton``). See docs/deployment.md and docs/serving.md.
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ from bisenet_jax import cli
 from bisenet_jax.data.images import read_image
 from bisenet_jax.data.normalization import MEAN_RGB, STD_RGB
 from bisenet_jax.errors import UserError
-from bisenet_jax.export import (DTYPES, FORMATS, INPUT_NAME, LAYOUTS, OUTPUTS, Interface,
-                                calibration, describe)
+from bisenet_jax.export import (DTYPES, FORMATS, INPUT_NAME, LAYOUTS, ONNX_FORMATS, OUTPUTS,
+                                Interface, calibration, describe, triton)
 from bisenet_jax.files import write_atomically
 from bisenet_jax.specs import SIZE_FORMAT, format_size
 
@@ -58,7 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help='official .pth, a folder from convert/ssseg_to_flax.py, or a training '
                       'workdir (its latest checkpoint)')
   parser.add_argument('--format', required=True, help=' or '.join(FORMATS))
-  parser.add_argument('--output', required=True, help='the file to write')
+  parser.add_argument('--output', required=True,
+                      help='the file to write (triton-repository: the repository folder)')
   parser.add_argument('--input-size', type=cli.size_argument('--input-size'),
                       metavar=SIZE_FORMAT,
                       help='run the network at this fixed size: an ONNX file resizes other '
@@ -85,6 +90,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help='refuse an int8 file whose labels agree with float32 JAX on fewer of '
                       f'the check pixels (default {DEFAULT_MIN_AGREEMENT})')
   parser.add_argument('--force', action='store_true', help='replace an existing --output')
+  defaults = triton.TritonSpec()
+  parser.add_argument('--triton-model-name',
+                      help=f'triton-repository: the model folder (default {defaults.model_name})')
+  parser.add_argument('--triton-max-batch-size', type=cli.positive_int('--triton-max-batch-size'),
+                      help='triton-repository: the largest batch Triton forms (default '
+                      f'{defaults.max_batch_size})')
+  parser.add_argument('--triton-max-batch-delay-ms', type=float,
+                      help='triton-repository: how long a request waits for others to batch '
+                      f'with (default {defaults.max_queue_delay_ms:g})')
+  parser.add_argument('--triton-instance-kind',
+                      help='triton-repository: cpu (default, KIND_CPU) or gpu (KIND_GPU)')
   cli.add_ema_argument(parser)
   return parser.parse_args(argv)
 
@@ -106,6 +122,9 @@ class ExportJob:
     layout, outputs, preprocessing, dtype: the file's ``Interface`` (besides the classes).
     calibration: image files to calibrate int8 on and to check the file against, or None.
     min_agreement: an int8 file whose labels agree less with float32 JAX's is refused.
+    triton: how Triton serves the file ('triton-repository'; None for the other formats).
+    force: replace an existing output (the file is checked at the edge; a repository's model
+      folder when it is written).
   """
   checkpoint: str
   ema: bool | None
@@ -118,11 +137,13 @@ class ExportJob:
   dtype: str
   calibration: tuple[Path, ...] | None
   min_agreement: float
+  triton: triton.TritonSpec | None = None
+  force: bool = False
 
   def interface(self, num_classes: int) -> Interface:
     height, width = self.input_size or (None, None)
     return Interface(height, width, num_classes, self.layout, self.outputs, self.preprocessing,
-                     self.dtype, any_input_size=self.format == 'onnx')
+                     self.dtype, any_input_size=self.format in ONNX_FORMATS)
 
 
 def job_from_args(args: argparse.Namespace) -> ExportJob:
@@ -131,33 +152,73 @@ def job_from_args(args: argparse.Namespace) -> ExportJob:
   _choice(args.layout, LAYOUTS, '--layout')
   _choice(args.outputs, OUTPUTS, '--outputs')
   _choice(args.dtype, DTYPES, '--dtype')
-  if args.dtype == 'int8' and args.format != 'onnx':
-    raise UserError('--dtype int8 is for --format onnx (ONNX Runtime quantizes the file); '
-                    'StableHLO takes float32 or float16')
+  if args.dtype == 'int8' and args.format not in ONNX_FORMATS:
+    raise UserError('--dtype int8 is for --format onnx or triton-repository (ONNX Runtime '
+                    'quantizes the file); StableHLO takes float32 or float16')
   if args.dtype == 'int8' and not args.calibration:
     raise UserError('--dtype int8 needs calibration images: pass --calibration DIR (a folder of '
                     'images, a split or a dataset root) like the images the model will see')
   if not 0 <= args.min_agreement <= 1:
     raise UserError(f'--min-agreement {args.min_agreement} must be a fraction in 0..1')
   output = Path(args.output)
-  if output.is_dir():
-    raise UserError(f'--output {output} is a folder: give a file name')
-  if output.exists() and not args.force:
-    raise UserError(f'{output} already exists: pass --force to replace it')
+  triton_spec = _triton_spec(args, output)
+  if triton_spec is None:
+    if output.is_dir():
+      raise UserError(f'--output {output} is a folder: give a file name')
+    if output.exists() and not args.force:
+      raise UserError(f'{output} already exists: pass --force to replace it')
   if not output.parent.is_dir():
     raise UserError(f'{output.parent} does not exist: create it first')
-  if args.format == 'onnx':  # The missing-extra message now, not after loading the checkpoint.
+  if args.format in ONNX_FORMATS:  # The missing-extra message now, not after the slow load.
     from bisenet_jax.export import onnx_file, onnx_runtime
     onnx_file.require()
     onnx_runtime.require()  # The check of the written graph runs it.
-  if args.dtype == 'float16' and args.format == 'onnx':
+  if args.dtype == 'float16' and args.format in ONNX_FORMATS:
     from bisenet_jax.export import precision
     precision.require_float16()
   images = (None if args.calibration is None else
             tuple(calibration.calibration_images(args.calibration, args.calibration_count)))
-  input_size = args.input_size or (None if args.format == 'onnx' else STABLEHLO_SIZE)
+  input_size = args.input_size or (None if args.format in ONNX_FORMATS else STABLEHLO_SIZE)
   return ExportJob(args.checkpoint, args.ema, args.format, output, input_size, args.layout,
-                   args.outputs, args.with_preprocessing, args.dtype, images, args.min_agreement)
+                   args.outputs, args.with_preprocessing, args.dtype, images, args.min_agreement,
+                   triton_spec, args.force)
+
+
+_TRITON_FLAGS = {'--triton-model-name': 'triton_model_name',
+                 '--triton-max-batch-size': 'triton_max_batch_size',
+                 '--triton-max-batch-delay-ms': 'triton_max_batch_delay_ms',
+                 '--triton-instance-kind': 'triton_instance_kind'}
+
+
+def _triton_spec(args: argparse.Namespace, output: Path) -> triton.TritonSpec | None:
+  """The ``--triton-*`` flags of a triton-repository export (None for the other formats, which
+  refuse them); its repository must be a folder, its model folder new unless ``--force``."""
+  given = [flag for flag, key in _TRITON_FLAGS.items() if getattr(args, key) is not None]
+  if args.format != 'triton-repository':
+    if given:
+      raise UserError(f'{given[0]} is for --format triton-repository: drop it')
+    return None
+  defaults = triton.TritonSpec()
+  spec = triton.TritonSpec(
+      triton.check_model_name(args.triton_model_name or defaults.model_name),
+      args.triton_max_batch_size or defaults.max_batch_size,
+      _delay(args.triton_max_batch_delay_ms, defaults.max_queue_delay_ms),
+      _choice(args.triton_instance_kind or defaults.instance_kind, triton.INSTANCE_KINDS,
+              '--triton-instance-kind'))
+  if output.exists() and not output.is_dir():
+    raise UserError(f'--output {output} is a file: give the model repository folder')
+  folder = triton.model_folder(output, spec)
+  if folder.exists() and not args.force:
+    raise UserError(f'{folder} already exists: pass --force to replace it')
+  return spec
+
+
+def _delay(value: float | None, default: float) -> float:
+  if value is None:
+    return default
+  if not 0 <= value <= 60_000:
+    raise UserError(f'--triton-max-batch-delay-ms {value} must be 0..60000 milliseconds')
+  return value
 
 
 def export(job: ExportJob) -> dict:
@@ -173,7 +234,7 @@ def export(job: ExportJob) -> dict:
   images = job.calibration
   check_images = _check_images(images, interface)
   with jax.default_matmul_precision('highest'):  # Full fp32, as the reference (no TF32).
-    if job.format == 'onnx':
+    if job.format in ONNX_FORMATS:
       data = _onnx_file(model, variables, interface, dataset, check_images)
       run = _onnx_runner(data)
     else:
@@ -191,9 +252,15 @@ def export(job: ExportJob) -> dict:
                     f"of the pixels of {check['images']}, under --min-agreement "
                     f'{job.min_agreement:.2%}: nothing written; calibrate on more typical '
                     'images (--calibration, --calibration-count) or lower --min-agreement')
-  write_atomically(job.output, data, remedy='choose another --output')
-  return {'interface': interface, 'bytes': len(data), 'check': check,
-          'opset': _opset(data) if job.format == 'onnx' else None}
+  names = None if dataset is None else dataset.classes.names
+  if job.triton is None:
+    written = write_atomically(job.output, data, remedy='choose another --output')
+  else:
+    written = triton.write_repository(job.output, job.triton, data, interface, names,
+                                      replace=job.force) / triton.VERSION / triton.MODEL_FILE
+  return {'interface': interface, 'bytes': len(data), 'check': check, 'path': written,
+          'labels': names is not None,
+          'opset': _opset(data) if job.format in ONNX_FORMATS else None}
 
 
 def _onnx_file(model, variables, interface: Interface, dataset, check_images) -> bytes:
@@ -288,12 +355,19 @@ def summary(job: ExportJob, result: dict) -> str:
   line = f"check on {check['images']}: {check['agreement']:.2%} of the labels equal JAX float32's"
   if check['logits_error'] is not None:
     line += f"; max |logits - JAX| = {check['logits_error']:.1e} of max |logits|"
-  return '\n'.join([
-      f"wrote {job.output}: {kind}, {interface.dtype}, {result['bytes'] / 2**20:.1f} MiB",
+  lines = [
+      f"wrote {result['path']}: {kind}, {interface.dtype}, {result['bytes'] / 2**20:.1f} MiB",
       f'input  {INPUT_NAME} {describe(interface.input_shape(), interface.input_dtype)} '
       f'{interface.layout.upper()}, {size}, {normalisation}',
       f'output {interface.output_name} {describe(interface.output_shape(), output_dtype)}',
-      line])
+      line]
+  if job.triton:
+    spec = job.triton
+    lines.append(f'triton: {triton.model_folder(job.output, spec) / triton.CONFIG_FILE} '
+                 f'(onnxruntime_onnx, max_batch_size {spec.max_batch_size}, dynamic batching '
+                 f'{spec.max_queue_delay_ms:g} ms, KIND_{spec.instance_kind.upper()})'
+                 + (f', {triton.LABELS_FILE}' if result['labels'] else ', no class names'))
+  return '\n'.join(lines)
 
 
 @cli.user_errors_exit
