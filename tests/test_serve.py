@@ -505,3 +505,37 @@ def test_without_kserve_the_command_names_the_extra(red_model, monkeypatch, caps
   assert exit_info.value.code == 2
   assert capsys.readouterr().err.strip() == (
       "error: serving needs the serve extra (kserve is missing): pip install -e '.[serve]'")
+
+
+NODELAY_PROBE = textwrap.dedent("""
+    import asyncio, socket, sys
+    from bisenet_jax.serve.app import listening_socket
+
+    async def nodelay_of_an_accepted_connection():
+      loop = asyncio.get_running_loop()
+      accepted = loop.create_future()
+
+      class Probe(asyncio.Protocol):
+        def connection_made(self, transport):
+          accepted.set_result(transport.get_extra_info('socket'))
+
+      listener = listening_socket('127.0.0.1', int(sys.argv[1]))
+      server = await loop.create_server(Probe, sock=listener)
+      _, writer = await asyncio.open_connection(*listener.getsockname())
+      connection = await accepted
+      writer.close()
+      server.close()
+      return connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+
+    print(asyncio.run(nodelay_of_an_accepted_connection()))
+""")
+
+
+def test_answers_are_not_held_back_by_nagles_algorithm():
+  """asyncio turns TCP_NODELAY on for the listener's connections (without it a small answer's
+  body waits ~40 ms for the client's delayed acknowledgement of its headers). In a process of
+  its own: kserve's and tritonclient.grpc's protocol buffers cannot share one."""
+  probe = subprocess.run([sys.executable, '-c', NODELAY_PROBE, str(free_port())],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT)
+  assert probe.returncode == 0, probe.stderr
+  assert probe.stdout.strip() != '0'
