@@ -26,7 +26,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 import fastapi
 import pydantic
@@ -49,8 +48,9 @@ from kserve.protocol.rest.v2_endpoints import register_v2_endpoints
 
 from bisenet_jax import cli
 from bisenet_jax.errors import UserError
+from bisenet_jax.specs import format_size
 from bisenet_jax.serve import metrics
-from bisenet_jax.serve.batching import Batcher, Closed, QueueFull, batch_sizes
+from bisenet_jax.serve.batching import Batcher, Closed, QueueFull, fastest_batch
 from bisenet_jax.serve.model import ARRIVAL, Limits, SegmentationModel, network_name
 
 STATIC = Path(__file__).resolve().parent / 'static'
@@ -341,12 +341,16 @@ def run(args) -> None:
   segmenter = cli.load_segmenter(args, cli.inference_spec(args), root=None)
   # JAX compiles a program per batch shape: batches run padded to few shapes (batching.py).
   pad = segmenter.backend.name == 'jax'
-  for height, width in args.warmup:
-    for rows in batch_sizes(args.max_batch_size) if pad else (1,):
-      segmenter.batch(np.zeros((rows, height, width, 3), np.uint8))
+  batch_limit = None
+  if args.warmup:
+    batch_limit, rates = fastest_batch(segmenter.batch, args.warmup, args.max_batch_size)
+    print(f'warm-up at {", ".join(format_size(size) for size in args.warmup)}: '
+          + ', '.join(f'{rate:.2f}' for rate in rates.values())
+          + f' images/s in batches of {", ".join(map(str, rates))}: requests pool into '
+          f'batches of up to {batch_limit}', file=sys.stderr, flush=True)
   batcher = Batcher(segmenter.batch, max_batch_size=args.max_batch_size,
                     max_delay=args.max_batch_delay_ms / 1000, max_queue=args.max_queue, pad=pad,
-                    on_batch=metrics.record_batch)
+                    on_batch=metrics.record_batch, batch_limit=batch_limit)
   model = SegmentationModel(args.model_name, segmenter, batcher,
                             Limits(args.max_batch_size, args.max_pixels))
   ready_line = (f'serving {args.model_name} ({network_name(segmenter)}, '
