@@ -33,6 +33,7 @@ def tiny_checkpoint(tmp_path_factory):
   return path
 
 
+@pytest.mark.slow  # Two servers on a JAX model (~25 s on 2 cores).
 def test_each_point_accounts_for_every_request(tiny_checkpoint, tmp_path, capsys):
   output = tmp_path / 'serve.jsonl'
   bench_main(['serve', '--checkpoint', str(tiny_checkpoint), '--requests', '8',
