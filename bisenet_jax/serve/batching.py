@@ -74,24 +74,29 @@ def batch_sizes(max_batch_size: int) -> list[int]:
 
 
 def fastest_batch(run: Callable[[np.ndarray], np.ndarray], sizes, max_batch_size: int,
-                  repeats: int = 2) -> tuple[int, dict[int, float]]:
-  """``(rows, {rows: images per second})``: each of ``batch_sizes(max_batch_size)`` run once
-  (a JAX compile) then timed ``repeats`` times (the fastest kept) on zero images of each
-  (height, width) of ``sizes``, their seconds summed; the fastest rows, the smaller on a tie
-  within 2 %."""
-  rates = {}
-  for rows in batch_sizes(max_batch_size):
-    seconds = 0.0
-    for height, width in sizes:
-      images = np.zeros((rows, height, width, 3), np.uint8)
+                  repeats: int = 3) -> tuple[int, dict[int, float]]:
+  """``(rows, {rows: images per second})`` of each of ``batch_sizes(max_batch_size)`` on zero
+  images of each (height, width) of ``sizes``, and the fastest rows (the smaller on a tie
+  within 2 %).
+
+  Each shape runs once first (a JAX compile), then ``repeats`` rounds time every shape in turn
+  and each keeps its fastest time: interleaved, a machine that slows down or speeds up midway
+  (other work on shared cores) slows every batch size alike instead of the last ones.
+  """
+  shapes = [(rows, height, width) for rows in batch_sizes(max_batch_size)
+            for height, width in sizes]
+  inputs = {shape: np.zeros((*shape, 3), np.uint8) for shape in shapes}
+  for images in inputs.values():
+    run(images)
+  fastest = dict.fromkeys(shapes, float('inf'))
+  for _ in range(repeats):
+    for shape, images in inputs.items():
+      start = time.perf_counter()
       run(images)
-      timings = []
-      for _ in range(repeats):
-        start = time.perf_counter()
-        run(images)
-        timings.append(time.perf_counter() - start)
-      seconds += min(timings)
-    rates[rows] = rows * len(sizes) / seconds
+      fastest[shape] = min(fastest[shape], time.perf_counter() - start)
+  rates = {rows: rows * len(sizes) / sum(seconds for (r, *_), seconds in fastest.items()
+                                         if r == rows)
+           for rows in batch_sizes(max_batch_size)}
   best = max(rates.values())
   return min(rows for rows, rate in rates.items() if rate >= 0.98 * best), rates
 
