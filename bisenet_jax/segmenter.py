@@ -40,7 +40,8 @@ class Backend(abc.ABC):
   Attributes:
     name: 'jax' or 'onnxruntime'.
     num_classes: K.
-    input_size: the only (height, width) the model takes, or None for any size.
+    input_size: the (height, width) the network runs at (an exported file of fixed size), or
+      None: each image at its own size.
     description: what runs the model, e.g. 'int8 ONNX Runtime', for reports.
   """
 
@@ -95,7 +96,7 @@ class OnnxBackend(Backend):
     self.exported = exported
     interface = exported.interface
     self.num_classes = interface.num_classes
-    self.input_size = None if interface.any_input_size else tuple(interface.input_size)
+    self.input_size = interface.input_size
     self.description = f'{interface.dtype} ONNX Runtime'
 
   def labels(self, images):
