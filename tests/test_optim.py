@@ -13,9 +13,9 @@ TOTAL = 159_960
 
 
 def reference_lr(i: int) -> float:
-  """docs/reference.md §4.3 in float64 Python."""
-  poly = (0.05 - 1e-4) * (1 - i / TOTAL) ** 0.9 + 1e-4
-  return poly * (0.1 + 0.9 * i / 1000) if i <= 1000 else poly
+  """docs/reference.md §4.3 in float64 Python, with sssegmentation's order of operations."""
+  poly = (1 - i / TOTAL) ** 0.9 * (0.05 - 1e-4) + 1e-4
+  return (1 - (1 - i / 1000) * (1 - 0.1)) * poly if i <= 1000 else poly
 
 
 # docs/reference.md §4.3 "checked values", compared to exactly the digits printed there.
@@ -32,6 +32,16 @@ def test_schedule_matches_float64_formula_jitted():
   got = jax.jit(jax.vmap(poly_warmup_schedule()))(jnp.asarray(steps, jnp.int32))
   want = np.array([reference_lr(int(i)) for i in steps])
   np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-6)
+
+
+def test_float64_schedule_is_the_float64_formula():
+  """A float64 run's lr is float64 (optax's float32 schedules gave 0.005000001285 at step 0)."""
+  steps = np.concatenate([np.arange(0, 1010), np.arange(TOTAL - 10, TOTAL + 1), [80000]])
+  with jax.enable_x64(True):
+    schedule = jax.jit(poly_warmup_schedule(dtype=jnp.float64))  # A scalar step, as in training.
+    got = [schedule(jnp.int32(i)) for i in steps]
+    assert {lr.dtype for lr in got} == {jnp.dtype(jnp.float64)}
+  np.testing.assert_allclose(np.array(got), [reference_lr(int(i)) for i in steps], rtol=1e-15)
 
 
 def test_schedule_holds_min_lr_after_the_end():

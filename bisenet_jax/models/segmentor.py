@@ -59,8 +59,7 @@ def build(spec: ModelSpec) -> Segmentor:
   module_name, class_name = network.module.split(':')
   segmentor = getattr(importlib.import_module(module_name), class_name)
   return segmentor(num_classes=spec.num_classes, dropout_rate=spec.dropout_rate,
-                   dtype=jnp.dtype(spec.dtype),
-                   param_dtype=jnp.float64 if spec.dtype == 'float64' else jnp.float32,
+                   dtype=jnp.dtype(spec.dtype), param_dtype=jnp.dtype(spec.param_dtype),
                    **spec.module_options)
 
 

@@ -144,6 +144,11 @@ class ModelSpec:
     """The segmentor's keyword arguments beyond classes, dropout and precision."""
     return {**self.network.options, **({'stem': self.stem} if self.stem else {})}
 
+  @property
+  def param_dtype(self) -> str:
+    """The parameters' precision (and the lr's): float64 in a float64 run, else float32."""
+    return 'float64' if self.dtype == 'float64' else 'float32'
+
   def with_classes(self, num_classes: int) -> ModelSpec:
     return dataclasses.replace(self, num_classes=num_classes)
 

@@ -194,7 +194,7 @@ def run(spec: TrainSpec, workdir: str | os.PathLike) -> dict:
   workdir = _make_workdir(workdir)
   schedule = optim.poly_warmup_schedule(
       spec.optimizer.base_lr, spec.total_steps, spec.optimizer.min_lr, spec.optimizer.power,
-      spec.optimizer.warmup_steps, spec.optimizer.warmup_ratio)
+      spec.optimizer.warmup_steps, spec.optimizer.warmup_ratio, dtype=spec.model.param_dtype)
   tx = optim.make_optimizer(schedule, spec.optimizer.momentum, spec.optimizer.weight_decay)
   create = lambda variables: state_lib.create_train_state(  # noqa: E731
       model, tx, jax.random.key(spec.seed), mesh, variables,

@@ -8,13 +8,14 @@ plain function of it.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import optax
 
 
 def poly_warmup_schedule(base_lr: float = 0.05, total_steps: int = 159_960, min_lr: float = 1e-4,
-                         power: float = 0.9, warmup_steps: int = 1000,
-                         warmup_ratio: float = 0.1) -> optax.Schedule:
+                         power: float = 0.9, warmup_steps: int = 1000, warmup_ratio: float = 0.1,
+                         dtype=jnp.float32) -> optax.Schedule:
   """The reference lr policy: poly decay whose value a linear warm-up *multiplies*.
 
   For step ``i`` (optimizer steps already taken)::
@@ -26,26 +27,37 @@ def poly_warmup_schedule(base_lr: float = 0.05, total_steps: int = 159_960, min_
   The warm-up is a factor on the poly value, as in sssegmentation's PolyScheduler, so it cannot
   be built with ``optax.join_schedules`` or ``optax.warmup_*`` schedules: those switch from an
   additive warm-up ramp to the decay at a boundary, which gives a different lr during warm-up.
-  Here ``optax.linear_schedule`` supplies the factor (it holds at 1.0 after ``warmup_steps``).
 
-  The poly part is written out instead of using ``optax.polynomial_schedule``: that computes
-  ``1 - i / total_steps`` in float32, which cancels catastrophically in the last steps (relative
-  lr error up to 4e-5, e.g. 1.0104e-4 instead of the reference's 1.0103e-4 at the final step).
-  ``(total_steps - i) / total_steps`` has an exact integer numerator, leaving an error < 2e-7.
+  Both parts are written out, in ``dtype``, the parameters' precision (optax's schedules compute
+  in float32: a float64 run got 0.005000001285 at step 0 where the reference has 0.005):
+
+  * In float64, with the reference's own arithmetic (``1 - i / total_steps``, then its warm-up
+    ``(1 - (1 - i / warmup_steps) * (1 - warmup_ratio)) * poly``), so the lr is the reference's
+    Python float to the last bits or so (XLA's ``pow`` may differ from C's by an ulp).
+  * In float32, ``1 - i / total_steps`` would cancel catastrophically in the last steps (as in
+    ``optax.polynomial_schedule``: relative lr error up to 4e-5, 1.0104e-4 instead of the
+    reference's 1.0103e-4 at the final step); ``(total_steps - i) / total_steps`` has an exact
+    integer numerator and leaves an error < 2e-7.
+
+  XLA compiles a division by a constant into a multiplication by its rounded reciprocal (1e-12
+  off ``1 - i / total_steps`` at the last step), so the two divisors pass through
+  ``optimization_barrier``: a true division, as in Python.
 
   The returned function is jit-safe: ``i`` may be a traced integer scalar. Steps past
   ``total_steps`` get ``min_lr``. ``warmup_steps=0`` means no warm-up (Fast-SCNN's recipe).
   """
-  warmup_factor = (optax.linear_schedule(init_value=warmup_ratio, end_value=1.0,
-                                         transition_steps=warmup_steps)
-                   if warmup_steps > 0 else optax.constant_schedule(1.0))
-
-  def poly(step):
-    steps_left = total_steps - jnp.clip(step, 0, total_steps)
-    return (base_lr - min_lr) * (steps_left / total_steps) ** power + min_lr
+  exact_reference = jnp.dtype(dtype) == jnp.float64
 
   def schedule(step):
-    return poly(step) * warmup_factor(step)
+    step = jnp.clip(jnp.asarray(step, dtype), 0, total_steps)
+    total, warmup = jax.lax.optimization_barrier(
+        (jnp.asarray(total_steps, dtype), jnp.asarray(max(warmup_steps, 1), dtype)))
+    left = 1 - step / total if exact_reference else (total - step) / total
+    poly = left ** power * (base_lr - min_lr) + min_lr
+    if warmup_steps <= 0:
+      return poly
+    warmup_left = (1 - jnp.minimum(step, warmup) / warmup) * (1 - warmup_ratio)
+    return (1 - warmup_left) * poly
 
   return schedule
 
