@@ -179,13 +179,11 @@ def checkpoint_evaluation(args: argparse.Namespace, spec: InferenceSpec) -> Eval
   source = sources.open_split(dataset, args.data_root, args.split)
   mesh = parallel.make_mesh()
 
-  def run(on_batch):
-    # ssseg evaluates in full fp32 (TF32 off); GPUs would otherwise use TF32 convolutions.
-    with jax.default_matmul_precision('highest'):
-      return evaluator.evaluate(models.build(model_spec), variables, source, mesh=mesh,
-                                resize_to=dataset.resize_to, spec=spec,
-                                batch_per_device=args.batch_size, on_batch=on_batch,
-                                progress=sys.stderr.isatty())  # No bar in logs.
+  def run(on_batch):  # In full float32, as the reference (make_segment_fn's precision).
+    return evaluator.evaluate(models.build(model_spec), variables, source, mesh=mesh,
+                              resize_to=dataset.resize_to, spec=spec,
+                              batch_per_device=args.batch_size, on_batch=on_batch,
+                              progress=sys.stderr.isatty())  # No bar in logs.
 
   where = f'{args.batch_size} image(s) per device on {mesh.size} device(s)'
   if ema:

@@ -76,9 +76,7 @@ class JaxBackend(Backend):
     self._variables = jax.device_put(variables, jax.devices()[0])
 
   def _run(self, segment, images):
-    import jax
-    with jax.default_matmul_precision('highest'):  # The reference runs with TF32 off.
-      return np.asarray(segment(self._variables, images, out_size=images.shape[1:3]))
+    return np.asarray(segment(self._variables, images, out_size=images.shape[1:3]))
 
   def labels(self, images):
     return self._run(self._labels, images)

@@ -26,6 +26,7 @@ def fastscnn_config(arch):
   recipe = config.reference_config(arch)
   epoch = config.iterations_per_epoch(32)
   recipe.batch_size = 32
+  recipe.batch_per_replica = 4  # 8 GPUs x 4.
   recipe.data.crop_size = (512, 1024)
   recipe.total_steps = 1750 * epoch
   recipe.optimizer.update(base_lr=0.12, weight_decay=4e-5, warmup_steps=0)

@@ -9,8 +9,8 @@ from bisenet_jax.bench import flops, jax_side
 from bisenet_jax.bench.__main__ import main as bench_main
 from conftest import cpu_devices, launch_processes, run_cli, wait_for
 
-INFER_FIELDS = {'impl', 'mode', 'arch', 'dtype', 'devices', 'batch_per_device', 'resolution',
-                'compile_s', 'step_ms_median', 'step_ms_p90', 'img_per_s',
+INFER_FIELDS = {'impl', 'mode', 'arch', 'dtype', 'precision', 'devices', 'batch_per_device',
+                'resolution', 'compile_s', 'step_ms_median', 'step_ms_p90', 'img_per_s',
                 'img_per_s_per_device', 'scaling_efficiency', 'gflops_per_image_xla',
                 'gflops_per_image_analytic', 'peak_tflops_per_device', 'mfu',
                 'program_memory_gib', 'process_peak_memory_gib', 'compiled_temp_gib',
@@ -96,6 +96,12 @@ def test_peak_table_knows_datasheet_devices_only():
   assert flops.peak_tflops('cpu', 'float32') is None
   assert flops.peak_tflops('TPU v4', 'float32') is None  # No fp32 datasheet figure.
   assert flops.peak_tflops('cpu', 'float32', override=0.17) == 0.17
+  # A float32 model's peak is that of the arithmetic its precision runs.
+  assert flops.peak_tflops('NVIDIA H100 80GB HBM3', 'float32') == 66.9  # 'highest': FP32.
+  assert flops.peak_tflops('NVIDIA H100 80GB HBM3', 'float32', 'default') == 494.7  # TF32.
+  assert flops.peak_tflops('NVIDIA H200', 'float32', 'tensorfloat32') == 494.7
+  assert flops.peak_tflops('TPU v4', 'float32', 'default') == 275.0  # One bfloat16 pass.
+  assert flops.peak_tflops('Tesla V100-SXM2-16GB', 'float32', 'tensorfloat32') == 15.7
 
 
 @pytest.mark.slow

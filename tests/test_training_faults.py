@@ -66,7 +66,8 @@ def test_loss_scale_that_cannot_train_is_refused(tmp_path, no_training, key, val
 
 
 def test_micro_batches_of_one_image_are_refused(tmp_path, no_training):
-  message = refused(tiny_config(tmp_path / 'data', batch_size=2, accumulate_steps=2), tmp_path)
+  message = refused(tiny_config(tmp_path / 'data', batch_size=2, accumulate_steps=2,
+                                batch_per_replica=1), tmp_path)
   assert message.startswith('config.batch_size=2 with config.accumulate_steps=2 on 1 device '
                             'trains on one image at a time')
   assert 'gap_conv' in message and 'raise config.batch_size' in message

@@ -204,11 +204,11 @@ def test_accumulated_step_equals_its_micro_batches_run_by_hand(model):
     ('bisenetv1_r18', False, (1.0, 1.0, 1.0)), ('bisenetv2', False, (1.0,) * 5),
     ('fastscnn', True, (1.0, 0.4, 0.4))])
 def test_every_reference_objective_takes_the_fused_form(name, use_sigmoid, scales):
-  reference = ObjectiveSpec.reference(NETWORKS[name])
+  reference = ObjectiveSpec.reference(NETWORKS[name], replicas=8)
   objective = losses.make_objective(reference)
   assert objective.func is losses.segmentation_losses
   assert objective.keywords == {'heads': NETWORKS[name].head_names, 'use_sigmoid': use_sigmoid,
-                                'scale_factors': scales}
+                                'scale_factors': scales, 'replicas': 8}
   table = dataclasses.replace(reference, sampler={
       'type': 'OHEMPixelSampler', 'thresh': 0.7, 'min_kept_per_image': 10})
   assert not isinstance(losses.make_objective(table), functools.partial)
@@ -250,54 +250,100 @@ def test_plain_cross_entropy_through_the_table_equals_the_fast_form():
     assert float(table[key]) == pytest.approx(float(fast[key]), rel=1e-5)
 
 
-# The toolbox's losses over several devices: each device's own images, as under DDP.
+# The loss of the reference's DistributedDataParallel replicas.
 
-PER_DEVICE_SCRIPT = """
-import json
+TOOLBOX_TABLE = ObjectiveSpec(
+    (('loss_cls', ({'type': 'CrossEntropyLoss'}, {'type': 'LovaszLoss'})),
+     ('loss_aux1', ({'type': 'LovaszLoss'},))),
+    {'type': 'OHEMPixelSampler', 'thresh': 0.7, 'min_kept_per_image': 20})
+PLAIN_TABLE = ObjectiveSpec((('loss_cls', ({'type': 'CrossEntropyLoss'},)),
+                             ('loss_aux1', ({'type': 'CrossEntropyLoss', 'scale_factor': 0.4},))))
+
+
+def padded_batch(count: int, seed: int = 0):
+  """Logits of two heads and labels whose images are padded unevenly (ignored bands of 0 to
+  12 of 16 rows), so that one mean over the batch and the mean of the replicas' means differ.
+  The first half of the images is nearly solved, so a batch-wide OHEM ranking differs too."""
+  rng = np.random.default_rng(seed)
+  labels = rng.choice([0, 1, 2], (count, 16, 16)).astype(np.uint8)
+  for index, rows in enumerate(np.linspace(0, 12, count).astype(int)):
+    labels[index, 16 - rows:] = 255
+  # Noise keeps Lovasz's sorted errors free of ties, whose order (and so the gradient, not the
+  # loss) rounding may swap.
+  confident = (6.0 * np.eye(3)[np.where(labels == 255, 0, labels)]
+               + 0.1 * rng.normal(size=(count, 16, 16, 3)))
+  outputs = tuple(np.concatenate([confident[:count // 2, ::s, ::s],
+                                  rng.normal(size=(count - count // 2, 16 // s, 16 // s, 3))
+                                  ]).astype(np.float32) for s in (2, 4))
+  return outputs, labels
+
+
+@pytest.mark.parametrize('table', [PLAIN_TABLE, TOOLBOX_TABLE], ids=['fused', 'toolbox'])
+def test_loss_is_the_mean_of_each_replicas_own_loss(table):
+  """Each replica (2 consecutive images of 8) scored alone, then averaged, as DDP averages the
+  GPUs' losses and gradients: not one mean (or one OHEM ranking) over the whole batch. In
+  float64, where they agree to rounding."""
+  with jax.enable_x64(True):
+    replica_losses_and_grads(table)
+
+
+def replica_losses_and_grads(table):
+  outputs, labels = padded_batch(8)
+  outputs = tuple(o.astype(np.float64) for o in outputs)
+  value_and_grad = lambda spec: jax.jit(jax.value_and_grad(  # noqa: E731
+      lambda o, l: losses.make_objective(spec)(o, l)['loss']))
+  loss, grads = value_and_grad(dataclasses.replace(table, replicas=4))(outputs, labels)
+  alone = [value_and_grad(table)(tuple(o[i:i + 2] for o in outputs), labels[i:i + 2])
+           for i in range(0, 8, 2)]
+  assert float(loss) == pytest.approx(np.mean([float(value) for value, _ in alone]), rel=1e-12)
+  for head, grad in enumerate(grads):
+    np.testing.assert_allclose(grad, np.concatenate([g[head] for _, g in alone]) / 4,
+                               rtol=1e-10, atol=1e-15)
+  whole_batch = float(value_and_grad(table)(outputs, labels)[0])
+  assert abs(whole_batch - float(loss)) > 0.01 * float(loss)  # The difference told apart.
+
+
+REPLICAS_ON_MESHES_SCRIPT = """
+import dataclasses, json, sys
 from bisenet_jax import parallel
 parallel.setup()
 import jax
 import numpy as np
-from bisenet_jax.specs import ObjectiveSpec
 from bisenet_jax.train import losses
+sys.path.insert(0, 'tests')
+from test_training_options import PLAIN_TABLE, TOOLBOX_TABLE, padded_batch
 
-spec = ObjectiveSpec((('loss_cls', ({'type': 'CrossEntropyLoss'}, {'type': 'LovaszLoss'})),
-                      ('loss_aux1', ({'type': 'LovaszLoss'},))),
-                     {'type': 'OHEMPixelSampler', 'thresh': 0.7, 'min_kept_per_image': 20})
-rng = np.random.default_rng(0)
-labels = rng.choice([0, 1, 2, 255], (4, 16, 16)).astype(np.uint8)
-# Device 0's images are nearly solved, device 1's are not: the global OHEM ranking differs.
-confident = 6.0 * np.eye(3, dtype=np.float32)[np.where(labels == 255, 0, labels)]
-outputs = tuple(np.concatenate([confident[:2, ::s, ::s], rng.normal(size=(2, 16 // s, 16 // s, 3))
-                                ]).astype(np.float32) for s in (2, 4))
-mesh = parallel.make_mesh()
-assert mesh.size == 2
-value_and_grad = lambda objective: jax.jit(jax.value_and_grad(
-    lambda o, l: objective(o, l)['loss']))
-loss, grads = value_and_grad(losses.make_objective(spec, mesh))(
-    *jax.device_put((outputs, labels), parallel.batch_sharded(mesh)))
-one_device = value_and_grad(losses.make_objective(spec))
-halves = [one_device(tuple(o[i:i + 2] for o in outputs), labels[i:i + 2]) for i in (0, 2)]
-print(json.dumps({
-    'loss': float(loss), 'halves': [float(h[0]) for h in halves],
-    'global': float(one_device(outputs, labels)[0]),
-    'grad_error': max(float(np.abs(np.asarray(g) - np.concatenate([h[1][k] for h in halves]) / 2)
-                            .max()) for k, g in enumerate(grads))}))
+outputs, labels = padded_batch(8)
+outputs = tuple(o.astype(np.float64) for o in outputs)
+found = {}
+for name, table in (('fused', PLAIN_TABLE), ('toolbox', TOOLBOX_TABLE)):
+  objective = losses.make_objective(dataclasses.replace(table, replicas=4))
+  value_and_grad = jax.jit(jax.value_and_grad(lambda o, l: objective(o, l)['loss']))
+  for devices in (1, 2, 4, 8):
+    mesh = parallel.make_mesh(jax.devices()[:devices])
+    loss, grads = value_and_grad(*jax.device_put((outputs, labels), parallel.batch_sharded(mesh)))
+    found[f'{name}/{devices}'] = [float(loss), [np.asarray(g).tolist() for g in grads]]
+print(json.dumps(found))
 """
 
 
-def test_toolbox_losses_run_on_each_devices_own_images():
-  """OHEM and Lovasz on 2 devices: the mean of each device's loss on its own 2 images (and its
-  gradient), as DistributedDataParallel averages them, not the loss of the global batch."""
+def test_replicas_give_the_same_loss_on_every_device_count():
+  """4 replicas of 2 images on 1, 2, 4 and 8 devices (8: a replica spans two devices), in float64
+  so that only the order of additions may differ: the same losses and gradients."""
   import json
 
   from conftest import cpu_devices, run_cli
-  result = run_cli('-c', PER_DEVICE_SCRIPT, env=cpu_devices(2))
+  result = run_cli('-c', REPLICAS_ON_MESHES_SCRIPT,
+                   env={**cpu_devices(8), 'JAX_ENABLE_X64': '1'})
   assert result.returncode == 0, result.stderr[-3000:]
-  got = json.loads(result.stdout.splitlines()[-1])
-  assert got['loss'] == pytest.approx(np.mean(got['halves']), rel=1e-6)
-  assert got['grad_error'] < 1e-8
-  assert abs(got['global'] - got['loss']) > 0.05  # The difference the test tells apart.
+  found = json.loads(result.stdout.splitlines()[-1])
+  for name in ('fused', 'toolbox'):
+    one_loss, one_grads = found[f'{name}/1']
+    for devices in (2, 4, 8):
+      loss, grads = found[f'{name}/{devices}']
+      assert loss == pytest.approx(one_loss, rel=1e-12), (name, devices)
+      for got, want in zip(grads, one_grads):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-15, err_msg=f'{name} {devices}')
 
 
 # Config: every option off by default, bad values refused in one line.

@@ -39,7 +39,7 @@ import jax
 from bisenet_jax import cli, parallel
 from bisenet_jax.bench import flops, jax_side, report, serve_load, torch_side
 from bisenet_jax.errors import UserError
-from bisenet_jax.specs import NETWORKS, SIZE_FORMAT, format_size
+from bisenet_jax.specs import NETWORKS, PRECISIONS, SIZE_FORMAT, format_size
 
 
 def _list(cast):
@@ -61,6 +61,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                       '512x1024 (serve: one size)')
   parser.add_argument('--dtype', type=_list(str), default=['float32'],
                       help='float32,bfloat16,float16 (train: with dynamic loss scaling)')
+  parser.add_argument('--precision', default='highest', choices=PRECISIONS,
+                      help='float32 convolutions and matmuls: highest (full float32, as the '
+                      'reference and training by default), tensorfloat32, bfloat16 (one pass) or '
+                      'default (the backend\'s: TF32 on NVIDIA GPUs since Ampere, bfloat16 on '
+                      'TPUs); CPUs compute in full at every setting')
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--steps', type=int, default=5)
   parser.add_argument('--compare-torch', action='store_true')
@@ -111,6 +116,7 @@ class Sweep:
   batch_per_device: tuple[int, ...]
   input_sizes: tuple[tuple[int, int], ...]
   dtypes: tuple[str, ...]
+  precision: str
   warmup: int
   steps: int
   compare_torch: bool
@@ -149,7 +155,7 @@ def sweep_from_args(args: argparse.Namespace) -> Sweep:
                     'use --batch-per-device 2 or more.')
   input_sizes = args.input_size or [(1024, 2048) if args.mode == 'infer' else (1024, 1024)]
   return Sweep(args.mode, tuple(args.arch), tuple(sorted(devices)), tuple(args.batch_per_device),
-               tuple(input_sizes), tuple(args.dtype), args.warmup, args.steps,
+               tuple(input_sizes), tuple(args.dtype), args.precision, args.warmup, args.steps,
                args.compare_torch, args.compare_onnx, tuple(args.onnx_dtypes),
                tuple(args.torch_variants), args.threads, args.data_workers, args.data_frames,
                args.peak_tflops)
@@ -205,8 +211,7 @@ def serve_main(args: argparse.Namespace) -> None:
 
 def environment() -> dict:
   return {'jax': jax.__version__, 'backend': jax.default_backend(), 'host': platform.node(),
-          'cpu_count': os.cpu_count(), 'xla_flags': os.environ.get('XLA_FLAGS', ''),
-          'matmul_precision': jax.config.jax_default_matmul_precision or 'default'}
+          'cpu_count': os.cpu_count(), 'xla_flags': os.environ.get('XLA_FLAGS', '')}
 
 
 def header(sweep: Sweep) -> str:
@@ -215,7 +220,7 @@ def header(sweep: Sweep) -> str:
   lines = [f"jax {env['jax']} on {env['backend']} ({jax.devices()[0].device_kind}, "
            f"devices: {jax.device_count()}, host CPUs: {env['cpu_count']}), "
            f"XLA_FLAGS={env['xla_flags'] or '(none)'}, "
-           f"default matmul/conv precision: {env['matmul_precision']}",
+           f'float32 convolutions and matmuls at precision {sweep.precision!r}',
            f'MFU peaks: {flops.PEAKS_SOURCE} (bisenet_jax/bench/flops.py; CPUs: n/a)']
   if sweep.compare_torch:
     import torch
@@ -262,8 +267,9 @@ def run(sweep: Sweep, emit) -> list[dict]:
   rows, smallest = [], {}
   for arch, dtype, size, batch, devices in itertools.product(
       sweep.archs, sweep.dtypes, sweep.input_sizes, sweep.batch_per_device, sweep.devices):
-    point = jax_side.Point(sweep.mode, arch, devices, batch, size, dtype)
-    base = dict(impl='jax', mode=sweep.mode, arch=arch, dtype=dtype, devices=devices,
+    point = jax_side.Point(sweep.mode, arch, devices, batch, size, dtype, sweep.precision)
+    base = dict(impl='jax', mode=sweep.mode, arch=arch, dtype=dtype,
+                precision=sweep.precision, devices=devices,
                 batch_per_device=batch, resolution=format_size(size),
                 warmup=sweep.warmup, steps=sweep.steps, **environment())
     row = {**base, **measure(point, sweep.warmup, sweep.steps, sweep.peak_tflops)}

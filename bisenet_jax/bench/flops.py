@@ -16,16 +16,16 @@ from flax import linen as nn
 
 PEAKS_SOURCE = 'vendor datasheets, dense (no sparsity)'
 # Per-device peak TFLOP/s by device_kind substring, for MFU. Only datasheet numbers: anything
-# not listed (CPUs included) reports MFU 'n/a' unless --peak-tflops is given. On NVIDIA Ampere
-# and later, 'float32' is the TF32 tensor-core peak: XLA's default precision (and cuDNN's, in
-# PyTorch) runs float32 convolutions as TF32 there; with jax_default_matmul_precision='highest'
-# the relevant peak is the FP32 one in the comment, and --peak-tflops should say so.
+# not listed (CPUs included) reports MFU 'n/a' unless --peak-tflops is given. A float32 model's
+# peak is that of the passes its precision runs (``float32_pass``): full FP32 at 'highest',
+# TF32 tensor cores at 'tensorfloat32' (and at 'default' on NVIDIA GPUs since Ampere, as cuDNN
+# in PyTorch), one bfloat16 pass at 'bfloat16' (and at 'default' on TPUs).
 PEAK_TFLOPS = {
     # NVIDIA H100 SXM5 datasheet: BF16 989.4, TF32 494.7, FP32 66.9. H200 has the same compute.
-    'H100': {'bfloat16': 989.4, 'float16': 989.4, 'float32': 494.7},
-    'H200': {'bfloat16': 989.4, 'float16': 989.4, 'float32': 494.7},
+    'H100': {'bfloat16': 989.4, 'float16': 989.4, 'tensorfloat32': 494.7, 'float32': 66.9},
+    'H200': {'bfloat16': 989.4, 'float16': 989.4, 'tensorfloat32': 494.7, 'float32': 66.9},
     # NVIDIA A100 (SXM) datasheet: BF16 and FP16 312, TF32 156, FP32 19.5.
-    'A100': {'bfloat16': 312.0, 'float16': 312.0, 'float32': 156.0},
+    'A100': {'bfloat16': 312.0, 'float16': 312.0, 'tensorfloat32': 156.0, 'float32': 19.5},
     # NVIDIA V100 (SXM2) and T4 datasheets: FP16 tensor cores 125 and 65, FP32 15.7 and 8.1
     # (no TF32, no fast BF16).
     'V100': {'float16': 125.0, 'float32': 15.7},
@@ -38,12 +38,25 @@ PEAK_TFLOPS = {
 }
 
 
-def peak_tflops(device_kind: str, dtype: str, override: float | None = None) -> float | None:
-  """The datasheet peak of one device for ``dtype``, or None when unknown (never a guess)."""
+def float32_pass(device_kind: str, precision: str, peaks: dict) -> str:
+  """The arithmetic a float32 convolution runs at ``precision`` on this device: 'float32',
+  'tensorfloat32' or 'bfloat16' (a device without TF32, e.g. V100, runs FP32)."""
+  if precision == 'default':
+    precision = 'bfloat16' if 'tpu' in device_kind.lower() else 'tensorfloat32'
+  arithmetic = 'float32' if precision == 'highest' else precision
+  return arithmetic if arithmetic in peaks else 'float32'
+
+
+def peak_tflops(device_kind: str, dtype: str, precision: str = 'highest',
+                override: float | None = None) -> float | None:
+  """The datasheet peak of one device for ``dtype`` at ``precision`` (of float32 convolutions),
+  or None when unknown (never a guess)."""
   if override:
     return override
   for name, peaks in PEAK_TFLOPS.items():
     if name.lower() in device_kind.lower():
+      if dtype == 'float32':
+        dtype = float32_pass(device_kind, precision, peaks)
       return peaks.get(dtype)
   return None
 

@@ -36,6 +36,7 @@ class Point:
   batch_per_device: int
   input_size: Size
   dtype: str
+  precision: str = 'highest'  # Of float32 convolutions and matmuls (specs.PRECISIONS).
 
   @property
   def global_batch(self) -> int:
@@ -78,7 +79,7 @@ def _flops_fields(point: Point, compiled, analytic_per_image: float, seconds_per
   per_device_program = flops_lib.xla_flops(compiled)
   xla_per_image = per_device_program / point.batch_per_device if per_device_program else None
   device_kind = jax.devices()[0].device_kind
-  peak = flops_lib.peak_tflops(device_kind, point.dtype, peak_override)
+  peak = flops_lib.peak_tflops(device_kind, point.dtype, point.precision, peak_override)
   # Model FLOPs (the analytic count), as MFU is defined: XLA's GPU cost analysis does not see
   # into cuDNN's convolution calls, so its figure there is a small fraction of the real work.
   achieved = analytic_per_image * point.batch_per_device / seconds_per_step
@@ -120,7 +121,7 @@ def measure_infer(point: Point, warmup: int, steps: int, peak_override=None) -> 
   model, mesh, images, _ = _setup(point)
   variables = jax.device_put(models.init_variables(model), parallel.replicated(mesh))
   images = _global_array(images, parallel.batch_sharded(mesh))
-  segment = evaluator.make_segment_fn(model)
+  segment = evaluator.make_segment_fn(model, precision=point.precision)
   size = point.input_size
   compiled, compile_s = timing.time_compile(segment, variables, images, size)
   times = timing.time_steps(lambda: compiled(variables, images), warmup, steps)
@@ -145,9 +146,10 @@ def measure_train(point: Point, warmup: int, steps: int, peak_override=None,
   content = np.tile(np.array([0, 0, *point.input_size], np.int32), (len(images), 1))
   batch = {key: _global_array(value, parallel.batch_sharded(mesh))
            for key, value in (('image', images), ('label', labels), ('content', content))}
-  objective = losses.make_objective(ObjectiveSpec.reference(point.model.network))
+  # One reference replica per device, as under DistributedDataParallel.
+  objective = losses.make_objective(ObjectiveSpec.reference(point.model.network, point.devices))
   train_step = step_lib.jit_train_step(mesh, learning_rate_fn=schedule, dropout_seed=0,
-                                       objective=objective)
+                                       objective=objective, precision=point.precision)
   compiled, compile_s = timing.time_compile(train_step, state, batch)
   holder = {'state': state}  # The step donates its state: always call it with the newest.
 

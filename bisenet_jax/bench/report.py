@@ -8,7 +8,7 @@ from pathlib import Path
 
 COLUMNS = (  # (header, key, format)
     ('impl', 'impl', '{}'), ('mode', 'mode', '{}'), ('arch', 'arch', '{}'),
-    ('dtype', 'dtype', '{}'), ('dev', 'devices', '{}'), ('b/dev', 'batch_per_device', '{}'),
+    ('dtype', 'dtype', '{}'), ('precision', 'precision', '{}'), ('dev', 'devices', '{}'), ('b/dev', 'batch_per_device', '{}'),
     ('HxW', 'resolution', '{}'), ('compile s', 'compile_s', '{:.1f}'),
     ('ms med', 'step_ms_median', '{:.0f}'), ('ms p90', 'step_ms_p90', '{:.0f}'),
     ('img/s', 'img_per_s', '{:.2f}'), ('img/s/dev', 'img_per_s_per_device', '{:.2f}'),

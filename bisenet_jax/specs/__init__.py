@@ -15,10 +15,11 @@ from bisenet_jax.specs.data import (KINDS, LAYOUT_FIELDS, RESIZE_TO, SOURCE_KIND
 from bisenet_jax.specs.inference import MODES, InferenceSpec
 from bisenet_jax.specs.model import DTYPES, HEAD_NAMES, NETWORKS, ModelSpec, Network, network
 from bisenet_jax.specs.sizes import SIZE_FORMAT, Size, check_size, format_size, parse_size
-from bisenet_jax.specs.training import LossScaleSpec, ObjectiveSpec, OptimizerSpec, TrainSpec
+from bisenet_jax.specs.training import (PRECISIONS, LossScaleSpec, ObjectiveSpec, OptimizerSpec,
+                                        TrainSpec)
 
 __all__ = ['DTYPES', 'HEAD_NAMES', 'KINDS', 'LAYOUT_FIELDS', 'MAX_CLASSES', 'MODES', 'NETWORKS',
            'RESIZE_TO', 'SIZE_FORMAT', 'SOURCE_KINDS', 'ClassSet', 'DataSpec', 'DatasetSpec',
            'FolderLayout', 'InferenceSpec', 'LossScaleSpec', 'ModelSpec', 'Network',
-           'ObjectiveSpec', 'OptimizerSpec', 'Size', 'TrainSpec', 'check_size', 'default_palette',
+           'ObjectiveSpec', 'OptimizerSpec', 'PRECISIONS', 'Size', 'TrainSpec', 'check_size', 'default_palette',
            'format_size', 'network', 'parse_size']

@@ -8,6 +8,11 @@ from bisenet_jax.specs.data import DataSpec
 from bisenet_jax.specs.model import ModelSpec, Network
 
 
+# Precisions of float32 convolutions and matmuls in training (``jax.default_matmul_precision``):
+# full float32 (the reference's: TF32 off), TF32 passes, one bfloat16 pass, the backend's default.
+PRECISIONS = ('highest', 'tensorfloat32', 'bfloat16', 'default')
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec:
   """SGD with momentum and L2 weight decay under the poly schedule with a multiplicative
@@ -32,15 +37,19 @@ class ObjectiveSpec:
       losses summed.
     sampler: None, or the OHEM pixel sampler ``{'type': 'OHEMPixelSampler', 'thresh',
       'min_kept_per_image'}`` applied to every head.
+    replicas: the reference's GPU count: every loss is computed on each of this many groups of
+      consecutive rows of the batch alone and the groups' losses are averaged, as under
+      DistributedDataParallel (docs/reference.md §4.4).
   """
   losses: tuple
   sampler: dict | None = None
+  replicas: int = 1
 
   @classmethod
-  def reference(cls, network: Network) -> ObjectiveSpec:
-    """The network's reference objective (its heads' losses, no sampler)."""
+  def reference(cls, network: Network, replicas: int = 1) -> ObjectiveSpec:
+    """The network's reference objective (its heads' losses, no sampler) over ``replicas``."""
     return cls(tuple((name, tuple(dict(loss) for loss in losses))
-                     for name, losses in network.heads))
+                     for name, losses in network.heads), replicas=replicas)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +83,8 @@ class TrainSpec:
       the variables kept beside them (sssegmentation's EMA).
     accumulate_steps: micro-batches per optimizer step (``batch_size`` images in all).
     loss_scale: float16 training's dynamic loss scaling (None for other precisions).
+    precision: of float32 convolutions and matmuls in the training step and the evaluations
+      during training, one of ``PRECISIONS``.
   """
   data: DataSpec
   model: ModelSpec
@@ -92,3 +103,4 @@ class TrainSpec:
   ema_momentum: float | None = None
   accumulate_steps: int = 1
   loss_scale: LossScaleSpec | None = None
+  precision: str = 'highest'

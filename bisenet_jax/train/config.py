@@ -21,9 +21,9 @@ from ml_collections import config_dict
 
 from bisenet_jax.data import sources
 from bisenet_jax.errors import UserError
-from bisenet_jax.specs import (HEAD_NAMES, LAYOUT_FIELDS, SOURCE_KINDS, DataSpec, FolderLayout,
-                               LossScaleSpec, ModelSpec, ObjectiveSpec, OptimizerSpec, TrainSpec,
-                               check_size, network)
+from bisenet_jax.specs import (HEAD_NAMES, LAYOUT_FIELDS, PRECISIONS, SOURCE_KINDS, DataSpec,
+                               FolderLayout, LossScaleSpec, ModelSpec, ObjectiveSpec,
+                               OptimizerSpec, TrainSpec, check_size, network)
 
 CITYSCAPES_TRAIN_IMAGES = 2975
 
@@ -61,6 +61,11 @@ def reference_config(arch: str) -> ml_collections.ConfigDict:
       # BiSeNetV1's ResNet stem: None = 'deep' (v1c, official), or 'classic' (7x7, torchvision).
       stem=config_dict.placeholder(str),
       dtype='float32'))  # 'float32' | 'bfloat16' (compute) | 'float64' (exactness checks)
+  # float32 convolutions and matmuls in training and in its evaluations: 'highest' (full
+  # float32, the reference's: TF32 off) | 'tensorfloat32' | 'bfloat16' (one pass) | 'default'
+  # (the backend's: TF32 on NVIDIA GPUs since Ampere, one bfloat16 pass on TPUs). Faster on
+  # GPUs and TPUs, not the reference's arithmetic (docs/benchmarks.md); no effect on CPUs.
+  config.precision = 'highest'
 
   config.data = ml_collections.ConfigDict()
   # 'cityscapes' | 'tfds' | 'synthetic' (Cityscapes), 'folder' (any labelled image set),
@@ -84,6 +89,11 @@ def reference_config(arch: str) -> ml_collections.ConfigDict:
       num_train=200, num_val=50, height=256, width=512, seed=0))
 
   config.batch_size = 16  # Global, over every device and process.
+  # Images per replica of the reference's DistributedDataParallel run (2 on each of 8 GPUs):
+  # every loss is the mean over each group of this many consecutive images of a forward pass,
+  # averaged over the groups, as DDP averages the GPUs' losses (docs/reference.md §4.4). The
+  # batch_size / accumulate_steps images of a forward pass must split into such groups.
+  config.batch_per_replica = 2
   config.total_steps = ITERS_PER_EPOCH * EPOCHS
   config.optimizer = ml_collections.ConfigDict(dict(
       base_lr=0.05, min_lr=1e-4, power=0.9, warmup_steps=1000, warmup_ratio=0.1,
@@ -158,6 +168,7 @@ def small_data_config(arch: str) -> ml_collections.ConfigDict:
   config.data.resize_to = (512, 1024)
   config.data.crop_size = (512, 512)
   config.batch_size = 8
+  config.batch_per_replica = 8  # One GPU.
   config.total_steps = 8000
   config.optimizer.base_lr = 0.01
   config.optimizer.warmup_steps = 200
@@ -193,6 +204,7 @@ def mmseg_512_config(arch: str, source: str, num_classes: int,
   config.data.source = source
   config.data.resize_to = (512, 2048)
   config.data.crop_size = (512, 512)
+  config.batch_per_replica = 4  # mmsegmentation's 4 GPUs x 4 images.
   config.total_steps = total_steps
   config.optimizer.base_lr = 0.01
   config.checkpoint_every_steps = 1000
@@ -258,7 +270,7 @@ def train_spec(config: ml_collections.ConfigDict) -> TrainSpec:
       count disagrees with the dataset's.
   """
   for key in ('total_steps', 'log_every_steps', 'checkpoint_every_steps', 'eval_every_steps',
-              'keep_checkpoints', 'eval_batch_per_device', 'batch_size'):
+              'keep_checkpoints', 'eval_batch_per_device', 'batch_size', 'batch_per_replica'):
     if config[key] <= 0:
       raise UserError(f'config.{key} must be positive, got {config[key]}.')
   if config.init.checkpoint and config.init.backbone:
@@ -267,10 +279,20 @@ def train_spec(config: ml_collections.ConfigDict) -> TrainSpec:
     raise UserError(f'config.accumulate_steps={config.accumulate_steps} must be a positive '
                     f'divisor of config.batch_size={config.batch_size} (the images of one '
                     'optimizer step, split into that many micro-batches).')
+  forward_batch = config.batch_size // config.accumulate_steps
+  if forward_batch % config.batch_per_replica:
+    raise UserError(f'config.batch_per_replica={config.batch_per_replica} does not divide the '
+                    f'{forward_batch} images of a forward pass (config.batch_size / '
+                    'config.accumulate_steps): set it to a divisor, e.g. '
+                    f'--config.batch_per_replica={math.gcd(forward_batch, config.batch_per_replica)}'
+                    '.')
   momentum = config.ema.momentum
   if momentum is not None and not 0 < momentum <= 1:
     raise UserError(f'config.ema.momentum={momentum} must be in (0, 1], the weight of the new '
                     "value (the toolbox's 0.0005), or None for no EMA.")
+  if config.precision not in PRECISIONS:
+    raise UserError(f'config.precision={config.precision!r} is not one of '
+                    f'{", ".join(PRECISIONS)} (\'highest\': full float32, as the reference).')
   loss_scale = loss_scale_spec(config.loss_scale) if config.model.dtype == 'float16' else None
   data = data_spec(config.data)
   model = model_spec(config.model, data)
@@ -284,7 +306,7 @@ def train_spec(config: ml_collections.ConfigDict) -> TrainSpec:
       init_checkpoint=config.init.checkpoint, init_backbone=config.init.backbone,
       objective=objective_spec(config, model), ema_momentum=momentum,
       accumulate_steps=config.accumulate_steps,
-      loss_scale=loss_scale)
+      loss_scale=loss_scale, precision=config.precision)
 
 
 # config.loss_scale's checks: each returns None when the value can train, else what to write.
@@ -343,7 +365,8 @@ def objective_spec(config: ml_collections.ConfigDict, model: ModelSpec) -> Objec
     loss_functions.check_head_losses(entries, model.num_classes, sampler=sampler,
                                      name=f'config.losses.{head}')
     losses.append((head, entries))
-  return ObjectiveSpec(tuple(losses), sampler)
+  replicas = config.batch_size // config.accumulate_steps // config.batch_per_replica
+  return ObjectiveSpec(tuple(losses), sampler, replicas)
 
 
 def data_spec(data: ml_collections.ConfigDict) -> DataSpec:

@@ -258,14 +258,15 @@ def _train(spec: TrainSpec, model, state, mesh, schedule, data_iterator, val_sou
   """
   train_step = step_lib.jit_train_step(
       mesh, learning_rate_fn=schedule, dropout_seed=spec.seed,
-      objective=losses.make_objective(spec.objective, mesh),
+      objective=losses.make_objective(spec.objective),
       accumulate_steps=spec.accumulate_steps,
-      ema_momentum=spec.ema_momentum)
+      ema_momentum=spec.ema_momentum, precision=spec.precision)
 
   def evaluate(variables) -> dict:
     return evaluator.evaluate(model, variables, val_source, mesh=mesh,
                               resize_to=spec.data.dataset.resize_to,
-                              batch_per_device=spec.eval_batch_per_device)
+                              batch_per_device=spec.eval_batch_per_device,
+                              precision=spec.precision)
 
   def run_eval(state) -> dict:
     """The model's scores; with an EMA, the EMA's are evaluated and reported beside them."""

@@ -17,9 +17,9 @@ pixels, flattened into a batch of points: pixels outside it are ignored, and the
 per image (DiceLoss, LovaszLoss with ``per_image``) then treat each kept pixel as an image of its
 own, as the toolbox does.
 
-"The batch" is the images a function is given. In training over several devices that is each
-device's own images, as each GPU's under the toolbox's DistributedDataParallel
-(``losses.per_device``): the OHEM ranking and a batch Lovasz sort never span devices.
+"The batch" is the images a function is given. In training that is each reference replica's own
+images, as each GPU's under the toolbox's DistributedDataParallel (``losses.make_objective``):
+the OHEM ranking and a batch Lovasz sort never span replicas.
 
 ``bisenet_jax.train.losses`` holds the fast default objective (plain cross-entropy); this module
 is the general, slower one.

@@ -2,11 +2,9 @@
 
 The batch is sharded over the mesh's data axis and the state replicated. Under ``jax.jit`` every
 reduction over the batch axis is global, so BatchNorm's batch statistics are computed over the
-whole global batch: SyncBatchNorm, as the reference trains, with no ``axis_name``. Likewise the
-reference cross-entropy is one mean over the global batch's valid pixels (the reference averages
-per-GPU means, which only reweights GPUs by their valid-pixel counts). The toolbox's loss table
-(OHEM, Lovasz, ...) runs on each device's own images and is averaged over the devices, as under
-DistributedDataParallel (``losses.per_device``).
+whole global batch: SyncBatchNorm, as the reference trains, with no ``axis_name``. The losses are
+the reference's under DistributedDataParallel: each of its GPUs' images scored alone, the GPUs'
+losses averaged (``losses.make_objective``), whatever devices run the step.
 
 The toolbox's options (docs/reference.md §9) enter here: the losses of ``objective``,
 gradient accumulation over micro-batches, float16 loss scaling with skipped steps, and the EMA
@@ -15,7 +13,6 @@ of the variables. Without them the step is the reference recipe's, bit for bit.
 
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 import jax
@@ -141,13 +138,21 @@ def _accumulated(gradients, params, batch_stats, images, labels, rng, steps: int
 
 
 def jit_train_step(mesh, *, learning_rate_fn, dropout_seed: int, objective: Callable,
-                   **options):
+                   precision: str = 'highest', **options):
   """``train_step`` compiled for ``mesh``: state replicated and donated, batch sharded.
 
+  ``precision``: of float32 convolutions and matmuls, forward and backward
+  (``jax.default_matmul_precision``): 'highest' is full float32, as the reference trains (TF32
+  off); 'tensorfloat32' and 'bfloat16' trade accuracy for speed on GPUs and TPUs, as does
+  'default', the backend's own choice (TF32 on NVIDIA GPUs since Ampere, one bfloat16 pass on
+  TPUs). CPUs compute float32 in full at every setting.
   ``options``: ``accumulate_steps``, ``ema_momentum`` (see ``train_step``).
   """
-  step = functools.partial(train_step, learning_rate_fn=learning_rate_fn,
-                           dropout_seed=dropout_seed, objective=objective, **options)
+  def step(state, batch):
+    with jax.default_matmul_precision(precision):
+      return train_step(state, batch, learning_rate_fn=learning_rate_fn,
+                        dropout_seed=dropout_seed, objective=objective, **options)
+
   return jax.jit(step, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
                  out_shardings=(parallel.replicated(mesh), parallel.replicated(mesh)),
                  donate_argnums=(0,))
