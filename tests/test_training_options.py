@@ -8,6 +8,7 @@ the losses themselves in tests/test_loss_functions.py.
 
 import dataclasses
 import functools
+import re
 
 import flax.linen as nn
 import jax
@@ -18,6 +19,7 @@ import pytest
 import torch
 
 from bisenet_jax.errors import UserError
+from bisenet_jax.eval import evaluator
 from bisenet_jax.interop import layout
 from bisenet_jax.models import layers
 from bisenet_jax.specs import NETWORKS, LossScaleSpec, ObjectiveSpec
@@ -487,3 +489,48 @@ def test_a_run_with_every_option_resumes_exactly_and_its_ema_round_trips(tmp_pat
                                 '--no-ema'])
   assert 'EMA weights' not in capsys.readouterr().out
   assert not np.array_equal(ema_scores['confusion'], model_scores['confusion'])
+
+
+# Precision of float32 convolutions and matmuls.
+
+def arithmetic_precisions(lowered_text: str) -> list[str]:
+  """The precision of every convolution and matrix product in a lowered program, in order
+  ('DEFAULT' where none is set: the backend's choice, TF32 on NVIDIA GPUs since Ampere)."""
+  ops = re.findall(r'stablehlo\.(?:convolution|dot_general)[^\n]*', lowered_text)
+  assert ops, 'the program has no convolution'
+  return [(re.findall(r'precision(?:_config)? = \[(?:#stablehlo<precision )?(\w+)', op)
+           or ['DEFAULT'])[0] for op in ops]
+
+
+@pytest.mark.parametrize('precision, expected', [
+    ('highest', 'HIGHEST'), ('tensorfloat32', 'HIGH'), ('default', 'DEFAULT')])
+def test_training_step_runs_its_precision(model, precision, expected):
+  """Full float32 by default, as the reference trains (TF32 off): every convolution and matmul
+  of the step, forward and backward, asks for HIGHEST unless told otherwise."""
+  step = step_lib.jit_train_step(
+      jax.sharding.Mesh(np.array(jax.devices()[:1]), ('data',)), learning_rate_fn=lambda step: 0.01, dropout_seed=0,
+      objective=losses.make_objective(ObjectiveSpec.reference(NETWORKS['bisenetv1_r18'])),
+      **({} if precision == 'highest' else {'precision': precision}))
+  assert set(arithmetic_precisions(step.lower(make_state(model), tiny_batch()).as_text())) == {
+      expected}
+
+
+def test_evaluation_runs_in_full_float32(model):
+  variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
+  segment = evaluator.make_segment_fn(model)
+  lowered = segment.lower(variables, tiny_batch(1)['image'], out_size=(SIZE, SIZE))
+  assert set(arithmetic_precisions(lowered.as_text())) == {'HIGHEST'}
+  fast = evaluator.make_segment_fn(model, precision='default')
+  lowered = fast.lower(variables, tiny_batch(1)['image'], out_size=(SIZE, SIZE))
+  assert set(arithmetic_precisions(lowered.as_text())) == {'DEFAULT'}
+
+
+@pytest.mark.parametrize('variant', ['', 'demo'])
+def test_configs_train_in_full_float32(variant):
+  config = config_lib.get_config('bisenetv1_r18', variant)
+  assert config.precision == 'highest'
+  with config.unlocked():
+    config.precision = 'tf32'
+    config.data.root = '/unused'
+  with pytest.raises(UserError, match=r"config.precision='tf32' is not one of highest, "):
+    config_lib.train_spec(config)

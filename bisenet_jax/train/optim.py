@@ -29,7 +29,8 @@ def poly_warmup_schedule(base_lr: float = 0.05, total_steps: int = 159_960, min_
   additive warm-up ramp to the decay at a boundary, which gives a different lr during warm-up.
 
   Both parts are written out, in ``dtype``, the parameters' precision (optax's schedules compute
-  in float32: a float64 run got 0.005000001285 at step 0 where the reference has 0.005):
+  in float32: a float64 run got 0.005000001285 at step 0 where the reference has
+  0.004999999999999999):
 
   * In float64, with the reference's own arithmetic (``1 - i / total_steps``, then its warm-up
     ``(1 - (1 - i / warmup_steps) * (1 - warmup_ratio)) * poly``), so the lr is the reference's
