@@ -2,7 +2,7 @@
 
   python train.py --config configs/r18.py:demo                  # embedded demo, a few minutes
   python train.py --config configs/r18.py --workdir runs/r18 \
-      --config.data.root=/data/cityscapes --config.init.backbone=resnet18_v1c-b5776b93.pth
+      --config.data.root=/data/cityscapes   # ImageNet backbone: config.init.backbone's default
 
 Rerunning a command with the same ``--workdir`` resumes it. Launched as several processes
 (SLURM, a TPU pod slice, or JAX_COORDINATOR_ADDRESS + JAX_NUM_PROCESSES + JAX_PROCESS_ID),

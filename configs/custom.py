@@ -12,8 +12,9 @@ value is a key (`--config.data.crop_size=(384,384)`, `--config.total_steps=4000`
 `--config.model.name=bisenetv1_r50`, `bisenetv2` or `fastscnn`: any network). The class count
 comes from classes.txt. Fine-tune the official Cityscapes weights to your classes with
 `--config.init.checkpoint=fcn_bisenetv1_resnet18os32_cityscapes.pth` (the heads' classifiers
-are re-initialised), or start BiSeNetV1's backbone from ImageNet with
-`--config.init.backbone=...`.
+are re-initialised). Otherwise BiSeNetV1's backbone starts from the network's official ImageNet
+file (`config.init.backbone`, downloaded once into ~/.cache/bisenet_jax/imagenet/), or from
+scratch with `--config.init.backbone=none`.
 Folder names, the mask suffix and how mask values become classes are keys too
 (`data.image_dir`, `data.mask_dir`, `data.mask_suffix`, `data.ignore_index`,
 `data.reduce_zero_label`, `data.label_map`). See docs/custom_data.md; for rare classes, OHEM

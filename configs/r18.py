@@ -3,12 +3,15 @@
 Reference recipe (16 images of 1024x1024 per step over all devices, SGD lr 0.05 poly, 159,960
 steps, ImageNet-initialised backbone):
 
-  python train.py --config configs/r18.py --workdir runs/r18 \
-      --config.data.root=/data/cityscapes --config.init.backbone=resnet18_v1c-b5776b93.pth
+  python train.py --config configs/r18.py --workdir runs/r18 --config.data.root=/data/cityscapes
 
-It should reach about 75.8% mIoU on Cityscapes val (single scale, full resolution).
+It should reach about 75.8% mIoU on Cityscapes val (single scale, full resolution). The backbone
+starts from the official resnet18_v1c-b5776b93.pth (config.init.backbone), downloaded once into
+~/.cache/bisenet_jax/imagenet/ ($BISENET_JAX_CACHE/imagenet/); offline, put it there or pass its
+path, or train from scratch on purpose with --config.init.backbone=none.
 
-Embedded demo (no download: synthetic street scenes, written once under ~/.cache/bisenet_jax):
+Embedded demo (no download, backbone from scratch: synthetic street scenes, written once under
+~/.cache/bisenet_jax):
 
   python train.py --config configs/r18.py:demo
 

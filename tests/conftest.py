@@ -154,3 +154,16 @@ def random_r18_pth(tmp_path_factory):
   model = torch_support.randomize_(torch_model.build_reference('r18'), seed=3)
   torch_support.save_official_checkpoint(model, path, kind='full')
   return path
+
+
+@pytest.fixture(scope='session', autouse=True)
+def imagenet_cache(tmp_path_factory):
+  """An empty cache of ImageNet files (BISENET_JAX_CACHE, inherited by subprocesses): no test
+  reads or fills the user's, nor passes because it happens to hold a file."""
+  previous = os.environ.get('BISENET_JAX_CACHE')
+  os.environ['BISENET_JAX_CACHE'] = str(tmp_path_factory.mktemp('bisenet_jax_cache'))
+  yield
+  if previous is None:
+    os.environ.pop('BISENET_JAX_CACHE', None)
+  else:
+    os.environ['BISENET_JAX_CACHE'] = previous

@@ -74,7 +74,8 @@ def test_reference_recipe_values():
                                             weight_decay=5e-4)
   assert load_config_file(ROOT / 'configs' / 'r50.py', None).total_steps == 159_960
   assert load_config_file(ROOT / 'configs' / 'bisenetv2.py', None).to_dict() == {
-      **config.to_dict(), 'model': {**config.model.to_dict(), 'name': 'bisenetv2'}}
+      **config.to_dict(), 'model': {**config.model.to_dict(), 'name': 'bisenetv2'},
+      'init': {**config.init.to_dict(), 'backbone': 'none'}}  # From scratch, as the reference.
   fastscnn = load_config_file(ROOT / 'configs' / 'fastscnn.py', None)
   assert (fastscnn.batch_size, tuple(fastscnn.data.crop_size), fastscnn.total_steps) == (
       32, (512, 1024), 1750 * 93)

@@ -15,6 +15,10 @@ from typing import Any, Mapping
 from bisenet_jax.errors import UserError
 
 CROSS_ENTROPY = {'type': 'CrossEntropyLoss'}
+# Where sssegmentation's ResNet backbone downloads its ImageNet weights (its DEFAULT_MODEL_URLS,
+# docs/reference.md §3): OpenMMLab's v1c files for the deep stem, torchvision's for the 7x7 one.
+OPENMMLAB_PRETRAIN = 'https://download.openmmlab.com/pretrain/third_party'
+TORCHVISION_MODELS = 'https://download.pytorch.org/models'
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -31,6 +35,9 @@ class Network:
     stems: the ResNet stems it can be built with, the official one first; () if it has none.
     imagenet_backbone: the path of its ResNet in the variable tree, where an ImageNet file's
       weights go (``config.init.backbone``); None if it starts from scratch.
+    imagenet_urls: per stem, the official address of the ImageNet ResNet file the reference
+      starts that backbone from (its file name is the address's last part); empty if it
+      starts from scratch. ``config.init.backbone`` names it by default.
     official_file: the reference's Cityscapes checkpoint, and ``reference_miou`` its val mIoU.
     config: the config file with its reference recipe.
   """
@@ -43,14 +50,21 @@ class Network:
   options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   stems: tuple[str, ...] = ()
   imagenet_backbone: tuple[str, ...] | None = None
+  imagenet_urls: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
   @property
   def head_names(self) -> tuple[str, ...]:
     return tuple(name for name, _ in self.heads)
 
+  def imagenet_file(self, stem: str | None = None) -> str | None:
+    """The name of the official ImageNet file for ``stem`` (None: the official stem), or None
+    for a network (or stem) that starts from scratch."""
+    url = self.imagenet_urls.get(stem or (self.stems[0] if self.stems else None))
+    return url.rsplit('/', 1)[-1] if url else None
+
 
 def _bisenetv1(depth: int, spatial, context, head: int, aux: int, file: str, miou: float,
-               config: str) -> Network:
+               config: str, imagenet_urls: Mapping[str, str]) -> Network:
   """docs/reference.md §1: the two BiSeNetV1 variants differ only in widths."""
   return Network(
       f'FCN + BiSeNetV1 (ResNet-{depth})', 'bisenet_jax.models.bisenetv1:FCNBiSeNetV1',
@@ -59,7 +73,8 @@ def _bisenetv1(depth: int, spatial, context, head: int, aux: int, file: str, mio
       options=dict(depth=depth, spatial_channels=spatial, context_channels=context,
                    head_channels=head, aux_channels=aux),
       stems=('deep', 'classic'), imagenet_backbone=('backbone_net', 'context_path',
-                                                    'backbone_net'))
+                                                    'backbone_net'),
+      imagenet_urls=imagenet_urls)
 
 
 _SIGMOID_CROSS_ENTROPY = {'type': 'CrossEntropyLoss', 'use_sigmoid': True}
@@ -67,10 +82,14 @@ _SIGMOID_CROSS_ENTROPY = {'type': 'CrossEntropyLoss', 'use_sigmoid': True}
 NETWORKS = {
     'bisenetv1_r18': _bisenetv1(18, (64, 64, 64, 128), (128, 256, 512), 256, 64,
                                 'fcn_bisenetv1_resnet18os32_cityscapes.pth', 75.76,
-                                'configs/r18.py'),
+                                'configs/r18.py',
+                                {'deep': f'{OPENMMLAB_PRETRAIN}/resnet18_v1c-b5776b93.pth',
+                                 'classic': f'{TORCHVISION_MODELS}/resnet18-5c106cde.pth'}),
     'bisenetv1_r50': _bisenetv1(50, (256, 256, 256, 512), (512, 1024, 2048), 1024, 256,
                                 'fcn_bisenetv1_resnet50os32_cityscapes.pth', 77.78,
-                                'configs/r50.py'),
+                                'configs/r50.py',
+                                {'deep': f'{OPENMMLAB_PRETRAIN}/resnet50_v1c-2cccc1ad.pth',
+                                 'classic': f'{TORCHVISION_MODELS}/resnet50-19c8e357.pth'}),
     # docs/reference.md §10: the main head and four auxiliary heads, plain cross-entropy each.
     'bisenetv2': Network(
         'FCN + BiSeNetV2', 'bisenet_jax.models.bisenetv2:FCNBiSeNetV2',
@@ -95,6 +114,12 @@ HEAD_NAMES = tuple(dict.fromkeys(name for network in NETWORKS.values()
 # 'float64' (parameters and compute) is for exactness checks: runs that differ only in the
 # order of float additions then agree to ~1e-12.
 DTYPES = ('float32', 'bfloat16', 'float16', 'float64')
+
+
+def imagenet_files() -> dict[str, str]:
+  """Every official ImageNet file: ``{file name: its official address}``."""
+  return {url.rsplit('/', 1)[-1]: url for entry in NETWORKS.values()
+          for url in entry.imagenet_urls.values()}
 
 
 def network(name: str) -> Network:

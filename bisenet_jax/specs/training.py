@@ -78,7 +78,8 @@ class TrainSpec:
     eval_batch_per_device: images per device in each evaluation step.
     objective: the losses per head and the OHEM sampler.
     init_checkpoint: a whole model to start from (fine-tuning), or ''.
-    init_backbone: an ImageNet ResNet file for the context backbone, or ''.
+    init_backbone: an ImageNet ResNet file for the context backbone (a path, or an official
+      file name that ``interop.pretrained`` finds in its cache or downloads), or ''.
     ema_momentum: None, or the weight of the new value in the exponential moving average of
       the variables kept beside them (sssegmentation's EMA).
     accumulate_steps: micro-batches per optimizer step (``batch_size`` images in all).

@@ -21,9 +21,11 @@ from ml_collections import config_dict
 
 from bisenet_jax.data import sources
 from bisenet_jax.errors import UserError
+from bisenet_jax.interop import pretrained
 from bisenet_jax.specs import (HEAD_NAMES, LAYOUT_FIELDS, PRECISIONS, SOURCE_KINDS, DataSpec,
                                FolderLayout, LossScaleSpec, ModelSpec, ObjectiveSpec,
                                OptimizerSpec, TrainSpec, check_size, network)
+from bisenet_jax.specs.model import NETWORKS, imagenet_files
 
 CITYSCAPES_TRAIN_IMAGES = 2975
 
@@ -106,7 +108,12 @@ def reference_config(arch: str) -> ml_collections.ConfigDict:
   config.eval_batch_per_device = 1
 
   config.init = ml_collections.ConfigDict(dict(
-      backbone='',  # ImageNet ResNet .pth (OpenMMLab v1c; torchvision with model.stem='classic').
+      # The ResNet's ImageNet start: by default the network's official file for its stem
+      # (OpenMMLab v1c; torchvision with model.stem='classic'), downloaded once into
+      # ~/.cache/bisenet_jax/imagenet ($BISENET_JAX_CACHE/imagenet), and 'none' for networks
+      # the reference trains from scratch; it follows model.name and model.stem until set.
+      # Or a .pth path, or 'none' (from scratch on purpose).
+      backbone=official_backbone(config.model),
       checkpoint='',  # A full model to fine-tune from (official .pth or a model checkpoint).
   ))
 
@@ -133,6 +140,20 @@ def reference_config(arch: str) -> ml_collections.ConfigDict:
   return config
 
 
+def _official_backbone_file(name: str, model: ml_collections.ConfigDict) -> str:
+  entry = NETWORKS.get(name)
+  return (entry.imagenet_file(model.stem) if entry else None) or 'none'
+
+
+def official_backbone(model: ml_collections.ConfigDict) -> config_dict.FieldReference:
+  """``init.backbone``'s default: the official ImageNet file of ``model.name`` with
+  ``model.stem`` ('none' if it trains from scratch), computed when read, so that
+  ``--config.model.name=...`` alone moves it along; setting ``init.backbone`` replaces it."""
+  # FieldReference's lazy operation (what its public + and * build), with our function; it
+  # reads model.stem from the ConfigDict itself (an operation with a None argument is skipped).
+  return model.get_ref('name')._apply_op(_official_backbone_file, model)
+
+
 def demo_config(arch: str, recipe=reference_config) -> ml_collections.ConfigDict:
   """The embedded default: synthetic street scenes, small crops, a few minutes on a laptop CPU.
 
@@ -153,6 +174,7 @@ def demo_config(arch: str, recipe=reference_config) -> ml_collections.ConfigDict
   config.checkpoint_every_steps = 40
   config.eval_every_steps = 60
   config.eval_batch_per_device = 4
+  config.init.backbone = 'none'  # Offline and quick: from scratch.
   return config
 
 
@@ -192,6 +214,7 @@ def garden_config(arch: str) -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 40
   config.eval_every_steps = 60
   config.eval_batch_per_device = 4
+  config.init.backbone = 'none'  # Offline and quick: from scratch.
   return config
 
 
@@ -273,8 +296,6 @@ def train_spec(config: ml_collections.ConfigDict) -> TrainSpec:
               'keep_checkpoints', 'eval_batch_per_device', 'batch_size', 'batch_per_replica'):
     if config[key] <= 0:
       raise UserError(f'config.{key} must be positive, got {config[key]}.')
-  if config.init.checkpoint and config.init.backbone:
-    raise UserError('Set only one of config.init.checkpoint and config.init.backbone.')
   if config.accumulate_steps < 1 or config.batch_size % config.accumulate_steps:
     raise UserError(f'config.accumulate_steps={config.accumulate_steps} must be a positive '
                     f'divisor of config.batch_size={config.batch_size} (the images of one '
@@ -296,6 +317,7 @@ def train_spec(config: ml_collections.ConfigDict) -> TrainSpec:
   loss_scale = loss_scale_spec(config.loss_scale) if config.model.dtype == 'float16' else None
   data = data_spec(config.data)
   model = model_spec(config.model, data)
+  init_backbone = backbone_spec(config.init, model)
   return TrainSpec(
       data=data, model=model, seed=config.seed,
       optimizer=OptimizerSpec(**config.optimizer.to_dict()), batch_size=config.batch_size,
@@ -303,10 +325,35 @@ def train_spec(config: ml_collections.ConfigDict) -> TrainSpec:
       checkpoint_every_steps=config.checkpoint_every_steps,
       eval_every_steps=config.eval_every_steps, keep_checkpoints=config.keep_checkpoints,
       eval_batch_per_device=config.eval_batch_per_device,
-      init_checkpoint=config.init.checkpoint, init_backbone=config.init.backbone,
+      init_checkpoint=config.init.checkpoint, init_backbone=init_backbone,
       objective=objective_spec(config, model), ema_momentum=momentum,
       accumulate_steps=config.accumulate_steps,
       loss_scale=loss_scale, precision=config.precision)
+
+
+def backbone_spec(init: ml_collections.ConfigDict, model: ModelSpec) -> str:
+  """``config.init.backbone`` checked, without touching the network: '' (no ImageNet file), an
+  existing file, or the official ImageNet file name of ``model``'s network and stem.
+
+  With ``init.checkpoint`` (the whole model) the default file is not needed: '' then.
+  """
+  value = init.backbone or ''
+  default = model.network.imagenet_file(model.stem)
+  if init.checkpoint:
+    if pretrained.from_scratch(value) or value == default:
+      return ''
+    raise UserError('Set only one of config.init.checkpoint and config.init.backbone (the '
+                    'checkpoint holds the whole model): drop --config.init.backbone.')
+  if pretrained.from_scratch(value):
+    return ''
+  if model.network.imagenet_backbone is None:
+    raise UserError(f'config.init.backbone={value!r}, but {model.name} has no ImageNet backbone '
+                    '(the reference trains it from scratch): set --config.init.backbone=none.')
+  pretrained.check(value)
+  if value != default and value in imagenet_files() and not Path(value).expanduser().is_file():
+    raise UserError(f'config.init.backbone={value} is the ImageNet file of another network or '
+                    f'stem: {model.name} with the {model.stem} stem starts from {default}.')
+  return value
 
 
 # config.loss_scale's checks: each returns None when the value can train, else what to write.

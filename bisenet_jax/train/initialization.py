@@ -7,7 +7,7 @@ from flax import traverse_util
 
 from bisenet_jax import checkpoint, models
 from bisenet_jax.errors import UserError
-from bisenet_jax.interop import imagenet
+from bisenet_jax.interop import imagenet, pretrained
 from bisenet_jax.specs import TrainSpec
 from bisenet_jax.train.metrics_log import log
 
@@ -33,8 +33,10 @@ def initial_variables(spec: TrainSpec, model: models.Segmentor) -> dict | None:
     log(f'{spec.init_checkpoint}: {report}')
     return variables
   if spec.init_backbone:
-    variables, report = imagenet.load_backbone(spec.init_backbone, fresh(), spec.model)
-    log(f'{spec.init_backbone}: {report}')
+    # Every process resolves the file (an official name is downloaded into the cache once).
+    path = pretrained.resolve(spec.init_backbone, progress=jax.process_index() == 0)
+    variables, report = imagenet.load_backbone(path, fresh(), spec.model)
+    log(f'{path}: {report}')
     return variables
   return None
 
