@@ -62,7 +62,8 @@ def test_the_dataset_configs_take_any_network_with_one_key(name, network):
   config.model.name = network
   model = ModelSpec(network, config.model.num_classes or 5, config.model.stem)
   objective = config_lib.objective_spec(config, model)
-  assert objective == ObjectiveSpec.reference(NETWORKS[network])
+  replicas = config.batch_size // config.batch_per_replica  # 16 / 4 (VOC, ADE20K), 8 / 8.
+  assert objective == ObjectiveSpec.reference(NETWORKS[network], replicas)
 
 
 def test_reference_recipe_values():
@@ -72,13 +73,15 @@ def test_reference_recipe_values():
   assert config.optimizer.to_dict() == dict(base_lr=0.05, min_lr=1e-4, power=0.9,
                                             warmup_steps=1000, warmup_ratio=0.1, momentum=0.9,
                                             weight_decay=5e-4)
+  # 8 GPUs x 2 images (Fast-SCNN 8 x 4), full float32.
+  assert (config.batch_per_replica, config.precision) == (2, 'highest')
   assert load_config_file(ROOT / 'configs' / 'r50.py', None).total_steps == 159_960
   assert load_config_file(ROOT / 'configs' / 'bisenetv2.py', None).to_dict() == {
       **config.to_dict(), 'model': {**config.model.to_dict(), 'name': 'bisenetv2'},
       'init': {**config.init.to_dict(), 'backbone': 'none'}}  # From scratch, as the reference.
   fastscnn = load_config_file(ROOT / 'configs' / 'fastscnn.py', None)
-  assert (fastscnn.batch_size, tuple(fastscnn.data.crop_size), fastscnn.total_steps) == (
-      32, (512, 1024), 1750 * 93)
+  assert (fastscnn.batch_size, tuple(fastscnn.data.crop_size), fastscnn.total_steps,
+          fastscnn.batch_per_replica) == (32, (512, 1024), 1750 * 93, 4)
   assert fastscnn.optimizer.to_dict() == dict(base_lr=0.12, min_lr=1e-4, power=0.9,
                                               warmup_steps=0, warmup_ratio=0.1, momentum=0.9,
                                               weight_decay=4e-5)
@@ -292,3 +295,21 @@ def test_diverging_loss_stops_with_the_last_good_checkpoint(tmp_path):
   assert all(step < len(rows) + 1 for step in saved)
   for step in saved:
     assert all(np.isfinite(r['loss']) for r in rows if r['step'] <= step)
+
+
+@pytest.mark.parametrize('name, replicas', [('r18.py', 8), ('fastscnn.py', 8), ('custom.py', 1)])
+def test_the_loss_is_averaged_over_the_reference_replicas(name, replicas):
+  """16 = 8 GPUs x 2 images, 32 = 8 x 4 (Fast-SCNN); one GPU for the small-data recipe."""
+  config = load_config_file(ROOT / 'configs' / name, None)
+  model = ModelSpec(config.model.name, config.model.num_classes or 5, config.model.stem)
+  assert config_lib.objective_spec(config, model).replicas == replicas
+
+
+def test_a_batch_that_does_not_split_into_replicas_is_refused():
+  config = config_lib.get_config('bisenetv1_r18', 'demo')
+  with config.unlocked():
+    config.batch_size = 6
+    config.batch_per_replica = 4
+  with pytest.raises(UserError, match=r'^config.batch_per_replica=4 does not divide the 6 images '
+                     r'of a forward pass .* --config.batch_per_replica=2\.$'):
+    config_lib.train_spec(config)
