@@ -1,0 +1,134 @@
+"""The networks against sssegmentation 1.7.0 itself: the golden outputs that
+tests/goldens/record_networks.py recorded from the package (docs/reference.md §15).
+
+Both sides start from the weights, images and labels of tests/goldens/draw.py; the JAX side gets
+the weights through the official-checkpoint converter. Everything runs in float64, where two
+correct programs differ only by the order of their float additions: ~1e-13 to 1e-12 relative on
+the outputs, so the tolerances below are a few hundred times that, far below any real error
+(a wrong padding, pooling bin, momentum or unbiased-variance factor moves values by 1e-3 or more).
+Dropout is off on both sides (the recording puts every Dropout2d in eval mode; here
+``dropout_rate=0``), since the two frameworks draw different masks.
+"""
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+
+from bisenet_jax import models
+from bisenet_jax.bench import torch_models
+from bisenet_jax.data.normalization import normalization_table
+from bisenet_jax.interop import layout, ssseg
+from bisenet_jax.specs import NETWORKS, ModelSpec, ObjectiveSpec
+from bisenet_jax.train import losses
+from goldens import draw
+
+GOLDENS = draw.DATA.parent / 'goldens'
+FAMILY = list(draw.KEY_LISTS)
+# Relative to the largest magnitude of the compared tensor (logits, statistics) or to the value
+# (losses).
+FORWARD_RTOL = 1e-10
+
+
+@functools.lru_cache(maxsize=None)
+def golden(name: str) -> dict[str, np.ndarray]:
+  with np.load(GOLDENS / f'{name}.npz') as recorded:
+    return dict(recorded)
+
+
+def as_float64(tree):
+  return jax.tree.map(lambda x: np.asarray(x, np.float64), tree)
+
+
+@functools.lru_cache(maxsize=None)
+def converted(name: str) -> tuple:
+  """(model, float64 variables) from draw's state dict through the official converter."""
+  spec, variables = ssseg.convert_state_dict(draw.state_dict(name), name)
+  assert spec.name == name
+  return models.build(ModelSpec(name, draw.NUM_CLASSES, dropout_rate=0.0, dtype='float64')), \
+      as_float64(variables)
+
+
+def relative_error(got, want) -> float:
+  return float(np.max(np.abs(np.asarray(got) - want)) / np.max(np.abs(want)))
+
+
+def digest_error(name: str, variables, prefix: str) -> float:
+  """The largest error of the recorded digests ``<prefix>/<key>`` of the change from draw's state
+  dict to ``variables`` (``{'params', 'batch_stats'}``, either may be empty), relative to each
+  digest number's scale (``draw.digest_scales``)."""
+  want = golden(name)
+  before = draw.state_dict(name)
+  state = layout.variables_to_state_dict(variables)
+  recorded = {k[len(prefix) + 1:] for k in want if k.startswith(prefix + '/')}
+  compared = {k for k in state if not k.endswith('num_batches_tracked')}
+  assert compared == recorded, sorted(compared ^ recorded)[:5]
+  errors = []
+  for key in compared:
+    change = np.asarray(state[key], np.float64) - before[key]
+    errors.append(np.max(np.abs(draw.digest(key, change) - want[f'{prefix}/{key}'])
+                         / draw.digest_scales(change)))
+  return float(max(errors))
+
+
+def test_draw_normalises_as_the_project():
+  np.testing.assert_array_equal(draw.normalization_table(), normalization_table())
+
+
+@pytest.fixture(scope='module')
+def x64():
+  with jax.enable_x64(True):
+    yield
+
+
+@pytest.mark.parametrize('name', FAMILY)
+def test_forwards_match_the_reference(x64, name):
+  """Eval-mode logits at 97x203; one train-mode forward of 2 images: every head's logits, the
+  running statistics it leaves, and each head's loss (softmax or sigmoid cross-entropy, scaled)
+  as the reference's loss functions compute it."""
+  want = golden(name)
+  model, variables = converted(name)
+  images = draw.normalized(draw.forward_batch())
+  labels = draw.forward_batch()['label']
+
+  eval_logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
+  train = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))
+  outputs, updates = train(variables, images)
+  heads = NETWORKS[name].head_names
+  objective = losses.make_objective(ObjectiveSpec.reference(NETWORKS[name]))
+  got_losses = jax.jit(objective)(outputs, labels)
+
+  errors = {'eval logits': relative_error(eval_logits, want['eval/logits'])}
+  for head, logits in zip(heads, outputs, strict=True):
+    errors[f'train {head}'] = relative_error(logits, want[f'train/logits/{head}'])
+    errors[f'loss {head}'] = relative_error(got_losses[head], want[f'train/loss/{head}'])
+  errors['running statistics'] = digest_error(
+      name, {'params': {}, 'batch_stats': updates['batch_stats']}, 'train/stats')
+  print(name, {k: f'{v:.1e}' for k, v in errors.items()})
+  assert max(errors.values()) < FORWARD_RTOL, errors
+
+
+@pytest.mark.parametrize('name', FAMILY)
+def test_torch_transcriptions_match_the_reference(name):
+  """The repository's PyTorch models (bench/torch_models) give the package's float64 outputs
+  with the same weights, in eval and train mode, running statistics included."""
+  import torch
+  want = golden(name)
+  model = torch_models.reference_builder(name)(dropout=0.0)
+  model.load_state_dict({k: torch.from_numpy(v) for k, v in draw.state_dict(name).items()})
+  model = model.double()
+  images = torch.from_numpy(draw.normalized(draw.forward_batch()).transpose(0, 3, 1, 2).copy())
+  nhwc = lambda t: t.detach().numpy().transpose(0, 2, 3, 1)  # noqa: E731
+  with torch.no_grad():
+    errors = {'eval logits': relative_error(nhwc(model.eval()(images)), want['eval/logits'])}
+    outputs = model.train()(images)
+  for head, logits in zip(NETWORKS[name].head_names, outputs, strict=True):
+    errors[f'train {head}'] = relative_error(nhwc(logits), want[f'train/logits/{head}'])
+  drawn = draw.state_dict(name)
+  errors['running statistics'] = max(
+      float(np.max(np.abs(draw.digest(k, v.numpy() - drawn[k]) - want[f'train/stats/{k}'])
+                   / draw.digest_scales(v.numpy() - drawn[k])))
+      for k, v in model.state_dict().items() if k.endswith(('running_mean', 'running_var')))
+  print(name, {k: f'{v:.1e}' for k, v in errors.items()})
+  assert max(errors.values()) < FORWARD_RTOL, errors
