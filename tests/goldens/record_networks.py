@@ -33,7 +33,8 @@ from ssseg.modules.models.losses import crossentropyloss
 import draw
 
 OUT = Path(__file__).resolve().parent
-REFERENCE_IGNORE = -100  # The reference's labels mark ignored pixels -100 (docs/reference.md §4.4).
+# The reference's labels mark ignored pixels -100 (docs/reference.md §4.4).
+REFERENCE_IGNORE = -100
 
 
 def cross_entropy(scale_factor: float = 1.0, use_sigmoid: bool = False) -> dict:
