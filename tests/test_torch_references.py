@@ -1,10 +1,10 @@
 """Tests of the PyTorch references for BiSeNetV2 and Fast-SCNN
 (bisenet_jax/bench/torch_models/bisenetv2.py and fastscnn.py) that run without sssegmentation.
 
-They were checked once against the real package (identical state-dict layout, identical float64
-outputs and BatchNorm updates); these tests pin what can be pinned without it: the recorded
-official key lists, the output strides and widths, and that the tests' `randomize_` covers
-every tensor.
+Their float64 outputs (eval and train mode) and BatchNorm updates equal the package's recorded
+goldens exactly (tests/test_goldens_networks.py, docs/reference.md §15); these tests pin the
+rest: the recorded official key lists, the output strides and widths, and that the tests'
+`randomize_` covers every tensor.
 """
 
 from pathlib import Path

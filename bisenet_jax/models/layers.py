@@ -254,16 +254,17 @@ def resize_nearest(x: jax.Array, size: Sequence[int]) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=None)
-def linear_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
-  """The (out_size, in_size) float32 matrix of ``resize_bilinear`` along one axis.
+def linear_resize_matrix(in_size: int, out_size: int, dtype=np.float32) -> np.ndarray:
+  """The (out_size, in_size) matrix of ``resize_bilinear`` along one axis, for a tensor of
+  ``dtype`` (float64 weights for float64, else float32: ``resampling.linear_taps``).
 
   Row o holds PyTorch's two align_corners=False taps for output pixel o (weights summing to 1),
   so ``matrix @ x`` along an axis is that axis' interpolation; the other entries are exact
   zeros. Useful where a matmul beats a gather, e.g. for the backward pass (a matmul with the
   transpose instead of a scatter-add).
   """
-  lo, hi, weight_hi = resampling.linear_taps(in_size, out_size)
-  matrix = np.zeros((out_size, in_size), np.float32)
+  lo, hi, weight_hi = resampling.linear_taps(in_size, out_size, dtype)
+  matrix = np.zeros((out_size, in_size), weight_hi.dtype)
   rows = np.arange(out_size)
   np.add.at(matrix, (rows, lo), 1 - weight_hi)
   np.add.at(matrix, (rows, hi), weight_hi)

@@ -118,7 +118,7 @@ def _upsampled_cross_entropy_sums(logits, labels, ignore_label, use_sigmoid):
 
 def _resize_matrices(logits: jax.Array, size: Sequence[int]) -> tuple[jax.Array, jax.Array]:
   """The row (H x h) and column (W x w) interpolation matrices, in the logits' dtype."""
-  return tuple(jnp.asarray(linear_resize_matrix(n, out), logits.dtype)
+  return tuple(jnp.asarray(linear_resize_matrix(n, out, logits.dtype), logits.dtype)
                for n, out in zip(logits.shape[1:3], size))
 
 
