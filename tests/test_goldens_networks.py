@@ -11,7 +11,6 @@ Dropout is off on both sides (the recording puts every Dropout2d in eval mode; h
 ``dropout_rate=0``), since the two frameworks draw different masks.
 """
 
-import dataclasses
 import functools
 import json
 
@@ -154,7 +153,6 @@ def test_torch_transcriptions_match_the_reference(name):
   assert max(errors.values()) < FORWARD_RTOL, errors
 
 
-
 def test_the_digest_shows_an_error_of_1e_9_in_one_element():
   """A change shaped like a large kernel (typical elements, Gaussian): an error of 1e-9 relative
   to one element of typical size moves its chunk's digest number past STEP_RTOL of its scale,
@@ -169,11 +167,10 @@ def test_the_digest_shows_an_error_of_1e_9_in_one_element():
     assert moved.max() > STEP_RTOL, index
 
 
-def replica_objective(name: str, mesh):
+def replica_objective(name: str):
   """The network's reference objective as the reference's replicas compute it: each head's loss
   the mean over each replica's rows, averaged over the replicas."""
-  spec = dataclasses.replace(ObjectiveSpec.reference(NETWORKS[name]), replicas=draw.STEP_REPLICAS)
-  return losses.make_objective(spec, mesh)
+  return losses.make_objective(ObjectiveSpec.reference(NETWORKS[name], draw.STEP_REPLICAS))
 
 
 def step_errors(name: str) -> dict[str, float]:
@@ -184,12 +181,12 @@ def step_errors(name: str) -> dict[str, float]:
   model, variables = converted(name)
   base_lr, weight_decay, warmup_steps, total_steps = RECIPES[name]
   schedule = optim.poly_warmup_schedule(base_lr=base_lr, total_steps=total_steps,
-                                        warmup_steps=warmup_steps)
+                                        warmup_steps=warmup_steps, dtype='float64')
   tx = optim.make_optimizer(schedule, momentum=0.9, weight_decay=weight_decay)
   mesh = parallel.make_mesh()
   state = state_lib.create_train_state(model, tx, jax.random.key(0), mesh, variables=variables)
   step = step_lib.jit_train_step(mesh, learning_rate_fn=schedule, dropout_seed=0,
-                                 objective=replica_objective(name, mesh))
+                                 objective=replica_objective(name))
   new_state, metrics = step(state, draw.step_batch(name))
   errors = {'lr': relative_error(metrics['lr'], want['step/lr'])}
   for head in NETWORKS[name].head_names:

@@ -363,8 +363,8 @@ def demo_config(**overrides):
 
 def test_options_are_off_by_default():
   spec = config_lib.train_spec(demo_config())
-  # The demo's batch of 4 (here) is 2 replicas of the recipe's 2 images.
-  assert spec.objective == ObjectiveSpec.reference(NETWORKS['bisenetv1_r18'], replicas=2)
+  # The demo's batch of 8 is 4 replicas of the recipe's 2 images.
+  assert spec.objective == ObjectiveSpec.reference(NETWORKS['bisenetv1_r18'], replicas=4)
   assert spec.ema_momentum is None
   assert spec.accumulate_steps == 1 and spec.loss_scale is None
   spec = config_lib.train_spec(demo_config(**{'model.dtype': 'float16', 'ema.momentum': 0.0005}))
