@@ -12,6 +12,7 @@ import pytest
 
 from bisenet_jax.data import normalization, transforms
 from bisenet_jax.data.cityscapes import IGNORE_LABEL
+from bisenet_jax.train import config as config_lib
 from bisenet_jax.train import optim
 from conftest import ROOT
 from test_train import load_config_file
@@ -171,3 +172,19 @@ def test_train_transform_matches_the_reference_draw_for_draw(name):
     label = output['label'].astype(np.int64)
     label[label == IGNORE_LABEL] = -100
     np.testing.assert_array_equal(label, want_labels[record], err_msg=f'record {record}')
+
+
+def test_an_epoch_has_the_reference_loaders_iterations():
+  """186 steps of 16 (93 of 32) per epoch, as the reference's DistributedSampler loader gives on
+  2 to 16 GPUs (185 and 92 on one), and each recipe's total steps are its epochs of those."""
+  epochs = np.load(GOLDENS / 'epochs.npz')
+  for batch, lengths in zip(epochs['global_batches'], epochs['iters_per_epoch']):
+    for world_size, length in zip(epochs['world_sizes'], lengths):
+      if world_size > 1:
+        assert config_lib.iterations_per_epoch(int(batch)) == length, (batch, world_size)
+  on_8 = dict(zip(epochs['global_batches'], epochs['iters_per_epoch'][:, 3]))
+  assert list(epochs['world_sizes']).index(8) == 3
+  for config_name, epoch_count in (('r18.py', 860), ('bisenetv2.py', 860), ('fastscnn.py', 1750)):
+    config = load_config_file(ROOT / 'configs' / config_name, None)
+    assert config.total_steps == epoch_count * on_8[config.batch_size], config_name
+    assert config.checkpoint_every_steps == on_8[config.batch_size], config_name

@@ -2,11 +2,11 @@
 
 Run from the repository root under an environment that has the reference (no JAX needed)::
 
-  python3 -m venv /work/ssseg-venv
-  /work/ssseg-venv/bin/pip install torch==2.14.1 torchvision==0.29.1
-  /work/ssseg-venv/bin/pip install --no-build-isolation --no-deps sssegmentation==1.7.0
-  /work/ssseg-venv/bin/pip install pandas opencv-python-headless dill tqdm scipy numpy
-  /work/ssseg-venv/bin/python tests/goldens/record_networks.py [network ...]
+  python3 -m venv /tmp/ssseg-venv
+  /tmp/ssseg-venv/bin/pip install torch==2.14.1 torchvision==0.29.1
+  /tmp/ssseg-venv/bin/pip install --no-build-isolation --no-deps sssegmentation==1.7.0
+  /tmp/ssseg-venv/bin/pip install pandas opencv-python-headless dill tqdm scipy numpy
+  /tmp/ssseg-venv/bin/python tests/goldens/record_networks.py [network ...]
 
 It writes ``tests/goldens/<network>.npz`` (outputs only, no weights; docs/reference.md §15). The
 segmentors are built by the package's own builder from the reference configs written out below

@@ -1,5 +1,6 @@
 """Records what sssegmentation 1.7.0 itself computes for the training recipe: the optimizer and
-lr schedule (optimizer.npz) and the train transforms (augmentation.npz), for
+lr schedule (optimizer.npz), the train transforms (augmentation.npz) and the iterations per
+epoch of its training loader (epochs.npz), for
 tests/test_goldens_recipe.py to compare the project against (docs/reference.md §16).
 
 It runs the reference's own code, in the reference's environment (PyTorch, sssegmentation,
@@ -26,6 +27,7 @@ import torch
 from ssseg.modules.datasets.pipelines.transforms import BuildDataTransform
 from ssseg.modules.models.optimizers import BuildOptimizer
 from ssseg.modules.models.schedulers import BuildScheduler
+from ssseg.modules.parallel.dataloader import BuildDistributedDataloader
 
 GOLDENS = Path(__file__).resolve().parent
 
@@ -63,6 +65,37 @@ PIPELINES = {'crop64x64': (data_pipelines((64, 64)), 30),
              'crop32x64': (data_pipelines((32, 64)), 12)}  # (pipeline, records).
 IGNORE_INDEX = -100
 NUM_CLASSES = 19
+
+
+# Cityscapes train: the images an epoch's sampler draws from, and the global batches of the
+# recipes (16 = BiSeNetV1 and V2, 32 = Fast-SCNN) on the GPU counts they may run on.
+CITYSCAPES_TRAIN = 2975
+GLOBAL_BATCHES = (16, 32)
+WORLD_SIZES = (1, 2, 4, 8, 16)
+
+
+def record_epochs():
+  """``len(dataloader)`` of the reference's training loader (train.py's ``iters_per_epoch``)
+  for each global batch and GPU count: its own ``BuildDistributedDataloader`` (a
+  DistributedSampler, ``batch_size = total // world_size`` per GPU, ``drop_last``), seen from
+  rank 0 of ``world_size`` processes (torch.distributed's size and rank stand in for a process
+  group, which one process cannot form with itself 16 times)."""
+  dataset = list(range(CITYSCAPES_TRAIN))
+  lengths = np.zeros((len(GLOBAL_BATCHES), len(WORLD_SIZES)), np.int64)
+  real = torch.distributed.get_world_size, torch.distributed.get_rank
+  try:
+    for j, world_size in enumerate(WORLD_SIZES):
+      torch.distributed.get_world_size = lambda group=None, size=world_size: size
+      torch.distributed.get_rank = lambda group=None: 0
+      for i, batch in enumerate(GLOBAL_BATCHES):
+        loader = BuildDistributedDataloader(dataset, {
+            'batch_size': batch // world_size, 'num_workers': 0, 'shuffle': True,
+            'pin_memory': False, 'drop_last': True})
+        lengths[i, j] = len(loader)
+  finally:
+    torch.distributed.get_world_size, torch.distributed.get_rank = real
+  return {'global_batches': np.array(GLOBAL_BATCHES), 'world_sizes': np.array(WORLD_SIZES),
+          'iters_per_epoch': lengths}
 
 
 def record_optimizer():
@@ -248,7 +281,8 @@ def main():
   versions = {'versions': np.array(json.dumps({
       'sssegmentation': ssseg_version, 'torch': torch.__version__, 'numpy': np.__version__,
       'opencv': cv2.__version__}))}
-  for name, values in (('optimizer', record_optimizer()), ('augmentation', record_augmentation())):
+  for name, values in (('optimizer', record_optimizer()), ('augmentation', record_augmentation()),
+                       ('epochs', record_epochs())):
     path = GOLDENS / f'{name}.npz'
     np.savez_compressed(path, **versions, **values)
     print(f'{path.name}: {len(values)} arrays, {path.stat().st_size} bytes')
