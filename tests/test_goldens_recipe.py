@@ -1,6 +1,7 @@
 """The training recipe against what sssegmentation 1.7.0 itself computes (tests/goldens/, recorded
 by tests/goldens/record_recipe.py; docs/reference.md §16): the lr schedule and optimizer of every
-config, and the train transforms replayed on the reference's own random draws."""
+config, the train transforms replayed on the reference's own random draws, the iterations of an
+epoch and the evaluation's scores."""
 
 import json
 
@@ -12,6 +13,7 @@ import pytest
 
 from bisenet_jax.data import normalization, transforms
 from bisenet_jax.data.cityscapes import IGNORE_LABEL
+from bisenet_jax.eval import metrics
 from bisenet_jax.train import config as config_lib
 from bisenet_jax.train import optim
 from conftest import ROOT
@@ -188,3 +190,20 @@ def test_an_epoch_has_the_reference_loaders_iterations():
     config = load_config_file(ROOT / 'configs' / config_name, None)
     assert config.total_steps == epoch_count * on_8[config.batch_size], config_name
     assert config.checkpoint_every_steps == on_8[config.batch_size], config_name
+
+
+def test_scores_are_the_reference_evaluations():
+  """IoU per class (NaN for a class neither side has), mIoU over the others and the pixel
+  accuracy, from the device-side confusion matrix and from the host's, as the reference's
+  evaluation scores the same predictions (labels outside the classes ignored)."""
+  golden = np.load(GOLDENS / 'evaluation.npz')
+  predictions, labels = golden['predictions'], golden['labels']
+  for confusion in (np.asarray(metrics.confusion_matrix(predictions, labels), np.int64),
+                    metrics.host_confusion_matrix(predictions, labels)):
+    scores = metrics.segmentation_scores(confusion)
+    np.testing.assert_array_equal(np.isnan(scores['iou']), np.isnan(golden['iou']))
+    np.testing.assert_allclose(scores['iou'], golden['iou'], rtol=1e-15)
+    np.testing.assert_allclose(scores['acc'], golden['accuracy'], rtol=1e-15)
+    assert scores['miou'] == pytest.approx(float(golden['miou']), rel=1e-15)
+    assert scores['aacc'] == pytest.approx(float(golden['all_accuracy']), rel=1e-15)
+  assert np.isnan(golden['iou']).sum() == 1 and (labels == 255).any()

@@ -1,6 +1,6 @@
 """Records what sssegmentation 1.7.0 itself computes for the training recipe: the optimizer and
 lr schedule (optimizer.npz), the train transforms (augmentation.npz) and the iterations per
-epoch of its training loader (epochs.npz), for
+epoch of its training loader (epochs.npz) and its evaluation scores (evaluation.npz), for
 tests/test_goldens_recipe.py to compare the project against (docs/reference.md §16).
 
 It runs the reference's own code, in the reference's environment (PyTorch, sssegmentation,
@@ -24,6 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from ssseg.modules.datasets.pipelines import Evaluation
 from ssseg.modules.datasets.pipelines.transforms import BuildDataTransform
 from ssseg.modules.models.optimizers import BuildOptimizer
 from ssseg.modules.models.schedulers import BuildScheduler
@@ -96,6 +97,27 @@ def record_epochs():
     torch.distributed.get_world_size, torch.distributed.get_rank = real
   return {'global_batches': np.array(GLOBAL_BATCHES), 'world_sizes': np.array(WORLD_SIZES),
           'iters_per_epoch': lengths}
+
+
+def record_evaluation():
+  """The reference's scores (the metrics of its ``dataset.evaluate`` when chainercv is absent,
+  its ``Evaluation``) of predictions against labels, after train.py's evaluation maps every
+  label outside [0, 19) to -1: 6 pairs of 37x53 maps, mostly right, with ignored pixels and a
+  class that neither side has (a NaN IoU)."""
+  rng = np.random.default_rng(3)
+  labels = rng.integers(0, NUM_CLASSES, (6, 37, 53))
+  labels[labels == 7] = 8  # Class 7 absent from the labels...
+  labels[rng.random(labels.shape) < 0.1] = 255
+  predictions = np.where(rng.random(labels.shape) < 0.7, labels, rng.integers(0, NUM_CLASSES,
+                                                                              labels.shape))
+  predictions[(predictions == 7) | (predictions == 255)] = 9  # ... and from the predictions.
+  targets = labels.astype(np.int32)
+  targets[(targets >= NUM_CLASSES) | (targets < 0)] = -1
+  scores = Evaluation(list(predictions.astype(np.int32)), list(targets), NUM_CLASSES,
+                      ignore_index=-1).all_metric_results
+  return {'predictions': predictions.astype(np.uint8), 'labels': labels.astype(np.uint8),
+          'iou': scores['iou'], 'miou': np.float64(scores['miou']),
+          'all_accuracy': np.float64(scores['all_accuracy']), 'accuracy': scores['accuracy']}
 
 
 def record_optimizer():
@@ -282,7 +304,7 @@ def main():
       'sssegmentation': ssseg_version, 'torch': torch.__version__, 'numpy': np.__version__,
       'opencv': cv2.__version__}))}
   for name, values in (('optimizer', record_optimizer()), ('augmentation', record_augmentation()),
-                       ('epochs', record_epochs())):
+                       ('epochs', record_epochs()), ('evaluation', record_evaluation())):
     path = GOLDENS / f'{name}.npz'
     np.savez_compressed(path, **versions, **values)
     print(f'{path.name}: {len(values)} arrays, {path.stat().st_size} bytes')
