@@ -153,6 +153,31 @@ def test_torch_transcriptions_match_the_reference(name):
   assert max(errors.values()) < FORWARD_RTOL, errors
 
 
+@pytest.mark.parametrize('name', FAMILY)
+def test_initialisation_draws_from_the_reference_distributions(name):
+  """Every tensor of a fresh model (no ImageNet file) starts as the reference's: constants
+  (BatchNorm's 1 and 0, running statistics) equal, and random tensors of 1,000 values or more
+  with the same spread and range (PyTorch's U(-1/sqrt(fan_in), 1/sqrt(fan_in)) has std
+  bound / sqrt(3): LeCun or Kaiming normal would be 1.7x or 2.4x off). The draws themselves
+  differ: the frameworks' random streams are not the same."""
+  want = golden(name)
+  model = models.build(ModelSpec(name, draw.NUM_CLASSES))
+  state = layout.variables_to_state_dict(models.init_variables(model, jax.random.key(0)))
+  keys = [str(key) for key in want['init/keys']]
+  assert set(keys) == {k for k in state if not k.endswith('num_batches_tracked')}
+  compared = 0
+  for key, (mean, std, absmax) in zip(keys, want['init/mean_std_absmax']):
+    values = np.asarray(state[key], np.float64)
+    if std == 0:
+      np.testing.assert_array_equal(values, mean, err_msg=key)
+    elif values.size >= 1000:
+      compared += 1
+      assert values.std() == pytest.approx(std, rel=0.1), key
+      assert np.abs(values).max() == pytest.approx(absmax, rel=0.05), key
+      assert abs(values.mean() - mean) < 6 * std / np.sqrt(values.size), key
+  assert compared > 10
+
+
 def test_the_digest_shows_an_error_of_1e_9_in_one_element():
   """A change shaped like a large kernel (typical elements, Gaussian): an error of 1e-9 relative
   to one element of typical size moves its chunk's digest number past STEP_RTOL of its scale,

@@ -137,6 +137,23 @@ def build(name: str) -> torch.nn.Module:
   return model.double()
 
 
+def record_initialisation(name: str) -> dict[str, np.ndarray]:
+  """The reference's own initialisation of a segmentor built with ``pretrained`` off (every
+  layer at its module's default, or what the network's code sets): per state-dict tensor, the
+  mean, the standard deviation and the largest magnitude of its values (``init/keys`` and the
+  rows of ``init/mean_std_absmax``). Random streams differ
+  between frameworks, so these summaries of the distributions are what can be compared."""
+  torch.manual_seed(0)
+  model = BuildSegmentor(copy.deepcopy(SEGMENTORS[name]), mode='TRAIN')
+  keys, stats = [], []
+  for key, value in model.state_dict().items():
+    if not key.endswith('num_batches_tracked'):
+      values = value.detach().double().numpy()
+      keys.append(key)
+      stats.append((values.mean(), values.std(), np.abs(values).max()))
+  return {'init/keys': np.array(keys), 'init/mean_std_absmax': np.array(stats, np.float64)}
+
+
 def deterministic_train(model: torch.nn.Module) -> None:
   """Train mode (batch statistics, running-statistic updates, every head) without dropout."""
   model.train()
@@ -272,7 +289,7 @@ def main(argv=None) -> None:
   if unknown:
     parser.error(f'unknown networks {sorted(unknown)}: choose from {", ".join(SEGMENTORS)}')
   for name in args.networks:
-    out = {**record_forwards(name), **record_step(name)}
+    out = {**record_forwards(name), **record_step(name), **record_initialisation(name)}
     path = OUT / f'{name}.npz'
     np.savez_compressed(path, **out)
     print(f'{name}: {len(out)} arrays, {path.stat().st_size / 1e6:.2f} MB -> {path}')
