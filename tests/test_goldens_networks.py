@@ -23,6 +23,7 @@ from bisenet_jax.bench import torch_models
 from bisenet_jax.data.normalization import normalization_table
 from bisenet_jax.interop import layout, ssseg
 from bisenet_jax.specs import NETWORKS, ModelSpec, ObjectiveSpec
+from bisenet_jax.train import config as config_lib
 from bisenet_jax.train import losses, optim
 from bisenet_jax.train import state as state_lib
 from bisenet_jax.train import step as step_lib
@@ -43,11 +44,6 @@ FORWARD_RTOL = 1e-10
 # whose tolerance catches 1e-9 in an element 3x the typical size.
 STEP_RTOL = 1.5e-11
 STEP_RTOL_OF = {'bisenetv1_r50': 1e-10}
-# Each network's reference recipe (docs/reference.md §4.2-4.3, §11.3): base lr, weight decay,
-# warm-up steps, total steps.
-_BISENET_RECIPE = (0.05, 5e-4, 1000, 159_960)
-RECIPES = {'bisenetv1_r18': _BISENET_RECIPE, 'bisenetv1_r50': _BISENET_RECIPE,
-           'bisenetv2': _BISENET_RECIPE, 'fastscnn': (0.12, 4e-5, 0, 162_750)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -192,10 +188,9 @@ def test_the_digest_shows_an_error_of_1e_9_in_one_element():
     assert moved.max() > STEP_RTOL, index
 
 
-def replica_objective(name: str):
-  """The network's reference objective as the reference's replicas compute it: each head's loss
-  the mean over each replica's rows, averaged over the replicas."""
-  return losses.make_objective(ObjectiveSpec.reference(NETWORKS[name], draw.STEP_REPLICAS))
+def recipe(name: str):
+  """The network's config file (``configs/*.py``), as training reads it."""
+  return config_lib.load_config_file(str(ROOT / NETWORKS[name].config))
 
 
 def step_errors(name: str) -> dict[str, float]:
@@ -204,14 +199,18 @@ def step_errors(name: str) -> dict[str, float]:
   the parameters' and running statistics' change."""
   want = golden(name)
   model, variables = converted(name)
-  base_lr, weight_decay, warmup_steps, total_steps = RECIPES[name]
-  schedule = optim.poly_warmup_schedule(base_lr=base_lr, total_steps=total_steps,
-                                        warmup_steps=warmup_steps, dtype='float64')
-  tx = optim.make_optimizer(schedule, momentum=0.9, weight_decay=weight_decay)
+  config = recipe(name)  # Its optimizer, schedule and losses, over its replicas.
+  settings = config.optimizer
+  schedule = optim.poly_warmup_schedule(settings.base_lr, config.total_steps, settings.min_lr,
+                                        settings.power, settings.warmup_steps,
+                                        settings.warmup_ratio, dtype='float64')
+  tx = optim.make_optimizer(schedule, settings.momentum, settings.weight_decay)
+  objective = config_lib.objective_spec(config, ModelSpec(name, draw.NUM_CLASSES))
+  assert objective.replicas == draw.STEP_REPLICAS
   mesh = parallel.make_mesh()
   state = state_lib.create_train_state(model, tx, jax.random.key(0), mesh, variables=variables)
   step = step_lib.jit_train_step(mesh, learning_rate_fn=schedule, dropout_seed=0,
-                                 objective=replica_objective(name))
+                                 objective=losses.make_objective(objective))
   new_state, metrics = step(state, draw.step_batch(name))
   errors = {'lr': relative_error(metrics['lr'], want['step/lr'])}
   for head in NETWORKS[name].head_names:
