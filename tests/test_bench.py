@@ -14,7 +14,7 @@ INFER_FIELDS = {'impl', 'mode', 'arch', 'dtype', 'precision', 'devices', 'batch_
                 'img_per_s_per_device', 'scaling_efficiency', 'gflops_per_image_xla',
                 'gflops_per_image_analytic', 'peak_tflops_per_device', 'mfu',
                 'program_memory_gib', 'process_peak_memory_gib', 'compiled_temp_gib',
-                'device_kind', 'jax', 'backend', 'matmul_precision', 'warmup', 'steps'}
+                'device_kind', 'jax', 'backend', 'warmup', 'steps'}
 DATA_FIELDS = {'data_img_per_s', 'data_img_per_s_per_core', 'data_cores_per_device',
                'data_wait_fraction'}
 TRAIN_FIELDS = INFER_FIELDS | DATA_FIELDS
