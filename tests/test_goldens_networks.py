@@ -239,17 +239,25 @@ def test_one_training_step_matches_the_reference(x64, name):
   check_step(name, step_errors(name), 1)
 
 
+# Every device holds the whole float64 train state: R50's step on 8 simulated devices peaks at
+# 16.5 GB, more than a 24 GB machine has beside another test (`-n 2`); on 4 devices (2 replicas
+# each) half that.
+SHARDED_DEVICES = {'bisenetv1_r50': 4}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('name', FAMILY)
 def test_one_training_step_on_8_devices_matches_the_reference(name):
-  """The same step with the batch sharded over 8 simulated devices, one replica each."""
+  """The same step with the batch sharded over 8 simulated devices, one replica each (R50: 4
+  devices of 2 replicas)."""
+  devices = SHARDED_DEVICES.get(name, 8)
   code = ('import json, sys, jax; sys.path.insert(0, "tests"); '
           'import test_goldens_networks as t; jax.config.update("jax_enable_x64", True); '
           f'print("ERRORS", json.dumps(t.step_errors({name!r})))')
   env = {'JAX_ENABLE_X64': '1', 'PYTHONPATH': str(ROOT),
-         'XLA_FLAGS': '--xla_force_host_platform_device_count=8 '
+         'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices} '
                       '--xla_cpu_enable_concurrency_optimized_scheduler=false'}
   result = run_cli('-c', code, env=env)
   assert result.returncode == 0, result.stderr[-3000:]
   errors = json.loads(result.stdout.split('ERRORS ', 1)[1])
-  check_step(name, errors, 8)
+  check_step(name, errors, devices)
