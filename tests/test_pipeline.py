@@ -1,11 +1,17 @@
 """Tests of bisenet_jax.data.pipeline: seeded, sharded, resumable train batches; padded eval."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from absl import flags
 
 from bisenet_jax.data import pipeline
 from bisenet_jax.errors import UserError
+from goldens import pipeline_batches
+
+RECORDED_BATCHES = Path(pipeline_batches.__file__).with_suffix('.json')
 
 NUM_RECORDS = 16
 TRAIN = dict(global_batch_size=4, seed=7, crop_size=(24, 40), resize_to=(24, 40),
@@ -150,3 +156,15 @@ def test_eval_batches_of_every_process_agree_in_size_and_cover_the_split_once():
   assert valid == [f'frame{i}' for i in range(5)]
   # Group A (3 samples) gives each process one batch; group B (2) leaves process 2 padding.
   assert [b['valid'].tolist() for b in shards[2]] == [[True], [False]]
+
+
+@pytest.mark.parametrize('case', ['small', 'small_wide', 'odd',
+                                  pytest.param('r18', marks=pytest.mark.slow),
+                                  pytest.param('fastscnn', marks=pytest.mark.slow)])
+def test_batches_equal_those_of_the_whole_frame_pipeline(case):
+  """Every batch, bit for bit, is the one the pipeline gave when it resized whole frames with
+  OpenCV before cropping (tests/goldens/pipeline_batches.py recorded them)."""
+  recorded = json.loads(RECORDED_BATCHES.read_text())[case]
+  settings = pipeline_batches.CASES[case]
+  samples = pipeline_batches.frames(*settings['frames'])
+  assert pipeline_batches.digests(samples, settings['steps'], **settings['settings']) == recorded

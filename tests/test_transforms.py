@@ -318,6 +318,42 @@ def test_padding_normalised_on_the_device_is_the_reference_zero():
   np.testing.assert_array_equal(np.asarray(on_device), reference)
 
 
+def resize_then_crop(sample, rng, *, crop_size, resize_to, scale_range):
+  """The reference's order: the whole frame resized, then cropped."""
+  return T.random_crop(T.random_resize(sample, rng, resize_to, scale_range), rng, crop_size)
+
+
+def test_resized_crop_equals_resizing_the_whole_frame_then_cropping():
+  """Same arrays and same draws, through every branch: accepted and rejected tries, frames with
+  no labelled pixel (kept uncropped), crops larger than the frame, unresized frames and OpenCV's
+  exact 2x downscale (whole-frame fallbacks)."""
+  rng = np.random.default_rng(0)
+  uncropped = 0
+  for case in range(300):
+    height, width = (int(n) for n in rng.integers(6, 80, 2))
+    sample = frame(height, width, seed=case)
+    sample['label'] = (sample['label'] % rng.integers(1, 4)).astype(np.uint8)
+    if case % 6 == 0:
+      sample['label'][:] = T.IGNORE_LABEL
+    resize_to = tuple(int(n) for n in rng.integers(6, 100, 2))
+    scale_range = (0.5, 2.0)
+    if case % 10 == 1:  # Exactly the frame's size.
+      resize_to, scale_range = (height, width), (1.0, 1.0)
+    elif case % 10 == 2:  # Exactly half of it: OpenCV's INTER_AREA.
+      sample = frame(2 * height, 2 * width, seed=case)
+      resize_to, scale_range = (height, width), (1.0, 1.0)
+    settings = dict(crop_size=tuple(int(n) for n in rng.integers(4, 90, 2)),
+                    resize_to=resize_to, scale_range=scale_range)
+    want_rng, got_rng = np.random.default_rng(case), np.random.default_rng(case)
+    want = resize_then_crop(sample, want_rng, **settings)
+    got = T.random_resized_crop(sample, got_rng, **settings)
+    for key in ('image', 'label'):
+      np.testing.assert_array_equal(got[key], want[key], err_msg=f'case {case}: {key}')
+    assert got_rng.random() == want_rng.random(), f'case {case}: different draws'
+    uncropped += case % 6 == 0 and want['label'].shape != settings['crop_size']
+  assert uncropped > 10
+
+
 # --- compositions ---------------------------------------------------------------------------
 
 def test_train_transform_shapes_types_and_determinism():

@@ -17,8 +17,10 @@ batch crosses to the device in a quarter of the bytes.
 """
 
 import cv2
+import numba
 import numpy as np
 
+from bisenet_jax.data import opencv_resize
 from bisenet_jax.data.cityscapes import IGNORE_LABEL
 
 
@@ -41,22 +43,37 @@ def resize_keep_ratio(sample, resize_to=(1024, 2048), scale=1.0):
     The sample with 'image' (and 'label', if present) resized. When the size does not change
     the sample is returned as it is (cv2.resize would only copy it).
   """
-  height, width = sample['image'].shape[:2]
-  target = (int(resize_to[0] * scale), int(resize_to[1] * scale))
-  factor = min(max(target) / max(height, width), min(target) / min(height, width))
-  dsize = (int(width * factor + 0.5), int(height * factor + 0.5))
-  if dsize == (width, height):
+  return _resize(sample, keep_ratio_size(sample['image'].shape[:2], resize_to, scale))
+
+
+def _resize(sample, size):
+  """The sample's image (and label) resized to (height, width) `size` as `resize_keep_ratio`
+  does."""
+  if size == sample['image'].shape[:2]:
     return sample
+  dsize = (size[1], size[0])
   resized = {**sample, 'image': cv2.resize(sample['image'], dsize, interpolation=cv2.INTER_LINEAR)}
   if 'label' in sample:
     resized['label'] = cv2.resize(sample['label'], dsize, interpolation=cv2.INTER_NEAREST)
   return resized
 
 
+def keep_ratio_size(size, resize_to, scale):
+  """The (height, width) `resize_keep_ratio` gives a frame of (height, width) `size`."""
+  height, width = size
+  target = (int(resize_to[0] * scale), int(resize_to[1] * scale))
+  factor = min(max(target) / max(height, width), min(target) / min(height, width))
+  return int(height * factor + 0.5), int(width * factor + 0.5)
+
+
 def random_resize(sample, rng, resize_to=(1024, 2048), scale_range=(0.5, 2.0)):
   """`resize_keep_ratio` at a scale drawn uniformly from [scale_range[0], scale_range[1])."""
+  return resize_keep_ratio(sample, resize_to, _random_scale(rng, scale_range))
+
+
+def _random_scale(rng, scale_range):
   low, high = scale_range
-  return resize_keep_ratio(sample, resize_to, rng.random() * (high - low) + low)
+  return rng.random() * (high - low) + low
 
 
 def random_crop(sample, rng, crop_size, one_category_max_ratio=0.75, max_tries=10):
@@ -78,23 +95,69 @@ def random_crop(sample, rng, crop_size, one_category_max_ratio=0.75, max_tries=1
   Returns:
     The sample with 'image' and 'label' cropped (views into the inputs).
   """
-  height, width = sample['label'].shape
+  def read_label(rows, cols):
+    label = sample['label'][rows, cols]
+    return label, np.bincount(label.ravel(), minlength=256)
+
+  window, label = _crop_window(read_label, sample['label'].shape, rng, crop_size,
+                               one_category_max_ratio, max_tries)
+  if window is None:
+    return sample
+  return {**sample, 'image': sample['image'][window], 'label': label}
+
+
+def random_resized_crop(sample, rng, *, crop_size, resize_to, scale_range):
+  """`random_crop(random_resize(sample, rng, resize_to, scale_range), rng, crop_size)`, bit for
+  bit and with the same draws, computing only the pixels the crop keeps.
+
+  The label is resized inside each tried window only, the image inside the accepted one
+  (`opencv_resize` reproduces OpenCV's arithmetic there). Where a window cannot be computed
+  alone (no crop is kept, or OpenCV's exact 2x downscale) the whole frame is resized, as
+  `resize_keep_ratio` does.
+  """
+  size = keep_ratio_size(sample['label'].shape, resize_to, _random_scale(rng, scale_range))
+
+  def read_label(rows, cols):
+    return opencv_resize.nearest(sample['label'], size, rows, cols)
+
+  window, label = _crop_window(read_label, size, rng, crop_size)
+  unresized = size == sample['label'].shape
+  if window is not None and (unresized or opencv_resize.is_windowable(sample['label'].shape, size)):
+    image = (sample['image'][window] if unresized
+             else opencv_resize.linear(sample['image'], size, *window))
+    return {**sample, 'image': image, 'label': label}
+  resized = _resize(sample, size)
+  if window is None:
+    return resized
+  return {**resized, 'image': resized['image'][window], 'label': label}
+
+
+def _crop_window(read_label, size, rng, crop_size, one_category_max_ratio=0.75, max_tries=10):
+  """`random_crop`'s tries on a frame of (height, width) `size` whose label windows
+  `read_label(rows, cols)` gives with the count of each value in them (int64 [256]).
+
+  Returns:
+    (rows, cols) slices and the label inside them, or (None, None) when the sample stays
+    uncropped.
+  """
+  height, width = size
   crop_h, crop_w = min(crop_size[0], height), min(crop_size[1], width)
   for _ in range(max_tries):
     top = rng.integers(0, height - crop_h + 1)
     left = rng.integers(0, width - crop_w + 1)
     window = (slice(top, top + crop_h), slice(left, left + crop_w))
-    counts = _class_counts(sample['label'][window])
+    label, counts = read_label(*window)
+    counts = _class_counts(counts)
     if len(counts) > 1 and counts.max() / counts.sum() < one_category_max_ratio:
       break
   if len(counts) == 0:
-    return sample
-  return {**sample, 'image': sample['image'][window], 'label': sample['label'][window]}
+    return None, None
+  return window, label
 
 
-def _class_counts(label):
-  """Pixel counts of the label values present in uint8 `label`, leaving out IGNORE_LABEL."""
-  counts = np.bincount(label.ravel(), minlength=256)
+def _class_counts(value_counts):
+  """The nonzero counts of int64 [256] `value_counts`, leaving out IGNORE_LABEL."""
+  counts = value_counts.copy()
   counts[IGNORE_LABEL] = 0
   return counts[counts > 0]
 
@@ -117,8 +180,8 @@ def photometric_distortion(image, rng, *, brightness_delta=32, contrast_range=(0
 
   Every step maps each uint8 value (of all channels, or of one HSV channel) to a value that
   depends on it alone, so each step is a 256-entry table, computed with the reference's own
-  arithmetic on every uint8 value and applied with cv2.LUT: the same bits as computing every
-  pixel, without the float32 temporaries. Steps that follow each other on the same values
+  arithmetic on every uint8 value and applied with cv2.LUT (one HSV channel: `_map_channel`):
+  the same bits as computing every pixel, without the float32 temporaries. Steps that follow each other on the same values
   (brightness, contrast) are composed into one table and so cost one pass.
 
   Args:
@@ -170,21 +233,16 @@ def _contrast_table(rng, contrast_range):
 def _saturation_table(rng, saturation_range):
   if not rng.integers(2):
     return None
-  return _channel_table(1, _convert(_VALUES, alpha=rng.uniform(*saturation_range)))
+  return _SATURATION, _convert(_VALUES, alpha=rng.uniform(*saturation_range))
 
 
 def _hue_table(rng, delta):
   if not rng.integers(2):
     return None
-  return _channel_table(0, (_VALUES.astype(int) + rng.integers(-delta, delta)) % 180)
+  return _HUE, ((_VALUES.astype(int) + rng.integers(-delta, delta)) % 180).astype(np.uint8)
 
 
-def _channel_table(channel, table):
-  """A cv2.LUT table uint8 [256, 1, 3] that maps `channel` through `table`, the others to
-  themselves."""
-  tables = np.repeat(_VALUES[:, None, None], 3, axis=2)
-  tables[:, 0, channel] = table
-  return tables
+_HUE, _SATURATION = 0, 1  # Channels of OpenCV's HSV.
 
 
 def _compose(first, second):
@@ -200,12 +258,23 @@ def _apply(image, table):
   return image if table is None else cv2.LUT(image, table)
 
 
-def _apply_in_hsv(image, table):
-  """Maps the 8-bit HSV values of `image` through `table` [256, 1, 3], as the reference's
-  round trip through HSV does; None leaves `image` as it is."""
-  if table is None:
+def _apply_in_hsv(image, step):
+  """Maps one 8-bit HSV channel of `image` through a table, as the reference's round trip
+  through HSV does; `step` is (channel, uint8 [256] table), or None to leave `image` as it is."""
+  if step is None:
     return image
-  return _from_hsv(cv2.LUT(_to_hsv(image), table))
+  hsv = _to_hsv(image)
+  _map_channel(hsv, *step)
+  return _from_hsv(hsv)
+
+
+@numba.njit(cache=True, nogil=True)
+def _map_channel(image, channel, table):
+  """image[..., channel] = table[image[..., channel]], in place (cv2.LUT maps one channel only
+  through a 3-channel table, at six times the cost)."""
+  pixels = image.reshape(-1, image.shape[-1])
+  for i in range(pixels.shape[0]):
+    pixels[i, channel] = table[pixels[i, channel]]
 
 
 def _convert(image, alpha=1.0, beta=0.0):
@@ -278,7 +347,8 @@ def _centred_window(length, target):
 
 def train_transform(sample, rng, *, crop_size, resize_to, scale_range):
   """The reference training pipeline up to Normalize, which the device does: resize, crop,
-  flip, photometric distortion, pad.
+  flip, photometric distortion, pad. The resize computes only the crop's pixels
+  (`random_resized_crop`), so its cost follows the crop's size, not the frame's.
 
   Args:
     sample: dict with 'image' uint8 [H, W, 3] RGB and 'label' uint8 [H, W] class ids.
@@ -291,8 +361,8 @@ def train_transform(sample, rng, *, crop_size, resize_to, scale_range):
     `{'image': uint8 [h, w, 3] RGB, 'label': uint8 [h, w], 'content': int32 [4]}` with
     (h, w) = crop_size; `normalization.normalize_on_device(image, content)` completes it.
   """
-  sample = random_resize(sample, rng, resize_to, scale_range)
-  sample = random_crop(sample, rng, crop_size)
+  sample = random_resized_crop(sample, rng, crop_size=crop_size, resize_to=resize_to,
+                               scale_range=scale_range)
   sample = random_flip(sample, rng)
   image = photometric_distortion(sample['image'], rng)
   return center_pad({'image': image, 'label': sample['label']}, crop_size)
