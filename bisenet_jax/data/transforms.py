@@ -206,10 +206,14 @@ def photometric_distortion(image, rng, *, brightness_delta=32, contrast_range=(0
   after_hsv = None if contrast_first else _contrast_table(rng, contrast_range)
   if saturation is None and hue is None:
     before_hsv, after_hsv = _compose(before_hsv, after_hsv), None
-  image = _apply(image, before_hsv)
-  image = _apply_in_hsv(image, saturation)
-  image = _apply_in_hsv(image, hue)
-  return _apply(image, after_hsv)
+  # The first step that runs writes a new array, the later ones overwrite it in place.
+  steps = [(_apply, before_hsv), (_apply_in_hsv, saturation), (_apply_in_hsv, hue),
+           (_apply, after_hsv)]
+  result = None
+  for apply, step in steps:
+    if step is not None:
+      result = apply(image if result is None else result, step, out=result)
+  return image if result is None else result
 
 
 # Every uint8 value once: a step applied to it gives the step's table.
@@ -254,18 +258,17 @@ def _compose(first, second):
   return second[first]
 
 
-def _apply(image, table):
-  return image if table is None else cv2.LUT(image, table)
+def _apply(image, table, out=None):
+  """`image` mapped through a uint8 [256] table, into `out` (may be `image`) if given."""
+  return cv2.LUT(image, table, dst=out)
 
 
-def _apply_in_hsv(image, step):
+def _apply_in_hsv(image, step, out=None):
   """Maps one 8-bit HSV channel of `image` through a table, as the reference's round trip
-  through HSV does; `step` is (channel, uint8 [256] table), or None to leave `image` as it is."""
-  if step is None:
-    return image
-  hsv = _to_hsv(image)
+  through HSV does, into `out` (may be `image`) if given; `step` is (channel, uint8 [256])."""
+  hsv = _to_hsv(image, out)
   _map_channel(hsv, *step)
-  return _from_hsv(hsv)
+  return _from_hsv(hsv, hsv)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -289,12 +292,13 @@ def _convert(image, alpha=1.0, beta=0.0):
 # physical blue channel for red. COLOR_BGR2HSV / COLOR_HSV2BGR on our RGB array also take the
 # physical blue channel for red (and write it back to the same slot), so the results are
 # bit-identical to the reference, including its hue being measured with red and blue swapped.
-def _to_hsv(rgb):
-  return cv2.cvtColor(rgb, cv2.COLOR_BGR2HSV)
+# Each pixel's conversion reads only that pixel, so `out` may be the input.
+def _to_hsv(rgb, out=None):
+  return cv2.cvtColor(rgb, cv2.COLOR_BGR2HSV, dst=out)
 
 
-def _from_hsv(hsv):
-  return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
+def _from_hsv(hsv, out=None):
+  return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR, dst=out)
 
 
 def center_pad(sample, size):
@@ -319,11 +323,14 @@ def center_pad(sample, size):
   windows = [_centred_window(length, target)
              for length, target in zip(sample['label'].shape, size)]
   rows, cols = (dst for _, dst in windows)
+  content = np.array([rows.start, cols.start, rows.stop - rows.start, cols.stop - cols.start],
+                     np.int32)
+  if sample['label'].shape == tuple(size):  # Nothing to pad or crop: the arrays as they are.
+    return {**sample, 'content': content}
   return {**sample,
           'image': _pad_or_crop(sample['image'], size, windows, 0),
           'label': _pad_or_crop(sample['label'], size, windows, IGNORE_LABEL),
-          'content': np.array([rows.start, cols.start, rows.stop - rows.start,
-                               cols.stop - cols.start], np.int32)}
+          'content': content}
 
 
 def _pad_or_crop(array, size, windows, fill):
