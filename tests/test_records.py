@@ -13,8 +13,9 @@ import cv2
 import numpy as np
 import pytest
 
-from bisenet_jax.data import cityscapes, folder, records, synthetic
+from bisenet_jax.data import cityscapes, folder, records, sources, synthetic
 from bisenet_jax.errors import UserError
+from bisenet_jax.train import config as config_lib
 from conftest import ROOT
 from labelled_files import write_pair
 
@@ -345,6 +346,30 @@ def test_an_unwritable_cache_folder_is_one_line(streets, tmp_path):
   with pytest.raises(UserError, match=r'Cannot write the decoded-frame records.*=none'):
     open_quietly(street_source(streets), blocker / 'cache',
                  remedy=records.remedy_for('--records'))
+
+
+def test_config_data_records_default_none_and_folder(tmp_path, monkeypatch):
+  monkeypatch.setenv('BISENET_JAX_CACHE', str(tmp_path / 'env'))
+  assert config_lib.records_dir('') == str(tmp_path / 'env' / 'records')
+  assert config_lib.records_dir('none') is None and config_lib.records_dir('None') is None
+  assert config_lib.records_dir(str(tmp_path / 'here')) == str(tmp_path / 'here')
+  monkeypatch.delenv('BISENET_JAX_CACHE')
+  assert config_lib.records_dir('') == os.path.expanduser('~/.cache/bisenet_jax/records')
+
+
+def test_the_demo_trains_and_evaluates_from_records(tmp_path):
+  config = config_lib.get_config('bisenetv1_r18', 'demo')
+  with config.unlocked():
+    config.data.root = str(tmp_path / 'demo')
+    config.data.synthetic.update(num_train=2, num_val=1, height=32, width=64)
+  config.data.records = str(tmp_path / 'cache')
+  lines = Lines()
+  train, val = sources.open_training_sources(config_lib.data_spec(config.data), log=lines)
+  assert isinstance(train, records.FrameRecords) and isinstance(val, records.FrameRecords)
+  assert len(train) == 2 and len(val) == 1 and len(lines) == 2
+  config.data.records = 'none'
+  train, val = sources.open_training_sources(config_lib.data_spec(config.data))
+  assert isinstance(train, cityscapes.CityscapesFolder)
 
 
 def test_the_pipeline_gives_the_same_batches_from_records(streets, tmp_path):
