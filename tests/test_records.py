@@ -161,6 +161,15 @@ def test_a_touched_changed_added_or_removed_file_gives_new_records(change, stree
   assert leftovers(cache_root) == []
 
 
+def test_another_decoder_version_gives_new_records(streets, tmp_path, monkeypatch):
+  cache_root = tmp_path / 'cache'
+  before = open_quietly(street_source(streets), cache_root)
+  monkeypatch.setattr(records.cv2, '__version__', 'another')
+  after = open_quietly(street_source(streets), cache_root)
+  assert after.directory != before.directory
+  assert built_directories(cache_root) == [after.directory.name]
+
+
 def test_the_label_mapping_is_part_of_the_key(tmp_path):
   root = tmp_path / 'mapped'
   root.mkdir()

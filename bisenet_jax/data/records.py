@@ -14,6 +14,8 @@ training transforms want. ArrayRecord (in the environment for TFDS) stores each 
 byte string that must be copied out (and possibly decompressed) whole before NumPy can view
 it, which is the cost this cache removes. Raw arrays take more disk (8 MiB per 1024x2048
 frame with its label, page-aligned), which is the price of reading nothing a crop leaves out.
+Two files for the whole split rather than one `.npy` per sample: one map per process, one
+fsync per file, and a directory that is complete exactly when its index is there.
 
 A cache that cannot lie:
 
@@ -33,8 +35,9 @@ A cache that cannot lie:
   left by a killed build and is removed. Without locks (a file system that has none) the rename
   still decides: the first complete directory wins, the loser discards its copy.
 * Before a build, directories of the same source (same kind, root, split and label mapping)
-  under other keys are removed: their files changed, so they can never be read again. A run
-  that still has them open keeps reading them (an unlinked file lives while it is mapped).
+  under other keys are removed: its files changed (or the format or a decoder did), so they can
+  never be read again. A run that still has them open keeps reading them (an unlinked file
+  lives while it is mapped). Records of the same files under another label mapping are kept.
 * The free space is checked against the exact size first; a full disk, then or during the
   write, is one `UserError` naming the directory, the bytes needed and how to move or turn off
   the cache, and leaves no temporary files.
@@ -142,12 +145,13 @@ def open_records(source, cache_root, *, remedy=None, log=print, progress=None):
 
 def record_keys(description):
   """(key, family) of a source description: the key covers everything the arrays depend on;
-  the family all but the files and names (the same source, whatever its files now hold)."""
-  everything = {'format': FORMAT_VERSION, 'opencv': cv2.__version__,
-                'pillow': PIL.__version__, 'source': description}
-  family = {name: value for name, value in everything['source'].items()
-            if name not in ('files', 'names')}
-  return _digest(everything), _digest({**everything, 'source': family})
+  the family is the source without its files, names, this format's and the decoders' versions
+  (the same source, whatever its files hold now and whichever code decoded them)."""
+  key = _digest({'format': FORMAT_VERSION, 'opencv': cv2.__version__,
+                 'pillow': PIL.__version__, 'source': description})
+  family = _digest({name: value for name, value in description.items()
+                    if name not in ('files', 'names')})
+  return key, family
 
 
 def directory_name(description, family, key):
@@ -250,6 +254,7 @@ def build(source, description, directory, *, remedy=None, log=print, progress=No
   directory = Path(directory)
   cache_root = directory.parent
   remedy = remedy or remedy_for('--config.data.records')
+  started = time.perf_counter()
   key = record_keys(description)[0]
   index = plan_index(description, source.image_sizes(), key)
   index_text = json.dumps(index, separators=(',', ':'))
@@ -260,7 +265,6 @@ def build(source, description, directory, *, remedy=None, log=print, progress=No
     raise UserError(_cannot_write(cache_root, error, remedy)) from None
   if needed > free:
     raise UserError(_no_space_message(directory, needed, free, remedy))
-  started = time.perf_counter()
   staging = None
   try:
     staging = Path(tempfile.mkdtemp(prefix=f'{BUILDING_PREFIX}{directory.name}-',
