@@ -17,7 +17,9 @@ one), in one process and without JAX: this module imports JAX only to evaluate a
 The split is sharded over every device (``--batch-size`` images per device per step). With
 ``--output`` the scores go to a JSON file, written only once evaluation has succeeded.
 ``--save-predictions DIR`` writes one labelId PNG per image as the official cityscapesscripts
-evaluation and the test server expect. Sizes on the command line are HEIGHTxWIDTH.
+evaluation and the test server expect. ``--records DIR`` reads the split through decoded-frame
+records kept in DIR (``data/records.py``: each image decoded once, on the first run). Sizes on
+the command line are HEIGHTxWIDTH.
 """
 
 from __future__ import annotations
@@ -176,7 +178,7 @@ def checkpoint_evaluation(args: argparse.Namespace, spec: InferenceSpec) -> Eval
   ema = args.ema is not False and checkpoint.has_ema(opened)
   dataset = cli.dataset_spec(args, recorded, root=args.data_root)
   sources.check_classes(args.checkpoint, model_spec.num_classes, dataset)
-  source = sources.open_split(dataset, args.data_root, args.split)
+  source = _open_source(args, dataset)
   mesh = parallel.make_mesh()
 
   def run(on_batch):  # In full float32, as the reference (make_segment_fn's precision).
@@ -201,7 +203,7 @@ def exported_evaluation(args: argparse.Namespace, spec: InferenceSpec) -> Evalua
                     '--distributed yes')
   segmenter = cli.load_segmenter(args, spec, root=args.data_root)
   dataset = segmenter.dataset
-  source = sources.open_split(dataset, args.data_root, args.split)
+  source = _open_source(args, dataset)
   spec = dataclasses.replace(spec, input_size=segmenter.backend.input_size)
 
   def run(on_batch):
@@ -211,6 +213,13 @@ def exported_evaluation(args: argparse.Namespace, spec: InferenceSpec) -> Evalua
   where = f'{segmenter.backend.description}, {args.batch_size} image(s) per batch'
   return Evaluation(dataset, spec, None, describe_protocol(spec, dataset, None, args.split, where),
                     run)
+
+
+def _open_source(args: argparse.Namespace, dataset: DatasetSpec):
+  """The split to evaluate, read through decoded-frame records with ``--records``."""
+  source = sources.open_split(dataset, args.data_root, args.split)
+  records = None if (args.records or 'none').lower() == 'none' else args.records
+  return sources.with_records(source, records, flag='--records', log=print)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -232,6 +241,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help='write one PNG per image: Cityscapes labelId maps '
                       '(<city>/<city>_<seq>_<frame>_leftImg8bit.png) for cityscapesscripts or '
                       'the test server; palette PNGs of class indices for other datasets')
+  parser.add_argument('--records', metavar='DIR',
+                      help='read the split through decoded-frame records kept in DIR (each image '
+                      'decoded once, on the first run; e.g. the training cache, '
+                      '~/.cache/bisenet_jax/records); default: decode the files')
   cli.add_ema_argument(parser)
   cli.add_dataset_arguments(parser)
   cli.add_inference_arguments(parser)

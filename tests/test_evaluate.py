@@ -391,3 +391,15 @@ def test_a_pth_is_read_once(setup, one_device, tmp_path, capsys, monkeypatch):
   results, _, _ = one_device
   np.testing.assert_array_equal(json.loads((tmp_path / 'results.json').read_text())['confusion'],
                                 results['confusion'])
+
+
+def test_records_score_what_the_files_score(setup, one_device, tmp_path, capsys):
+  """--records: the split is decoded once into records and read from them."""
+  evaluate.main(['--checkpoint', str(setup['checkpoint']), '--data-root', str(setup['root']),
+                 '--resize-to', f'{HEIGHT}x{WIDTH}', '--records', str(tmp_path / 'records'),
+                 '--output', str(tmp_path / 'results.json')])
+  assert 'records: decoded 5 samples' in capsys.readouterr().out
+  assert len([p for p in (tmp_path / 'records').iterdir() if not p.name.startswith('.')]) == 1
+  results, _, _ = one_device
+  np.testing.assert_array_equal(json.loads((tmp_path / 'results.json').read_text())['confusion'],
+                                results['confusion'])

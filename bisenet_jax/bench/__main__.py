@@ -82,7 +82,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                            '(config.data.worker_count; 0 = threads in this process)')
   parser.add_argument('--data-frames', default=jax_side.DEFAULT_FRAMES_DIR,
                       help='train: where the input pipeline\'s 1024x2048 PNG frames are written '
-                           'once (Cityscapes layout; default: %(default)s)')
+                           'once (Cityscapes layout), with their decoded-frame records in '
+                           'records/ (default: %(default)s)')
   parser.add_argument('--peak-tflops', type=float, help='per-device peak for MFU, if not listed')
   parser.add_argument('--output', help='append one JSON object per point to this .jsonl')
   serve = parser.add_argument_group('serve')

@@ -14,7 +14,7 @@ import psutil
 
 from bisenet_jax import models, parallel
 from bisenet_jax.bench import flops as flops_lib, timing
-from bisenet_jax.data import cityscapes, pipeline, synthetic
+from bisenet_jax.data import cityscapes, pipeline, records, synthetic
 from bisenet_jax.errors import UserError
 from bisenet_jax.eval import evaluator
 from bisenet_jax.specs import LossScaleSpec, ModelSpec, ObjectiveSpec, Size
@@ -180,6 +180,14 @@ def reference_frames(frames_dir: str | os.PathLike) -> cityscapes.CityscapesFold
   return cityscapes.CityscapesFolder(root, 'train')
 
 
+def cached_frames(frames_dir: str | os.PathLike) -> records.FrameRecords:
+  """``reference_frames`` through decoded-frame records (``<frames_dir>/records``, built once),
+  as training reads them with the default ``config.data.records``."""
+  return records.open_records(reference_frames(frames_dir),
+                              Path(frames_dir).expanduser() / 'records',
+                              remedy='pass --data-frames DIR on a disk with room')
+
+
 class CpuClock:
   """CPU seconds used by this process and its children (grain workers) since ``start()``."""
 
@@ -201,14 +209,15 @@ def measure_data(point: Point, step, mesh, steps: int, workers: int,
                  frames_dir: str | os.PathLike) -> dict:
   """This host's train pipeline on real files at the reference recipe, and the wait it causes.
 
-  The pipeline reads 1024x2048 PNG frames in the Cityscapes layout and applies the reference's
+  The pipeline reads 1024x2048 frames in the Cityscapes layout through their decoded-frame
+  records (``cached_frames``, as training does by default) and applies the reference's
   training transforms (scale 0.5-2.0, a crop of the point's resolution, flip, photometric
   distortion, padding). Returns its img/s, img/s per CPU core (images per CPU-second of this
   process and its workers: the rate one core sustains), and the share of a fed training step
   spent waiting for data. ``workers`` is ``config.data.worker_count`` (0: threads).
   """
   iterator = pipeline.make_train_iterator(
-      reference_frames(frames_dir), global_batch_size=point.global_batch, seed=0,
+      cached_frames(frames_dir), global_batch_size=point.global_batch, seed=0,
       crop_size=point.input_size, resize_to=(1024, 2048), scale_range=(0.5, 2.0),
       worker_count=workers, process_index=jax.process_index(),
       process_count=jax.process_count())

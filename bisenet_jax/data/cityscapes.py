@@ -13,6 +13,7 @@ import numpy as np
 from cityscapesscripts.helpers import labels as cs_labels
 
 from bisenet_jax.data.images import image_size, read_image
+from bisenet_jax.data.records import describe_files
 from bisenet_jax.errors import UserError
 
 IGNORE_LABEL = 255
@@ -47,6 +48,8 @@ class CityscapesFolder:
   cheaply into worker processes.
 
   Attributes:
+    root: the Cityscapes root folder.
+    split: the split read.
     names: image ids `'<city>/<city>_<seq>_<frame>'`, one per sample, in reading order.
     image_paths: the image file of each sample.
     label_paths: the labelIds file of each sample.
@@ -63,6 +66,7 @@ class CityscapesFolder:
       UserError: the root or the split's images are missing, or an image has no label file.
     """
     root = pathlib.Path(root)
+    self.root, self.split = root, split
     image_dir = root / 'leftImg8bit' / split
     self.image_paths = tuple(sorted(image_dir.glob(f'*/*{_IMAGE_SUFFIX}')))
     if not self.image_paths:
@@ -88,6 +92,14 @@ class CityscapesFolder:
   def image_sizes(self):
     """(height, width) of every sample's image, from the file headers (no decoding)."""
     return [image_size(path) for path in self.image_paths]
+
+  def record_key(self):
+    """What the decoded samples depend on, for `records.open_records`: the root, the split, the
+    labelId -> trainId table, the names and every file's path, size and mtime."""
+    return {'source': 'cityscapes', 'root': str(self.root.resolve()), 'split': self.split,
+            'label_table': LABEL_ID_TO_TRAIN_ID.tobytes().hex(), 'names': list(self.names),
+            'files': describe_files(self.root, [path for pair in zip(
+                self.image_paths, self.label_paths) for path in pair])}
 
   def __getitem__(self, index):
     """Returns `{'image': uint8 [H, W, 3] RGB, 'label': uint8 [H, W] trainIds, 'name': str}`."""

@@ -28,6 +28,7 @@ from bisenet_jax.data.classes import CLASSES_FILE, read_classes_file
 from bisenet_jax.data.images import IMAGE_SUFFIXES, image_size, read_image
 from bisenet_jax.data.label_maps import make_label_table
 from bisenet_jax.data.masks import read_mask
+from bisenet_jax.data.records import describe_files
 from bisenet_jax.errors import UserError
 from bisenet_jax.specs import ClassSet
 
@@ -45,6 +46,7 @@ class SegmentationFolder:
 
   Attributes:
     root: the dataset root.
+    split: the split read.
     classes: the ClassSet.
     names: one name per sample: its path below the image folder without the suffix, or its id.
     image_paths: the image file of each sample.
@@ -77,6 +79,7 @@ class SegmentationFolder:
         image has no mask or a mask no image, or the label mapping is invalid.
     """
     self.root = pathlib.Path(root)
+    self.split = split
     self._image_dir = self.root / image_dir.format(split=split)
     self._mask_dir = self.root / mask_dir.format(split=split)
     self._image_suffixes = tuple(image_suffixes)
@@ -115,6 +118,18 @@ class SegmentationFolder:
   def image_sizes(self):
     """(height, width) of every sample's image, from the file headers (no decoding)."""
     return [image_size(path) for path in self.image_paths]
+
+  def record_key(self):
+    """What the decoded samples depend on, for `records.open_records`: the kind, the root, the
+    split, the classes and how mask values become them, the names and every file's path, size
+    and mtime."""
+    return {'source': type(self).__name__, 'root': str(self.root.resolve()), 'split': self.split,
+            'classes': list(self.classes.names), 'value_rule': self._value_rule,
+            'ignore_index': self._ignore_index, 'label_table': self.label_table.tobytes().hex(),
+            'refused_values': np.packbits(self.refused_values).tobytes().hex(),
+            'names': list(self.names),
+            'files': describe_files(self.root, [path for pair in zip(
+                self.image_paths, self.mask_paths) for path in pair])}
 
   def check_all(self, max_workers=None):
     """Reads every mask and checks it against its image's size, for a fast check up front.

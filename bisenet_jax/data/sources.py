@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from bisenet_jax.data import cityscapes, folder
+from bisenet_jax.data import cityscapes, folder, records
 from bisenet_jax.data.class_sets import ADE20K_CLASSES, CITYSCAPES_CLASSES, VOC_CLASSES
 from bisenet_jax.data.classes import CLASSES_FILE, read_classes_file
 from bisenet_jax.errors import UserError
@@ -84,17 +84,29 @@ def open_split(dataset: DatasetSpec, root: str | Path, split: str):
       reduce_zero_label=layout.reduce_zero_label, label_map=layout.label_map_dict())
 
 
-def open_training_sources(data: DataSpec):
-  """(train, val) random-access sources of a training run's data."""
+def open_training_sources(data: DataSpec, log=print):
+  """(train, val) random-access sources of a training run's data, read through decoded-frame
+  records when ``data.records`` is set (built first if needed; ``log`` prints their lines)."""
   splits = (data.train_split, data.val_split)
   if data.source == 'synthetic':
     from bisenet_jax.data import synthetic  # The demo's generator draws with OpenCV.
     root = synthetic.ensure_synthetic_cityscapes(Path(data.root).expanduser(), **data.synthetic)
-    return tuple(cityscapes.CityscapesFolder(root, split) for split in splits)
-  if data.source == 'tfds':
+    opened = [cityscapes.CityscapesFolder(root, split) for split in splits]
+  elif data.source == 'tfds':
     from bisenet_jax.data.tfds import TfdsCityscapes  # Imports tensorflow_datasets.
-    return tuple(TfdsCityscapes(split, data.tfds_data_dir or None) for split in splits)
-  return tuple(open_split(data.dataset, data.root, split) for split in splits)
+    opened = [TfdsCityscapes(split, data.tfds_data_dir or None) for split in splits]
+  else:
+    opened = [open_split(data.dataset, data.root, split) for split in splits]
+  return tuple(with_records(source, data.records, flag='--config.data.records', log=log)
+               for source in opened)
+
+
+def with_records(source, records_dir: str | Path | None, *, flag: str, log=print):
+  """``source`` read through decoded-frame records in ``records_dir`` (``records.open_records``),
+  or as it is when ``records_dir`` is None. ``flag`` names the setting in messages."""
+  if records_dir is None:
+    return source
+  return records.open_records(source, records_dir, remedy=records.remedy_for(flag), log=log)
 
 
 DATASET_NAMES = {'cityscapes': 'Cityscapes', 'folder': 'the folder dataset',

@@ -38,10 +38,15 @@ PROGRESS_FROM = 8 << 20  # Files this large (bytes) show a progress bar.
 _HASH_IN_NAME = re.compile(r'-([0-9a-f]{8,64})\.[A-Za-z0-9]+$')
 
 
+def cache_root() -> Path:
+  """The project's cache folder: ``$BISENET_JAX_CACHE``, else ``~/.cache/bisenet_jax``."""
+  return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser()
+
+
 def cache_dir() -> Path:
   """Where official ImageNet files are kept: ``$BISENET_JAX_CACHE/imagenet`` or
   ``~/.cache/bisenet_jax/imagenet``."""
-  return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser() / 'imagenet'
+  return cache_root() / 'imagenet'
 
 
 def from_scratch(value: str | None) -> bool:

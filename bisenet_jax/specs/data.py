@@ -113,6 +113,8 @@ class DataSpec:
     tfds_data_dir: TFDS's data_dir for source 'tfds' ('' = TFDS's default).
     synthetic: the generator's parameters for source 'synthetic' (num_train, num_val, height,
       width, seed).
+    records: the folder of decoded-frame records both splits are read through
+      (``data.records``), or None to decode the files at every read.
   """
   dataset: DatasetSpec
   source: str
@@ -124,3 +126,4 @@ class DataSpec:
   worker_count: int = 0
   tfds_data_dir: str = ''
   synthetic: dict = dataclasses.field(default_factory=dict)
+  records: str | None = None

@@ -87,6 +87,10 @@ def reference_config(arch: str) -> ml_collections.ConfigDict:
   config.data.crop_size = (1024, 1024)  # (height, width) of the training crop.
   config.data.scale_range = (0.5, 2.0)
   config.data.worker_count = 2  # grain worker processes for the train transforms (0 = threads).
+  # Decoded-frame records (data/records.py): each frame of both splits is decoded once into raw
+  # arrays under this folder and read from there ('' = $BISENET_JAX_CACHE/records, else
+  # ~/.cache/bisenet_jax/records); 'none' decodes the files at every read.
+  config.data.records = ''
   config.data.synthetic = ml_collections.ConfigDict(dict(
       num_train=200, num_val=50, height=256, width=512, seed=0))
 
@@ -434,7 +438,18 @@ def data_spec(data: ml_collections.ConfigDict) -> DataSpec:
   return DataSpec(dataset, data.source, data.root, data.train_split, data.val_split,
                   crop_size=check_size(data.crop_size, 'config.data.crop_size'),
                   scale_range=tuple(data.scale_range), worker_count=data.worker_count,
-                  tfds_data_dir=data.tfds_data_dir, synthetic=data.synthetic.to_dict())
+                  tfds_data_dir=data.tfds_data_dir, synthetic=data.synthetic.to_dict(),
+                  records=records_dir(data.records))
+
+
+def records_dir(value: str) -> str | None:
+  """``config.data.records`` as a folder: '' the cache's (``$BISENET_JAX_CACHE/records``, else
+  ``~/.cache/bisenet_jax/records``), 'none' None (the files are decoded at every read)."""
+  value = (value or '').strip()
+  if value.lower() == 'none':
+    return None
+  folder = Path(value).expanduser() if value else pretrained.cache_root() / 'records'
+  return str(folder.absolute())
 
 
 def model_spec(model: ml_collections.ConfigDict, data: DataSpec) -> ModelSpec:

@@ -190,7 +190,7 @@ def run(spec: TrainSpec, workdir: str | os.PathLike) -> dict:
   check_precision(spec, jax.default_backend())
   model = models.build(spec.model)
   check_micro_batch(spec, model, mesh.size)
-  train_source, val_source = sources.open_training_sources(spec.data)
+  train_source, val_source = sources.open_training_sources(spec.data, log=log)
   workdir = _make_workdir(workdir)
   schedule = optim.poly_warmup_schedule(
       spec.optimizer.base_lr, spec.total_steps, spec.optimizer.min_lr, spec.optimizer.power,
