@@ -6,6 +6,7 @@ will produce from the file's header alone, so a split can be planned without dec
 """
 
 import io
+import struct
 
 import cv2
 import numpy as np
@@ -58,10 +59,31 @@ def image_size(source, remedy='replace it'):
   try:
     with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
       width, height = image.size
-      orientation = image.getexif().get(_EXIF_ORIENTATION)
-  except (OSError, Image.DecompressionBombError) as error:
+      exif = _png_exif(image.fp) if image.format == 'PNG' else image.getexif()
+      orientation = exif.get(_EXIF_ORIENTATION)
+  except (OSError, struct.error, Image.DecompressionBombError) as error:
     # Pillow's message names the in-memory buffer object for bytes: only a file's is useful.
     detail = '' if isinstance(source, bytes) else f' ({error})'
     raise UserError(f'Cannot decode {name}{detail}: the file is corrupt or not an image; '
                     f'{remedy}') from None
   return (width, height) if orientation in _TRANSPOSING_ORIENTATIONS else (height, width)
+
+
+def _png_exif(stream) -> Image.Exif:
+  """The EXIF tags of a PNG file open in `stream`, from its eXIf chunk wherever it is.
+
+  Only the chunks' headers are read. Pillow's `getexif` decodes every pixel of a PNG whose
+  header has no eXIf chunk, to look for one after the image data (about 30 ms for a 1024x2048
+  frame, most of the cost of planning a split).
+  """
+  exif = Image.Exif()
+  stream.seek(8)  # The PNG signature.
+  while header := stream.read(8):
+    length, kind = struct.unpack('>I4s', header)
+    if kind == b'eXIf':
+      exif.load(stream.read(length))
+      break
+    if kind == b'IEND':
+      break
+    stream.seek(length + 4, io.SEEK_CUR)  # The chunk's data and CRC.
+  return exif
