@@ -6,6 +6,7 @@
       --output results.jsonl --plot scaling.png
   python -m bisenet_jax.bench serve --checkpoint runs/r18 --checkpoint r18_int8.onnx \
       --input-size 512x1024 --concurrency 1,4,16 --batching on,off --output serve.jsonl
+  python -m bisenet_jax.bench data --arch bisenetv1_r18,fastscnn --data-workers 2
 
 Every point states what it measured: compile time apart, then the median and p90 step time of
 ``--steps`` blocked steps after ``--warmup`` ones; img/s over all devices and per device;
@@ -19,8 +20,10 @@ with the PyTorch reference in this process, on the same inputs and thread count,
 JAX/PyTorch ratios. A multi-process run (GPU cluster, TPU pod slice, or processes on one host)
 starts the same command in every process (see ``bisenet_jax.parallel``); process 0 reports.
 'serve' loads ``python -m bisenet_jax.serve`` on this machine with a fixed number of requests
-and compares it with the model alone (``serve_load``; docs/serving.md, "Speed"). See
-docs/benchmarks.md.
+and compares it with the model alone (``serve_load``; docs/serving.md, "Speed"). 'data' runs
+the training input pipeline alone at each network's recipe, reading the frames as PNG files and
+through their decoded-frame records (``data_side``; docs/benchmarks.md, "Feeding an
+accelerator"). See docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import platform
 import jax
 
 from bisenet_jax import cli, parallel
-from bisenet_jax.bench import flops, jax_side, report, serve_load, torch_side
+from bisenet_jax.bench import data_side, flops, jax_side, report, serve_load, torch_side
 from bisenet_jax.errors import UserError
 from bisenet_jax.specs import NETWORKS, PRECISIONS, SIZE_FORMAT, format_size
 
@@ -49,7 +52,7 @@ def _list(cast):
 def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog='python -m bisenet_jax.bench', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('mode', choices=['infer', 'train', 'serve'])
+  parser.add_argument('mode', choices=['infer', 'train', 'serve', 'data'])
   parser.add_argument('--arch', type=_list(str), default=['bisenetv1_r18'],
                       help=f'networks, any of {",".join(NETWORKS)}')
   parser.add_argument('--devices', type=_list(int),
@@ -78,10 +81,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help=f'any of {",".join(torch_side.VARIANTS)} (default: all)')
   parser.add_argument('--threads', type=int, help='torch threads (default: torch\'s own)')
   parser.add_argument('--data-workers', type=int, default=0,
-                      help='train: grain worker processes of the measured input pipeline '
+                      help='train, data: grain worker processes of the measured input pipeline '
                            '(config.data.worker_count; 0 = threads in this process)')
-  parser.add_argument('--data-frames', default=jax_side.DEFAULT_FRAMES_DIR,
-                      help='train: where the input pipeline\'s 1024x2048 PNG frames are written '
+  parser.add_argument('--read', type=_list(str),
+                      help=f'data: how the frames are read, any of {",".join(data_side.READS)} '
+                      '(default: both)')
+  parser.add_argument('--data-frames', default=data_side.DEFAULT_FRAMES_DIR,
+                      help='train, data: where the input pipeline\'s 1024x2048 PNG frames are written '
                            'once (Cityscapes layout), with their decoded-frame records in '
                            'records/ (default: %(default)s)')
   parser.add_argument('--peak-tflops', type=float, help='per-device peak for MFU, if not listed')
@@ -210,6 +216,28 @@ def serve_main(args: argparse.Namespace) -> None:
     print(f'appended {len(rows)} rows to {args.output}')
 
 
+def data_main(args: argparse.Namespace) -> None:
+  reads = args.read or list(data_side.READS)
+  unknown = set(args.arch) - set(NETWORKS) or set(reads) - set(data_side.READS)
+  if unknown or args.steps < 1 or args.data_workers < 0:
+    raise UserError(f'bench data: unknown value(s) {sorted(unknown)}, --steps {args.steps}, '
+                    f'--data-workers {args.data_workers}: see --help for the choices')
+  env = serve_load.environment()
+  print(f"{env['cpu']}, {env['cpu_count']} CPUs, load average "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; {args.steps} batches per row of "
+        "1024x2048 street frames, the recipe's transforms", flush=True)
+  print(report.table([], data_side.COLUMNS), flush=True)
+  rows = []
+  for arch in args.arch:
+    for read in reads:
+      rows.append(data_side.measure(arch, read, args.data_workers, args.steps, args.data_frames))
+      print(report.table(rows[-1:], data_side.COLUMNS).splitlines()[1], flush=True)
+      if args.output:
+        report.append_jsonl(rows[-1:], args.output)
+  if args.output:
+    print(f'appended {len(rows)} rows to {args.output}')
+
+
 def environment() -> dict:
   return {'jax': jax.__version__, 'backend': jax.default_backend(), 'host': platform.node(),
           'cpu_count': os.cpu_count(), 'xla_flags': os.environ.get('XLA_FLAGS', '')}
@@ -301,7 +329,7 @@ def run(sweep: Sweep, emit) -> list[dict]:
 def onnx_row_for(sweep, point, base, jax_row, dtype: str) -> dict:
   from bisenet_jax.bench import onnx_side  # Needs the export extra.
   images, _ = jax_side.random_inputs(point)
-  calibration = jax_side.reference_frames(sweep.data_frames) if dtype == 'int8' else None
+  calibration = data_side.reference_frames(sweep.data_frames) if dtype == 'int8' else None
   row = {**base, 'impl': 'onnxruntime', 'dtype': dtype,
          **onnx_side.measure(point, images, sweep.warmup, sweep.steps, sweep.threads, dtype,
                              calibration)}
@@ -330,6 +358,9 @@ def main(argv=None) -> None:
     serve_main(args)
     return
   cli.parse_absl_flags()  # For the input pipeline's grain workers (--data-workers).
+  if args.mode == 'data':  # The host's pipeline alone: no model, no devices.
+    data_main(args)
+    return
   parallel.setup(args.distributed)
   sweep = sweep_from_args(args)
   if jax.process_index() != 0:  # Every process measures; process 0 alone reports.

@@ -5,16 +5,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import psutil
 
 from bisenet_jax import models, parallel
-from bisenet_jax.bench import flops as flops_lib, timing
-from bisenet_jax.data import cityscapes, pipeline, records, synthetic
+from bisenet_jax.bench import data_side, flops as flops_lib, timing
+from bisenet_jax.data import pipeline
 from bisenet_jax.errors import UserError
 from bisenet_jax.eval import evaluator
 from bisenet_jax.specs import LossScaleSpec, ModelSpec, ObjectiveSpec, Size
@@ -22,9 +20,6 @@ from bisenet_jax.train import losses, optim, state as state_lib, step as step_li
 
 # float16 trains with dynamic loss scaling (GradScaler's defaults), as config.model.dtype does.
 DTYPES = ('float32', 'bfloat16', 'float16')
-# The input pipeline's files: Cityscapes-sized frames (the reference recipe's input).
-FRAMES = dict(num_train=8, num_val=1, height=1024, width=2048, seed=0)
-DEFAULT_FRAMES_DIR = '~/.cache/bisenet_jax/bench_frames'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +130,7 @@ def measure_infer(point: Point, warmup: int, steps: int, peak_override=None) -> 
 
 def measure_train(point: Point, warmup: int, steps: int, peak_override=None,
                   data_steps: int = 3, data_workers: int = 0,
-                  frames_dir: str | os.PathLike = DEFAULT_FRAMES_DIR) -> dict:
+                  frames_dir: str | os.PathLike = data_side.DEFAULT_FRAMES_DIR) -> dict:
   """One SGD step (forward, the network's reference losses, backward, update) on a sharded
   batch, plus data rates."""
   model, mesh, images, labels = _setup(point)
@@ -173,64 +168,26 @@ def measure_train(point: Point, warmup: int, steps: int, peak_override=None,
           **_memory(mesh.local_devices, compiled), **data}
 
 
-def reference_frames(frames_dir: str | os.PathLike) -> cityscapes.CityscapesFolder:
-  """PNG files at Cityscapes' frame size in its folder layout: synthetic street scenes,
-  written once under ``frames_dir``, read (and decoded) as the training pipeline reads them."""
-  root = synthetic.ensure_synthetic_cityscapes(Path(frames_dir).expanduser(), **FRAMES)
-  return cityscapes.CityscapesFolder(root, 'train')
-
-
-def cached_frames(frames_dir: str | os.PathLike) -> records.FrameRecords:
-  """``reference_frames`` through decoded-frame records (``<frames_dir>/records``, built once),
-  as training reads them with the default ``config.data.records``."""
-  return records.open_records(reference_frames(frames_dir),
-                              Path(frames_dir).expanduser() / 'records',
-                              remedy='pass --data-frames DIR on a disk with room')
-
-
-class CpuClock:
-  """CPU seconds used by this process and its children (grain workers) since ``start()``."""
-
-  def __init__(self):
-    self.process = psutil.Process()
-
-  def _now(self) -> float:
-    processes = [self.process, *self.process.children(recursive=True)]
-    return sum(sum(p.cpu_times()[:2]) for p in processes if p.is_running())
-
-  def start(self) -> None:
-    self.started = self._now()
-
-  def seconds(self) -> float:
-    return self._now() - self.started
-
-
 def measure_data(point: Point, step, mesh, steps: int, workers: int,
                  frames_dir: str | os.PathLike) -> dict:
   """This host's train pipeline on real files at the reference recipe, and the wait it causes.
 
   The pipeline reads 1024x2048 frames in the Cityscapes layout through their decoded-frame
-  records (``cached_frames``, as training does by default) and applies the reference's
+  records (``data_side.frames``, as training does by default) and applies the reference's
   training transforms (scale 0.5-2.0, a crop of the point's resolution, flip, photometric
   distortion, padding). Returns its img/s, img/s per CPU core (images per CPU-second of this
   process and its workers: the rate one core sustains), and the share of a fed training step
   spent waiting for data. ``workers`` is ``config.data.worker_count`` (0: threads).
   """
   iterator = pipeline.make_train_iterator(
-      cached_frames(frames_dir), global_batch_size=point.global_batch, seed=0,
+      data_side.frames('records', frames_dir), global_batch_size=point.global_batch, seed=0,
       crop_size=point.input_size, resize_to=(1024, 2048), scale_range=(0.5, 2.0),
       worker_count=workers, process_index=jax.process_index(),
       process_count=jax.process_count())
   local_batch = point.global_batch // jax.process_count()
-  cpu = CpuClock()
   try:
     next(iterator)  # Started (workers spawned, buffers filled) before the clock runs.
-    cpu.start()
-    start = time.perf_counter()
-    for _ in range(steps):
-      next(iterator)
-    data_img_per_s = steps * local_batch / (time.perf_counter() - start)
-    img_per_cpu_second = steps * local_batch / cpu.seconds()
+    rates = data_side.time_batches(iterator, steps, local_batch)
 
     waited = 0.0
     jax.block_until_ready(step(parallel.to_global(mesh, next(iterator))))
@@ -244,5 +201,6 @@ def measure_data(point: Point, step, mesh, steps: int, workers: int,
   finally:
     if hasattr(iterator, 'close'):  # Stops worker processes, if any.
       iterator.close()
-  return {'data_img_per_s': data_img_per_s, 'data_img_per_s_per_core': img_per_cpu_second,
+  return {'data_img_per_s': rates['data_img_per_s'],
+          'data_img_per_s_per_core': rates['data_img_per_s_per_core'],
           'data_wait_fraction': waited / fed_seconds}
