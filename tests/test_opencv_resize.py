@@ -36,9 +36,10 @@ def test_windows_equal_opencv_at_random_sizes_scales_and_windows():
     np.testing.assert_array_equal(opencv_resize.linear(image, target, *window),
                                   opencv(image, target, cv2.INTER_LINEAR)[window],
                                   err_msg=f'{size} -> {target} at {window}')
-    labels, counts = opencv_resize.nearest(label, target, *window)
+    labels = opencv_resize.nearest(label, target, *window)
     np.testing.assert_array_equal(labels, opencv(label, target, cv2.INTER_NEAREST)[window])
-    np.testing.assert_array_equal(counts, np.bincount(labels.ravel(), minlength=256))
+    np.testing.assert_array_equal(opencv_resize.nearest_counts(label, target, *window),
+                                  np.bincount(labels.ravel(), minlength=256))
     checked += 1
   assert checked > 1400
 
@@ -69,3 +70,22 @@ def test_linear_taps_follow_opencvs_rules_at_both_edges():
   taps, weights = opencv_resize.linear_taps(4, 8, 0, 8, clamp_weights=False)
   np.testing.assert_array_equal(taps[[0, 7]], [[0, 0], [3, 3]])
   np.testing.assert_array_equal(weights[[0, 7]], [[512, 1536], [1536, 512]])
+
+
+@pytest.mark.parametrize('flip', [False, True])
+def test_windows_written_into_a_larger_array_at_an_offset_and_flipped(flip):
+  rng = np.random.default_rng(2)
+  image = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)
+  label = rng.integers(0, 256, (30, 50), dtype=np.uint8)
+  target, window = (41, 77), (slice(5, 25), slice(10, 60))
+  image_out = np.full((32, 64, 3), 7, np.uint8)
+  label_out = np.full((32, 64), 7, np.uint8)
+  opencv_resize.linear_into(image, target, *window, image_out, (3, 9), flip)
+  opencv_resize.nearest_into(label, target, *window, label_out, (3, 9), flip)
+  for out, array, interpolation in ((image_out, image, cv2.INTER_LINEAR),
+                                    (label_out, label, cv2.INTER_NEAREST)):
+    want = opencv(array, target, interpolation)[window]
+    np.testing.assert_array_equal(out[3:23, 9:59], want[:, ::-1] if flip else want)
+    outside = np.ones(out.shape[:2], bool)
+    outside[3:23, 9:59] = False
+    assert (out[outside] == 7).all()

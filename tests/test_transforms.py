@@ -318,18 +318,29 @@ def test_padding_normalised_on_the_device_is_the_reference_zero():
   np.testing.assert_array_equal(np.asarray(on_device), reference)
 
 
-def resize_then_crop(sample, rng, *, crop_size, resize_to, scale_range):
-  """The reference's order: the whole frame resized, then cropped."""
-  return T.random_crop(T.random_resize(sample, rng, resize_to, scale_range), rng, crop_size)
+# --- compositions ---------------------------------------------------------------------------
+
+def test_train_transform_shapes_types_and_determinism():
+  sample = frame(128, 256)
+  kwargs = dict(crop_size=(96, 80), resize_to=(128, 256), scale_range=(0.5, 2.0))
+  out = T.train_transform(sample, np.random.default_rng(1), **kwargs)
+  again = T.train_transform(sample, np.random.default_rng(1), **kwargs)
+  assert out.keys() == {'image', 'label', 'content'}
+  assert out['image'].shape == (96, 80, 3) and out['image'].dtype == np.uint8
+  assert out['label'].shape == (96, 80) and out['label'].dtype == np.uint8
+  assert set(np.unique(out['label'])) <= set(range(19)) | {255}
+  for key in out:
+    np.testing.assert_array_equal(out[key], again[key])
 
 
-def test_resized_crop_equals_resizing_the_whole_frame_then_cropping():
-  """Same arrays and same draws, through every branch: accepted and rejected tries, frames with
-  no labelled pixel (kept uncropped), crops larger than the frame, unresized frames and OpenCV's
-  exact 2x downscale (whole-frame fallbacks)."""
+def test_train_transform_equals_the_reference_steps_on_the_whole_frame():
+  """Same arrays and same draws as resizing the whole frame, then cropping, flipping,
+  distorting and padding, through every branch: accepted and rejected tries, frames with no
+  labelled pixel (kept uncropped, then centre-cropped), crops larger than the frame (padded),
+  unresized frames and OpenCV's exact 2x downscale (whole-frame fallbacks)."""
   rng = np.random.default_rng(0)
   uncropped = 0
-  for case in range(300):
+  for case in range(400):
     height, width = (int(n) for n in rng.integers(6, 80, 2))
     sample = frame(height, width, seed=case)
     sample['label'] = (sample['label'] % rng.integers(1, 4)).astype(np.uint8)
@@ -345,28 +356,13 @@ def test_resized_crop_equals_resizing_the_whole_frame_then_cropping():
     settings = dict(crop_size=tuple(int(n) for n in rng.integers(4, 90, 2)),
                     resize_to=resize_to, scale_range=scale_range)
     want_rng, got_rng = np.random.default_rng(case), np.random.default_rng(case)
-    want = resize_then_crop(sample, want_rng, **settings)
-    got = T.random_resized_crop(sample, got_rng, **settings)
-    for key in ('image', 'label'):
+    want = T.reference_train_transform(sample, want_rng, **settings)
+    got = T.train_transform(sample, got_rng, **settings)
+    for key in ('image', 'label', 'content'):
       np.testing.assert_array_equal(got[key], want[key], err_msg=f'case {case}: {key}')
     assert got_rng.random() == want_rng.random(), f'case {case}: different draws'
-    uncropped += case % 6 == 0 and want['label'].shape != settings['crop_size']
-  assert uncropped > 10
-
-
-# --- compositions ---------------------------------------------------------------------------
-
-def test_train_transform_shapes_types_and_determinism():
-  sample = frame(128, 256)
-  kwargs = dict(crop_size=(96, 80), resize_to=(128, 256), scale_range=(0.5, 2.0))
-  out = T.train_transform(sample, np.random.default_rng(1), **kwargs)
-  again = T.train_transform(sample, np.random.default_rng(1), **kwargs)
-  assert out.keys() == {'image', 'label', 'content'}
-  assert out['image'].shape == (96, 80, 3) and out['image'].dtype == np.uint8
-  assert out['label'].shape == (96, 80) and out['label'].dtype == np.uint8
-  assert set(np.unique(out['label'])) <= set(range(19)) | {255}
-  for key in out:
-    np.testing.assert_array_equal(out[key], again[key])
+    uncropped += case % 6 == 0
+  assert uncropped > 50
 
 
 def test_eval_transform_keeps_the_label_at_its_original_size():

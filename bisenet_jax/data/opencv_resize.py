@@ -70,51 +70,75 @@ def linear_taps(src_length, dst_length, start, stop, *, clamp_weights):
 
 def nearest(label, dst_size, rows, cols):
   """`cv2.resize(label, (dst_size[1], dst_size[0]), interpolation=INTER_NEAREST)[rows, cols]`
-  for uint8 [H, W] `label` and slices `rows`, `cols`, with the count of each value in it.
+  for uint8 [H, W] `label` and slices `rows`, `cols`: uint8 [len(rows), len(cols)]."""
+  out = np.empty((rows.stop - rows.start, cols.stop - cols.start), np.uint8)
+  nearest_into(label, dst_size, rows, cols, out)
+  return out
 
-  Returns:
-    uint8 [len(rows), len(cols)] and int64 [256] counts.
-  """
-  src_rows = nearest_indices(label.shape[0], dst_size[0], rows.start, rows.stop)
-  src_cols = nearest_indices(label.shape[1], dst_size[1], cols.start, cols.stop)
-  out = np.empty((len(src_rows), len(src_cols)), np.uint8)
+
+def nearest_counts(label, dst_size, rows, cols):
+  """How often each value occurs in `nearest(label, dst_size, rows, cols)`: int64 [256], counted
+  without writing the window."""
   counts = np.zeros(256, np.int64)
-  _gather_and_count(np.asarray(label), src_rows, src_cols, out, counts)
-  return out, counts
+  _count(np.asarray(label), *_nearest_window(label, dst_size, rows, cols), counts)
+  return counts
+
+
+def nearest_into(label, dst_size, rows, cols, out, at=(0, 0), flip=False):
+  """Writes `nearest(label, dst_size, rows, cols)` into uint8 [H', W'] `out` with its top-left
+  pixel at `at` (row, column), its columns reversed if `flip`."""
+  src_rows, src_cols = _nearest_window(label, dst_size, rows, cols)
+  _gather(np.asarray(label), src_rows, src_cols[::-1].copy() if flip else src_cols, out, *at)
+
+
+def _nearest_window(label, dst_size, rows, cols):
+  return (nearest_indices(label.shape[0], dst_size[0], rows.start, rows.stop),
+          nearest_indices(label.shape[1], dst_size[1], cols.start, cols.stop))
 
 
 def linear(image, dst_size, rows, cols):
   """`cv2.resize(image, (dst_size[1], dst_size[0]), interpolation=INTER_LINEAR)[rows, cols]` for
-  uint8 [H, W, C] `image` and slices `rows`, `cols`, where `is_windowable`.
+  uint8 [H, W, C] `image` and slices `rows`, `cols`, where `is_windowable`: uint8
+  [len(rows), len(cols), C]."""
+  out = np.empty((rows.stop - rows.start, cols.stop - cols.start, image.shape[2]), np.uint8)
+  linear_into(image, dst_size, rows, cols, out)
+  return out
 
-  Returns:
-    uint8 [len(rows), len(cols), C].
-  """
+
+def linear_into(image, dst_size, rows, cols, out, at=(0, 0), flip=False):
+  """Writes `linear(image, dst_size, rows, cols)` into C-contiguous uint8 [H', W', C] `out` with
+  its top-left pixel at `at` (row, column), its columns reversed if `flip`."""
   height, width, channels = image.shape
   row_taps, row_weights = linear_taps(height, dst_size[0], rows.start, rows.stop,
                                       clamp_weights=False)
   col_taps, col_weights = linear_taps(width, dst_size[1], cols.start, cols.stop,
                                       clamp_weights=True)
+  if flip:  # Interpolating the columns in reverse order writes the mirrored row.
+    col_taps, col_weights = col_taps[::-1], col_weights[::-1]
   # Rows are interpolated flat, element by element: tap k of element (x, c) is
   # col_taps[x, k] * C + c, with weight col_weights[x, k].
   element_taps = (col_taps[:, :, None] * channels + np.arange(channels)).transpose(1, 0, 2)
   element_weights = np.repeat(col_weights.T, channels, axis=1)
-  out = np.empty((len(row_taps), len(col_taps) * channels), np.uint8)
   _interpolate(np.asarray(image).reshape(height, width * channels), row_taps.astype(np.uintp),
                row_weights.astype(np.int32), element_taps.reshape(2, -1).astype(np.uintp),
-               element_weights.astype(np.int32), out)
-  return out.reshape(len(row_taps), len(col_taps), channels)
+               element_weights.astype(np.int32), out.reshape(out.shape[0], -1), at[0],
+               at[1] * channels)
 
 
 @numba.njit(cache=True, nogil=True)
-def _gather_and_count(src, rows, cols, out, counts):
+def _count(src, rows, cols, counts):
   for i in range(rows.shape[0]):
     src_row = src[rows[i]]
-    out_row = out[i]
     for j in range(cols.shape[0]):
-      value = src_row[cols[j]]
-      out_row[j] = value
-      counts[value] += 1
+      counts[src_row[cols[j]]] += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _gather(src, rows, cols, out, top, left):
+  for i in range(rows.shape[0]):
+    src_row, out_row = src[rows[i]], out[top + i]
+    for j in range(cols.shape[0]):
+      out_row[left + j] = src_row[cols[j]]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -126,10 +150,11 @@ def _interpolate_row(src_row, taps, weights, out):
 
 
 @numba.njit(cache=True, nogil=True)
-def _interpolate(src, row_taps, row_weights, taps, weights, out):
-  """Window rows from flat source rows: each needed source row is interpolated along x once
-  (rows[j] holds source row held[j]), then pairs are combined along y."""
-  elements = out.shape[1]
+def _interpolate(src, row_taps, row_weights, taps, weights, out, top, left):
+  """Window rows from flat source rows into flat `out` rows from (top, left) on: each needed
+  source row is interpolated along x once (rows[j] holds source row held[j]), then pairs are
+  combined along y."""
+  elements = taps.shape[1]
   rows = np.empty((2, elements), np.int32)
   held = np.full(2, -1, np.int64)
   for i in range(row_taps.shape[0]):
@@ -146,8 +171,11 @@ def _interpolate(src, row_taps, row_weights, taps, weights, out):
     if held[l] != lower:
       _interpolate_row(src[lower], taps, weights, rows[l])
       held[l] = lower
-    w0, w1 = np.int32(row_weights[i, 0]), np.int32(row_weights[i, 1])
-    above, below, out_row = rows[u], rows[l], out[i]
-    for k in range(elements):
-      out_row[k] = np.uint8(((((above[k] >> 4) * w0) >> 16) + (((below[k] >> 4) * w1) >> 16)
-                             + 2) >> 2)
+    _combine_rows(rows[u], rows[l], np.int32(row_weights[i, 0]), np.int32(row_weights[i, 1]),
+                  out[top + i, left:left + elements])
+
+
+@numba.njit(cache=True, nogil=True)
+def _combine_rows(above, below, w0, w1, out):
+  for k in range(out.shape[0]):
+    out[k] = np.uint8(((((above[k] >> 4) * w0) >> 16) + (((below[k] >> 4) * w1) >> 16) + 2) >> 2)

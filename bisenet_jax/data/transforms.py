@@ -9,6 +9,10 @@ the reference's order and with the same distributions: `random_sample()` -> `rng
 `rng.uniform`. The draws therefore sit where the reference's do, but a seed does not reproduce
 the reference's NumPy global-RNG stream.
 
+`train_transform` runs the training steps as one window read (only the crop's pixels are
+computed, docs/reference.md §5.3); `reference_train_transform` composes the steps one by one on
+the whole frame, as the reference does, and is what the tests hold it to, bit for bit.
+
 Images are RGB throughout, while the reference keeps BGR until Normalize. Where channel order
 matters, the HSV conversions of the photometric distortion say below why the result is still
 bit-identical. Images stay uint8 here: Normalize, the reference's last step before padding,
@@ -95,50 +99,27 @@ def random_crop(sample, rng, crop_size, one_category_max_ratio=0.75, max_tries=1
   Returns:
     The sample with 'image' and 'label' cropped (views into the inputs).
   """
-  def read_label(rows, cols):
-    label = sample['label'][rows, cols]
-    return label, np.bincount(label.ravel(), minlength=256)
+  def read_counts(rows, cols):
+    return np.bincount(sample['label'][rows, cols].ravel(), minlength=256)
 
-  window, label = _crop_window(read_label, sample['label'].shape, rng, crop_size,
-                               one_category_max_ratio, max_tries)
+  window = _crop_window(read_counts, sample['label'].shape, rng, crop_size,
+                        one_category_max_ratio, max_tries)
+  return _crop(sample, window)
+
+
+def _crop(sample, window):
+  """The sample inside `window` ((rows, cols) slices; None: all of it)."""
   if window is None:
     return sample
-  return {**sample, 'image': sample['image'][window], 'label': label}
+  return {**sample, 'image': sample['image'][window], 'label': sample['label'][window]}
 
 
-def random_resized_crop(sample, rng, *, crop_size, resize_to, scale_range):
-  """`random_crop(random_resize(sample, rng, resize_to, scale_range), rng, crop_size)`, bit for
-  bit and with the same draws, computing only the pixels the crop keeps.
-
-  The label is resized inside each tried window only, the image inside the accepted one
-  (`opencv_resize` reproduces OpenCV's arithmetic there). Where a window cannot be computed
-  alone (no crop is kept, or OpenCV's exact 2x downscale) the whole frame is resized, as
-  `resize_keep_ratio` does.
-  """
-  size = keep_ratio_size(sample['label'].shape, resize_to, _random_scale(rng, scale_range))
-
-  def read_label(rows, cols):
-    return opencv_resize.nearest(sample['label'], size, rows, cols)
-
-  window, label = _crop_window(read_label, size, rng, crop_size)
-  unresized = size == sample['label'].shape
-  if window is not None and (unresized or opencv_resize.is_windowable(sample['label'].shape, size)):
-    image = (sample['image'][window] if unresized
-             else opencv_resize.linear(sample['image'], size, *window))
-    return {**sample, 'image': image, 'label': label}
-  resized = _resize(sample, size)
-  if window is None:
-    return resized
-  return {**resized, 'image': resized['image'][window], 'label': label}
-
-
-def _crop_window(read_label, size, rng, crop_size, one_category_max_ratio=0.75, max_tries=10):
-  """`random_crop`'s tries on a frame of (height, width) `size` whose label windows
-  `read_label(rows, cols)` gives with the count of each value in them (int64 [256]).
+def _crop_window(read_counts, size, rng, crop_size, one_category_max_ratio=0.75, max_tries=10):
+  """`random_crop`'s tries on a frame of (height, width) `size`; `read_counts(rows, cols)` gives
+  the count of each label value inside a window (int64 [256]).
 
   Returns:
-    (rows, cols) slices and the label inside them, or (None, None) when the sample stays
-    uncropped.
+    The kept window as (rows, cols) slices, or None when the sample stays uncropped.
   """
   height, width = size
   crop_h, crop_w = min(crop_size[0], height), min(crop_size[1], width)
@@ -146,13 +127,10 @@ def _crop_window(read_label, size, rng, crop_size, one_category_max_ratio=0.75, 
     top = rng.integers(0, height - crop_h + 1)
     left = rng.integers(0, width - crop_w + 1)
     window = (slice(top, top + crop_h), slice(left, left + crop_w))
-    label, counts = read_label(*window)
-    counts = _class_counts(counts)
+    counts = _class_counts(read_counts(*window))
     if len(counts) > 1 and counts.max() / counts.sum() < one_category_max_ratio:
       break
-  if len(counts) == 0:
-    return None, None
-  return window, label
+  return window if len(counts) else None
 
 
 def _class_counts(value_counts):
@@ -164,28 +142,48 @@ def _class_counts(value_counts):
 
 def random_flip(sample, rng, prob=0.5):
   """The reference RandomFlip: flips image and label left-right unless `rng.random() > prob`."""
-  if rng.random() > prob:
-    return sample
+  return _flipped(sample) if _flip_draw(rng, prob) else sample
+
+
+def _flip_draw(rng, prob=0.5):
+  return not rng.random() > prob
+
+
+def _flipped(sample):
   # cv2.flip copies the same bytes as NumPy's reversed view would, many times faster.
   return {**sample, 'image': cv2.flip(sample['image'], 1), 'label': cv2.flip(sample['label'], 1)}
 
 
-def photometric_distortion(image, rng, *, brightness_delta=32, contrast_range=(0.5, 1.5),
-                           saturation_range=(0.5, 1.5), hue_delta=18):
+def photometric_distortion(image, rng, **settings):
   """The reference PhotoMetricDistortion, with its draw order and uint8 truncation.
 
   Order: brightness, mode = integers(2), contrast if mode == 1, saturation, hue, contrast if
   mode == 0. Each step first draws integers(2) and is skipped on 0; every applied step rounds
   its result down to uint8.
 
+  Args:
+    image: uint8 [H, W, 3] RGB.
+    rng: the record's generator.
+    **settings: `photometric_steps`'s ranges.
+
+  Returns:
+    uint8 [H, W, 3] RGB; `image` itself when no step is applied.
+  """
+  return apply_photometric(image, photometric_steps(rng, **settings))
+
+
+def photometric_steps(rng, *, brightness_delta=32, contrast_range=(0.5, 1.5),
+                      saturation_range=(0.5, 1.5), hue_delta=18):
+  """The photometric distortion's draws, in the reference's order, as the steps that apply them.
+
   Every step maps each uint8 value (of all channels, or of one HSV channel) to a value that
   depends on it alone, so each step is a 256-entry table, computed with the reference's own
   arithmetic on every uint8 value and applied with cv2.LUT (one HSV channel: `_map_channel`):
-  the same bits as computing every pixel, without the float32 temporaries. Steps that follow each other on the same values
-  (brightness, contrast) are composed into one table and so cost one pass.
+  the same bits as computing every pixel, without the float32 temporaries. Steps that follow
+  each other on the same values (brightness, contrast) are composed into one table and so cost
+  one pass.
 
   Args:
-    image: uint8 [H, W, 3] RGB.
     rng: the record's generator.
     brightness_delta: brightness offset drawn from U(-delta, delta).
     contrast_range: contrast factor range.
@@ -194,9 +192,8 @@ def photometric_distortion(image, rng, *, brightness_delta=32, contrast_range=(0
       8-bit hue units (0..179).
 
   Returns:
-    uint8 [H, W, 3] RGB; `image` itself when no step is applied.
+    The steps that run, in order, for `apply_photometric`.
   """
-  # Every parameter is drawn first, in the reference's order; applying the tables draws nothing.
   before_hsv = _brightness_table(rng, brightness_delta)
   contrast_first = rng.integers(2) == 1
   if contrast_first:
@@ -206,13 +203,17 @@ def photometric_distortion(image, rng, *, brightness_delta=32, contrast_range=(0
   after_hsv = None if contrast_first else _contrast_table(rng, contrast_range)
   if saturation is None and hue is None:
     before_hsv, after_hsv = _compose(before_hsv, after_hsv), None
-  # The first step that runs writes a new array, the later ones overwrite it in place.
   steps = [(_apply, before_hsv), (_apply_in_hsv, saturation), (_apply_in_hsv, hue),
            (_apply, after_hsv)]
-  result = None
-  for apply, step in steps:
-    if step is not None:
-      result = apply(image if result is None else result, step, out=result)
+  return [(apply, table) for apply, table in steps if table is not None]
+
+
+def apply_photometric(image, steps, *, in_place=False):
+  """`image` [H, W, 3] (a view is fine) through `photometric_steps`'s steps: into a new array, or
+  into `image` itself if `in_place`. Returns `image` itself when there is no step."""
+  result = image if in_place else None
+  for apply, table in steps:  # Each step after the first writes in place.
+    result = apply(image if result is None else result, table, out=result)
   return image if result is None else result
 
 
@@ -275,9 +276,10 @@ def _apply_in_hsv(image, step, out=None):
 def _map_channel(image, channel, table):
   """image[..., channel] = table[image[..., channel]], in place (cv2.LUT maps one channel only
   through a 3-channel table, at six times the cost)."""
-  pixels = image.reshape(-1, image.shape[-1])
-  for i in range(pixels.shape[0]):
-    pixels[i, channel] = table[pixels[i, channel]]
+  for i in range(image.shape[0]):
+    row = image[i]
+    for j in range(row.shape[0]):
+      row[j, channel] = table[row[j, channel]]
 
 
 def _convert(image, alpha=1.0, beta=0.0):
@@ -354,8 +356,14 @@ def _centred_window(length, target):
 
 def train_transform(sample, rng, *, crop_size, resize_to, scale_range):
   """The reference training pipeline up to Normalize, which the device does: resize, crop,
-  flip, photometric distortion, pad. The resize computes only the crop's pixels
-  (`random_resized_crop`), so its cost follows the crop's size, not the frame's.
+  flip, photometric distortion, pad.
+
+  The result and the draws are `reference_train_transform`'s, bit for bit, but only the crop's
+  pixels are computed (docs/reference.md §5.3): the crop's tries count the label resized inside
+  each tried window, then the image and label are resized inside the kept window only, written
+  flipped and padded straight into the output, and distorted there in place. Its cost so
+  follows the crop's size, not the frame's. Where a window cannot be computed alone (no crop is
+  kept, or OpenCV's exact 2x downscale) the whole frame is resized as the reference does.
 
   Args:
     sample: dict with 'image' uint8 [H, W, 3] RGB and 'label' uint8 [H, W] class ids.
@@ -368,8 +376,38 @@ def train_transform(sample, rng, *, crop_size, resize_to, scale_range):
     `{'image': uint8 [h, w, 3] RGB, 'label': uint8 [h, w], 'content': int32 [4]}` with
     (h, w) = crop_size; `normalization.normalize_on_device(image, content)` completes it.
   """
-  sample = random_resized_crop(sample, rng, crop_size=crop_size, resize_to=resize_to,
-                               scale_range=scale_range)
+  frame = sample['label'].shape
+  size = keep_ratio_size(frame, resize_to, _random_scale(rng, scale_range))
+  window = _crop_window(
+      lambda rows, cols: opencv_resize.nearest_counts(sample['label'], size, rows, cols),
+      size, rng, crop_size)
+  flip = _flip_draw(rng)
+  steps = photometric_steps(rng)
+  if window is None or not opencv_resize.is_windowable(frame, size):
+    cropped = _crop(_resize(sample, size), window)
+    cropped = _flipped(cropped) if flip else cropped
+    return center_pad({'image': apply_photometric(cropped['image'], steps),
+                       'label': cropped['label']}, crop_size)
+  rows, cols = window
+  # Where center_pad puts the crop (it never has to cut one: a crop is at most crop_size).
+  (_, out_rows), (_, out_cols) = (_centred_window(length.stop - length.start, target)
+                                  for length, target in zip(window, crop_size))
+  at = (out_rows.start, out_cols.start)
+  filled = (out_rows.stop - out_rows.start, out_cols.stop - out_cols.start) == tuple(crop_size)
+  image = np.empty((*crop_size, 3), np.uint8) if filled else np.zeros((*crop_size, 3), np.uint8)
+  label = np.empty(crop_size, np.uint8) if filled else np.full(crop_size, IGNORE_LABEL, np.uint8)
+  opencv_resize.linear_into(sample['image'], size, rows, cols, image, at, flip)
+  opencv_resize.nearest_into(sample['label'], size, rows, cols, label, at, flip)
+  apply_photometric(image[out_rows, out_cols], steps, in_place=True)
+  return {'image': image, 'label': label,
+          'content': np.array([*at, out_rows.stop - at[0], out_cols.stop - at[1]], np.int32)}
+
+
+def reference_train_transform(sample, rng, *, crop_size, resize_to, scale_range):
+  """`train_transform` step by step as the reference runs it, on the whole resized frame: its
+  specification, and what the tests compare it with."""
+  sample = random_resize(sample, rng, resize_to, scale_range)
+  sample = random_crop(sample, rng, crop_size)
   sample = random_flip(sample, rng)
   image = photometric_distortion(sample['image'], rng)
   return center_pad({'image': image, 'label': sample['label']}, crop_size)
