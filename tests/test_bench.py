@@ -5,7 +5,7 @@ import json
 import cv2
 import pytest
 
-from bisenet_jax.bench import flops, jax_side
+from bisenet_jax.bench import data_side, flops, jax_side
 from bisenet_jax.bench.__main__ import main as bench_main
 from conftest import cpu_devices, launch_processes, run_cli, wait_for
 
@@ -80,6 +80,24 @@ def test_one_point_prints_the_table_and_writes_its_row(tmp_path, capsys):
   assert [(r['impl'], r['resolution'], r['devices']) for r in rows] == [('jax', '64x96', 1)]
   assert INFER_FIELDS <= set(rows[0]) and rows[0]['img_per_s'] > 0
   assert 'img/s/dev' in out and '64x96' in out and 'appended 1 rows' in out
+
+
+def test_data_mode_measures_each_recipe_pipeline_from_png_and_records(tmp_path, capsys,
+                                                                       monkeypatch):
+  """Small frames stand in for Cityscapes' (the recipes' crops then pad them)."""
+  monkeypatch.setitem(data_side.FRAMES, 'height', 64)
+  monkeypatch.setitem(data_side.FRAMES, 'width', 128)
+  monkeypatch.setitem(data_side.FRAMES, 'num_train', 3)
+  bench_main(['data', '--arch', 'bisenetv1_r18,fastscnn', '--steps', '1', '--data-threads', '1',
+              '--data-frames', str(tmp_path / 'frames'), '--output', str(tmp_path / 'd.jsonl')])
+  out = capsys.readouterr().out
+  rows = [json.loads(line) for line in (tmp_path / 'd.jsonl').read_text().splitlines()]
+  assert [(r['arch'], r['read'], r['batch'], r['crop'], r['threads']) for r in rows] == [
+      ('bisenetv1_r18', 'records', 16, '1024x1024', 1), ('bisenetv1_r18', 'png', 16, '1024x1024', 1),
+      ('fastscnn', 'records', 32, '512x1024', 1), ('fastscnn', 'png', 32, '512x1024', 1)]
+  assert all(r['data_img_per_s'] > 0 and r['data_img_per_s_per_core'] > 0 for r in rows)
+  assert list((tmp_path / 'frames' / 'records').glob('cityscapes_train-*/index.json'))
+  assert 'img/s/core' in out and 'appended 4 rows' in out
 
 
 def test_old_resolution_flag_is_refused_with_the_new_one(capsys):

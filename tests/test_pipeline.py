@@ -9,6 +9,7 @@ from absl import flags
 
 from bisenet_jax.data import pipeline
 from bisenet_jax.errors import UserError
+from bisenet_jax.train import config as config_lib
 from goldens import pipeline_batches
 
 RECORDED_BATCHES = Path(pipeline_batches.__file__).with_suffix('.json')
@@ -168,3 +169,18 @@ def test_batches_equal_those_of_the_whole_frame_pipeline(case):
   settings = pipeline_batches.CASES[case]
   samples = pipeline_batches.frames(*settings['frames'])
   assert pipeline_batches.digests(samples, settings['steps'], **settings['settings']) == recorded
+
+
+@pytest.mark.parametrize('threads', [1, 3])
+def test_batches_do_not_depend_on_the_reader_threads(threads):
+  assert_same_batches(take(train_iterator(threads=threads), 6),
+                      take(train_iterator(threads=2), 6))
+
+
+@pytest.mark.parametrize('key', ['threads', 'worker_count'])
+def test_reader_settings_are_checked(key):
+  config = config_lib.reference_config('bisenetv1_r18')
+  config.data.source, config.data.root = 'cityscapes', '/data/cityscapes'
+  config.data[key] = -1
+  with pytest.raises(UserError, match=f'config.data.{key}=.*whole number, 0 or more'):
+    config_lib.data_spec(config.data)

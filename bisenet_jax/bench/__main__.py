@@ -83,6 +83,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--data-workers', type=int, default=0,
                       help='train, data: grain worker processes of the measured input pipeline '
                            '(config.data.worker_count; 0 = threads in this process)')
+  parser.add_argument('--data-threads', type=int, default=0,
+                      help='train, data: reader threads per process of the measured input '
+                           'pipeline (config.data.threads; 0 = one per core)')
   parser.add_argument('--read', type=_list(str),
                       help=f'data: how the frames are read, any of {",".join(data_side.READS)} '
                       '(default: both)')
@@ -132,6 +135,7 @@ class Sweep:
   torch_variants: tuple[str, ...]
   threads: int | None
   data_workers: int
+  data_threads: int
   data_frames: str
   peak_tflops: float | None
 
@@ -164,7 +168,8 @@ def sweep_from_args(args: argparse.Namespace) -> Sweep:
   return Sweep(args.mode, tuple(args.arch), tuple(sorted(devices)), tuple(args.batch_per_device),
                tuple(input_sizes), tuple(args.dtype), args.precision, args.warmup, args.steps,
                args.compare_torch, args.compare_onnx, tuple(args.onnx_dtypes),
-               tuple(args.torch_variants), args.threads, args.data_workers, args.data_frames,
+               tuple(args.torch_variants), args.threads, args.data_workers, args.data_threads,
+               args.data_frames,
                args.peak_tflops)
 
 
@@ -219,9 +224,10 @@ def serve_main(args: argparse.Namespace) -> None:
 def data_main(args: argparse.Namespace) -> None:
   reads = args.read or list(data_side.READS)
   unknown = set(args.arch) - set(NETWORKS) or set(reads) - set(data_side.READS)
-  if unknown or args.steps < 1 or args.data_workers < 0:
+  if unknown or args.steps < 1 or args.data_workers < 0 or args.data_threads < 0:
     raise UserError(f'bench data: unknown value(s) {sorted(unknown)}, --steps {args.steps}, '
-                    f'--data-workers {args.data_workers}: see --help for the choices')
+                    f'--data-workers {args.data_workers} --data-threads {args.data_threads}: see '
+                    '--help for the choices')
   env = serve_load.environment()
   print(f"{env['cpu']}, {env['cpu_count']} CPUs, load average "
         f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; {args.steps} batches per row of "
@@ -230,10 +236,13 @@ def data_main(args: argparse.Namespace) -> None:
   rows = []
   for arch in args.arch:
     for read in reads:
-      rows.append(data_side.measure(arch, read, args.data_workers, args.steps, args.data_frames))
+      rows.append(data_side.measure(arch, read, args.data_workers, args.data_threads, args.steps,
+                                    args.data_frames))
       print(report.table(rows[-1:], data_side.COLUMNS).splitlines()[1], flush=True)
       if args.output:
         report.append_jsonl(rows[-1:], args.output)
+  print()
+  print(report.table(rows, data_side.COLUMNS))
   if args.output:
     print(f'appended {len(rows)} rows to {args.output}')
 
@@ -292,7 +301,7 @@ def run(sweep: Sweep, emit) -> list[dict]:
   """Measures every point; ``emit(row)`` is called as each row is done (console, .jsonl)."""
   measure = (jax_side.measure_infer if sweep.mode == 'infer' else
              functools.partial(jax_side.measure_train, data_workers=sweep.data_workers,
-                               frames_dir=sweep.data_frames))
+                               data_threads=sweep.data_threads, frames_dir=sweep.data_frames))
   rows, smallest = [], {}
   for arch, dtype, size, batch, devices in itertools.product(
       sweep.archs, sweep.dtypes, sweep.input_sizes, sweep.batch_per_device, sweep.devices):

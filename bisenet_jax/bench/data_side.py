@@ -28,6 +28,7 @@ DEFAULT_FRAMES_DIR = '~/.cache/bisenet_jax/bench_frames'
 READS = ('records', 'png')
 COLUMNS = (  # (header, key, format), for report.table.
     ('arch', 'arch', '{}'), ('read', 'read', '{}'), ('workers', 'workers', '{}'),
+    ('threads', 'threads', '{}'),
     ('batch', 'batch', '{}'), ('crop', 'crop', '{}'), ('img/s', 'data_img_per_s', '{:.1f}'),
     ('img/s/core', 'data_img_per_s_per_core', '{:.1f}'), ('CPU s', 'cpu_seconds', '{:.1f}'),
 )
@@ -118,21 +119,23 @@ def time_batches(iterator, steps: int, batch: int) -> dict:
           'data_img_per_s_per_core': steps * batch / cpu_seconds, 'cpu_seconds': cpu_seconds}
 
 
-def measure(arch: str, read: str, workers: int, steps: int,
+def measure(arch: str, read: str, workers: int, threads: int, steps: int,
             frames_dir: str | os.PathLike = DEFAULT_FRAMES_DIR) -> dict:
   """One row of 'bench data': ``arch``'s recipe pipeline on the frames read as ``read``, with
-  ``workers`` grain worker processes (0: two threads of this process)."""
+  ``workers`` grain worker processes (0: this process) of ``threads`` reader threads each (0:
+  one per core)."""
   settings = recipe(arch)
+  threads = threads or pipeline.available_cores()
   iterator = pipeline.make_train_iterator(
       frames(read, frames_dir), global_batch_size=settings.batch_size, seed=0,
       crop_size=settings.crop_size, resize_to=settings.resize_to,
-      scale_range=settings.scale_range, worker_count=workers)
+      scale_range=settings.scale_range, worker_count=workers, threads=threads)
   try:
     next(iterator)  # Started (workers spawned, buffers filled) before the clock runs.
     rates = time_batches(iterator, steps, settings.batch_size)
   finally:
     if hasattr(iterator, 'close'):  # Stops worker processes, if any.
       iterator.close()
-  return {'mode': 'data', 'arch': arch, 'read': read, 'workers': workers,
+  return {'mode': 'data', 'arch': arch, 'read': read, 'workers': workers, 'threads': threads,
           'batch': settings.batch_size, 'crop': format_size(settings.crop_size),
           'steps': steps, **rates}

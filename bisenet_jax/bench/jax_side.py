@@ -129,7 +129,7 @@ def measure_infer(point: Point, warmup: int, steps: int, peak_override=None) -> 
 
 
 def measure_train(point: Point, warmup: int, steps: int, peak_override=None,
-                  data_steps: int = 3, data_workers: int = 0,
+                  data_steps: int = 3, data_workers: int = 0, data_threads: int = 0,
                   frames_dir: str | os.PathLike = data_side.DEFAULT_FRAMES_DIR) -> dict:
   """One SGD step (forward, the network's reference losses, backward, update) on a sharded
   batch, plus data rates."""
@@ -160,7 +160,7 @@ def measure_train(point: Point, warmup: int, steps: int, peak_override=None,
       forward, {'params': state.params, 'batch_stats': state.batch_stats},
       jax.ShapeDtypeStruct((2, *point.input_size, 3), jnp.float32)) / 2
   summary = timing.summarize(times, point.global_batch)
-  data = measure_data(point, run, mesh, data_steps, data_workers, frames_dir)
+  data = measure_data(point, run, mesh, data_steps, data_workers, data_threads, frames_dir)
   data['data_cores_per_device'] = (summary['img_per_s'] / point.devices
                                    / data['data_img_per_s_per_core'])
   return {'compile_s': compile_s, **summary,
@@ -168,7 +168,7 @@ def measure_train(point: Point, warmup: int, steps: int, peak_override=None,
           **_memory(mesh.local_devices, compiled), **data}
 
 
-def measure_data(point: Point, step, mesh, steps: int, workers: int,
+def measure_data(point: Point, step, mesh, steps: int, workers: int, threads: int,
                  frames_dir: str | os.PathLike) -> dict:
   """This host's train pipeline on real files at the reference recipe, and the wait it causes.
 
@@ -177,12 +177,13 @@ def measure_data(point: Point, step, mesh, steps: int, workers: int,
   training transforms (scale 0.5-2.0, a crop of the point's resolution, flip, photometric
   distortion, padding). Returns its img/s, img/s per CPU core (images per CPU-second of this
   process and its workers: the rate one core sustains), and the share of a fed training step
-  spent waiting for data. ``workers`` is ``config.data.worker_count`` (0: threads).
+  spent waiting for data. ``workers`` and ``threads`` are ``config.data.worker_count`` and
+  ``config.data.threads``.
   """
   iterator = pipeline.make_train_iterator(
       data_side.frames('records', frames_dir), global_batch_size=point.global_batch, seed=0,
       crop_size=point.input_size, resize_to=(1024, 2048), scale_range=(0.5, 2.0),
-      worker_count=workers, process_index=jax.process_index(),
+      worker_count=workers, threads=threads, process_index=jax.process_index(),
       process_count=jax.process_count())
   local_batch = point.global_batch // jax.process_count()
   try:

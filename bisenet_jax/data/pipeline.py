@@ -24,6 +24,7 @@ the iterator (`it.close()`) before exit.
 import ctypes
 import functools
 import math
+import os
 import platform
 
 from absl import flags
@@ -34,12 +35,14 @@ import numpy as np
 from bisenet_jax.data import transforms
 from bisenet_jax.errors import UserError
 
-# Per process: threads that read and transform batches, and how many finished batches may wait.
-_READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=2)
+# Per process: threads that read and transform the evaluation's samples, and how many finished
+# ones may wait.
+_EVAL_READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=2)
 
 
 def make_train_iterator(source, *, global_batch_size, seed, crop_size, resize_to, scale_range,
-                        start_step=0, worker_count=0, process_index=0, process_count=1):
+                        start_step=0, worker_count=0, threads=0, process_index=0,
+                        process_count=1):
   """Returns this process's endless iterator of augmented training batches.
 
   Args:
@@ -51,6 +54,8 @@ def make_train_iterator(source, *, global_batch_size, seed, crop_size, resize_to
     scale_range: (low, high) of the random Resize scale.
     start_step: the first batch is global batch `start_step` of the stream.
     worker_count: worker processes for the transforms; 0 runs them in threads of this process.
+    threads: threads per process that each make whole batches, and the finished batches that
+      may wait; 0: one per CPU core this process may use.
     process_index: this process's index (jax.process_index()).
     process_count: number of processes (jax.process_count()).
 
@@ -76,7 +81,9 @@ def make_train_iterator(source, *, global_batch_size, seed, crop_size, resize_to
             .random_map(augment)
             .batch(local_batch_size, drop_remainder=True))
   dataset = chunks[process_index + start_step * process_count::process_count]
-  dataset = dataset.to_iter_dataset(_READ_OPTIONS)
+  threads = threads or available_cores()
+  dataset = dataset.to_iter_dataset(grain.ReadOptions(num_threads=threads,
+                                                      prefetch_buffer_size=threads))
   if worker_count:
     if not flags.FLAGS.is_parsed():  # Not a user error: how the program was started.
       raise RuntimeError('grain worker processes read absl flags: parse them first '
@@ -86,6 +93,13 @@ def make_train_iterator(source, *, global_batch_size, seed, crop_size, resize_to
   else:
     prepare_process()
   return iter(dataset)
+
+
+def available_cores() -> int:
+  """The CPU cores this process may run on."""
+  if hasattr(os, 'sched_getaffinity'):  # Linux: what the scheduler allows, not the machine.
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
 
 
 def prepare_process(*_):
@@ -156,7 +170,7 @@ class EvalBatches:
                    .map(lambda position: _eval_record(order[position],
                                                       self.source[order[position]],
                                                       resize_to=self.resize_to))
-                   .to_iter_dataset(_READ_OPTIONS))
+                   .to_iter_dataset(_EVAL_READ_OPTIONS))
     for indices, _ in self.plan:
       batch = [next(records) for _ in range(max(1, len(indices)))]
       yield _stack_padded(batch, self.batch_size, valid_rows=len(indices))

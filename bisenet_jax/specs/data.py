@@ -110,6 +110,7 @@ class DataSpec:
     crop_size: (height, width) of the training crops.
     scale_range: (low, high) of the random scale applied to ``dataset.resize_to``.
     worker_count: grain worker processes for the training transforms (0 = threads).
+    threads: reader threads per process (0 = one per CPU core the process may use).
     tfds_data_dir: TFDS's data_dir for source 'tfds' ('' = TFDS's default).
     synthetic: the generator's parameters for source 'synthetic' (num_train, num_val, height,
       width, seed).
@@ -124,6 +125,7 @@ class DataSpec:
   crop_size: Size = (1024, 1024)
   scale_range: tuple[float, float] = (0.5, 2.0)
   worker_count: int = 0
+  threads: int = 0
   tfds_data_dir: str = ''
   synthetic: dict = dataclasses.field(default_factory=dict)
   records: str | None = None

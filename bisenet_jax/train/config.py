@@ -86,7 +86,12 @@ def reference_config(arch: str) -> ml_collections.ConfigDict:
   config.data.resize_to = (1024, 2048)
   config.data.crop_size = (1024, 1024)  # (height, width) of the training crop.
   config.data.scale_range = (0.5, 2.0)
-  config.data.worker_count = 2  # grain worker processes for the train transforms (0 = threads).
+  # Where the train transforms run: `threads` reader threads in each process (0: one per CPU
+  # core this process may use), and with worker_count > 0 in that many grain worker processes
+  # instead. Threads cost less CPU per image (docs/benchmarks.md, "Feeding an accelerator"): the
+  # transforms' pixel loops release the GIL.
+  config.data.worker_count = 0
+  config.data.threads = 0
   # Decoded-frame records (data/records.py): each frame of both splits is decoded once into raw
   # arrays under this folder and read from there ('' = $BISENET_JAX_CACHE/records, else
   # ~/.cache/bisenet_jax/records); 'none' decodes the files at every read.
@@ -435,9 +440,13 @@ def data_spec(data: ml_collections.ConfigDict) -> DataSpec:
   dataset = sources.resolve_dataset(
       kind, root=data.root or None, layout={name: data[name] for name in LAYOUT_FIELDS},
       resize_to=check_size(data.resize_to, 'config.data.resize_to'))
+  for key in ('worker_count', 'threads'):
+    if not _is_int(data[key]) or data[key] < 0:
+      raise UserError(f'config.data.{key}={data[key]!r}: give a whole number, 0 or more')
   return DataSpec(dataset, data.source, data.root, data.train_split, data.val_split,
                   crop_size=check_size(data.crop_size, 'config.data.crop_size'),
                   scale_range=tuple(data.scale_range), worker_count=data.worker_count,
+                  threads=data.threads,
                   tfds_data_dir=data.tfds_data_dir, synthetic=data.synthetic.to_dict(),
                   records=records_dir(data.records))
 

@@ -224,7 +224,8 @@ def run(spec: TrainSpec, workdir: str | os.PathLike) -> dict:
         train_source, global_batch_size=spec.batch_size, seed=spec.seed,
         crop_size=spec.data.crop_size, resize_to=spec.data.dataset.resize_to,
         scale_range=spec.data.scale_range, start_step=int(start.step),
-        worker_count=spec.data.worker_count, process_index=jax.process_index(),
+        worker_count=spec.data.worker_count, threads=spec.data.threads,
+        process_index=jax.process_index(),
         process_count=jax.process_count())
     if hasattr(data_iterator, 'close'):  # Worker processes, when there are any.
       stack.callback(data_iterator.close)
