@@ -1,5 +1,5 @@
-"""Tests of ``python -m bisenet_jax.serve``: the batcher with a fake model, then the server as a
-subprocess talked to with real Open Inference Protocol clients (tritonclient HTTP and gRPC).
+"""Tests of ``python -m bisenet_jax.serve``: the server as a subprocess talked to with real Open
+Inference Protocol clients (tritonclient HTTP and gRPC); its batching is tests/test_batching.py's.
 
 The quick tier serves a stand-in ``.onnx`` whose labels are each pixel's red value // 14
 (tests/test_evaluate.py), in a process where JAX cannot be imported. Where a test needs
@@ -27,143 +27,12 @@ import tritonclient.http as httpclient
 
 from bisenet_jax.data.masks import encode_index_png
 from bisenet_jax.segmenter import Segmenter
-from bisenet_jax.serve.batching import (Batcher, QueueFull, batch_sizes, fastest_batch,
-                                         padded_size)
 
 from conftest import ROOT, free_port
 from test_evaluate import write_red_channel_model
 
 MODEL = 'bisenet'
 SIZES = ((64, 128), (48, 96))
-
-# ---------------------------------------------------------------------------------------------
-# The batcher, with a fake model that records the batches it runs.
-
-
-class FakeModel:
-  """labels = red channel; records each batch's shape; optionally slow."""
-
-  def __init__(self, seconds=0.0):
-    self.shapes, self.seconds = [], seconds
-
-  def __call__(self, images):
-    self.shapes.append(images.shape)
-    time.sleep(self.seconds)
-    return images[..., 0].copy()
-
-
-def images_of(count, size, value):
-  return np.full((count, *size, 3), value, np.uint8)
-
-
-def test_padded_sizes_are_powers_of_two_up_to_the_maximum():
-  assert [padded_size(n, 8) for n in range(1, 9)] == [1, 2, 4, 4, 8, 8, 8, 8]
-  assert batch_sizes(8) == [1, 2, 4, 8] and batch_sizes(6) == [1, 2, 4, 6]
-  assert batch_sizes(1) == [1]
-
-
-def test_requests_of_one_size_share_a_batch_and_sizes_never_mix():
-  model = FakeModel()
-  batcher = Batcher(model, max_batch_size=8, max_delay=0.2, max_queue=64)
-  futures = [batcher.submit(images_of(n, SIZES[i % 2], i)) for i, n in enumerate((1, 2, 3, 2))]
-  results = [future.result(5) for future in futures]
-  batcher.close()
-  # One batch per size, each waiting for its delay: 1 + 3 images of one size, 2 + 2 of the other.
-  assert sorted(model.shapes) == sorted([(4, *SIZES[0], 3), (4, *SIZES[1], 3)])
-  for i, (result, n) in enumerate(zip(results, (1, 2, 3, 2))):
-    assert result.labels.shape == (n, *SIZES[i % 2]) and (result.labels == i).all()
-    assert result.batch_size == 4
-
-
-def test_a_full_batch_goes_at_once_and_never_exceeds_the_maximum():
-  model = FakeModel()
-  batcher = Batcher(model, max_batch_size=4, max_delay=10.0, max_queue=64)
-  start = time.monotonic()
-  futures = [batcher.submit(images_of(n, SIZES[0], n)) for n in (3, 1, 2, 2)]
-  for future in futures:
-    future.result(5)
-  assert time.monotonic() - start < 5  # Full batches did not wait for the 10 s delay.
-  assert [shape[0] for shape in model.shapes][:2] == [4, 4]
-  batcher.close()
-
-
-def test_the_oldest_request_goes_first_and_its_delay_bounds_the_wait():
-  """Requests of another size wait their turn; the oldest request's size runs first."""
-  model = FakeModel(seconds=0.05)
-  batcher = Batcher(model, max_batch_size=8, max_delay=0.05, max_queue=64)
-  order = []
-  futures = []
-  for i in range(6):
-    future = batcher.submit(images_of(1, SIZES[i % 2], i))
-    future.add_done_callback(lambda _, i=i: order.append(i))
-    futures.append(future)
-  start = time.monotonic()
-  for future in futures:
-    future.result(5)
-  assert time.monotonic() - start < 1
-  assert order[0] == 0 and set(order[:3]) == {0, 2, 4}  # Size of request 0 first, all of it.
-  batcher.close()
-
-
-def test_a_full_queue_refuses_at_once_and_every_request_is_accounted_for():
-  model = FakeModel(seconds=0.1)
-  batcher = Batcher(model, max_batch_size=1, max_delay=0.0, max_queue=2)
-  answered = refused = 0
-  futures = []
-  for i in range(10):
-    try:
-      futures.append(batcher.submit(images_of(1, SIZES[0], i)))
-    except QueueFull:
-      refused += 1
-  for future in futures:
-    future.result(5)
-    answered += 1
-  batcher.close()
-  # Two wait, one may already run: the rest are refused.
-  assert answered + refused == 10 and 2 <= answered <= 3
-
-
-def test_padding_repeats_the_last_image_and_drops_its_results():
-  model = FakeModel()
-  batcher = Batcher(model, max_batch_size=8, max_delay=0.0, max_queue=64, pad=True)
-  result = batcher.submit(np.stack([images_of(1, SIZES[0], v)[0] for v in (5, 6, 7)])).result(5)
-  batcher.close()
-  assert model.shapes == [(4, *SIZES[0], 3)]
-  assert result.labels.shape == (3, *SIZES[0]) and result.batch_size == 3
-  assert [int(result.labels[i, 0, 0]) for i in range(3)] == [5, 6, 7]
-
-
-def test_the_batch_limit_pools_fewer_images_but_a_bigger_request_runs_whole():
-  model = FakeModel()
-  batcher = Batcher(model, max_batch_size=8, max_delay=0.2, max_queue=64, batch_limit=2)
-  futures = [batcher.submit(images_of(n, SIZES[0], n)) for n in (1, 1, 1, 4)]
-  for future in futures:
-    future.result(5)
-  batcher.close()
-  assert [shape[0] for shape in model.shapes] == [2, 1, 4]
-
-
-def test_the_fastest_batch_is_the_one_of_most_images_per_second():
-  """A model whose batches of 2 cost little more than 1, and of 4 much more: 2 is fastest."""
-  cost = {1: 0.02, 2: 0.022, 4: 0.2}
-  model = lambda images: time.sleep(cost[len(images)]) or images[..., 0]
-  rows, rates = fastest_batch(model, [SIZES[0]], max_batch_size=4, repeats=1)
-  assert rows == 2 and list(rates) == [1, 2, 4]
-  assert rates[2] > rates[1] > rates[4]
-  # Within 2 % of the best, the smaller batch wins (less waiting for others).
-  cost.update({1: 0.02, 2: 0.0401})
-  assert fastest_batch(model, [SIZES[0]], max_batch_size=4, repeats=1)[0] == 1
-
-
-def test_close_answers_every_waiting_request_then_refuses():
-  model = FakeModel(seconds=0.05)
-  batcher = Batcher(model, max_batch_size=1, max_delay=0.0, max_queue=64)
-  futures = [batcher.submit(images_of(1, SIZES[0], i)) for i in range(5)]
-  batcher.close()
-  assert all(future.done() and not future.exception() for future in futures)
-  with pytest.raises(Exception, match='shutting down'):
-    batcher.submit(images_of(1, SIZES[0], 0))
-
 
 # ---------------------------------------------------------------------------------------------
 # The server, as a subprocess.
