@@ -9,13 +9,11 @@ serves a random Fast-SCNN checkpoint on JAX (padded batches).
 
 import concurrent.futures
 import json
-import os
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import cv2
@@ -27,6 +25,7 @@ import tritonclient.http as httpclient
 
 from bisenet_jax.data.masks import encode_index_png
 from bisenet_jax.segmenter import Segmenter
+from bisenet_jax.serve.process import ServerProcess
 
 from conftest import ROOT, free_port
 from test_evaluate import write_red_channel_model
@@ -54,42 +53,21 @@ SERVER = textwrap.dedent('''
 ''')
 
 
-class Server:
-  """A running server: its process, addresses and clients."""
+class Server(ServerProcess):
+  """A running server with its clients."""
 
   def __init__(self, checkpoint, *flags, slow=0.0, preamble=SERVER, timeout=120):
-    self.port, self.grpc_port = free_port(), free_port()
-    self.url, self.grpc_url = f'127.0.0.1:{self.port}', f'127.0.0.1:{self.grpc_port}'
-    command = [sys.executable, '-c', preamble] if preamble else [sys.executable, '-m',
-                                                                 'bisenet_jax.serve']
-    self.process = subprocess.Popen(
-        [*command, '--checkpoint', str(checkpoint), '--port', str(self.port),
-         '--grpc-port', str(self.grpc_port), *flags],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, 'SLOW_BATCHES': str(slow)})
-    self.ready_line = self._wait_ready(timeout)
+    super().__init__(checkpoint, *flags, preamble=preamble, env={'SLOW_BATCHES': str(slow)},
+                     cwd=ROOT, timeout_s=timeout)
     self.http = httpclient.InferenceServerClient(self.url, concurrency=16)
     self.grpc = grpcclient.InferenceServerClient(self.grpc_url)
-
-  def _wait_ready(self, timeout):
-    found = []
-    reader = threading.Thread(target=lambda: found.append(self.process.stdout.readline()),
-                              daemon=True)
-    reader.start()
-    reader.join(timeout)
-    if not found or not found[0].startswith('serving'):
-      self.process.kill()
-      raise AssertionError(f'no ready line: {found} {self.process.stderr.read()}')
-    return found[0].strip()
 
   def post(self, body, headers=None):
     return httpx.post(f'http://{self.url}/v2/models/{MODEL}/infer', content=body,
                       headers=headers or {}, timeout=30)
 
   def stop(self):
-    if self.process.poll() is None:
-      self.process.kill()
-    self.process.wait(10)
+    self.close(kill=True)
     self.http.close()
     self.grpc.close()
 
