@@ -21,16 +21,19 @@ FIELDS = {'model', 'checkpoint', 'backend', 'batching', 'max_batch_size', 'concu
           'p50_overhead_ms', 'load_average', 'cpu', 'server_ms_p50', 'compute_ms_p50'}
 
 
-@pytest.fixture(scope='module')
-def tiny_checkpoint(tmp_path_factory):
-  """Fast-SCNN with zero weights: the shapes are all the server needs, and computing them is
+def save_zero_fastscnn(path):
+  """Fast-SCNN with zero weights: the shapes are all a server needs, and computing them is
   much faster than a random initialisation."""
   spec = ModelSpec('fastscnn', 19)
-  path = tmp_path_factory.mktemp('serve_bench') / 'fastscnn'
   shapes = models.abstract_variables(models.build(spec))
   variables = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), shapes)
   checkpoint.save_model(path, variables, spec, sources.CITYSCAPES)
   return path
+
+
+@pytest.fixture(scope='module')
+def tiny_checkpoint(tmp_path_factory):
+  return save_zero_fastscnn(tmp_path_factory.mktemp('serve_bench') / 'fastscnn')
 
 
 @pytest.mark.slow  # Two servers on a JAX model (~25 s on 2 cores).

@@ -189,7 +189,7 @@ def model_speed(checkpoint: str, images: np.ndarray, max_batch_size: int, warmup
     description = 'ONNX Runtime (OnnxModel)'
   else:
     from bisenet_jax.segmenter import Segmenter
-    segmenter = Segmenter.load(checkpoint)
+    segmenter = Segmenter.load(checkpoint, threads=threads)
     run, description = segmenter.batch, f'Segmenter, {segmenter.backend.description}'
   times = time_batches(run, [images], batch_sizes(max_batch_size), repeats=steps,
                        warmup=max(warmup, 1))
@@ -242,6 +242,21 @@ COLUMNS = (  # (header, key, format), for report.table.
     ('model ms b1', 'model_ms_batch1', '{:.0f}'), ('vs model', 'throughput_vs_model', '{:.0%}'),
     ('p50 - model ms', 'p50_overhead_ms', '{:+.0f}'), ('load avg', 'load_average', '{:.2f}'),
 )
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+  """{thread id: CPU seconds it has run so far} of a process of this machine."""
+  import psutil
+  return {thread.id: thread.user_time + thread.system_time
+          for thread in psutil.Process(pid).threads()}
+
+
+def busy_threads(before: dict[int, float], after: dict[int, float], share: float = 0.25) -> int:
+  """How many threads ran at least ``share`` of the busiest one's CPU time between two
+  ``thread_cpu_seconds``: the threads a model computes on, under load (independent of how busy
+  the machine's cores are with other work)."""
+  spent = [seconds - before.get(thread, 0.0) for thread, seconds in after.items()]
+  return sum(seconds >= share * max(spent) for seconds in spent) if spent else 0
 
 
 def environment() -> dict:
