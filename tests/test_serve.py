@@ -284,6 +284,36 @@ def test_the_server_process_cannot_import_jax(red_model):
   assert result.returncode != 0 and 'import of jax halted' in result.stderr
 
 
+# The batcher's NumPy runs out of memory putting together any batch of several images.
+SHORT_OF_MEMORY = SERVER.replace('from bisenet_jax.serve.__main__ import main', textwrap.dedent('''
+    import numpy
+    from bisenet_jax.serve import batching
+
+    class ShortOfMemory:
+      def __getattr__(self, name):
+        return getattr(numpy, name)
+
+      def concatenate(self, arrays, *args, **kwargs):
+        if sum(len(array) for array in arrays) > 1:
+          raise MemoryError()
+        return numpy.concatenate(arrays, *args, **kwargs)
+
+    batching.np = ShortOfMemory()
+    from bisenet_jax.serve.__main__ import main'''))
+
+
+def test_a_batch_out_of_memory_is_a_500_and_the_server_goes_on(red_model):
+  failing = Server(red_model, preamble=SHORT_OF_MEMORY)
+  try:
+    response = failing.post(*image_request([2, 8, 8, 3]))
+    assert response.status_code == 500 and '\n' not in response.json()['error']
+    labels = http_infer(failing.http, scenes(1, (8, 8), seed=5)).as_numpy('labels')
+    assert labels.shape == (1, 8, 8)
+    assert failing.http.is_server_ready()
+  finally:
+    failing.stop()
+
+
 def test_overload_is_refused_at_once_and_every_request_answered(red_model):
   busy = Server(red_model, '--max-queue', '2', '--max-batch-size', '1', slow=0.1)
   try:
