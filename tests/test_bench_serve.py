@@ -76,3 +76,16 @@ def test_the_cli_refuses_a_remote_url_in_one_line(tiny_checkpoint, capsys):
     bench_main(['serve', '--checkpoint', str(tiny_checkpoint), '--url', 'http://10.1.1.1:8080'])
   assert exit_info.value.code == 2
   assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow  # A JAX server compiling each new size (~40 s on 2 cores).
+def test_new_sizes_accounts_for_both_clients(tiny_checkpoint):
+  from bisenet_jax.bench import serve_faults
+  result = serve_faults.new_sizes(str(tiny_checkpoint), (32, 64), count=2, requests=3,
+                                  flags=['--max-batch-size', '1'])
+  assert result['steady_idle']['count'] == 3 and result['steady_during']['count'] >= 3
+  assert result['new_size_requests'] >= 2
+  assert sum(kind['count'] for kind in result['new_size_answers'].values()) == (
+      result['new_size_requests'])
+  assert result['new_size_request']['count'] == result['new_size_requests']
+  assert result['resident_mb_before'] > 0 and result['resident_mb_after'] > 0

@@ -120,7 +120,7 @@ def run_load(url: str, images: np.ndarray, load: LoadSpec) -> dict:
     client = httpclient.InferenceServerClient(url, network_timeout=load.time_limit_s + 60)
     try:
       while (index := next_index()) is not None:
-        outcome, seconds, detail = _one_request(httpclient, client,
+        outcome, seconds, detail = one_request(httpclient, client,
                                                 images[index % len(images)])
         with lock:
           outcomes[outcome] += 1
@@ -155,7 +155,7 @@ def run_load(url: str, images: np.ndarray, load: LoadSpec) -> dict:
           'errors': errors}
 
 
-def _one_request(httpclient, client, image: np.ndarray):
+def one_request(httpclient, client, image: np.ndarray):
   """('ok', seconds, the response's parameters: batch_size, server_ms, compute_ms),
   ('refused', seconds, None) or ('failed', seconds, why)."""
   tensor = httpclient.InferInput('image', [1, *image.shape], 'UINT8')
