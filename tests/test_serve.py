@@ -9,6 +9,7 @@ serves a random Fast-SCNN checkpoint on JAX (padded batches).
 
 import concurrent.futures
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -37,34 +38,73 @@ SIZES = ((64, 128), (48, 96))
 # The server, as a subprocess.
 
 # JAX cannot be imported in the server's process: serving an exported file must not need it.
-# SLOW_BATCHES > 0 makes each forward pass take that many more seconds.
+# SLOW_BATCHES > 0 makes each forward pass take that many more seconds. GATE, a folder: each
+# forward pass first leaves a file entered-* there, then waits until the file 'open' exists.
 SERVER = textwrap.dedent('''
     import os, sys, time
     for name in ('jax', 'jaxlib', 'flax', 'orbax', 'orbax.checkpoint'):
       sys.modules[name] = None
     delay = float(os.environ.get('SLOW_BATCHES', '0'))
-    if delay:
+    gate = os.environ.get('GATE')
+    if delay or gate:
+      from pathlib import Path
       from bisenet_jax import segmenter
       labels = segmenter.OnnxBackend.labels
-      segmenter.OnnxBackend.labels = lambda self, images: (time.sleep(delay),
-                                                           labels(self, images))[1]
+
+      def held(self, images):
+        if gate:
+          Path(gate, f'entered-{time.monotonic_ns()}').touch()
+          while not Path(gate, 'open').exists():
+            time.sleep(0.01)
+        time.sleep(delay)
+        return labels(self, images)
+
+      segmenter.OnnxBackend.labels = held
     from bisenet_jax.serve.__main__ import main
     main(sys.argv[1:])
 ''')
+HANG_S = 60  # Only a hang waits this long.
+
+
+class Gate:
+  """A folder a server's forward passes wait at (GATE) until ``open``."""
+
+  def __init__(self, folder):
+    self.folder = folder
+    folder.mkdir()
+
+  def entered(self) -> int:
+    """How many forward passes reached the gate."""
+    return len(list(self.folder.glob('entered-*')))
+
+  def open(self):
+    (self.folder / 'open').touch()
+
+
+def wait_until(condition, what):
+  deadline = time.monotonic() + HANG_S
+  while not condition():
+    assert time.monotonic() < deadline, f'not {what} after {HANG_S} s'
+    time.sleep(0.01)
 
 
 class Server(ServerProcess):
   """A running server with its clients."""
 
-  def __init__(self, checkpoint, *flags, slow=0.0, preamble=SERVER, timeout=120):
-    super().__init__(checkpoint, *flags, preamble=preamble, env={'SLOW_BATCHES': str(slow)},
-                     cwd=ROOT, timeout_s=timeout)
+  def __init__(self, checkpoint, *flags, slow=0.0, gate=None, preamble=SERVER, timeout=120):
+    env = {'SLOW_BATCHES': str(slow), **({'GATE': str(gate.folder)} if gate else {})}
+    super().__init__(checkpoint, *flags, preamble=preamble, env=env, cwd=ROOT, timeout_s=timeout)
     self.http = httpclient.InferenceServerClient(self.url, concurrency=16)
     self.grpc = grpcclient.InferenceServerClient(self.grpc_url)
 
   def post(self, body, headers=None):
     return httpx.post(f'http://{self.url}/v2/models/{MODEL}/infer', content=body,
                       headers=headers or {}, timeout=30)
+
+  def queued_images(self) -> float:
+    """Images waiting for a forward pass (its metric)."""
+    text = httpx.get(f'http://{self.url}/metrics', timeout=30).text
+    return float(re.search(r'^bisenet_queue_images (\S+)$', text, re.M).group(1))
 
   def stop(self):
     self.close(kill=True)
@@ -180,16 +220,26 @@ def test_a_json_request_gets_a_json_answer(server, segmenter):
   assert set(answer['parameters']) == {'server_ms', 'compute_ms', 'batch_size'}
 
 
-def test_concurrent_requests_of_two_sizes_each_get_their_own_labels(server, segmenter):
-  requests = [scenes(1 + i % 2, SIZES[i % 2], seed=10 + i) for i in range(16)]
-  pending = []
-  for images in requests:  # 16 requests in flight at once (the client's 16 connections).
-    pending.append(server.http.async_infer(MODEL, [image_tensor(images)]))
-  answers = [request.get_result() for request in pending]
-  for images, answer in zip(requests, answers):
-    np.testing.assert_array_equal(answer.as_numpy('labels'), segmenter.batch(images))
-  batches = [answer.get_response()['parameters']['batch_size'] for answer in answers]
-  assert max(batches) > 2 and max(batches) <= 4  # Requests did share forward passes.
+def test_concurrent_requests_of_two_sizes_each_get_their_own_labels(red_model, segmenter,
+                                                                    tmp_path):
+  gate = Gate(tmp_path / 'gate')
+  held = Server(red_model, '--max-batch-size', '4', gate=gate)
+  try:
+    requests = [scenes(1 + i % 2, SIZES[i % 2], seed=10 + i) for i in range(16)]  # 24 images.
+    pending = []
+    for images in requests:  # 16 requests in flight at once (the client's 16 connections).
+      pending.append(held.http.async_infer(MODEL, [image_tensor(images)]))
+    # One batch (4 images at most) held at the gate, 20 or more images waiting behind it: at
+    # least 12 of them of the larger size, 4 of the other, so both pool into full batches.
+    wait_until(lambda: gate.entered() == 1 and held.queued_images() >= 20, 'queued')
+    gate.open()
+    answers = [request.get_result() for request in pending]
+    for images, answer in zip(requests, answers):
+      np.testing.assert_array_equal(answer.as_numpy('labels'), segmenter.batch(images))
+    batches = [answer.get_response()['parameters']['batch_size'] for answer in answers]
+    assert max(batches) == 4  # Requests did share forward passes, up to --max-batch-size.
+  finally:
+    held.stop()
 
 
 def binary_body(header, *tensors):
@@ -314,34 +364,46 @@ def test_a_batch_out_of_memory_is_a_500_and_the_server_goes_on(red_model):
     failing.stop()
 
 
-def test_overload_is_refused_at_once_and_every_request_answered(red_model):
-  busy = Server(red_model, '--max-queue', '2', '--max-batch-size', '1', slow=0.1)
+def test_overload_is_refused_at_once_and_every_request_answered(red_model, tmp_path):
+  gate = Gate(tmp_path / 'gate')
+  busy = Server(red_model, '--max-queue', '2', '--max-batch-size', '1', gate=gate)
+  post = lambda: busy.post(*image_request([1, 8, 8, 3])).status_code
   try:
-    with concurrent.futures.ThreadPoolExecutor(20) as pool:
-      statuses = list(pool.map(
-          lambda _: busy.post(*image_request([1, 8, 8, 3])).status_code, range(20)))
-    assert statuses.count(200) + statuses.count(503) == 20
-    assert statuses.count(503) >= 5 and statuses.count(200) >= 3
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+      accepted = [pool.submit(post)]
+      wait_until(lambda: gate.entered() == 1, 'running')
+      accepted += [pool.submit(post) for _ in range(2)]
+      wait_until(lambda: busy.queued_images() == 2, 'queued')
+      # Refused while the three accepted ones wait: at once.
+      assert [post() for _ in range(17)] == [503] * 17
+      gate.open()
+      assert [request.result() for request in accepted] == [200] * 3
     assert http_infer(busy.http, scenes(1, (8, 8), seed=4)).as_numpy('labels').shape == (1, 8, 8)
   finally:
     busy.stop()
 
 
-def test_sigterm_answers_the_requests_in_flight_then_exits_0(red_model):
-  stopping = Server(red_model, '--max-batch-size', '1', slow=0.3)
+def refuses_connections(port) -> bool:
+  try:
+    socket.create_connection(('127.0.0.1', port), timeout=2).close()
+    return False
+  except ConnectionRefusedError:
+    return True
+
+
+def test_sigterm_answers_the_requests_in_flight_then_exits_0(red_model, tmp_path):
+  gate = Gate(tmp_path / 'gate')
+  stopping = Server(red_model, '--max-batch-size', '1', gate=gate)
   try:
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
       answers = [pool.submit(lambda: stopping.post(*image_request([1, 8, 8, 3])).status_code)
                  for _ in range(6)]
-      time.sleep(0.5)  # All six are accepted; one or two answered.
-      start = time.monotonic()
+      wait_until(lambda: gate.entered() == 1 and stopping.queued_images() == 5, 'accepted')
       stopping.process.send_signal(signal.SIGTERM)
+      wait_until(lambda: refuses_connections(stopping.port), 'stopping')
+      gate.open()  # The six are answered while the server stops.
       assert stopping.process.wait(10) == 0
-      assert time.monotonic() - start < 10
       assert [answer.result() for answer in answers] == [200] * 6
-    with pytest.raises(ConnectionRefusedError), socket.create_connection(
-        ('127.0.0.1', stopping.port), timeout=2):
-      pass
   finally:
     stopping.stop()
 
