@@ -6,11 +6,11 @@ tests move (then ``tick``), models that must be busy block on a ``Gate`` until r
 """
 
 import threading
+import time
 
 import numpy as np
 import pytest
 
-from bisenet_jax.serve import batching
 from bisenet_jax.serve.batching import (Batcher, Closed, DeadlineExceeded, NeverFits, QueueFull,
                                         Stopped, UnservedSize, batch_sizes, fastest_batch,
                                         padded_size, time_batches)
@@ -302,7 +302,7 @@ def test_deadlines_pass_on_the_real_clock_while_the_worker_is_busy():
   batcher = Batcher(model, max_batch_size=1, max_delay=0.0, max_queue=8)
   running = batcher.submit(images_of(1, SIZES[0], 0))
   assert model.entered.wait(HANG_S)
-  late = batcher.submit(images_of(1, SIZES[0], 1), deadline=batching.time.monotonic() + 0.05)
+  late = batcher.submit(images_of(1, SIZES[0], 1), deadline=time.monotonic() + 0.05)
   with pytest.raises(DeadlineExceeded):
     late.result(HANG_S)
   assert not running.done()
