@@ -197,8 +197,10 @@ def dataset_spec(args: argparse.Namespace, recorded: DatasetSpec | None,
 
 
 def load_segmenter(args: argparse.Namespace, spec: InferenceSpec, root: str | None):
-  """The ``Segmenter`` of ``--checkpoint`` with the command's inference, EMA and dataset flags
-  (``root``: the data root, where a folder dataset's classes may be read)."""
+  """The ``Segmenter`` of ``--checkpoint`` with the command's inference, EMA, dataset and, where
+  it has one, ``--threads`` flags (``root``: the data root, where a folder dataset's classes may
+  be read)."""
   from bisenet_jax.segmenter import Segmenter
   return Segmenter.load(args.checkpoint, inference=spec, ema=args.ema,
-                        dataset=lambda recorded: dataset_spec(args, recorded, root))
+                        dataset=lambda recorded: dataset_spec(args, recorded, root),
+                        threads=getattr(args, 'threads', None))

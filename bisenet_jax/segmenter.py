@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import abc
 import os
+import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -127,7 +128,9 @@ class Segmenter:
         records, else Cityscapes), or a function from what the file records (None when
         nothing) to the dataset: how commands apply their dataset flags.
       classes: the classes, given explicitly (with a kind or none).
-      threads: ONNX Runtime's intra-op threads (default: one per core).
+      threads: the threads that run the model (default: one per core): ONNX Runtime's
+        intra-op threads, or the size of XLA's CPU thread pool (``jax_threads``: before JAX's
+        first use in this process only).
 
     Raises:
       UserError: a missing or unreadable file, options the file cannot honour, or classes that
@@ -143,6 +146,8 @@ class Segmenter:
       exported = OnnxModel(path, threads)
       backend, recorded = OnnxBackend(exported), exported.dataset
     else:
+      if threads:
+        jax_threads(threads)
       from bisenet_jax import checkpoint, models, parallel
       parallel.setup('no')  # One device, one process.
       model, variables, recorded = checkpoint.load_model(path, ema)
@@ -205,6 +210,36 @@ class Segmenter:
   def __repr__(self) -> str:
     return (f'Segmenter({self.source!r}, {self.backend.name}, {self.num_classes} classes of '
             f'{self.dataset.kind})')
+
+
+# XLA's CPU client sizes its thread pool from this variable when it starts (else one thread per
+# core it may run on); read once, at JAX's first use of the CPU in a process.
+JAX_THREADS_ENV = 'PJRT_NPROC'
+
+
+def jax_threads(threads: int) -> None:
+  """Runs JAX's CPU computations on ``threads`` threads: sets ``JAX_THREADS_ENV`` before JAX
+  starts its CPU client.
+
+  Raises:
+    UserError: JAX has started already in this process with another count.
+  """
+  wanted = str(threads)
+  if _jax_started():
+    if os.environ.get(JAX_THREADS_ENV) != wanted:
+      raise UserError(f'JAX started in this process before threads={threads} was asked for: load '
+                      f'the model before anything else uses JAX, or start the process with '
+                      f'{JAX_THREADS_ENV}={threads}')
+    return
+  os.environ[JAX_THREADS_ENV] = wanted
+
+
+def _jax_started() -> bool:
+  """Whether a JAX backend (its CPU client) was created in this process."""
+  if 'jax' not in sys.modules:
+    return False
+  from jax._src import xla_bridge  # No public API tells it without starting one.
+  return xla_bridge.backends_are_initialized()
 
 
 def as_image(image: ImageLike) -> np.ndarray:

@@ -6,7 +6,6 @@ import hashlib
 import io
 import os
 import runpy
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from bisenet_jax.serve.process import free_port  # noqa: F401 (the tests' import of it)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / 'data'
@@ -43,12 +44,6 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 def cpu_devices(count: int) -> dict:
   """Environment for a subprocess that should see ``count`` CPU devices."""
   return {'XLA_FLAGS': f'--xla_force_host_platform_device_count={count}'}
-
-
-def free_port() -> int:
-  with socket.socket() as probe:
-    probe.bind(('127.0.0.1', 0))
-    return probe.getsockname()[1]
 
 
 def launch_processes(args: list[str], processes: int, devices_per_process: int, log_dir: Path,

@@ -21,16 +21,19 @@ FIELDS = {'model', 'checkpoint', 'backend', 'batching', 'max_batch_size', 'concu
           'p50_overhead_ms', 'load_average', 'cpu', 'server_ms_p50', 'compute_ms_p50'}
 
 
-@pytest.fixture(scope='module')
-def tiny_checkpoint(tmp_path_factory):
-  """Fast-SCNN with zero weights: the shapes are all the server needs, and computing them is
+def save_zero_fastscnn(path):
+  """Fast-SCNN with zero weights: the shapes are all a server needs, and computing them is
   much faster than a random initialisation."""
   spec = ModelSpec('fastscnn', 19)
-  path = tmp_path_factory.mktemp('serve_bench') / 'fastscnn'
   shapes = models.abstract_variables(models.build(spec))
   variables = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), shapes)
   checkpoint.save_model(path, variables, spec, sources.CITYSCAPES)
   return path
+
+
+@pytest.fixture(scope='module')
+def tiny_checkpoint(tmp_path_factory):
+  return save_zero_fastscnn(tmp_path_factory.mktemp('serve_bench') / 'fastscnn')
 
 
 @pytest.mark.slow  # Two servers on a JAX model (~25 s on 2 cores).
@@ -73,3 +76,16 @@ def test_the_cli_refuses_a_remote_url_in_one_line(tiny_checkpoint, capsys):
     bench_main(['serve', '--checkpoint', str(tiny_checkpoint), '--url', 'http://10.1.1.1:8080'])
   assert exit_info.value.code == 2
   assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow  # A JAX server compiling each new size (~40 s on 2 cores).
+def test_new_sizes_accounts_for_both_clients(tiny_checkpoint):
+  from bisenet_jax.bench import serve_faults
+  result = serve_faults.new_sizes(str(tiny_checkpoint), (32, 64), count=2, requests=3,
+                                  flags=['--max-batch-size', '1'])
+  assert result['steady_idle']['count'] == 3 and result['steady_during']['count'] >= 3
+  assert result['new_size_requests'] >= 2
+  assert sum(kind['count'] for kind in result['new_size_answers'].values()) == (
+      result['new_size_requests'])
+  assert result['new_size_request']['count'] == result['new_size_requests']
+  assert result['resident_mb_before'] > 0 and result['resident_mb_after'] > 0

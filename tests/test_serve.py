@@ -1,5 +1,5 @@
-"""Tests of ``python -m bisenet_jax.serve``: the batcher with a fake model, then the server as a
-subprocess talked to with real Open Inference Protocol clients (tritonclient HTTP and gRPC).
+"""Tests of ``python -m bisenet_jax.serve``: the server as a subprocess talked to with real Open
+Inference Protocol clients (tritonclient HTTP and gRPC); its batching is tests/test_batching.py's.
 
 The quick tier serves a stand-in ``.onnx`` whose labels are each pixel's red value // 14
 (tests/test_evaluate.py), in a process where JAX cannot be imported. Where a test needs
@@ -9,13 +9,12 @@ serves a random Fast-SCNN checkpoint on JAX (padded batches).
 
 import concurrent.futures
 import json
-import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import cv2
@@ -27,8 +26,7 @@ import tritonclient.http as httpclient
 
 from bisenet_jax.data.masks import encode_index_png
 from bisenet_jax.segmenter import Segmenter
-from bisenet_jax.serve.batching import (Batcher, QueueFull, batch_sizes, fastest_batch,
-                                         padded_size)
+from bisenet_jax.serve.process import ServerProcess
 
 from conftest import ROOT, free_port
 from test_evaluate import write_red_channel_model
@@ -37,190 +35,79 @@ MODEL = 'bisenet'
 SIZES = ((64, 128), (48, 96))
 
 # ---------------------------------------------------------------------------------------------
-# The batcher, with a fake model that records the batches it runs.
-
-
-class FakeModel:
-  """labels = red channel; records each batch's shape; optionally slow."""
-
-  def __init__(self, seconds=0.0):
-    self.shapes, self.seconds = [], seconds
-
-  def __call__(self, images):
-    self.shapes.append(images.shape)
-    time.sleep(self.seconds)
-    return images[..., 0].copy()
-
-
-def images_of(count, size, value):
-  return np.full((count, *size, 3), value, np.uint8)
-
-
-def test_padded_sizes_are_powers_of_two_up_to_the_maximum():
-  assert [padded_size(n, 8) for n in range(1, 9)] == [1, 2, 4, 4, 8, 8, 8, 8]
-  assert batch_sizes(8) == [1, 2, 4, 8] and batch_sizes(6) == [1, 2, 4, 6]
-  assert batch_sizes(1) == [1]
-
-
-def test_requests_of_one_size_share_a_batch_and_sizes_never_mix():
-  model = FakeModel()
-  batcher = Batcher(model, max_batch_size=8, max_delay=0.2, max_queue=64)
-  futures = [batcher.submit(images_of(n, SIZES[i % 2], i)) for i, n in enumerate((1, 2, 3, 2))]
-  results = [future.result(5) for future in futures]
-  batcher.close()
-  # One batch per size, each waiting for its delay: 1 + 3 images of one size, 2 + 2 of the other.
-  assert sorted(model.shapes) == sorted([(4, *SIZES[0], 3), (4, *SIZES[1], 3)])
-  for i, (result, n) in enumerate(zip(results, (1, 2, 3, 2))):
-    assert result.labels.shape == (n, *SIZES[i % 2]) and (result.labels == i).all()
-    assert result.batch_size == 4
-
-
-def test_a_full_batch_goes_at_once_and_never_exceeds_the_maximum():
-  model = FakeModel()
-  batcher = Batcher(model, max_batch_size=4, max_delay=10.0, max_queue=64)
-  start = time.monotonic()
-  futures = [batcher.submit(images_of(n, SIZES[0], n)) for n in (3, 1, 2, 2)]
-  for future in futures:
-    future.result(5)
-  assert time.monotonic() - start < 5  # Full batches did not wait for the 10 s delay.
-  assert [shape[0] for shape in model.shapes][:2] == [4, 4]
-  batcher.close()
-
-
-def test_the_oldest_request_goes_first_and_its_delay_bounds_the_wait():
-  """Requests of another size wait their turn; the oldest request's size runs first."""
-  model = FakeModel(seconds=0.05)
-  batcher = Batcher(model, max_batch_size=8, max_delay=0.05, max_queue=64)
-  order = []
-  futures = []
-  for i in range(6):
-    future = batcher.submit(images_of(1, SIZES[i % 2], i))
-    future.add_done_callback(lambda _, i=i: order.append(i))
-    futures.append(future)
-  start = time.monotonic()
-  for future in futures:
-    future.result(5)
-  assert time.monotonic() - start < 1
-  assert order[0] == 0 and set(order[:3]) == {0, 2, 4}  # Size of request 0 first, all of it.
-  batcher.close()
-
-
-def test_a_full_queue_refuses_at_once_and_every_request_is_accounted_for():
-  model = FakeModel(seconds=0.1)
-  batcher = Batcher(model, max_batch_size=1, max_delay=0.0, max_queue=2)
-  answered = refused = 0
-  futures = []
-  for i in range(10):
-    try:
-      futures.append(batcher.submit(images_of(1, SIZES[0], i)))
-    except QueueFull:
-      refused += 1
-  for future in futures:
-    future.result(5)
-    answered += 1
-  batcher.close()
-  # Two wait, one may already run: the rest are refused.
-  assert answered + refused == 10 and 2 <= answered <= 3
-
-
-def test_padding_repeats_the_last_image_and_drops_its_results():
-  model = FakeModel()
-  batcher = Batcher(model, max_batch_size=8, max_delay=0.0, max_queue=64, pad=True)
-  result = batcher.submit(np.stack([images_of(1, SIZES[0], v)[0] for v in (5, 6, 7)])).result(5)
-  batcher.close()
-  assert model.shapes == [(4, *SIZES[0], 3)]
-  assert result.labels.shape == (3, *SIZES[0]) and result.batch_size == 3
-  assert [int(result.labels[i, 0, 0]) for i in range(3)] == [5, 6, 7]
-
-
-def test_the_batch_limit_pools_fewer_images_but_a_bigger_request_runs_whole():
-  model = FakeModel()
-  batcher = Batcher(model, max_batch_size=8, max_delay=0.2, max_queue=64, batch_limit=2)
-  futures = [batcher.submit(images_of(n, SIZES[0], n)) for n in (1, 1, 1, 4)]
-  for future in futures:
-    future.result(5)
-  batcher.close()
-  assert [shape[0] for shape in model.shapes] == [2, 1, 4]
-
-
-def test_the_fastest_batch_is_the_one_of_most_images_per_second():
-  """A model whose batches of 2 cost little more than 1, and of 4 much more: 2 is fastest."""
-  cost = {1: 0.02, 2: 0.022, 4: 0.2}
-  model = lambda images: time.sleep(cost[len(images)]) or images[..., 0]
-  rows, rates = fastest_batch(model, [SIZES[0]], max_batch_size=4, repeats=1)
-  assert rows == 2 and list(rates) == [1, 2, 4]
-  assert rates[2] > rates[1] > rates[4]
-  # Within 2 % of the best, the smaller batch wins (less waiting for others).
-  cost.update({1: 0.02, 2: 0.0401})
-  assert fastest_batch(model, [SIZES[0]], max_batch_size=4, repeats=1)[0] == 1
-
-
-def test_close_answers_every_waiting_request_then_refuses():
-  model = FakeModel(seconds=0.05)
-  batcher = Batcher(model, max_batch_size=1, max_delay=0.0, max_queue=64)
-  futures = [batcher.submit(images_of(1, SIZES[0], i)) for i in range(5)]
-  batcher.close()
-  assert all(future.done() and not future.exception() for future in futures)
-  with pytest.raises(Exception, match='shutting down'):
-    batcher.submit(images_of(1, SIZES[0], 0))
-
-
-# ---------------------------------------------------------------------------------------------
 # The server, as a subprocess.
 
 # JAX cannot be imported in the server's process: serving an exported file must not need it.
-# SLOW_BATCHES > 0 makes each forward pass take that many more seconds.
+# SLOW_BATCHES > 0 makes each forward pass take that many more seconds. GATE, a folder: each
+# forward pass first leaves a file entered-* there, then waits until the file 'open' exists.
 SERVER = textwrap.dedent('''
     import os, sys, time
     for name in ('jax', 'jaxlib', 'flax', 'orbax', 'orbax.checkpoint'):
       sys.modules[name] = None
     delay = float(os.environ.get('SLOW_BATCHES', '0'))
-    if delay:
+    gate = os.environ.get('GATE')
+    if delay or gate:
+      from pathlib import Path
       from bisenet_jax import segmenter
       labels = segmenter.OnnxBackend.labels
-      segmenter.OnnxBackend.labels = lambda self, images: (time.sleep(delay),
-                                                           labels(self, images))[1]
+
+      def held(self, images):
+        if gate:
+          Path(gate, f'entered-{time.monotonic_ns()}').touch()
+          while not Path(gate, 'open').exists():
+            time.sleep(0.01)
+        time.sleep(delay)
+        return labels(self, images)
+
+      segmenter.OnnxBackend.labels = held
     from bisenet_jax.serve.__main__ import main
     main(sys.argv[1:])
 ''')
+HANG_S = 60  # Only a hang waits this long.
 
 
-class Server:
-  """A running server: its process, addresses and clients."""
+class Gate:
+  """A folder a server's forward passes wait at (GATE) until ``open``."""
 
-  def __init__(self, checkpoint, *flags, slow=0.0, preamble=SERVER, timeout=120):
-    self.port, self.grpc_port = free_port(), free_port()
-    self.url, self.grpc_url = f'127.0.0.1:{self.port}', f'127.0.0.1:{self.grpc_port}'
-    command = [sys.executable, '-c', preamble] if preamble else [sys.executable, '-m',
-                                                                 'bisenet_jax.serve']
-    self.process = subprocess.Popen(
-        [*command, '--checkpoint', str(checkpoint), '--port', str(self.port),
-         '--grpc-port', str(self.grpc_port), *flags],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, 'SLOW_BATCHES': str(slow)})
-    self.ready_line = self._wait_ready(timeout)
+  def __init__(self, folder):
+    self.folder = folder
+    folder.mkdir()
+
+  def entered(self) -> int:
+    """How many forward passes reached the gate."""
+    return len(list(self.folder.glob('entered-*')))
+
+  def open(self):
+    (self.folder / 'open').touch()
+
+
+def wait_until(condition, what):
+  deadline = time.monotonic() + HANG_S
+  while not condition():
+    assert time.monotonic() < deadline, f'not {what} after {HANG_S} s'
+    time.sleep(0.01)
+
+
+class Server(ServerProcess):
+  """A running server with its clients."""
+
+  def __init__(self, checkpoint, *flags, slow=0.0, gate=None, preamble=SERVER, timeout=120):
+    env = {'SLOW_BATCHES': str(slow), **({'GATE': str(gate.folder)} if gate else {})}
+    super().__init__(checkpoint, *flags, preamble=preamble, env=env, cwd=ROOT, timeout_s=timeout)
     self.http = httpclient.InferenceServerClient(self.url, concurrency=16)
     self.grpc = grpcclient.InferenceServerClient(self.grpc_url)
-
-  def _wait_ready(self, timeout):
-    found = []
-    reader = threading.Thread(target=lambda: found.append(self.process.stdout.readline()),
-                              daemon=True)
-    reader.start()
-    reader.join(timeout)
-    if not found or not found[0].startswith('serving'):
-      self.process.kill()
-      raise AssertionError(f'no ready line: {found} {self.process.stderr.read()}')
-    return found[0].strip()
 
   def post(self, body, headers=None):
     return httpx.post(f'http://{self.url}/v2/models/{MODEL}/infer', content=body,
                       headers=headers or {}, timeout=30)
 
+  def queued_images(self) -> float:
+    """Images waiting for a forward pass (its metric)."""
+    text = httpx.get(f'http://{self.url}/metrics', timeout=30).text
+    return float(re.search(r'^bisenet_queue_images (\S+)$', text, re.M).group(1))
+
   def stop(self):
-    if self.process.poll() is None:
-      self.process.kill()
-    self.process.wait(10)
+    self.close(kill=True)
     self.http.close()
     self.grpc.close()
 
@@ -333,16 +220,26 @@ def test_a_json_request_gets_a_json_answer(server, segmenter):
   assert set(answer['parameters']) == {'server_ms', 'compute_ms', 'batch_size'}
 
 
-def test_concurrent_requests_of_two_sizes_each_get_their_own_labels(server, segmenter):
-  requests = [scenes(1 + i % 2, SIZES[i % 2], seed=10 + i) for i in range(16)]
-  pending = []
-  for images in requests:  # 16 requests in flight at once (the client's 16 connections).
-    pending.append(server.http.async_infer(MODEL, [image_tensor(images)]))
-  answers = [request.get_result() for request in pending]
-  for images, answer in zip(requests, answers):
-    np.testing.assert_array_equal(answer.as_numpy('labels'), segmenter.batch(images))
-  batches = [answer.get_response()['parameters']['batch_size'] for answer in answers]
-  assert max(batches) > 2 and max(batches) <= 4  # Requests did share forward passes.
+def test_concurrent_requests_of_two_sizes_each_get_their_own_labels(red_model, segmenter,
+                                                                    tmp_path):
+  gate = Gate(tmp_path / 'gate')
+  held = Server(red_model, '--max-batch-size', '4', gate=gate)
+  try:
+    requests = [scenes(1 + i % 2, SIZES[i % 2], seed=10 + i) for i in range(16)]  # 24 images.
+    pending = []
+    for images in requests:  # 16 requests in flight at once (the client's 16 connections).
+      pending.append(held.http.async_infer(MODEL, [image_tensor(images)]))
+    # One batch (4 images at most) held at the gate, 20 or more images waiting behind it: at
+    # least 12 of them of the larger size, 4 of the other, so both pool into full batches.
+    wait_until(lambda: gate.entered() == 1 and held.queued_images() >= 20, 'queued')
+    gate.open()
+    answers = [request.get_result() for request in pending]
+    for images, answer in zip(requests, answers):
+      np.testing.assert_array_equal(answer.as_numpy('labels'), segmenter.batch(images))
+    batches = [answer.get_response()['parameters']['batch_size'] for answer in answers]
+    assert max(batches) == 4  # Requests did share forward passes, up to --max-batch-size.
+  finally:
+    held.stop()
 
 
 def binary_body(header, *tensors):
@@ -437,34 +334,76 @@ def test_the_server_process_cannot_import_jax(red_model):
   assert result.returncode != 0 and 'import of jax halted' in result.stderr
 
 
-def test_overload_is_refused_at_once_and_every_request_answered(red_model):
-  busy = Server(red_model, '--max-queue', '2', '--max-batch-size', '1', slow=0.1)
+# The batcher's NumPy runs out of memory putting together any batch of several images.
+SHORT_OF_MEMORY = SERVER.replace('from bisenet_jax.serve.__main__ import main', textwrap.dedent('''
+    import numpy
+    from bisenet_jax.serve import batching
+
+    class ShortOfMemory:
+      def __getattr__(self, name):
+        return getattr(numpy, name)
+
+      def concatenate(self, arrays, *args, **kwargs):
+        if sum(len(array) for array in arrays) > 1:
+          raise MemoryError()
+        return numpy.concatenate(arrays, *args, **kwargs)
+
+    batching.np = ShortOfMemory()
+    from bisenet_jax.serve.__main__ import main'''))
+
+
+def test_a_batch_out_of_memory_is_a_500_and_the_server_goes_on(red_model):
+  failing = Server(red_model, preamble=SHORT_OF_MEMORY)
   try:
-    with concurrent.futures.ThreadPoolExecutor(20) as pool:
-      statuses = list(pool.map(
-          lambda _: busy.post(*image_request([1, 8, 8, 3])).status_code, range(20)))
-    assert statuses.count(200) + statuses.count(503) == 20
-    assert statuses.count(503) >= 5 and statuses.count(200) >= 3
+    response = failing.post(*image_request([2, 8, 8, 3]))
+    assert response.status_code == 500 and '\n' not in response.json()['error']
+    labels = http_infer(failing.http, scenes(1, (8, 8), seed=5)).as_numpy('labels')
+    assert labels.shape == (1, 8, 8)
+    assert failing.http.is_server_ready()
+  finally:
+    failing.stop()
+
+
+def test_overload_is_refused_at_once_and_every_request_answered(red_model, tmp_path):
+  gate = Gate(tmp_path / 'gate')
+  busy = Server(red_model, '--max-queue', '2', '--max-batch-size', '1', gate=gate)
+  post = lambda: busy.post(*image_request([1, 8, 8, 3])).status_code
+  try:
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+      accepted = [pool.submit(post)]
+      wait_until(lambda: gate.entered() == 1, 'running')
+      accepted += [pool.submit(post) for _ in range(2)]
+      wait_until(lambda: busy.queued_images() == 2, 'queued')
+      # Refused while the three accepted ones wait: at once.
+      assert [post() for _ in range(17)] == [503] * 17
+      gate.open()
+      assert [request.result() for request in accepted] == [200] * 3
     assert http_infer(busy.http, scenes(1, (8, 8), seed=4)).as_numpy('labels').shape == (1, 8, 8)
   finally:
     busy.stop()
 
 
-def test_sigterm_answers_the_requests_in_flight_then_exits_0(red_model):
-  stopping = Server(red_model, '--max-batch-size', '1', slow=0.3)
+def refuses_connections(port) -> bool:
+  try:
+    socket.create_connection(('127.0.0.1', port), timeout=2).close()
+    return False
+  except ConnectionRefusedError:
+    return True
+
+
+def test_sigterm_answers_the_requests_in_flight_then_exits_0(red_model, tmp_path):
+  gate = Gate(tmp_path / 'gate')
+  stopping = Server(red_model, '--max-batch-size', '1', gate=gate)
   try:
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
       answers = [pool.submit(lambda: stopping.post(*image_request([1, 8, 8, 3])).status_code)
                  for _ in range(6)]
-      time.sleep(0.5)  # All six are accepted; one or two answered.
-      start = time.monotonic()
+      wait_until(lambda: gate.entered() == 1 and stopping.queued_images() == 5, 'accepted')
       stopping.process.send_signal(signal.SIGTERM)
+      wait_until(lambda: refuses_connections(stopping.port), 'stopping')
+      gate.open()  # The six are answered while the server stops.
       assert stopping.process.wait(10) == 0
-      assert time.monotonic() - start < 10
       assert [answer.result() for answer in answers] == [200] * 6
-    with pytest.raises(ConnectionRefusedError), socket.create_connection(
-        ('127.0.0.1', stopping.port), timeout=2):
-      pass
   finally:
     stopping.stop()
 

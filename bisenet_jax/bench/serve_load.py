@@ -21,9 +21,6 @@ import dataclasses
 import ipaddress
 import os
 import platform
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -31,14 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from bisenet_jax.bench import timing
 from bisenet_jax.errors import UserError
+from bisenet_jax.serve.batching import batch_sizes, images_per_second, time_batches
+from bisenet_jax.serve.process import ServerProcess
 from bisenet_jax.specs import format_size
 
 FRAMES = 8  # Distinct frames, sent in turn.
 MODEL_NAME = 'bisenet'
-READY_LINE = 'serving '  # What the server prints once it answers (docs/serving.md).
-START_TIMEOUT_S = 600  # A JAX server compiles every padded batch size before it is ready.
 # The goals a point is held to (docs/serving.md, "Speed").
 THROUGHPUT_GOAL = 0.9  # At the highest concurrency: this share of the best in-process img/s.
 OVERHEAD_GOAL_MS = 15.0  # At concurrency 1: p50 latency at most the model's batch-1 ms plus this.
@@ -87,66 +83,12 @@ def http_client_module():
   return httpclient
 
 
-def free_port() -> int:
-  import socket
-  with socket.socket() as probe:
-    probe.bind(('127.0.0.1', 0))
-    return probe.getsockname()[1]
-
-
-class Server:
-  """``python -m bisenet_jax.serve`` in a subprocess on free loopback ports, ready once started
-  (a context manager: stopped, and waited for, on exit)."""
-
-  def __init__(self, checkpoint: str, max_batch_size: int, warmup_size: tuple[int, int],
-               threads: int | None = None, timeout_s: float = START_TIMEOUT_S):
-    self.port, grpc_port = free_port(), free_port()
-    command = [sys.executable, '-m', 'bisenet_jax.serve', '--checkpoint', checkpoint,
-               '--host', '127.0.0.1', '--port', str(self.port), '--grpc-port', str(grpc_port),
-               '--model-name', MODEL_NAME, '--max-batch-size', str(max_batch_size),
-               '--warmup', format_size(warmup_size)]
-    if threads:
-      command += ['--threads', str(threads)]
-    self._log = tempfile.TemporaryFile('w+')  # Its stderr, read if it fails to start.
-    self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self._log, text=True)
-    self.banner = self._wait_ready(timeout_s)
-    self.url = f'127.0.0.1:{self.port}'
-
-  def _wait_ready(self, timeout_s: float) -> str:
-    """The server's ready line; its stdout is drained afterwards so it never blocks."""
-    lines = []
-    timer = threading.Timer(timeout_s, self.process.kill)
-    timer.start()
-    try:
-      for line in self.process.stdout:
-        if line.startswith(READY_LINE):
-          threading.Thread(target=self.process.stdout.read, daemon=True).start()
-          return line.strip()
-        lines.append(line)
-    finally:
-      timer.cancel()
-    self.close()
-    self._log.seek(0)
-    tail = (''.join(lines) + self._log.read()).strip().splitlines()[-1:] or ['no output']
-    self._log.close()
-    raise UserError(f'the server for {self.process.args[4]} stopped before it was ready '
-                    f'(exit {self.process.returncode}, or {timeout_s:.0f} s passed): {tail[0]}')
-
-  def close(self) -> None:
-    if self.process.poll() is None:
-      self.process.terminate()
-      try:
-        self.process.wait(30)
-      except subprocess.TimeoutExpired:
-        self.process.kill()
-        self.process.wait()
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    self.close()
-    self._log.close()
+def start_server(checkpoint: str, max_batch_size: int, warmup_size: tuple[int, int],
+                 threads: int | None = None) -> ServerProcess:
+  """The server of one point: ``checkpoint`` warmed up at the frames' size."""
+  flags = ['--model-name', MODEL_NAME, '--max-batch-size', str(max_batch_size),
+           '--warmup', format_size(warmup_size)]
+  return ServerProcess(checkpoint, *flags, *(['--threads', str(threads)] if threads else []))
 
 
 def model_metadata(url: str) -> dict:
@@ -178,7 +120,7 @@ def run_load(url: str, images: np.ndarray, load: LoadSpec) -> dict:
     client = httpclient.InferenceServerClient(url, network_timeout=load.time_limit_s + 60)
     try:
       while (index := next_index()) is not None:
-        outcome, seconds, detail = _one_request(httpclient, client,
+        outcome, seconds, detail = one_request(httpclient, client,
                                                 images[index % len(images)])
         with lock:
           outcomes[outcome] += 1
@@ -213,7 +155,7 @@ def run_load(url: str, images: np.ndarray, load: LoadSpec) -> dict:
           'errors': errors}
 
 
-def _one_request(httpclient, client, image: np.ndarray):
+def one_request(httpclient, client, image: np.ndarray):
   """('ok', seconds, the response's parameters: batch_size, server_ms, compute_ms),
   ('refused', seconds, None) or ('failed', seconds, why)."""
   tensor = httpclient.InferInput('image', [1, *image.shape], 'UINT8')
@@ -238,26 +180,22 @@ def _one_request(httpclient, client, image: np.ndarray):
 
 def model_speed(checkpoint: str, images: np.ndarray, max_batch_size: int, warmup: int,
                 steps: int, threads: int | None) -> dict:
-  """The model alone in this process: ms per batch-1 call, and img/s at its best batch size
-  among 1, 2, 4, ... up to ``max_batch_size``."""
+  """The model alone in this process, timed as the server's warm-up times it
+  (``batching.time_batches``): the median ms of a batch-1 call, and img/s (of the fastest of
+  ``steps`` rounds) at its best batch size among the server's, ``batch_sizes(max_batch_size)``."""
   if Path(checkpoint).suffix.lower() == '.onnx':
     from bisenet_jax.export.onnx_runtime import OnnxModel
     run = OnnxModel(checkpoint, threads).labels
     description = 'ONNX Runtime (OnnxModel)'
   else:
     from bisenet_jax.segmenter import Segmenter
-    segmenter = Segmenter.load(checkpoint)
+    segmenter = Segmenter.load(checkpoint, threads=threads)
     run, description = segmenter.batch, f'Segmenter, {segmenter.backend.description}'
-  rates, batch1_ms = {}, None
-  for batch in (b for b in (1, 2, 4, 8, 16, 32, 64) if b <= max_batch_size):
-    inputs = np.resize(images, (batch, *images.shape[1:]))  # The frames in turn.
-    times = timing.time_steps(lambda: run(inputs), warmup, steps, wait=lambda _: None)
-    summary = timing.summarize(times, batch)
-    rates[batch] = summary['img_per_s']
-    if batch == 1:
-      batch1_ms = summary['step_ms_median']
+  times = time_batches(run, [images], batch_sizes(max_batch_size), repeats=steps,
+                       warmup=max(warmup, 1))
+  rates = images_per_second(times)
   best = max(rates, key=rates.get)
-  return {'model_runner': description, 'model_ms_batch1': batch1_ms,
+  return {'model_runner': description, 'model_ms_batch1': 1e3 * float(np.median(times[1])),
           'model_img_per_s': rates[best], 'model_best_batch': best,
           'model_img_per_s_by_batch': {str(b): r for b, r in rates.items()}}
 
@@ -304,6 +242,21 @@ COLUMNS = (  # (header, key, format), for report.table.
     ('model ms b1', 'model_ms_batch1', '{:.0f}'), ('vs model', 'throughput_vs_model', '{:.0%}'),
     ('p50 - model ms', 'p50_overhead_ms', '{:+.0f}'), ('load avg', 'load_average', '{:.2f}'),
 )
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+  """{thread id: CPU seconds it has run so far} of a process of this machine."""
+  import psutil
+  return {thread.id: thread.user_time + thread.system_time
+          for thread in psutil.Process(pid).threads()}
+
+
+def busy_threads(before: dict[int, float], after: dict[int, float], share: float = 0.25) -> int:
+  """How many threads ran at least ``share`` of the busiest one's CPU time between two
+  ``thread_cpu_seconds``: the threads a model computes on, under load (independent of how busy
+  the machine's cores are with other work)."""
+  spent = [seconds - before.get(thread, 0.0) for thread, seconds in after.items()]
+  return sum(seconds >= share * max(spent) for seconds in spent) if spent else 0
 
 
 def environment() -> dict:
@@ -357,7 +310,7 @@ def run(sweep: ServeSweep, emit) -> list[dict]:
     for batching in sweep.batching:
       max_batch = sweep.max_batch_size if batching == 'on' else 1
       with (contextlib.nullcontext() if sweep.url else
-            Server(checkpoint, max_batch, sweep.input_size, sweep.threads)) as server:
+            start_server(checkpoint, max_batch, sweep.input_size, sweep.threads)) as server:
         url = sweep.url or server.url
         served = model_metadata(url).get('parameters', {})
         if sweep.url:

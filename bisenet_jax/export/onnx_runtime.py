@@ -25,11 +25,13 @@ def require():
 def session(model: str | Path | bytes, threads: int | None = None):
   """An ``onnxruntime.InferenceSession`` on the CPU for a file or a serialised model.
 
-  ``threads``: intra-op threads (default: ONNX Runtime's, one per core).
+  ``threads``: intra-op threads (default: ONNX Runtime's, one per core), the caller's included;
+  the graph runs its operators one at a time (one inter-op thread), so these are all it uses.
   """
   ort = require()
   options = ort.SessionOptions()
   options.log_severity_level = 3  # Errors only: its warnings are advice about the graph.
+  options.inter_op_num_threads = 1
   if threads:
     options.intra_op_num_threads = threads
   try:

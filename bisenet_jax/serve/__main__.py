@@ -47,7 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--max-request-bytes', type=cli.positive_int('--max-request-bytes'),
                       default=64 << 20, help='largest request body, else 413 (67108864)')
   parser.add_argument('--threads', type=cli.positive_int('--threads'),
-                      help="ONNX Runtime's intra-op threads (default: one per core)")
+                      help="the threads the model computes on: ONNX Runtime's intra-op threads "
+                      "or XLA's CPU thread pool (default: one per core)")
   parser.add_argument('--warmup', type=_sizes, default=(), metavar=f'{SIZE_FORMAT},...',
                       help='image sizes to compile (JAX) or run once before the server is '
                       'ready, e.g. 512x1024,1024x2048')
