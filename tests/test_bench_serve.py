@@ -1,6 +1,7 @@
 """Tests of ``python -m bisenet_jax.bench serve``: the counts and fields of its rows (not its
 timings), on a tiny model and a real server."""
 
+import dataclasses
 import json
 
 import jax
@@ -24,12 +25,14 @@ FIELDS = {'model', 'checkpoint', 'backend', 'batching', 'max_batch_size', 'concu
 @pytest.fixture(scope='module')
 def tiny_checkpoint(tmp_path_factory):
   """Fast-SCNN with zero weights: the shapes are all the server needs, and computing them is
-  much faster than a random initialisation."""
+  much faster than a random initialisation. Its test Resize target is the frames' 64x128, which
+  keeps them as they are."""
   spec = ModelSpec('fastscnn', 19)
   path = tmp_path_factory.mktemp('serve_bench') / 'fastscnn'
   shapes = models.abstract_variables(models.build(spec))
   variables = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), shapes)
-  checkpoint.save_model(path, variables, spec, sources.CITYSCAPES)
+  checkpoint.save_model(path, variables, spec,
+                        dataclasses.replace(sources.CITYSCAPES, resize_to=(64, 128)))
   return path
 
 

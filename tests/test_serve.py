@@ -178,8 +178,8 @@ SERVER = textwrap.dedent('''
     if delay:
       from bisenet_jax import segmenter
       labels = segmenter.OnnxBackend.labels
-      segmenter.OnnxBackend.labels = lambda self, images: (time.sleep(delay),
-                                                           labels(self, images))[1]
+      segmenter.OnnxBackend.labels = lambda self, *args: (time.sleep(delay),
+                                                          labels(self, *args))[1]
     from bisenet_jax.serve.__main__ import main
     main(sys.argv[1:])
 ''')

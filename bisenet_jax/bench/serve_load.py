@@ -9,7 +9,7 @@ counts the requests answered, refused (503: the server's queue was full) and fai
 throughput, the latency percentiles of the answered ones, and the mean batch they ran in
 (``parameters.batch_size`` of each response), and the median time inside the server
 (``server_ms``: arrival to answer) and of its forward passes (``compute_ms``). The model alone
-(``Segmenter`` for a checkpoint, ``OnnxModel`` for an ``.onnx``) is timed first, with no server
+(the ``Segmenter`` the server runs, test resize included) is timed first, with no server
 running, at batch 1 and at each batch size up to the server's largest; the two goals compare
 the server with it.
 """
@@ -238,16 +238,12 @@ def _one_request(httpclient, client, image: np.ndarray):
 
 def model_speed(checkpoint: str, images: np.ndarray, max_batch_size: int, warmup: int,
                 steps: int, threads: int | None) -> dict:
-  """The model alone in this process: ms per batch-1 call, and img/s at its best batch size
-  among 1, 2, 4, ... up to ``max_batch_size``."""
-  if Path(checkpoint).suffix.lower() == '.onnx':
-    from bisenet_jax.export.onnx_runtime import OnnxModel
-    run = OnnxModel(checkpoint, threads).labels
-    description = 'ONNX Runtime (OnnxModel)'
-  else:
-    from bisenet_jax.segmenter import Segmenter
-    segmenter = Segmenter.load(checkpoint)
-    run, description = segmenter.batch, f'Segmenter, {segmenter.backend.description}'
+  """The model alone in this process, through the ``Segmenter`` the server runs (the same
+  work: the test resize, the model, the labels back at the frames' size): ms per batch-1 call,
+  and img/s at its best batch size among 1, 2, 4, ... up to ``max_batch_size``."""
+  from bisenet_jax.segmenter import Segmenter
+  segmenter = Segmenter.load(checkpoint, threads=threads)
+  run, description = segmenter.batch, f'Segmenter, {segmenter.backend.description}'
   rates, batch1_ms = {}, None
   for batch in (b for b in (1, 2, 4, 8, 16, 32, 64) if b <= max_batch_size):
     inputs = np.resize(images, (batch, *images.shape[1:]))  # The frames in turn.
