@@ -76,3 +76,34 @@ def test_the_cli_refuses_a_remote_url_in_one_line(tiny_checkpoint, capsys):
     bench_main(['serve', '--checkpoint', str(tiny_checkpoint), '--url', 'http://10.1.1.1:8080'])
   assert exit_info.value.code == 2
   assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_a_running_server_is_measured_once_with_its_own_batching(tmp_path, monkeypatch):
+  """--url: the batching is the running server's, so each concurrency is one row, labelled
+  with what the server's metadata says (not the sweep's default on,off)."""
+  checkpoint_path = tmp_path / 'model.onnx'
+  checkpoint_path.write_bytes(b'')  # Only its existence is checked: the model is not timed.
+  loads = []
+  monkeypatch.setattr(serve_load, 'model_speed', lambda *args: {
+      'model_runner': 'stub', 'model_ms_batch1': 10.0, 'model_img_per_s': 100.0,
+      'model_best_batch': 1, 'model_img_per_s_by_batch': {'1': 100.0}})
+  monkeypatch.setattr(serve_load, 'model_metadata', lambda url: {'parameters': {
+      'backend': 'float32 ONNX Runtime', 'network': 'model.onnx', 'max_batch_size': 4}})
+
+  def run_load(url, images, load):
+    loads.append((url, load.concurrency))
+    return {'requests': load.requests, 'ok': load.requests, 'refused': 0, 'failed': 0,
+            'unsent': 0, 'wall_s': 1.0, 'img_per_s': 90.0, 'latency_ms_p50': 20.0,
+            'latency_ms_p90': 21.0, 'latency_ms_p99': 22.0, 'mean_batch_size': 1.5,
+            'server_ms_p50': 15.0, 'compute_ms_p50': 12.0, 'errors': []}
+
+  monkeypatch.setattr(serve_load, 'run_load', run_load)
+  output = tmp_path / 'serve.jsonl'
+  bench_main(['serve', '--checkpoint', str(checkpoint_path), '--url', 'http://127.0.0.1:8080',
+              '--concurrency', '1,2', '--input-size', '32x48', '--output', str(output)])
+  rows = [json.loads(line) for line in output.read_text().splitlines()]
+  assert loads == [('127.0.0.1:8080', 1), ('127.0.0.1:8080', 2)]
+  assert [(r['batching'], r['max_batch_size'], r['concurrency']) for r in rows] == [
+      ('on (--url)', 4, 1), ('on (--url)', 4, 2)]
+  assert serve_load.url_batching(1) == 'off (--url)'
+  assert serve_load.url_batching(None) == 'unknown (--url)'
