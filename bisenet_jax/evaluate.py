@@ -11,8 +11,9 @@ to sliding windows, test-time augmentation or a fixed input size. The checkpoint
 official ``.pth`` (converted in memory; needs torch), a folder written by
 ``convert/ssseg_to_flax.py`` or a training workdir; the architecture comes from the checkpoint.
 An ``.onnx`` from ``python -m bisenet_jax.export`` runs on ONNX Runtime with the same split,
-table and JSON (each whole image once, at its own size unless the file was exported at a fixed
-one), in one process and without JAX: this module imports JAX only to evaluate a checkpoint.
+protocol, table and JSON (each whole image once, through the same test resize: the file's
+record, or ``--resize-to``), in one process and without JAX: this module imports JAX only to
+evaluate a checkpoint.
 
 The split is sharded over every device (``--batch-size`` images per device per step). With
 ``--output`` the scores go to a JSON file, written only once evaluation has succeeded.
@@ -196,8 +197,10 @@ def checkpoint_evaluation(args: argparse.Namespace, spec: InferenceSpec) -> Eval
 
 
 def exported_evaluation(args: argparse.Namespace, spec: InferenceSpec) -> Evaluation:
-  """An exported ``.onnx`` on ONNX Runtime: each whole image once, at the file's input size, in
-  this one process (JAX, which connects processes, is not imported)."""
+  """An exported ``.onnx`` on ONNX Runtime: each whole image once, through the checkpoint's
+  test resize (``Segmenter``; the dataset resolved as for a checkpoint: ``--resize-to``, else
+  the file's record, else the kind's recipe's), in this one process (JAX, which connects
+  processes, is not imported)."""
   if args.distributed == 'yes':
     raise UserError('an exported file is evaluated in one process, on ONNX Runtime: drop '
                     '--distributed yes')
@@ -211,8 +214,8 @@ def exported_evaluation(args: argparse.Namespace, spec: InferenceSpec) -> Evalua
                                    on_batch=on_batch, progress=sys.stderr.isatty())
 
   where = f'{segmenter.backend.description}, {args.batch_size} image(s) per batch'
-  return Evaluation(dataset, spec, None, describe_protocol(spec, dataset, None, args.split, where),
-                    run)
+  return Evaluation(dataset, spec, segmenter.resize_to,
+                    describe_protocol(spec, dataset, segmenter.resize_to, args.split, where), run)
 
 
 def _open_source(args: argparse.Namespace, dataset: DatasetSpec):

@@ -19,17 +19,18 @@ end to end and each stage's ms per frame. ``legend.png`` names the colours. The 
 their colours are the checkpoint's (a model trained here records them; official checkpoints are
 Cityscapes'), or ``--dataset`` / ``--classes``'.
 
-Each image is normalised as in evaluation (on the device) but NOT resized: the model sees it
-at its own size, so objects should appear at roughly the training data's scale (for Cityscapes
-models, a 1024x2048 street frame) for good results; ``--scales`` runs it at other sizes too,
-``--input-size HEIGHTxWIDTH`` at one fixed size (what an exported file does). The model runs
-through ``bisenet_jax.Segmenter``: the shared, jitted inference on one device with the same
-flags as ``bisenet_jax.evaluate``, compiled once per distinct image size.
+Each image goes through the protocol the model was evaluated with: resized to fit the
+dataset's test Resize target keeping its aspect ratio (the checkpoint's or file's record, e.g.
+1024x2048 for Cityscapes, 512x1024 for a folder dataset; ``--resize-to HEIGHTxWIDTH`` to change
+it), normalised as in evaluation, and its logits upsampled back to the image's size, where the
+mask is written. ``--scales`` runs it at other sizes too, ``--input-size HEIGHTxWIDTH`` at one
+fixed size (what a file exported with it does). The model runs through
+``bisenet_jax.Segmenter``: the shared, jitted inference on one device with the same flags as
+``bisenet_jax.evaluate``, compiled once per distinct image size.
 
 ``--checkpoint model.onnx`` runs a file from ``python -m bisenet_jax.export`` on ONNX Runtime
-instead, without JAX: any image size (the network runs at the image's own size, or at a fixed
-``--input-size`` the file was exported with), classes and colours from the file's metadata
-(docs/deployment.md).
+instead, without JAX: any image size, the same test resize, classes and colours from the file's
+metadata (docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from bisenet_jax import cli, video
 from bisenet_jax.data import masks
 from bisenet_jax.data.images import IMAGE_SUFFIXES, read_image
 from bisenet_jax.errors import UserError
+from bisenet_jax.specs import SIZE_FORMAT
 
 LEGEND_NAME = 'legend.png'
 
@@ -265,6 +267,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--max-latency-ms', type=float, metavar='MS',
                       help='cameras and streams: skip frames that waited longer than this for '
                       'the model, so the output keeps up (skipped frames are counted)')
+  parser.add_argument('--resize-to', type=cli.size_argument('--resize-to'), metavar=SIZE_FORMAT,
+                      help='the test Resize target: images are resized to fit it, keeping their '
+                      "aspect ratio, and their masks come back at their own size. Default: the "
+                      "checkpoint's (or file's) recipe's, else the dataset's")
   cli.add_ema_argument(parser)
   cli.add_dataset_arguments(parser, layout=False)
   cli.add_inference_arguments(parser)

@@ -11,15 +11,20 @@
 ``Segmenter.load`` takes what every command takes: an official ``.pth``, a folder from
 ``convert/ssseg_to_flax.py``, a training workdir or step folder (JAX, one device), or an
 ``.onnx`` from ``python -m bisenet_jax.export`` (ONNX Runtime; JAX is never imported on that
-path). Images are RGB uint8 arrays of any size, or image files; each is segmented at its own
-size with the inference options of an ``InferenceSpec`` (the reference protocol by default),
-normalised as in training, and its labels (or logits) come back at that size. ``batch`` runs
-images of one size as one forward pass; images of several sizes run one size at a time.
+path). Images are RGB uint8 arrays of any size, or image files. Each goes through the test
+protocol the model was evaluated with, whichever runs it (``test_resize``): resized to fit the
+dataset's test Resize target keeping its aspect ratio (``segmenter.resize_to``: the checkpoint's
+or file's record, e.g. 512x1024 for a folder dataset, 1024x2048 for Cityscapes), normalised as
+in training, run with the inference options of an ``InferenceSpec`` (the reference protocol by
+default), and its logits upsampled back to the image's own size, where its labels (or logits)
+come back. ``batch`` runs images of one size as one forward pass; images of several sizes run
+one size at a time.
 """
 
 from __future__ import annotations
 
 import abc
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -27,16 +32,16 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from bisenet_jax.data import masks, sources
+from bisenet_jax.data import masks, sources, transforms
 from bisenet_jax.data.images import read_image
 from bisenet_jax.errors import UserError
-from bisenet_jax.specs import ClassSet, DatasetSpec, InferenceSpec
+from bisenet_jax.specs import ClassSet, DatasetSpec, InferenceSpec, Size
 
 ImageLike = np.ndarray | str | os.PathLike
 
 
 class Backend(abc.ABC):
-  """Runs a model on uint8 [N, H, W, 3] RGB images of one size.
+  """Runs a model on uint8 [N, H, W, 3] RGB images of one size, its output at ``out_size``.
 
   Attributes:
     name: 'jax' or 'onnxruntime'.
@@ -52,12 +57,12 @@ class Backend(abc.ABC):
   description: str
 
   @abc.abstractmethod
-  def labels(self, images: np.ndarray) -> np.ndarray:
-    """uint8 [N, H, W] class ids."""
+  def labels(self, images: np.ndarray, out_size: Size) -> np.ndarray:
+    """uint8 [N, out_h, out_w] class ids."""
 
   @abc.abstractmethod
-  def logits(self, images: np.ndarray) -> np.ndarray:
-    """float32 [N, H, W, K] class logits at the images' size."""
+  def logits(self, images: np.ndarray, out_size: Size) -> np.ndarray:
+    """float32 [N, out_h, out_w, K] class logits, upsampled bilinearly to ``out_size``."""
 
 
 class JaxBackend(Backend):
@@ -76,14 +81,14 @@ class JaxBackend(Backend):
     self._logits = evaluator.make_segment_fn(model, spec, outputs='logits')
     self._variables = jax.device_put(variables, jax.devices()[0])
 
-  def _run(self, segment, images):
-    return np.asarray(segment(self._variables, images, out_size=images.shape[1:3]))
+  def _run(self, segment, images, out_size):
+    return np.asarray(segment(self._variables, images, out_size=tuple(out_size)))
 
-  def labels(self, images):
-    return self._run(self._labels, images)
+  def labels(self, images, out_size):
+    return self._run(self._labels, images, out_size)
 
-  def logits(self, images):
-    return self._run(self._logits, images)
+  def logits(self, images, out_size):
+    return self._run(self._logits, images, out_size)
 
 
 class OnnxBackend(Backend):
@@ -98,11 +103,11 @@ class OnnxBackend(Backend):
     self.input_size = interface.input_size
     self.description = f'{interface.dtype} ONNX Runtime'
 
-  def labels(self, images):
-    return self.exported.labels(images)
+  def labels(self, images, out_size):
+    return self.exported.labels(images, out_size)
 
-  def logits(self, images):
-    return self.exported.logits(images)
+  def logits(self, images, out_size):
+    return self.exported.logits(images, out_size)
 
 
 class Segmenter:
@@ -115,7 +120,8 @@ class Segmenter:
   def load(cls, path: str | os.PathLike, *, inference: InferenceSpec = InferenceSpec(),
            ema: bool | None = None,
            dataset: str | Callable[[DatasetSpec | None], DatasetSpec] | None = None,
-           classes: ClassSet | None = None, threads: int | None = None) -> Segmenter:
+           classes: ClassSet | None = None, resize_to: Size | None = None,
+           threads: int | None = None) -> Segmenter:
     """A model file or checkpoint, ready to segment.
 
     Args:
@@ -128,6 +134,8 @@ class Segmenter:
         records, else Cityscapes), or a function from what the file records (None when
         nothing) to the dataset: how commands apply their dataset flags.
       classes: the classes, given explicitly (with a kind or none).
+      resize_to: the test Resize target (height, width), given explicitly (default: the
+        dataset's: what the file records, else the dataset kind's recipe's).
       threads: the threads that run the model (default: one per core): ONNX Runtime's
         intra-op threads, or the size of XLA's CPU thread pool (``jax_threads``: before JAX's
         first use in this process only).
@@ -156,6 +164,8 @@ class Segmenter:
       resolved = dataset(recorded)
     else:
       resolved = sources.resolve_dataset(dataset, recorded=recorded, classes=classes)
+    if resize_to is not None:
+      resolved = dataclasses.replace(resolved, resize_to=tuple(resize_to))
     sources.check_classes(path, backend.num_classes, resolved)
     return cls(backend, resolved, path)
 
@@ -172,6 +182,11 @@ class Segmenter:
   def num_classes(self) -> int:
     return self.backend.num_classes
 
+  @property
+  def resize_to(self) -> Size:
+    """(height, width) of the test Resize every image goes through (``test_resize``)."""
+    return self.dataset.resize_to
+
   def __call__(self, image: ImageLike, *, logits: bool = False) -> np.ndarray:
     """uint8 [H, W] class ids of one image (an RGB uint8 [H, W, 3] array or an image file), or
     with ``logits`` its float32 [H, W, K] class logits."""
@@ -180,7 +195,11 @@ class Segmenter:
   def batch(self, images: np.ndarray | Sequence[ImageLike], *, logits: bool = False):
     """Several images: uint8 [N, H, W, 3] gives uint8 [N, H, W] in one forward pass; a sequence
     of arrays or files of any sizes gives a list, each consecutive run of one size batched."""
-    run = self.backend.logits if logits else self.backend.labels
+    backend_run = self.backend.logits if logits else self.backend.labels
+
+    def run(group: np.ndarray) -> np.ndarray:  # The protocol: resized, and back.
+      return backend_run(test_resize(group, self.resize_to), group.shape[1:3])
+
     if isinstance(images, np.ndarray):
       return run(check_images(images))
     results, group = [], []
@@ -240,6 +259,15 @@ def _jax_started() -> bool:
     return False
   from jax._src import xla_bridge  # No public API tells it without starting one.
   return xla_bridge.backends_are_initialized()
+
+
+def test_resize(images: np.ndarray, resize_to: Size) -> np.ndarray:
+  """uint8 [N, H, W, 3] images of one size -> the same resized to fit ``resize_to`` keeping
+  their aspect ratio: the dataset's test Resize, with the function the evaluation pipeline
+  applies (``transforms.resize_keep_ratio``); the images themselves when it keeps their size."""
+  resized = [transforms.resize_keep_ratio({'image': image}, resize_to)['image']
+              for image in images]
+  return images if resized[0].shape == images.shape[1:] else np.stack(resized)
 
 
 def as_image(image: ImageLike) -> np.ndarray:

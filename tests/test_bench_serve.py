@@ -1,6 +1,7 @@
 """Tests of ``python -m bisenet_jax.bench serve``: the counts and fields of its rows (not its
 timings), on a tiny model and a real server."""
 
+import dataclasses
 import json
 
 import jax
@@ -23,11 +24,13 @@ FIELDS = {'model', 'checkpoint', 'backend', 'batching', 'max_batch_size', 'concu
 
 def save_zero_fastscnn(path):
   """Fast-SCNN with zero weights: the shapes are all a server needs, and computing them is
-  much faster than a random initialisation."""
+  much faster than a random initialisation. Its test Resize target is the frames' 64x128, which
+  keeps them as they are."""
   spec = ModelSpec('fastscnn', 19)
   shapes = models.abstract_variables(models.build(spec))
   variables = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), shapes)
-  checkpoint.save_model(path, variables, spec, sources.CITYSCAPES)
+  checkpoint.save_model(path, variables, spec,
+                        dataclasses.replace(sources.CITYSCAPES, resize_to=(64, 128)))
   return path
 
 
@@ -89,3 +92,34 @@ def test_new_sizes_accounts_for_both_clients(tiny_checkpoint):
       result['new_size_requests'])
   assert result['new_size_request']['count'] == result['new_size_requests']
   assert result['resident_mb_before'] > 0 and result['resident_mb_after'] > 0
+
+
+def test_a_running_server_is_measured_once_with_its_own_batching(tmp_path, monkeypatch):
+  """--url: the batching is the running server's, so each concurrency is one row, labelled
+  with what the server's metadata says (not the sweep's default on,off)."""
+  checkpoint_path = tmp_path / 'model.onnx'
+  checkpoint_path.write_bytes(b'')  # Only its existence is checked: the model is not timed.
+  loads = []
+  monkeypatch.setattr(serve_load, 'model_speed', lambda *args: {
+      'model_runner': 'stub', 'model_ms_batch1': 10.0, 'model_img_per_s': 100.0,
+      'model_best_batch': 1, 'model_img_per_s_by_batch': {'1': 100.0}})
+  monkeypatch.setattr(serve_load, 'model_metadata', lambda url: {'parameters': {
+      'backend': 'float32 ONNX Runtime', 'network': 'model.onnx', 'max_batch_size': 4}})
+
+  def run_load(url, images, load):
+    loads.append((url, load.concurrency))
+    return {'requests': load.requests, 'ok': load.requests, 'refused': 0, 'failed': 0,
+            'unsent': 0, 'wall_s': 1.0, 'img_per_s': 90.0, 'latency_ms_p50': 20.0,
+            'latency_ms_p90': 21.0, 'latency_ms_p99': 22.0, 'mean_batch_size': 1.5,
+            'server_ms_p50': 15.0, 'compute_ms_p50': 12.0, 'errors': []}
+
+  monkeypatch.setattr(serve_load, 'run_load', run_load)
+  output = tmp_path / 'serve.jsonl'
+  bench_main(['serve', '--checkpoint', str(checkpoint_path), '--url', 'http://127.0.0.1:8080',
+              '--concurrency', '1,2', '--input-size', '32x48', '--output', str(output)])
+  rows = [json.loads(line) for line in output.read_text().splitlines()]
+  assert loads == [('127.0.0.1:8080', 1), ('127.0.0.1:8080', 2)]
+  assert [(r['batching'], r['max_batch_size'], r['concurrency']) for r in rows] == [
+      ('on (--url)', 4, 1), ('on (--url)', 4, 2)]
+  assert serve_load.url_batching(1) == 'off (--url)'
+  assert serve_load.url_batching(None) == 'unknown (--url)'

@@ -230,7 +230,7 @@ def test_an_exported_file_scores_what_its_checkpoint_scores(setup, one_device, t
                '--with-preprocessing', '--input-size', f'{HEIGHT}x{WIDTH}',
                '--output', str(tmp_path / 'r18.onnx')])
   evaluate.main(['--checkpoint', str(tmp_path / 'r18.onnx'), '--data-root', str(setup['root']),
-                 '--output', str(tmp_path / 'results.json')])
+                 '--resize-to', f'{HEIGHT}x{WIDTH}', '--output', str(tmp_path / 'results.json')])
   stdout = capsys.readouterr().out
   assert 'float32 ONNX Runtime' in stdout and f'input size {HEIGHT}x{WIDTH}' in stdout
   exported = json.loads((tmp_path / 'results.json').read_text())
@@ -290,7 +290,9 @@ WITHOUT_JAX = textwrap.dedent('''
 
 def test_an_exported_file_is_scored_without_jax_as_with_it(setup, tmp_path, capsys):
   model = write_red_channel_model(tmp_path / 'red.onnx')
-  flags = ['--checkpoint', str(model), '--data-root', str(setup['root'])]
+  # The frames' size as the test Resize (the file's dataset record says Cityscapes' 1024x2048).
+  flags = ['--checkpoint', str(model), '--data-root', str(setup['root']), '--resize-to',
+           f'{HEIGHT}x{WIDTH}']
   result = subprocess.run(
       [sys.executable, '-c', WITHOUT_JAX, *flags, '--output', str(tmp_path / 'no_jax.json'),
        '--save-predictions', str(tmp_path / 'predictions'), '--batch-size', '2'],

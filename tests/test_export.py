@@ -109,8 +109,8 @@ def assert_close_to_scale(got, expected, tolerance=1e-4):
 def test_a_default_file_runs_the_network_at_the_images_own_size(r18, r18_any_size_onnx):
   model = onnx.load(str(r18_any_size_onnx))
   metadata = {p.key: p.value for p in model.metadata_props}
-  assert Interface.from_json(metadata[INTERFACE_KEY]) == Interface(None, None, 19,
-                                                                   any_input_size=True)
+  assert Interface.from_json(metadata[INTERFACE_KEY]) == Interface(
+      None, None, 19, any_input_size=True, resize_to=(1024, 2048))  # Cityscapes' test resize.
   operators = [node.op_type for node in model.graph.node]
   assert operators.count('Conv') == 37 and operators.count('Resize') == 2
   assert 'BatchNormalization' not in operators and 'Transpose' not in operators
@@ -273,10 +273,16 @@ def write_images(root, count=2, sizes=(SMALL,)):
   return root
 
 
+# A test Resize that keeps SMALL images and 50x97 ones as they are (each touches an edge of it):
+# a labels file's masks then equal the logits' (tests/test_protocol.py resizes).
+KEEP_SIZE = ['--resize-to', f'{SMALL[0]}x{SMALL[1]}']
+
+
 def test_predict_with_the_onnx_file_without_jax_writes_the_checkpoints_masks(
     r18, r18_labels_onnx, tmp_path):
   images = write_images(tmp_path / 'images')
-  predict.main(['--checkpoint', str(r18), str(images), '--output', str(tmp_path / 'jax')])
+  predict.main(['--checkpoint', str(r18), str(images), '--output', str(tmp_path / 'jax'),
+                *KEEP_SIZE])
   # JAX (and Flax) cannot be imported in this process: the ONNX path must not need them.
   script = textwrap.dedent(f'''
       import sys
@@ -284,7 +290,7 @@ def test_predict_with_the_onnx_file_without_jax_writes_the_checkpoints_masks(
         sys.modules[name] = None
       from bisenet_jax import predict
       predict.main(['--checkpoint', {str(r18_labels_onnx)!r}, {str(images)!r},
-                    '--output', {str(tmp_path / 'onnx')!r}])
+                    '--output', {str(tmp_path / 'onnx')!r}, *{KEEP_SIZE!r}])
       assert 'jax' not in [m.split('.')[0] for m in sys.modules if sys.modules[m] is not None]
   ''')
   result = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True,
@@ -299,9 +305,10 @@ def test_predict_with_the_onnx_file_without_jax_writes_the_checkpoints_masks(
 def test_a_logits_file_and_a_labels_file_give_the_same_masks_in_predict(
     r18_any_size_onnx, r18_labels_onnx, tmp_path):
   """A logits file's logits are upsampled and argmaxed on the host as the protocol does."""
-  images = write_images(tmp_path / 'images', count=2, sizes=(SMALL, (50, 90)))
+  images = write_images(tmp_path / 'images', count=2, sizes=(SMALL, (50, 97)))
   for path, output in ((r18_any_size_onnx, 'logits'), (r18_labels_onnx, 'labels')):
-    predict.main(['--checkpoint', str(path), str(images), '--output', str(tmp_path / output)])
+    predict.main(['--checkpoint', str(path), str(images), '--output', str(tmp_path / output),
+                  *KEEP_SIZE])
   for name in ('0_mask.png', '1_mask.png'):
     mask = read_rgb(tmp_path / 'labels' / name)
     assert len(np.unique(mask.reshape(-1, 3), axis=0)) >= 2
@@ -336,6 +343,15 @@ def test_stablehlo_round_trip_in_a_process_with_only_jax_and_numpy(r18, folder):
   got = np.load(folder / 'stablehlo_out.npy')
   expected = jax_logits(r18, images).transpose(0, 3, 1, 2)
   assert_close_to_scale(got, np.concatenate([expected[:1], expected]), tolerance=1e-5)
+  # The records a StableHLO file cannot carry, beside it; replaced only with --force.
+  records = json.loads((folder / 'r18.stablehlo.json').read_text())
+  assert Interface.from_json(json.dumps(records[INTERFACE_KEY])) == Interface(
+      *SMALL, 19, resize_to=(1024, 2048))
+  assert DatasetSpec.from_json(records[DATASET_KEY]) == sources.CITYSCAPES
+  path.unlink()
+  with pytest.raises(SystemExit):
+    export(r18, path, '--format', 'stablehlo', *size_flags(SMALL))
+  assert not path.exists()
 
 
 @pytest.mark.slow
@@ -415,7 +431,7 @@ def test_predict_refuses_test_time_views_and_another_size_for_a_fixed_file(
   cv2.imwrite(str(tmp_path / 'other.png'), np.zeros((32, 48, 3), np.uint8))
   with pytest.raises(SystemExit):
     predict.main(['--checkpoint', str(tmp_path / 'fixed.onnx'), str(tmp_path / 'other.png'),
-                  '--output', str(tmp_path / 'o')])
+                  '--output', str(tmp_path / 'o'), '--resize-to', '32x48'])
   assert 'takes 481x641 images, this one is 32x48' in capsys.readouterr().err
   assert not list((tmp_path / 'o').glob('*_mask.png'))
 
@@ -490,10 +506,9 @@ def test_a_video_through_the_onnx_file_gives_the_jax_masks(
   for image in street_scenes(4, (50, 90), seed=11):
     writer.write(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
   writer.release()
-  predict.main(['--checkpoint', str(r18_labels_onnx), str(tmp_path / 'clip.mp4'),
-                '--output', str(tmp_path / 'onnx'), '--frame-masks'])
-  predict.main(['--checkpoint', str(r18), str(tmp_path / 'clip.mp4'), '--output',
-                str(tmp_path / 'jax'), '--frame-masks'])
+  for path, output in ((r18_labels_onnx, 'onnx'), (r18, 'jax')):
+    predict.main(['--checkpoint', str(path), str(tmp_path / 'clip.mp4'), '--output',
+                  str(tmp_path / output), '--frame-masks', '--resize-to', '50x90'])
   assert capsys.readouterr().out.count('clip.mp4: 4 frame(s)') == 2
   for index in range(4):
     name = f'clip/{index:06d}_mask.png'
@@ -518,15 +533,15 @@ def write_cityscapes_of_several_sizes(root, sizes):
 @pytest.mark.slow
 def test_a_default_float32_file_scores_what_its_checkpoint_scores(r18, folder, tmp_path, capsys):
   """Images of three sizes, each scored at its own size by both (``--resize-to 120x192`` keeps
-  every one of them as it is for the checkpoint: each touches one of its edges)."""
+  every one of them as it is: each touches one of its edges; tests/test_protocol.py resizes)."""
   from bisenet_jax import evaluate
   root = write_cityscapes_of_several_sizes(tmp_path / 'cityscapes',
                                            ((97, 192), (120, 161), (120, 192)))
   path = export(r18, tmp_path / 'r18.onnx', '--format', 'onnx')
   scores = {}
-  for name, model, flags in (('checkpoint', r18, ['--resize-to', '120x192']), ('onnx', path, [])):
+  for name, model in (('checkpoint', r18), ('onnx', path)):
     evaluate.main(['--checkpoint', str(model), '--data-root', str(root),
-                   '--output', str(tmp_path / f'{name}.json'), *flags])
+                   '--output', str(tmp_path / f'{name}.json'), '--resize-to', '120x192'])
     scores[name] = json.loads((tmp_path / f'{name}.json').read_text())
   capsys.readouterr()
   assert scores['onnx']['images'] == scores['checkpoint']['images'] == 3

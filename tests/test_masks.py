@@ -1,5 +1,7 @@
-"""Tests of bisenet_jax.data.masks: which mask files are read as class indices, which refused."""
+"""Tests of bisenet_jax.data.masks: which mask files are read as class indices, which refused, and
+the colours masks are drawn in."""
 
+import io
 import re
 
 import numpy as np
@@ -68,3 +70,27 @@ def test_sixteen_bit_mask_with_another_value_names_the_file_and_the_value(datase
   Image.fromarray(values).save(dataset / 'masks/val/a.png')
   with pytest.raises(UserError, match=re.escape(str(dataset / 'masks/val/a.png')) + ' ' + message):
     SegmentationFolder(dataset, 'val')[0]
+
+
+def test_colorize_draws_classes_ignored_white_and_values_without_a_class_black():
+  from bisenet_jax.data import masks
+  palette = np.array([(200, 10, 10), (10, 200, 10), (10, 10, 200)], np.uint8)
+  labels = np.array([[0, 1, 2], [255, 3, 254]], np.uint8)
+  want = [[(200, 10, 10), (10, 200, 10), (10, 10, 200)], [(255, 255, 255), (0, 0, 0), (0, 0, 0)]]
+  np.testing.assert_array_equal(masks.colorize(labels, palette), want)
+  np.testing.assert_array_equal(masks.colorize(labels[None].astype(np.int32), palette), [want])
+  # The colours the palette PNGs (predict, evaluate, the server's mask_png) show.
+  png = Image.open(io.BytesIO(masks.encode_index_png(labels, palette))).convert('RGB')
+  np.testing.assert_array_equal(np.asarray(png), want)
+
+
+@pytest.mark.parametrize('labels, message', [
+    (np.array([[0, 256]]), 'these hold 0..256'),
+    (np.array([[-1, 2]]), 'these hold -1..2'),
+    (np.array([[0.0, 1.0]]), 'integer class ids 0..255, not float64'),
+])
+def test_colorize_refuses_what_is_no_uint8_label_in_one_line(labels, message):
+  from bisenet_jax.data import masks
+  with pytest.raises(UserError, match=re.escape(message)) as error:
+    masks.colorize(labels, np.zeros((3, 3), np.uint8))
+  assert '\n' not in str(error.value)

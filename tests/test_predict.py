@@ -2,7 +2,8 @@
 
 The model is the PyTorch reference with random weights saved as an official ``.pth``; the
 expected mask of each image is Cityscapes' ``PALETTE[argmax]`` of ``inference.predict_labels``
-run here, directly on the Flax model, at the image's own (odd) size.
+run here, directly on the Flax model, on the image resized to fit the test Resize target
+(``--resize-to``) and upsampled back to the image's own (odd) size.
 """
 
 import functools
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from bisenet_jax import load_pretrained, predict
+from bisenet_jax.data import transforms
 from bisenet_jax.data.cityscapes import PALETTE
 from bisenet_jax.data.synthetic import draw_street_scene
 from bisenet_jax.data.normalization import normalize
@@ -30,10 +32,18 @@ def write_images(root):
     assert cv2.imwrite(str(root / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
 
 
-def expected_labels(model, variables, image):
+# The test Resize target of predict's runs here: every image's size changes (61x97 -> 81x128).
+RESIZE_TO = (90, 128)
+
+
+def expected_labels(model, variables, image, resize_to=None):
+  """The protocol, written directly: the image resized to fit ``resize_to`` keeping its aspect
+  ratio (None: as it is), ``predict_labels`` at the image's own size."""
   logits_fn = lambda x: model.apply(variables, x, train=False)
   labels_fn = jax.jit(functools.partial(inference.predict_labels, logits_fn,
                                         out_size=image.shape[:2]))
+  if resize_to is not None:
+    image = transforms.resize_keep_ratio({'image': image}, resize_to)['image']
   with jax.default_matmul_precision('highest'):
     return np.asarray(labels_fn(normalize(image)[None]))[0]
 
@@ -43,14 +53,15 @@ def test_masks_overlays_and_legend_for_a_folder_and_a_file(random_r18_pth, tmp_p
   write_images(tmp_path)
   output = tmp_path / 'out' / 'nested'  # Created by the command.
   predict.main(['--checkpoint', str(random_r18_pth), str(tmp_path / 'folder'),
-                str(tmp_path / 'single.png'), '--output', str(output), '--overlay'])
+                str(tmp_path / 'single.png'), '--output', str(output), '--overlay',
+                '--resize-to', f'{RESIZE_TO[0]}x{RESIZE_TO[1]}'])
   assert 'wrote 3 mask(s)' in capsys.readouterr().out
 
   model, variables = load_pretrained(random_r18_pth)
   stems = {'folder/a.png': 'a', 'folder/sub/b.jpg': 'sub/b', 'single.png': 'single'}
   for name, stem in stems.items():
     image = read_rgb(tmp_path / name)
-    labels = expected_labels(model, variables, image)
+    labels = expected_labels(model, variables, image, RESIZE_TO)
     assert len(np.unique(labels)) >= 2  # A colour mix-up cannot hide behind a uniform mask.
     mask = read_rgb(output / f'{stem}_mask.png')
     np.testing.assert_array_equal(mask, PALETTE[labels], err_msg=name)

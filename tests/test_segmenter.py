@@ -1,6 +1,6 @@
 """Tests of ``bisenet_jax.Segmenter``, the one Python API to a model: a checkpoint on JAX and its
-exported ``.onnx`` on ONNX Runtime give the shared inference's labels for arrays, files and
-batches of any sizes."""
+exported ``.onnx`` on ONNX Runtime give the shared inference's labels, through the test Resize,
+for arrays, files and batches of any sizes (tests/test_protocol.py: the resize each records)."""
 
 import cv2
 import numpy as np
@@ -16,6 +16,9 @@ from test_export import save_reference_model, street_scenes
 from test_predict import expected_labels
 
 SIZES = ((61, 97), (45, 70))  # Odd sizes: no stride divides them.
+# Small, and it changes both sizes (61x97 -> 75x120, 45x70 -> 77x120); the checkpoint records
+# Cityscapes' 1024x2048.
+RESIZE_TO = (90, 120)
 
 
 @pytest.fixture(scope='module')
@@ -25,7 +28,7 @@ def fastscnn(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def segmenter(fastscnn):
-  return Segmenter.load(fastscnn)
+  return Segmenter.load(fastscnn, resize_to=RESIZE_TO)
 
 
 @pytest.fixture(scope='module')
@@ -37,7 +40,7 @@ def test_labels_are_the_shared_inferences_for_arrays_files_and_batches(segmenter
                                                                        images, tmp_path):
   from bisenet_jax import load_pretrained
   model, variables = load_pretrained(fastscnn)
-  expected = [expected_labels(model, variables, image) for image in images]
+  expected = [expected_labels(model, variables, image, RESIZE_TO) for image in images]
   assert all(len(np.unique(labels)) >= 2 for labels in expected)
   np.testing.assert_array_equal(segmenter(images[0]), expected[0])
   path = tmp_path / 'street.png'
@@ -52,7 +55,7 @@ def test_labels_are_the_shared_inferences_for_arrays_files_and_batches(segmenter
   np.testing.assert_array_equal(stacked[1], expected[0])
 
 
-def test_logits_overlay_and_classes(segmenter, images):
+def test_logits_overlay_and_classes(segmenter, fastscnn, images):
   logits = segmenter(images[0], logits=True)
   assert logits.shape == (*SIZES[0], 19) and logits.dtype == np.float32
   labels = segmenter(images[0])
@@ -61,13 +64,28 @@ def test_logits_overlay_and_classes(segmenter, images):
                                 masks.blend(images[0], segmenter.palette[labels]))
   assert segmenter.classes.names == CITYSCAPES_CLASSES.names
   assert segmenter.num_classes == 19 and segmenter.backend.name == 'jax'
+  assert segmenter.resize_to == RESIZE_TO and Segmenter.load(fastscnn).resize_to == (1024, 2048)
+
+
+def test_ignored_pixels_are_drawn_white_and_labels_beyond_uint8_refused(segmenter, images):
+  labels = np.zeros(SIZES[0], np.uint8)
+  labels[:10], labels[10:20] = 255, 19  # Ignored; no class (drawn black, as the PNGs draw it).
+  colours = segmenter.colorize(labels)
+  assert (colours[:10] == 255).all() and (colours[10:20] == 0).all()
+  assert (colours[20:] == segmenter.palette[0]).all()
+  np.testing.assert_array_equal(segmenter.overlay(images[0], labels),
+                                masks.blend(images[0], colours))
+  wide = labels.astype(np.int64)
+  wide[0, 0] = 300
+  with pytest.raises(UserError, match=r'class ids 0..255, these hold 0..300'):
+    segmenter.colorize(wide)
 
 
 @pytest.mark.slow  # An export; tests/test_serve.py serves an .onnx in the quick tier.
 def test_the_exported_file_gives_the_checkpoints_labels(fastscnn, segmenter, images, tmp_path):
   path = tmp_path / 'fastscnn.onnx'
   export_main(['--checkpoint', str(fastscnn), '--output', str(path), '--format', 'onnx'])
-  exported = Segmenter.load(path)
+  exported = Segmenter.load(path, resize_to=RESIZE_TO)
   assert exported.backend.name == 'onnxruntime' and exported.classes == segmenter.classes
   for image in images:
     agreement = (exported(image) == segmenter(image)).mean()

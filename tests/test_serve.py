@@ -51,13 +51,13 @@ SERVER = textwrap.dedent('''
       from bisenet_jax import segmenter
       labels = segmenter.OnnxBackend.labels
 
-      def held(self, images):
+      def held(self, *args):
         if gate:
           Path(gate, f'entered-{time.monotonic_ns()}').touch()
           while not Path(gate, 'open').exists():
             time.sleep(0.01)
         time.sleep(delay)
-        return labels(self, images)
+        return labels(self, *args)
 
       segmenter.OnnxBackend.labels = held
     from bisenet_jax.serve.__main__ import main

@@ -26,6 +26,8 @@ from bisenet_jax.errors import UserError
 from labelled_files import read_rgb
 
 SIZE = (64, 96)
+# The frames' size as predict's test Resize target: the model sees them as they are.
+KEEP_SIZE = ['--resize-to', f'{SIZE[0]}x{SIZE[1]}']
 FRAMES = 6
 
 
@@ -266,7 +268,7 @@ def test_a_video_gives_mask_and_overlay_videos_and_frame_masks_equal_to_image_ma
     random_r18_pth, tmp_path, capsys):
   clip = write_video(tmp_path / 'clip.mp4')
   predict.main(['--checkpoint', str(random_r18_pth), str(clip), '--output', str(tmp_path / 'out'),
-                '--overlay', '--frame-masks'])
+                '--overlay', '--frame-masks', *KEEP_SIZE])
   report = capsys.readouterr().out
   assert f'clip.mp4: {FRAMES} frame(s)' in report and 'frames/s end to end' in report
   assert 'decode' in report and 'model' in report and 'encode' in report and 'p90' in report
@@ -280,7 +282,7 @@ def test_a_video_gives_mask_and_overlay_videos_and_frame_masks_equal_to_image_ma
     cv2.imwrite(str(tmp_path / f'{index:06d}.png'), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
   predict.main(['--checkpoint', str(random_r18_pth), *[str(tmp_path / f'{i:06d}.png')
                                                    for i in range(FRAMES)],
-                '--output', str(tmp_path / 'images')])
+                '--output', str(tmp_path / 'images'), *KEEP_SIZE])
   for index in range(FRAMES):
     frame_mask = read_rgb(tmp_path / 'out' / 'clip' / f'{index:06d}_mask.png')
     np.testing.assert_array_equal(frame_mask,
@@ -309,7 +311,8 @@ def test_a_stream_that_stops_keeps_what_was_written(random_r18_pth, tmp_path, ca
   threading.Thread(target=server.serve_forever, daemon=True).start()
   try:
     url = f'http://127.0.0.1:{server.server_address[1]}/cam1.avi'
-    predict.main(['--checkpoint', str(random_r18_pth), url, '--output', str(tmp_path / 'out')])
+    predict.main(['--checkpoint', str(random_r18_pth), url, '--output', str(tmp_path / 'out'),
+                  *KEEP_SIZE])
   finally:
     server.shutdown()
   report = capsys.readouterr().out
@@ -330,7 +333,7 @@ def test_a_stream_that_stops_keeps_what_was_written(random_r18_pth, tmp_path, ca
 ])
 def test_bad_streams_are_one_line_errors_and_write_no_video(random_r18_pth, tmp_path, capsys, case,
                                                             expected):
-  args = ['--checkpoint', str(random_r18_pth), '--output', str(tmp_path / 'out')]
+  args = ['--checkpoint', str(random_r18_pth), '--output', str(tmp_path / 'out'), *KEEP_SIZE]
   if case == 'not a video':
     (tmp_path / 'clip.mp4').write_bytes(b'not a video')
     args.append(str(tmp_path / 'clip.mp4'))
@@ -339,7 +342,7 @@ def test_bad_streams_are_one_line_errors_and_write_no_video(random_r18_pth, tmp_
   elif case == 'unwritable output':
     (tmp_path / 'file').write_text('a file, not a folder')
     args = ['--checkpoint', str(random_r18_pth), '--output', str(tmp_path / 'file'),
-            str(write_video(tmp_path / 'clip.mp4', count=2))]
+            str(write_video(tmp_path / 'clip.mp4', count=2)), *KEEP_SIZE]
   elif case == 'video name taken by a folder':
     (tmp_path / 'out' / 'clip_mask.mp4').mkdir(parents=True)
     args.append(str(write_video(tmp_path / 'clip.mp4', count=2)))

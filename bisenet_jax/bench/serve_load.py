@@ -1,22 +1,22 @@
 """``python -m bisenet_jax.bench serve``: a bounded load on ``python -m bisenet_jax.serve``, beside
 the model's own speed in this process.
 
-For each model and batching choice a server is started on free ports of 127.0.0.1 (or the one
-at ``--url``, which must be on this machine), sent a fixed number of requests at each
+For each model and batching choice a server is started on free ports of 127.0.0.1 (or, once,
+the one at ``--url``, which must be on this machine and batches as it was started to: its row
+says so, e.g. 'on (--url)'), sent a fixed number of requests at each
 concurrency (one Open Inference Protocol client per worker thread, binary ``image`` in, binary
 ``labels`` out, street frames drawn from a seed) with a time limit, then stopped. Each point
 counts the requests answered, refused (503: the server's queue was full) and failed, its
 throughput, the latency percentiles of the answered ones, and the mean batch they ran in
 (``parameters.batch_size`` of each response), and the median time inside the server
 (``server_ms``: arrival to answer) and of its forward passes (``compute_ms``). The model alone
-(``Segmenter`` for a checkpoint, ``OnnxModel`` for an ``.onnx``) is timed first, with no server
+(the ``Segmenter`` the server runs, test resize included) is timed first, with no server
 running, at batch 1 and at each batch size up to the server's largest; the two goals compare
 the server with it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import ipaddress
 import os
@@ -180,17 +180,14 @@ def one_request(httpclient, client, image: np.ndarray):
 
 def model_speed(checkpoint: str, images: np.ndarray, max_batch_size: int, warmup: int,
                 steps: int, threads: int | None) -> dict:
-  """The model alone in this process, timed as the server's warm-up times it
-  (``batching.time_batches``): the median ms of a batch-1 call, and img/s (of the fastest of
-  ``steps`` rounds) at its best batch size among the server's, ``batch_sizes(max_batch_size)``."""
-  if Path(checkpoint).suffix.lower() == '.onnx':
-    from bisenet_jax.export.onnx_runtime import OnnxModel
-    run = OnnxModel(checkpoint, threads).labels
-    description = 'ONNX Runtime (OnnxModel)'
-  else:
-    from bisenet_jax.segmenter import Segmenter
-    segmenter = Segmenter.load(checkpoint, threads=threads)
-    run, description = segmenter.batch, f'Segmenter, {segmenter.backend.description}'
+  """The model alone in this process, through the ``Segmenter`` the server runs (the same
+  work: the test resize, the model, the labels back at the frames' size), timed as the server's
+  warm-up times it (``batching.time_batches``): the median ms of a batch-1 call, and img/s (of
+  the fastest of ``steps`` rounds) at its best batch size among the server's,
+  ``batch_sizes(max_batch_size)``."""
+  from bisenet_jax.segmenter import Segmenter
+  segmenter = Segmenter.load(checkpoint, threads=threads)
+  run, description = segmenter.batch, f'Segmenter, {segmenter.backend.description}'
   times = time_batches(run, [images], batch_sizes(max_batch_size), repeats=steps,
                        warmup=max(warmup, 1))
   rates = images_per_second(times)
@@ -279,9 +276,10 @@ class ServeSweep:
 
   Attributes:
     checkpoints: the models (anything ``--checkpoint`` of the server takes).
-    url: a running server on this machine ('127.0.0.1:PORT') instead of starting them; its
-      batching is what its metadata says.
-    batching: ('on', 'off'): the server's ``--max-batch-size`` is ``max_batch_size`` or 1.
+    url: a running server on this machine ('127.0.0.1:PORT') instead of starting them: it is
+      measured once, its batching what its metadata says (``url_batching``).
+    batching: ('on', 'off'): the server's ``--max-batch-size`` is ``max_batch_size`` or 1 (the
+      servers this sweep starts; not a ``url``'s).
     concurrency, requests, time_limit_s: the loads (``LoadSpec``) of each server.
     input_size: the frames' (height, width).
     warmup, steps, threads: the in-process timing of the model, and both sides' ONNX Runtime
@@ -300,6 +298,13 @@ class ServeSweep:
   threads: int | None
 
 
+def url_batching(max_batch_size: int | None) -> str:
+  """The batching label of a running server's rows: what its metadata says, marked as the
+  server's own (the sweep's --batching does not apply to it)."""
+  state = 'unknown' if max_batch_size is None else 'on' if max_batch_size > 1 else 'off'
+  return f'{state} (--url)'
+
+
 def run(sweep: ServeSweep, emit) -> list[dict]:
   """Every point of the sweep; ``emit(row)`` as each is measured."""
   images = street_frames(sweep.input_size)
@@ -307,25 +312,35 @@ def run(sweep: ServeSweep, emit) -> list[dict]:
   for checkpoint in sweep.checkpoints:
     model = model_speed(checkpoint, images, sweep.max_batch_size, sweep.warmup, sweep.steps,
                         sweep.threads)
+    if sweep.url:  # One server, batching as it was started: measured once.
+      served = model_metadata(sweep.url).get('parameters', {})
+      max_batch = served.get('max_batch_size')
+      rows += _points(sweep, checkpoint, sweep.url, served, url_batching(max_batch), max_batch,
+                      images, model, emit)
+      continue
     for batching in sweep.batching:
       max_batch = sweep.max_batch_size if batching == 'on' else 1
-      with (contextlib.nullcontext() if sweep.url else
-            start_server(checkpoint, max_batch, sweep.input_size, sweep.threads)) as server:
-        url = sweep.url or server.url
-        served = model_metadata(url).get('parameters', {})
-        if sweep.url:
-          max_batch = served.get('max_batch_size', max_batch)
-          batching = 'on' if max_batch > 1 else 'off'
-        for concurrency in sweep.concurrency:
-          load = LoadSpec(sweep.requests, concurrency, sweep.time_limit_s)
-          row = {'impl': 'serve', 'mode': 'serve', 'model': Path(checkpoint).name,
-                 'checkpoint': checkpoint, 'backend': served.get('backend'),
-                 'network': served.get('network'), 'batching': batching,
-                 'max_batch_size': max_batch, 'concurrency': concurrency,
-                 'resolution': format_size(sweep.input_size),
-                 'time_limit_s': sweep.time_limit_s, **run_load(url, images, load), **model,
-                 'load_average': os.getloadavg()[0], **environment()}
-          row.update(goals(row))
-          rows.append(row)
-          emit(row)
+      with start_server(checkpoint, max_batch, sweep.input_size, sweep.threads) as server:
+        served = model_metadata(server.url).get('parameters', {})
+        rows += _points(sweep, checkpoint, server.url, served, batching, max_batch, images,
+                        model, emit)
+  return rows
+
+
+def _points(sweep: ServeSweep, checkpoint: str, url: str, served: dict, batching: str,
+            max_batch: int | None, images: np.ndarray, model: dict, emit) -> list[dict]:
+  """One server's row at each concurrency of the sweep."""
+  rows = []
+  for concurrency in sweep.concurrency:
+    load = LoadSpec(sweep.requests, concurrency, sweep.time_limit_s)
+    row = {'impl': 'serve', 'mode': 'serve', 'model': Path(checkpoint).name,
+           'checkpoint': checkpoint, 'backend': served.get('backend'),
+           'network': served.get('network'), 'batching': batching,
+           'max_batch_size': max_batch, 'concurrency': concurrency,
+           'resolution': format_size(sweep.input_size),
+           'time_limit_s': sweep.time_limit_s, **run_load(url, images, load), **model,
+           'load_average': os.getloadavg()[0], **environment()}
+    row.update(goals(row))
+    rows.append(row)
+    emit(row)
   return rows

@@ -33,17 +33,36 @@ def encode_index_png(indices, palette) -> bytes:
 
 
 def _index_image(indices, palette) -> Image.Image:
-  colours = np.zeros((256, 3), np.uint8)
-  colours[:len(palette)] = palette
-  colours[IGNORE_LABEL] = 255
   image = Image.fromarray(np.asarray(indices, np.uint8))
-  image.putpalette(colours.tobytes())  # An 'L' image becomes a palette ('P') image.
+  image.putpalette(colour_table(palette).tobytes())  # An 'L' image becomes a palette image.
   return image
 
 
+def colour_table(palette: np.ndarray) -> np.ndarray:
+  """uint8 [256, 3]: the colour of every uint8 label, as masks are drawn everywhere (the palette
+  PNGs, ``colorize``, the server's page): class k its ``palette`` colour, 255 (ignored) white,
+  and the values no class has (K..254) black."""
+  colours = np.zeros((256, 3), np.uint8)
+  colours[:len(palette)] = palette
+  colours[IGNORE_LABEL] = 255
+  return colours
+
+
 def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
-  """uint8 [..., H, W] class indices -> uint8 [..., H, W, 3] RGB colours from ``palette``."""
-  return palette[labels]
+  """uint8 [..., H, W] class indices -> uint8 [..., H, W, 3] RGB colours (``colour_table``: 255
+  white, K..254 black, as the palette PNGs show them).
+
+  Raises:
+    UserError: labels that are not integers, or values outside 0..255 (no uint8 label).
+  """
+  labels = np.asarray(labels)
+  if labels.dtype.kind not in 'iu':
+    raise UserError(f'labels must be integer class ids 0..255, not {labels.dtype}: pass the '
+                    "model's uint8 labels")
+  if labels.dtype != np.uint8 and labels.size and (labels.min() < 0 or labels.max() > 255):
+    raise UserError(f'labels must be class ids 0..255, these hold {labels.min()}..'
+                    f"{labels.max()}: pass the model's uint8 labels")
+  return colour_table(palette)[labels]
 
 
 def blend(image: np.ndarray, mask: np.ndarray) -> np.ndarray:

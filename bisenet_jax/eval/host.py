@@ -26,9 +26,11 @@ def evaluate_segmenter(segmenter, source, *, batch_size: int = 1, progress: bool
   """``evaluator.evaluate`` through a ``Segmenter`` (how an exported ``.onnx`` is evaluated,
   on ONNX Runtime), one batch of images of one size at a time.
 
-  Each image goes to the model as it was read: an exported file resizes it to its own input
-  size and its labels back (``Interface.any_input_size``), so the recipe's test resize (a no-op
-  for Cityscapes frames) does not apply. One process, on the host.
+  Each image goes to the segmenter as it was read; the segmenter applies the protocol the
+  checkpoint path applies (``segmenter.test_resize``): the dataset's test resize to
+  ``segmenter.resize_to`` with the pipeline's own function, the model (an exported file of fixed
+  input size resizes to it and back itself), and the logits upsampled to the label's size. One
+  process, on the host.
   """
   num_classes = segmenter.num_classes
   batches = pipeline.EvalBatches(source, batch_size=batch_size, resize_to=None)

@@ -7,7 +7,8 @@ images, ``stablehlo_file`` writes StableHLO; ``triton`` lays an ``.onnx`` out as
 model repository; ``onnx_runtime`` runs an exported ``.onnx`` without JAX (``predict``,
 ``evaluate``, the benchmark). This module holds what both sides share and imports neither
 JAX nor ONNX: the ``Interface`` of an exported model, which the ONNX file carries in its
-``metadata_props`` (see docs/deployment.md).
+``metadata_props`` and a StableHLO file in the JSON file beside it (``RECORD_SUFFIX``; see
+docs/deployment.md).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import math
 import numpy as np
 
 from bisenet_jax.data.normalization import MEAN_RGB, STD_RGB, normalize
+from bisenet_jax.specs import RESIZE_TO
 
 FORMATS = ('onnx', 'stablehlo', 'triton-repository')
 # The formats whose model is an .onnx file (a Triton repository holds one).
@@ -32,6 +34,8 @@ OUTPUT_STRIDE = 8
 INTERFACE_KEY = 'bisenet_jax.interface'
 DATASET_KEY = 'bisenet_jax.dataset'
 EXTRA_HINT = "pip install -e '.[export]'"
+# A StableHLO file <name> has no metadata: its records are in <name>.json, under the same keys.
+RECORD_SUFFIX = '.json'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +58,12 @@ class Interface:
       half-pixel, as ``resize_bilinear``) to height x width and its output back to theirs, as
       ``InferenceSpec(input_size=(height, width))`` does in JAX. Otherwise (StableHLO) the input
       must be height x width.
+    resize_to: the (height, width) of the dataset's test Resize, which the file expects to be
+      applied before it: each image resized to fit it keeping its aspect ratio
+      (``transforms.resize_keep_ratio``: OpenCV bilinear on uint8), and the output brought back
+      to the image's size (the logits bilinearly, as ``upsample_bilinear``; labels nearest),
+      as the checkpoint is evaluated. None in files written before it was recorded, for which
+      the dataset's target applies (``Segmenter``).
   """
   height: int | None
   width: int | None
@@ -63,6 +73,7 @@ class Interface:
   preprocessing: bool = False
   dtype: str = 'float32'
   any_input_size: bool = False
+  resize_to: tuple[int, int] | None = None
 
   @property
   def input_size(self) -> tuple[int, int] | None:
@@ -108,7 +119,24 @@ class Interface:
   def from_json(cls, text: str) -> Interface:
     """The inverse of ``to_json``; fields that older files lack keep their defaults."""
     fields = json.loads(text)
+    if fields.get('resize_to') is not None:
+      fields['resize_to'] = tuple(fields['resize_to'])
     return cls(**{f.name: fields[f.name] for f in dataclasses.fields(cls) if f.name in fields})
+
+
+def protocol_resize_to(dataset) -> tuple[int, int]:
+  """The test resize target of a checkpoint's recorded ``DatasetSpec`` (None: it records none,
+  so it is evaluated as Cityscapes: 1024x2048): what an exported file records."""
+  return tuple(dataset.resize_to) if dataset is not None else RESIZE_TO['cityscapes']
+
+
+def records(interface: Interface, dataset_json: str | None) -> dict[str, str]:
+  """What an exported file records, {key: JSON text}: its interface and, when the checkpoint
+  records one, its dataset (classes, colours, kind, test resize)."""
+  entries = {INTERFACE_KEY: interface.to_json()}
+  if dataset_json is not None:
+    entries[DATASET_KEY] = dataset_json
+  return entries
 
 
 def describe(shape: tuple, dtype: str) -> str:

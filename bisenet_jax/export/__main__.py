@@ -9,10 +9,13 @@
 
 The default interface is what a PyTorch export of the model has: input ``images`` float32
 [N, 3, H, W] RGB normalised as the reference does, output ``logits`` float32 [N, K, ceil(H/8),
-ceil(W/8)]. An ONNX file takes any batch size and any image size and runs the network at each
-image's own size, as the checkpoint does; with ``--input-size HEIGHTxWIDTH`` it runs it at that
+ceil(W/8)]. An ONNX file takes any batch size and any image size and runs the network at the
+size it is given, as the checkpoint does; with ``--input-size HEIGHTxWIDTH`` it runs it at that
 size, resizing the images to it and its output back (one shape for TensorRT engines). A
-StableHLO file takes exactly ``--input-size`` (default 1024x2048). ``--layout nhwc``,
+StableHLO file takes exactly ``--input-size`` (default 1024x2048). Every file records the test
+resize of the checkpoint's dataset (``Interface.resize_to``: images are resized to fit it,
+keeping their aspect ratio, before the file, as the checkpoint is evaluated), an ``.onnx`` in
+its metadata, a StableHLO file in ``<output>.json`` beside it. ``--layout nhwc``,
 ``--outputs labels`` (uint8
 class ids at the input's size, as ``predict_labels``), ``--with-preprocessing`` (uint8 RGB input,
 normalised in the graph) and ``--dtype float16|int8`` change it; int8 (ONNX) is calibrated on
@@ -38,7 +41,8 @@ from bisenet_jax.data.images import read_image
 from bisenet_jax.data.normalization import MEAN_RGB, STD_RGB
 from bisenet_jax.errors import UserError
 from bisenet_jax.export import (DTYPES, FORMATS, INPUT_NAME, LAYOUTS, ONNX_FORMATS, OUTPUTS,
-                                Interface, calibration, describe, triton)
+                                RECORD_SUFFIX, Interface, calibration, describe,
+                                protocol_resize_to, records, triton)
 from bisenet_jax.files import write_atomically
 from bisenet_jax.specs import SIZE_FORMAT, format_size
 
@@ -140,10 +144,12 @@ class ExportJob:
   triton: triton.TritonSpec | None = None
   force: bool = False
 
-  def interface(self, num_classes: int) -> Interface:
+  def interface(self, num_classes: int, resize_to: tuple[int, int]) -> Interface:
+    """The file's interface; ``resize_to``: the checkpoint's test resize target."""
     height, width = self.input_size or (None, None)
     return Interface(height, width, num_classes, self.layout, self.outputs, self.preprocessing,
-                     self.dtype, any_input_size=self.format in ONNX_FORMATS)
+                     self.dtype, any_input_size=self.format in ONNX_FORMATS,
+                     resize_to=resize_to)
 
 
 def job_from_args(args: argparse.Namespace) -> ExportJob:
@@ -165,8 +171,9 @@ def job_from_args(args: argparse.Namespace) -> ExportJob:
   if triton_spec is None:
     if output.is_dir():
       raise UserError(f'--output {output} is a folder: give a file name')
-    if output.exists() and not args.force:
-      raise UserError(f'{output} already exists: pass --force to replace it')
+    for path in (output, record_path(output)) if args.format == 'stablehlo' else (output,):
+      if path.exists() and not args.force:
+        raise UserError(f'{path} already exists: pass --force to replace it')
   if not output.parent.is_dir():
     raise UserError(f'{output.parent} does not exist: create it first')
   if args.format in ONNX_FORMATS:  # The missing-extra message now, not after the slow load.
@@ -230,12 +237,13 @@ def export(job: ExportJob) -> dict:
 
   spec, variables, dataset = checkpoint.load_model(job.checkpoint, job.ema)
   model = models.build(spec)
-  interface = job.interface(model.num_classes)
+  interface = job.interface(model.num_classes, protocol_resize_to(dataset))
+  dataset_json = None if dataset is None else json.dumps(dataset.to_json())
   images = job.calibration
   check_images = _check_images(images, interface)
   with jax.default_matmul_precision('highest'):  # Full fp32, as the reference (no TF32).
     if job.format in ONNX_FORMATS:
-      data = _onnx_file(model, variables, interface, dataset, check_images)
+      data = _onnx_file(model, variables, interface, dataset_json, check_images)
       run = _onnx_runner(data)
     else:
       from bisenet_jax.export import stablehlo_file
@@ -255,6 +263,11 @@ def export(job: ExportJob) -> dict:
   names = None if dataset is None else dataset.classes.names
   if job.triton is None:
     written = write_atomically(job.output, data, remedy='choose another --output')
+    if job.format == 'stablehlo':  # Its records, which the file itself cannot carry.
+      write_atomically(record_path(job.output),
+                       json.dumps({k: json.loads(v) for k, v in
+                                   records(interface, dataset_json).items()}, indent=2) + '\n',
+                       remedy='choose another --output')
   else:
     written = triton.write_repository(job.output, job.triton, data, interface, names,
                                       replace=job.force) / triton.VERSION / triton.MODEL_FILE
@@ -263,11 +276,16 @@ def export(job: ExportJob) -> dict:
           'opset': _opset(data) if job.format in ONNX_FORMATS else None}
 
 
-def _onnx_file(model, variables, interface: Interface, dataset, check_images) -> bytes:
+def _onnx_file(model, variables, interface: Interface, dataset_json: str | None,
+               check_images) -> bytes:
   from bisenet_jax.export import onnx_file
   proto = onnx_file.build(model, variables, interface, check_images)
-  dataset_json = None if dataset is None else json.dumps(dataset.to_json())
   return onnx_file.with_metadata(proto, interface, dataset_json).SerializeToString()
+
+
+def record_path(output: Path) -> Path:
+  """Where a StableHLO file's records go: ``<output>.json``."""
+  return output.with_name(output.name + RECORD_SUFFIX)
 
 
 def _check_images(files: list[Path] | None, interface: Interface):
@@ -360,6 +378,9 @@ def summary(job: ExportJob, result: dict) -> str:
       f'input  {INPUT_NAME} {describe(interface.input_shape(), interface.input_dtype)} '
       f'{interface.layout.upper()}, {size}, {normalisation}',
       f'output {interface.output_name} {describe(interface.output_shape(), output_dtype)}',
+      f'test resize: each image resized to fit {format_size(interface.resize_to)} (keeping its '
+      "aspect ratio) before the file, its output back to the image's size (recorded in "
+      f"{'the file' if result['opset'] else record_path(job.output)})",
       line]
   if job.triton:
     spec = job.triton

@@ -25,8 +25,7 @@ import numpy as np
 
 from bisenet_jax.data.normalization import normalization_table
 from bisenet_jax.errors import UserError
-from bisenet_jax.export import (DATASET_KEY, EXTRA_HINT, INPUT_NAME, INTERFACE_KEY,
-                                OUTPUT_STRIDE, Interface)
+from bisenet_jax.export import EXTRA_HINT, INPUT_NAME, OUTPUT_STRIDE, Interface, records
 
 # ReduceMean with its axes as an input (what jax2onnx emits for global pooling) and Resize with
 # an `axes` attribute need opset 18; 18 is also what TensorRT 10 and OpenVINO 2024 read.
@@ -165,10 +164,7 @@ def with_metadata(model, interface: Interface, dataset_json: str | None):
   """``model`` carrying its interface and dataset in ``metadata_props``, checked."""
   _, onnx = require()
   del model.metadata_props[:]
-  entries = {INTERFACE_KEY: interface.to_json()}
-  if dataset_json is not None:
-    entries[DATASET_KEY] = dataset_json
-  for key, value in entries.items():
+  for key, value in records(interface, dataset_json).items():
     model.metadata_props.add(key=key, value=value)
   onnx.checker.check_model(model)
   return model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -54,34 +55,39 @@ class OnnxModel:
       raise UserError(f'{path} was not written by python -m bisenet_jax.export '
                       f'(its metadata has no {INTERFACE_KEY})')
     self.interface = Interface.from_json(metadata[INTERFACE_KEY])
-    self.dataset = (DatasetSpec.from_json(json.loads(metadata[DATASET_KEY]))
-                    if DATASET_KEY in metadata else None)
+    self.dataset = recorded_dataset(self.interface, metadata.get(DATASET_KEY))
 
   def run(self, images: np.ndarray) -> np.ndarray:
     """The model's output for an input as its interface takes it."""
     return self.session.run(None, {INPUT_NAME: images})[0]
 
-  def labels(self, images: np.ndarray) -> np.ndarray:
-    """uint8 [N, H, W, 3] RGB images -> uint8 [N, H, W] class ids.
+  def labels(self, images: np.ndarray, out_size=None) -> np.ndarray:
+    """uint8 [N, H, W, 3] RGB images -> uint8 [N, out_h, out_w] class ids (default: at the
+    images' size).
 
-    A labels file computes them; a logits file's logits are upsampled to the images' size and
-    their argmax taken here, as the evaluation protocol does (``inference.predict_labels``).
-    The same masks, then, as a labels file of the same model (a file of fixed network size has
-    already resized its logits to the images' stride-8 grid: a second resize, which can move a
-    few boundary pixels).
+    A logits file's logits are upsampled to ``out_size`` and their argmax taken here, as the
+    evaluation protocol does (``inference.predict_labels``). A labels file computes them at the
+    images' size; they are resized to another ``out_size`` nearest (``resize_labels``), where
+    the protocol would have resized the logits: a few boundary pixels can differ. At the
+    images' size both give the same masks (a file of fixed network size has already resized its
+    logits to the images' stride-8 grid: a second resize, which can move a few boundary
+    pixels).
     """
+    out_size = tuple(images.shape[1:3] if out_size is None else out_size)
     if self.interface.outputs == 'labels':
-      return self._output(images)
-    return self.logits(images).argmax(-1).astype(np.uint8)
+      return resize_labels(self._output(images), out_size)
+    return self.logits(images, out_size).argmax(-1).astype(np.uint8)
 
-  def logits(self, images: np.ndarray) -> np.ndarray:
-    """uint8 [N, H, W, 3] RGB images -> float32 [N, H, W, K] logits (a logits file's only)."""
+  def logits(self, images: np.ndarray, out_size=None) -> np.ndarray:
+    """uint8 [N, H, W, 3] RGB images -> float32 [N, out_h, out_w, K] logits (default: at the
+    images' size; a logits file's only)."""
     if self.interface.outputs == 'labels':
       raise UserError(f'{self.path} gives class ids, not logits: export the model again with '
                       '--outputs logits')
     output = self._output(images)
     logits = output.transpose(0, 2, 3, 1) if self.interface.layout == 'nchw' else output
-    return upsample_bilinear(logits.astype(np.float32), images.shape[1:3])
+    return upsample_bilinear(logits.astype(np.float32),
+                             images.shape[1:3] if out_size is None else out_size)
 
   def _output(self, images: np.ndarray) -> np.ndarray:
     interface = self.interface
@@ -90,6 +96,29 @@ class OnnxModel:
                       f'is {format_size(images.shape[1:3])}: export the model again with '
                       f'--input-size {format_size(images.shape[1:3])}')
     return self.run(interface.prepare(images))
+
+
+def recorded_dataset(interface: Interface, dataset_json: str | None) -> DatasetSpec | None:
+  """The dataset a file records (None: none), with the test resize its interface records (the
+  two agree in files the export writes; the interface is the file's own statement)."""
+  if dataset_json is None:
+    return None
+  dataset = DatasetSpec.from_json(json.loads(dataset_json))
+  if interface.resize_to is None:  # A file written before the interface recorded it.
+    return dataset
+  return dataclasses.replace(dataset, resize_to=tuple(interface.resize_to))
+
+
+def resize_labels(labels: np.ndarray, size) -> np.ndarray:
+  """uint8 [N, h, w] labels -> [N, height, width], nearest: source index floor(dst * in / out),
+  the rule of ``cv2.INTER_NEAREST`` (which resizes labels elsewhere); the labels themselves at
+  their own size."""
+  in_height, in_width = labels.shape[1:3]
+  if (in_height, in_width) == tuple(size):
+    return labels
+  rows = np.arange(size[0]) * in_height // size[0]
+  cols = np.arange(size[1]) * in_width // size[1]
+  return labels[:, rows[:, None], cols[None, :]]
 
 
 def upsample_bilinear(x: np.ndarray, size) -> np.ndarray:
