@@ -38,8 +38,9 @@ def test_windows_equal_opencv_at_random_sizes_scales_and_windows():
                                   err_msg=f'{size} -> {target} at {window}')
     labels = opencv_resize.nearest(label, target, *window)
     np.testing.assert_array_equal(labels, opencv(label, target, cv2.INTER_NEAREST)[window])
-    np.testing.assert_array_equal(opencv_resize.nearest_counts(label, target, *window),
-                                  np.bincount(labels.ravel(), minlength=256))
+    np.testing.assert_array_equal(
+        opencv_resize.nearest_into(label, target, *window, np.empty_like(labels)),
+        np.bincount(labels.ravel(), minlength=256))
     checked += 1
   assert checked > 1400
 
@@ -81,11 +82,11 @@ def test_windows_written_into_a_larger_array_at_an_offset_and_flipped(flip):
   image_out = np.full((32, 64, 3), 7, np.uint8)
   label_out = np.full((32, 64), 7, np.uint8)
   opencv_resize.linear_into(image, target, *window, image_out, (3, 9), flip)
-  opencv_resize.nearest_into(label, target, *window, label_out, (3, 9), flip)
-  for out, array, interpolation in ((image_out, image, cv2.INTER_LINEAR),
-                                    (label_out, label, cv2.INTER_NEAREST)):
+  opencv_resize.nearest_into(label, target, *window, label_out, (3, 9))
+  for out, array, interpolation, flipped in ((image_out, image, cv2.INTER_LINEAR, flip),
+                                             (label_out, label, cv2.INTER_NEAREST, False)):
     want = opencv(array, target, interpolation)[window]
-    np.testing.assert_array_equal(out[3:23, 9:59], want[:, ::-1] if flip else want)
+    np.testing.assert_array_equal(out[3:23, 9:59], want[:, ::-1] if flipped else want)
     outside = np.ones(out.shape[:2], bool)
     outside[3:23, 9:59] = False
     assert (out[outside] == 7).all()

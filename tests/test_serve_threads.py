@@ -98,7 +98,7 @@ def test_busy_threads_are_those_near_the_busiest():
 
 def test_the_threads_flag_reaches_onnx_runtime(convolutions):
   args = argparse.Namespace(checkpoint=str(convolutions), ema=None, dataset=None, classes=None,
-                            threads=1)
+                            threads=1, resize_to=(16, 16))
   segmenter = cli.load_segmenter(args, InferenceSpec(), root=None)
   options = segmenter.backend.exported.session.get_session_options()
   assert (options.intra_op_num_threads, options.inter_op_num_threads) == (1, 1)
@@ -108,8 +108,8 @@ def test_the_threads_flag_reaches_onnx_runtime(convolutions):
 
 @pytest.mark.parametrize('threads', [1, 2])
 def test_an_onnx_server_computes_on_its_threads(convolutions, threads):
-  assert served_busy_threads(convolutions, threads, (256, 256), '--max-batch-size',
-                             '1') == threads
+  assert served_busy_threads(convolutions, threads, (256, 256), '--max-batch-size', '1',
+                             '--resize-to', '256x256') == threads
 
 
 @pytest.fixture(scope='module')

@@ -76,24 +76,19 @@ def nearest(label, dst_size, rows, cols):
   return out
 
 
-def nearest_counts(label, dst_size, rows, cols):
-  """How often each value occurs in `nearest(label, dst_size, rows, cols)`: int64 [256], counted
-  without writing the window."""
-  counts = np.zeros(256, np.int64)
-  _count(np.asarray(label), *_nearest_window(label, dst_size, rows, cols), counts)
-  return counts
-
-
-def nearest_into(label, dst_size, rows, cols, out, at=(0, 0), flip=False):
+def nearest_into(label, dst_size, rows, cols, out, at=(0, 0)):
   """Writes `nearest(label, dst_size, rows, cols)` into uint8 [H', W'] `out` with its top-left
-  pixel at `at` (row, column), its columns reversed if `flip`."""
-  src_rows, src_cols = _nearest_window(label, dst_size, rows, cols)
-  _gather(np.asarray(label), src_rows, src_cols[::-1].copy() if flip else src_cols, out, *at)
+  pixel at `at` (row, column), and counts its values as it goes.
 
-
-def _nearest_window(label, dst_size, rows, cols):
-  return (nearest_indices(label.shape[0], dst_size[0], rows.start, rows.stop),
-          nearest_indices(label.shape[1], dst_size[1], cols.start, cols.stop))
+  Returns:
+    int64 [256]: how often each value occurs in the window.
+  """
+  counts = np.zeros(256, np.int64)
+  _gather_and_count(np.asarray(label),
+                    nearest_indices(label.shape[0], dst_size[0], rows.start, rows.stop),
+                    nearest_indices(label.shape[1], dst_size[1], cols.start, cols.stop),
+                    out, *at, counts)
+  return counts
 
 
 def linear(image, dst_size, rows, cols):
@@ -126,19 +121,13 @@ def linear_into(image, dst_size, rows, cols, out, at=(0, 0), flip=False):
 
 
 @numba.njit(cache=True, nogil=True)
-def _count(src, rows, cols, counts):
-  for i in range(rows.shape[0]):
-    src_row = src[rows[i]]
-    for j in range(cols.shape[0]):
-      counts[src_row[cols[j]]] += 1
-
-
-@numba.njit(cache=True, nogil=True)
-def _gather(src, rows, cols, out, top, left):
+def _gather_and_count(src, rows, cols, out, top, left, counts):
   for i in range(rows.shape[0]):
     src_row, out_row = src[rows[i]], out[top + i]
     for j in range(cols.shape[0]):
-      out_row[left + j] = src_row[cols[j]]
+      value = src_row[cols[j]]
+      out_row[left + j] = value
+      counts[value] += 1
 
 
 @numba.njit(cache=True, nogil=True)

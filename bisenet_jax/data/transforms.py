@@ -378,8 +378,16 @@ def train_transform(sample, rng, *, crop_size, resize_to, scale_range):
   """
   frame = sample['label'].shape
   size = keep_ratio_size(frame, resize_to, _random_scale(rng, scale_range))
+  # Every try's window has the crop's size, so each try writes its label where center_pad
+  # puts the crop: the kept try's label is then in place.
+  window_size = (min(crop_size[0], size[0]), min(crop_size[1], size[1]))
+  (_, out_rows), (_, out_cols) = (_centred_window(length, target)
+                                  for length, target in zip(window_size, crop_size))
+  at = (out_rows.start, out_cols.start)
+  filled = window_size == tuple(crop_size)
+  label = np.empty(crop_size, np.uint8) if filled else np.full(crop_size, IGNORE_LABEL, np.uint8)
   window = _crop_window(
-      lambda rows, cols: opencv_resize.nearest_counts(sample['label'], size, rows, cols),
+      lambda rows, cols: opencv_resize.nearest_into(sample['label'], size, rows, cols, label, at),
       size, rng, crop_size)
   flip = _flip_draw(rng)
   steps = photometric_steps(rng)
@@ -388,16 +396,10 @@ def train_transform(sample, rng, *, crop_size, resize_to, scale_range):
     cropped = _flipped(cropped) if flip else cropped
     return center_pad({'image': apply_photometric(cropped['image'], steps),
                        'label': cropped['label']}, crop_size)
-  rows, cols = window
-  # Where center_pad puts the crop (it never has to cut one: a crop is at most crop_size).
-  (_, out_rows), (_, out_cols) = (_centred_window(length.stop - length.start, target)
-                                  for length, target in zip(window, crop_size))
-  at = (out_rows.start, out_cols.start)
-  filled = (out_rows.stop - out_rows.start, out_cols.stop - out_cols.start) == tuple(crop_size)
+  if flip:
+    cv2.flip(label[out_rows, out_cols], 1, dst=label[out_rows, out_cols])
   image = np.empty((*crop_size, 3), np.uint8) if filled else np.zeros((*crop_size, 3), np.uint8)
-  label = np.empty(crop_size, np.uint8) if filled else np.full(crop_size, IGNORE_LABEL, np.uint8)
-  opencv_resize.linear_into(sample['image'], size, rows, cols, image, at, flip)
-  opencv_resize.nearest_into(sample['label'], size, rows, cols, label, at, flip)
+  opencv_resize.linear_into(sample['image'], size, *window, image, at, flip)
   apply_photometric(image[out_rows, out_cols], steps, in_place=True)
   return {'image': image, 'label': label,
           'content': np.array([*at, out_rows.stop - at[0], out_cols.stop - at[1]], np.int32)}
