@@ -290,7 +290,7 @@ def build(source, description, directory, *, remedy=None, log=print, progress=No
     if staging is not None:
       shutil.rmtree(staging, ignore_errors=True)
   seconds = time.perf_counter() - started
-  log(f'records: decoded {len(index["names"])} samples into {directory} in {seconds:.0f} s, '
+  log(f'records: decoded {len(index["names"])} samples into {directory} in {seconds:.1f} s, '
       f'{_format_bytes(disk_usage(directory))} on disk')
   return FrameRecords(directory, index)
 
