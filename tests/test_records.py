@@ -10,6 +10,7 @@ import sys
 import threading
 
 import cv2
+from absl import flags
 import numpy as np
 import pytest
 
@@ -389,8 +390,16 @@ def test_the_pipeline_gives_the_same_batches_from_records(streets, tmp_path):
                  scale_range=(0.75, 1.5))
   expected = next(pipeline.make_train_iterator(source, **options))
   got = next(pipeline.make_train_iterator(cached, **options))
+  if not flags.FLAGS.is_parsed():  # grain's workers read absl flags, as train.py parses them.
+    flags.FLAGS(['pytest'])
+  in_worker = pipeline.make_train_iterator(cached, worker_count=1, **options)
+  try:
+    from_worker = next(in_worker)  # The worker maps the records itself.
+  finally:
+    in_worker.close()
   for key in expected:
     np.testing.assert_array_equal(got[key], expected[key])
+    np.testing.assert_array_equal(from_worker[key], expected[key])
   expected, got = (next(iter(pipeline.EvalBatches(s, batch_size=2, resize_to=None)))
                    for s in (source, cached))
   for key in ('image', 'label', 'valid'):
