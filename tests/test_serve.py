@@ -522,7 +522,7 @@ def test_without_kserve_the_command_names_the_extra(red_model, monkeypatch, caps
     return real_import(name, *args, **kwargs)
 
   monkeypatch.setattr(builtins, '__import__', without_kserve)
-  for module in [name for name in sys.modules if name == 'bisenet_jax.serve.app']:
+  for module in [name for name in sys.modules if name == 'bisenet_jax.serve.listeners']:
     monkeypatch.delitem(sys.modules, module)
   from bisenet_jax.serve.__main__ import main
   with pytest.raises(SystemExit) as exit_info:
@@ -534,7 +534,7 @@ def test_without_kserve_the_command_names_the_extra(red_model, monkeypatch, caps
 
 NODELAY_PROBE = textwrap.dedent("""
     import asyncio, socket, sys
-    from bisenet_jax.serve.app import listening_socket
+    from bisenet_jax.serve.listeners import listening_socket
 
     async def nodelay_of_an_accepted_connection():
       loop = asyncio.get_running_loop()

@@ -15,6 +15,7 @@ import sys
 
 from bisenet_jax import cli
 from bisenet_jax.errors import UserError
+from bisenet_jax.serve.spec import Limits, ServeSpec
 from bisenet_jax.specs import SIZE_FORMAT
 
 
@@ -57,6 +58,15 @@ def parse_args(argv=None) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
+def serve_spec(args: argparse.Namespace) -> ServeSpec:
+  """The server's spec of its flags: everything below this edge receives it, never the flags."""
+  limits = Limits(max_batch_size=args.max_batch_size, max_pixels=args.max_pixels,
+                  max_request_bytes=args.max_request_bytes)
+  return ServeSpec(model_name=args.model_name, host=args.host, port=args.port,
+                   grpc_port=args.grpc_port, max_batch_delay_s=args.max_batch_delay_ms / 1000,
+                   max_queue=args.max_queue, warmup=args.warmup, limits=limits)
+
+
 def _port(flag: str):
   def parse(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65535:
@@ -97,13 +107,15 @@ def _argv_hidden():
 @cli.user_errors_exit
 def main(argv=None) -> None:
   args = parse_args(argv)
+  spec = serve_spec(args)
   with _argv_hidden():
     try:
-      from bisenet_jax.serve import app
+      from bisenet_jax.serve import listeners
     except ImportError as error:
       raise UserError(f'serving needs the serve extra ({error.name} is missing): '
                       "pip install -e '.[serve]'") from None
-  app.run(args)
+  segmenter = cli.load_segmenter(args, cli.inference_spec(args), root=None)
+  listeners.run(segmenter, spec)
 
 
 if __name__ == '__main__':

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import dataclasses
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from bisenet_jax.data import images as image_files
 from bisenet_jax.data import masks
 from bisenet_jax.errors import UserError
 from bisenet_jax.serve.batching import Batcher
+from bisenet_jax.serve.spec import Limits
 
 IMAGE, IMAGE_BYTES, LABELS, MASK_PNG = 'image', 'image_bytes', 'labels', 'mask_png'
 INPUTS = [{'name': IMAGE, 'datatype': 'UINT8', 'shape': [-1, -1, -1, 3]},
@@ -37,12 +37,6 @@ _SEND = f"send '{IMAGE}' (UINT8 [N, H, W, 3] RGB) or '{IMAGE_BYTES}' (BYTES [N],
 # When the request reached the server (time.perf_counter()), set by the REST middleware; a
 # gRPC request's clock starts when kserve hands it over, after its (cheap) decoding.
 ARRIVAL: contextvars.ContextVar[float] = contextvars.ContextVar('arrival')
-
-
-@dataclasses.dataclass(frozen=True)
-class Limits:
-  max_batch_size: int
-  max_pixels: int
 
 
 def request_images(request: InferRequest, limits: Limits) -> np.ndarray:

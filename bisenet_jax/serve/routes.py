@@ -1,0 +1,69 @@
+"""The REST routes: kserve's Open Inference Protocol routes, three of this server's own before
+them, the page, and the status of each refusal.
+
+kserve provides ``register_v2_endpoints`` (health, model list and readiness routes). Three routes
+come before its router and take precedence over its own: GET /v2/models/{name} adds
+``parameters`` to kserve's metadata (classes, palette: the page's legend), POST
+/v2/models/{name}/infer reads the body itself (``protocol``) so that any body kserve cannot
+decode is a 400 (kserve's answer is a 500), and GET / serves the page.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import fastapi
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from kserve import errors
+from kserve.logging import logger
+from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.rest.server import metrics_handler
+from kserve.protocol.rest.v2_endpoints import register_v2_endpoints
+
+from bisenet_jax.serve import faults, protocol
+from bisenet_jax.serve.gate import RequestGate, error_response
+from bisenet_jax.serve.model import SegmentationModel
+
+STATIC = Path(__file__).resolve().parent / 'static'
+
+
+async def _error_handler(_, error: Exception) -> JSONResponse:
+  status = faults.status(error)[0]
+  if status == 500:
+    logger.exception('inference failed', exc_info=error)
+  return error_response(error, status)
+
+
+def build_app(dataplane: DataPlane, model: SegmentationModel, max_request_bytes: int):
+  app = fastapi.FastAPI(title='bisenet-jax', docs_url=None, redoc_url=None)
+
+  @app.get('/v2/models/{model_name}')
+  async def model_metadata(model_name: str):
+    metadata = await dataplane.model_metadata(model_name)
+    return {**metadata, 'parameters': model.parameters()}
+
+  @app.post('/v2/models/{model_name}/infer')
+  async def infer(model_name: str, request: fastapi.Request):
+    headers = dict(request.headers)
+    infer_request = protocol.read_request(dataplane, await request.body(), headers, model_name)
+    response, _ = await dataplane.infer(model_name, infer_request, headers)
+    body, response_headers = dataplane.encode(model_name, response, headers, {})
+    if isinstance(body, bytes):
+      return Response(body, media_type='application/octet-stream', headers=response_headers)
+    return JSONResponse(body, headers=response_headers)
+
+  @app.get('/')
+  async def page():
+    if not (STATIC / 'index.html').is_file():
+      return JSONResponse({'error': 'this installation has no page'}, status_code=404)
+    return FileResponse(STATIC / 'index.html')
+
+  app.mount('/static', StaticFiles(directory=STATIC, check_dir=False), name='static')
+  app.add_api_route('/metrics', metrics_handler, methods=['GET'])
+  register_v2_endpoints(app, dataplane, None)
+  for kind in (Exception, *faults.REFUSALS):
+    app.add_exception_handler(kind, _error_handler)
+  app.add_exception_handler(errors.ServerNotReady, errors.server_not_ready_handler)
+  app.add_middleware(RequestGate, max_bytes=max_request_bytes)
+  return app

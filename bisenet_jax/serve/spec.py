@@ -1,0 +1,58 @@
+"""What ``python -m bisenet_jax.serve`` serves and its bounds, built once from the flags at the
+command's edge (``__main__``); nothing below it reads flags.
+
+No kserve, no JAX here: the command builds these before it imports the server.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from bisenet_jax.specs.sizes import Size
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+  """Every bound a request meets, each set by the flag of the same name (docs/serving.md, "Limits
+  and faults").
+
+  Attributes:
+    max_batch_size: most images per forward pass and per request.
+    max_pixels: most pixels (H x W) per image.
+    max_request_bytes: largest request body (REST) or message (gRPC).
+  """
+  max_batch_size: int = 8
+  max_pixels: int = 8388608
+  max_request_bytes: int = 64 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeSpec:
+  """The server: where it listens, how it batches, and its limits.
+
+  Attributes:
+    model_name: the name in the protocol paths, /v2/models/<name>.
+    host: the address both servers bind.
+    port: the REST port.
+    grpc_port: the gRPC port.
+    max_batch_delay_s: how long a batch waits for more requests of its size.
+    max_queue: most images waiting for a forward pass.
+    warmup: image sizes run (JAX: compiled) at every batch size before the server is ready.
+    limits: the bounds of each request.
+  """
+  model_name: str = 'bisenet'
+  host: str = '127.0.0.1'
+  port: int = 8080
+  grpc_port: int = 8081
+  max_batch_delay_s: float = 0.005
+  max_queue: int = 64
+  warmup: tuple[Size, ...] = ()
+  limits: Limits = Limits()
+
+  @property
+  def rest_address(self) -> str:
+    return f'http://{self.host}:{self.port}'
+
+  @property
+  def grpc_address(self) -> str:
+    return f'{self.host}:{self.grpc_port}'
