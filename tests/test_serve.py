@@ -378,7 +378,7 @@ BAD_REQUESTS = {
     'channels': (image_request([1, 8, 8, 4]), 'shape [N, H, W, 3]'),
     'zero images': (image_request([0, 8, 8, 3]), 'shape [N, H, W, 3]'),
     'zero size': (image_request([1, 0, 8, 3]), 'shape [N, H, W, 3]'),
-    'data size': (image_request([1, 8, 8, 3], data=bytes(10)), 'does not hold the 192 uint8'),
+    'data size': (image_request([1, 8, 8, 3], data=bytes(10)), 'not the 192 of UINT8'),
     'too many images': (image_request([5, 8, 8, 3]), 'more than the server\'s --max-batch-size'),
     'too many pixels': (image_request([1, 65, 128, 3]), '--max-pixels 8192'),
     'not an image': (bytes_request(b'not an image'),

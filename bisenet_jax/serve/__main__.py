@@ -47,6 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help='most pixels per image, H x W (8388608: 2048x4096)')
   parser.add_argument('--max-request-bytes', type=cli.positive_int('--max-request-bytes'),
                       default=64 << 20, help='largest request body, else 413 (67108864)')
+  parser.add_argument('--max-json-bytes', type=cli.positive_int('--max-json-bytes'),
+                      default=8 << 20, help='largest JSON body, or JSON header of a binary '
+                      'body, else 413 (8388608)')
   parser.add_argument('--threads', type=cli.positive_int('--threads'),
                       help="ONNX Runtime's intra-op threads (default: one per core)")
   parser.add_argument('--warmup', type=_sizes, default=(), metavar=f'{SIZE_FORMAT},...',
@@ -61,7 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def serve_spec(args: argparse.Namespace) -> ServeSpec:
   """The server's spec of its flags: everything below this edge receives it, never the flags."""
   limits = Limits(max_batch_size=args.max_batch_size, max_pixels=args.max_pixels,
-                  max_request_bytes=args.max_request_bytes)
+                  max_request_bytes=args.max_request_bytes, max_json_bytes=args.max_json_bytes)
   return ServeSpec(model_name=args.model_name, host=args.host, port=args.port,
                    grpc_port=args.grpc_port, max_batch_delay_s=args.max_batch_delay_ms / 1000,
                    max_queue=args.max_queue, warmup=args.warmup, limits=limits)

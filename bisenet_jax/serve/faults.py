@@ -8,9 +8,15 @@ from kserve import errors
 
 from bisenet_jax.serve.batching import Closed, QueueFull
 
+
+class TooLarge(Exception):
+  """More bytes than a limit of the server allows (HTTP 413, gRPC RESOURCE_EXHAUSTED)."""
+
+
 # (exception, HTTP status, gRPC status code), the first that matches wins.
 STATUSES = ((errors.InvalidInput, 400, StatusCode.INVALID_ARGUMENT),
             (errors.ModelNotFound, 404, StatusCode.NOT_FOUND),
+            (TooLarge, 413, StatusCode.RESOURCE_EXHAUSTED),
             (QueueFull, 503, StatusCode.RESOURCE_EXHAUSTED),
             (Closed, 503, StatusCode.UNAVAILABLE),
             (errors.ModelNotReady, 503, StatusCode.UNAVAILABLE),

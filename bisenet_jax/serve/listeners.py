@@ -89,7 +89,7 @@ async def serve(model: SegmentationModel, spec: ServeSpec, ready_line: str) -> N
   repository = ModelRepository()
   repository.update(model)
   dataplane = DataPlane(model_registry=repository)
-  app = build_app(dataplane, model, spec.limits.max_request_bytes)
+  app = build_app(dataplane, model, spec.limits)
   rest_socket = listening_socket(spec.host, spec.port)
   config = uvicorn.Config(app, log_config=None, access_log=False, lifespan='off',
                           timeout_graceful_shutdown=GRACE_S, loop='asyncio')

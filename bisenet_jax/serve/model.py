@@ -24,6 +24,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from bisenet_jax.data import images as image_files
 from bisenet_jax.data import masks
 from bisenet_jax.errors import UserError
+from bisenet_jax.serve import protocol
 from bisenet_jax.serve.batching import Batcher
 from bisenet_jax.serve.spec import Limits
 
@@ -55,7 +56,7 @@ def request_images(request: InferRequest, limits: Limits) -> np.ndarray:
 
 
 def _array_images(tensor, limits: Limits) -> np.ndarray:
-  shape = list(tensor.shape)
+  shape = protocol.checked_shape(tensor)
   if tensor.datatype != 'UINT8':
     raise InvalidInput(f"input '{IMAGE}' must be UINT8, not {tensor.datatype}")
   if len(shape) != 4 or shape[3] != 3 or min(shape) < 1:
@@ -63,31 +64,17 @@ def _array_images(tensor, limits: Limits) -> np.ndarray:
                        f'{shape}')
   _check_count(IMAGE, shape[0], limits)
   _check_pixels(IMAGE, shape[1:3], limits)
-  try:
-    images = np.asarray(tensor.as_numpy())
-    if images.dtype != np.uint8:
-      images = images.astype(np.uint8, casting='safe')
-    return images.reshape(shape)
-  except (ValueError, TypeError, OverflowError):
-    raise InvalidInput(f"input '{IMAGE}' does not hold the {int(np.prod(shape))} uint8 values "
-                       f'of its shape {shape}') from None
+  return protocol.input_array(tensor)
 
 
 def _encoded_images(tensor, limits: Limits) -> np.ndarray:
-  shape = list(tensor.shape)
+  shape = protocol.checked_shape(tensor)
   if tensor.datatype != 'BYTES':
     raise InvalidInput(f"input '{IMAGE_BYTES}' must be BYTES, not {tensor.datatype}")
   if len(shape) != 1 or shape[0] < 1:
     raise InvalidInput(f"input '{IMAGE_BYTES}' must have shape [N] with N >= 1, not {shape}")
   _check_count(IMAGE_BYTES, shape[0], limits)
-  try:
-    elements = [bytes(e) if not isinstance(e, str) else e.encode()
-                for e in tensor.as_numpy().reshape(-1)]
-  except (ValueError, TypeError):
-    raise InvalidInput(f"input '{IMAGE_BYTES}' does not hold {shape[0]} byte strings") from None
-  if len(elements) != shape[0]:
-    raise InvalidInput(f"input '{IMAGE_BYTES}' holds {len(elements)} byte strings, its shape "
-                       f'says {shape[0]}')
+  elements = protocol.input_array(tensor)
   decoded = []
   for index, data in enumerate(elements):
     name = f'{IMAGE_BYTES}[{index}]'

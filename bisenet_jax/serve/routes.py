@@ -24,6 +24,7 @@ from kserve.protocol.rest.v2_endpoints import register_v2_endpoints
 from bisenet_jax.serve import faults, protocol
 from bisenet_jax.serve.gate import RequestGate, error_response
 from bisenet_jax.serve.model import SegmentationModel
+from bisenet_jax.serve.spec import Limits
 
 STATIC = Path(__file__).resolve().parent / 'static'
 
@@ -35,7 +36,7 @@ async def _error_handler(_, error: Exception) -> JSONResponse:
   return error_response(error, status)
 
 
-def build_app(dataplane: DataPlane, model: SegmentationModel, max_request_bytes: int):
+def build_app(dataplane: DataPlane, model: SegmentationModel, limits: Limits):
   app = fastapi.FastAPI(title='bisenet-jax', docs_url=None, redoc_url=None)
 
   @app.get('/v2/models/{model_name}')
@@ -46,7 +47,9 @@ def build_app(dataplane: DataPlane, model: SegmentationModel, max_request_bytes:
   @app.post('/v2/models/{model_name}/infer')
   async def infer(model_name: str, request: fastapi.Request):
     headers = dict(request.headers)
-    infer_request = protocol.read_request(dataplane, await request.body(), headers, model_name)
+    length = protocol.header_length(headers.get(protocol.HEADER_LENGTH), limits.max_json_bytes)
+    infer_request = protocol.read_request(await request.body(), length, model_name,
+                                          limits.max_json_bytes)
     response, _ = await dataplane.infer(model_name, infer_request, headers)
     body, response_headers = dataplane.encode(model_name, response, headers, {})
     if isinstance(body, bytes):
@@ -65,5 +68,5 @@ def build_app(dataplane: DataPlane, model: SegmentationModel, max_request_bytes:
   for kind in (Exception, *faults.REFUSALS):
     app.add_exception_handler(kind, _error_handler)
   app.add_exception_handler(errors.ServerNotReady, errors.server_not_ready_handler)
-  app.add_middleware(RequestGate, max_bytes=max_request_bytes)
+  app.add_middleware(RequestGate, max_bytes=limits.max_request_bytes)
   return app

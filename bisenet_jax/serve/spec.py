@@ -20,10 +20,13 @@ class Limits:
     max_batch_size: most images per forward pass and per request.
     max_pixels: most pixels (H x W) per image.
     max_request_bytes: largest request body (REST) or message (gRPC).
+    max_json_bytes: largest JSON body, or JSON header of a binary one (REST): JSON is parsed
+      into Python objects, far slower and bigger than binary data.
   """
   max_batch_size: int = 8
   max_pixels: int = 8388608
   max_request_bytes: int = 64 << 20
+  max_json_bytes: int = 8 << 20
 
 
 @dataclasses.dataclass(frozen=True)
