@@ -193,3 +193,128 @@ def test_a_malformed_grpc_request_is_invalid_argument_with_no_traceback(server, 
   assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, error.value.details()
   assert reason in error.value.details() and '\n' not in error.value.details()
   assert 'Traceback' not in server.log_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# Outputs as binary data or JSON: the request's binary_data_output, each output's binary_data.
+
+
+def split_answer(response):
+  """(JSON part, {output name: its binary bytes}) of a REST answer."""
+  length = response.headers.get('inference-header-content-length')
+  if length is None:
+    return response.json(), {}
+  header = json.loads(response.content[:int(length)])
+  parts, offset = {}, int(length)
+  for output in header['outputs']:
+    size = (output.get('parameters') or {}).get('binary_data_size')
+    if size is not None:
+      parts[output['name']] = response.content[offset:offset + size]
+      offset += size
+  assert offset == len(response.content)
+  return header, parts
+
+
+def expected_binary(request_flag, own_flag):
+  """The protocol's rule: an output's own binary_data, else the request's binary_data_output."""
+  return own_flag if own_flag is not None else bool(request_flag)
+
+
+OUTPUT_CASES = [(request_flag, tuple(names), own)
+                for request_flag in (None, False, True)
+                for names in ((), ('labels',), ('mask_png',), ('labels', 'mask_png'))
+                for own in ((None, None, None), (True, True, True), (False, False, False),
+                            (False, True, None), (True, False, None))
+                if names or own == (None, None, None)]
+
+
+def output_case_id(case):
+  request_flag, names, own = case
+  named = ','.join(f'{name}:{flag}' for name, flag in zip(names, own)) or 'none named'
+  return f'binary_data_output:{request_flag} {named}'
+
+
+@pytest.mark.parametrize('request_flag,names,own', OUTPUT_CASES,
+                         ids=[output_case_id(case) for case in OUTPUT_CASES])
+def test_outputs_come_as_binary_or_json_as_asked_over_raw_http(server, segmenter, request_flag,
+                                                               names, own):
+  image = scenes(1, (4, 5), seed=5)
+  outputs = [{'name': name, **({'parameters': {'binary_data': flag}} if flag is not None else {})}
+             for name, flag in zip(names, own)]
+  parameters = {} if request_flag is None else {'binary_data_output': request_flag}
+  body, headers = image_body(image.shape, outputs=outputs or None, parameters=parameters)
+  body = body[:-image.size] + image.tobytes()
+  response = server.post(body, headers)
+  binary = {name: expected_binary(request_flag, flag) for name, flag in zip(names, own)}
+  if not names:
+    binary = {'labels': bool(request_flag)}
+  if binary.get('mask_png') is False:  # PNG bytes cannot be JSON text: refused before any work.
+    assert response.status_code == 400, response.text
+    assert "'mask_png' holds PNG bytes: ask for it as binary data" in response.json()['error']
+    return
+  assert response.status_code == 200, response.text
+  header, parts = split_answer(response)
+  want = segmenter.batch(image)
+  assert [output['name'] for output in header['outputs']] == list(binary)
+  for output in header['outputs']:
+    name = output['name']
+    assert (name in parts) == binary[name] and ('data' in output) == (not binary[name])
+    if name == 'labels':
+      labels = (np.frombuffer(parts[name], np.uint8) if binary[name]
+                else np.array(output['data'], np.uint8))
+      np.testing.assert_array_equal(labels.reshape(output['shape']), want)
+    else:
+      assert parts[name] == serialized(encode_index_png(want[0], segmenter.palette))
+  assert set(header['parameters']) == {'server_ms', 'compute_ms', 'batch_size'}
+  assert 'Traceback' not in server.log_text()
+
+
+# tritonclient names each output with its binary_data, or none with binary_data_output true
+# (it reserves that parameter for itself).
+TRITON_CASES = {
+    'no outputs named': None,
+    'labels binary': {'labels': True},
+    'labels JSON': {'labels': False},
+    'mask_png binary': {'mask_png': True},
+    'both binary': {'labels': True, 'mask_png': True},
+    'labels JSON, mask_png binary': {'labels': False, 'mask_png': True},
+}
+
+
+@pytest.mark.parametrize('case', TRITON_CASES)
+def test_outputs_as_asked_with_tritonclient(server, segmenter, case):
+  outputs = TRITON_CASES[case]
+  image = scenes(1, (6, 7), seed=6)
+  tensor = httpclient.InferInput('image', list(image.shape), 'UINT8')
+  tensor.set_data_from_numpy(image, binary_data=True)
+  requested = None if outputs is None else [
+      httpclient.InferRequestedOutput(name, binary_data=flag) for name, flag in outputs.items()]
+  result = server.http.infer(MODEL, [tensor], outputs=requested)
+  want = segmenter.batch(image)
+  for output in result.get_response()['outputs']:
+    binary = outputs is None or outputs[output['name']]
+    assert ('data' in output) == (not binary)
+  if outputs is None or 'labels' in outputs:
+    np.testing.assert_array_equal(result.as_numpy('labels'), want)
+  if outputs and 'mask_png' in outputs:
+    assert bytes(result.as_numpy('mask_png')[0]) == encode_index_png(want[0], segmenter.palette)
+
+
+def test_mask_png_as_json_is_refused_in_one_line_with_tritonclient(server):
+  tensor = httpclient.InferInput('image', [1, 2, 2, 3], 'UINT8')
+  tensor.set_data_from_numpy(np.zeros((1, 2, 2, 3), np.uint8))
+  with pytest.raises(InferenceServerException, match='ask for it as binary data'):
+    server.http.infer(MODEL, [tensor], outputs=[
+        httpclient.InferRequestedOutput('mask_png', binary_data=False)])
+
+
+def test_grpc_answers_both_outputs_whatever_the_flags(server, segmenter):
+  """gRPC carries bytes: mask_png needs no flag there."""
+  image = scenes(1, (3, 4), seed=7)
+  tensor = grpcclient.InferInput('image', list(image.shape), 'UINT8')
+  tensor.set_data_from_numpy(image)
+  result = server.grpc.infer(MODEL, [tensor], outputs=[
+      grpcclient.InferRequestedOutput('mask_png'), grpcclient.InferRequestedOutput('labels')])
+  want = segmenter.batch(image)
+  np.testing.assert_array_equal(result.as_numpy('labels'), want)
+  assert bytes(result.as_numpy('mask_png')[0]) == encode_index_png(want[0], segmenter.palette)

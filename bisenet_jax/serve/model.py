@@ -105,18 +105,20 @@ def _check_pixels(name: str, size, limits: Limits) -> None:
 
 
 def requested_outputs(request: InferRequest) -> list[str]:
-  """The outputs a request names (default: ``labels``), or a one-line ``InvalidInput``."""
+  """The outputs a request names (default: ``labels``), or a one-line ``InvalidInput``.
+
+  ``mask_png`` over REST must be asked as binary data (its own ``binary_data`` or the request's
+  ``binary_data_output``): JSON holds text, not PNG bytes. gRPC always carries bytes.
+  """
   requested = request.request_outputs or ()
   for output in requested:
     if output.name not in (LABELS, MASK_PNG):
       raise InvalidInput(f"unknown output {output.name!r}: ask for '{LABELS}' and/or "
                          f"'{MASK_PNG}'")
-    binary = output.binary_data if output.binary_data is not None else (
-        request.use_binary_outputs)
-    # JSON holds text only; gRPC always carries bytes.
-    if output.name == MASK_PNG and not binary and not request.from_grpc:
-      raise InvalidInput(f"'{MASK_PNG}' holds PNG bytes: ask for it with \"parameters\": "
-                         '{"binary_data": true}')
+    if (output.name == MASK_PNG and not request.from_grpc
+        and not protocol.binary_output(request, MASK_PNG)):
+      raise InvalidInput(f"'{MASK_PNG}' holds PNG bytes: ask for it as binary data, "
+                         '"parameters": {"binary_data": true} or "binary_data_output": true')
   return [output.name for output in requested] or [LABELS]
 
 

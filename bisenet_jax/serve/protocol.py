@@ -25,9 +25,10 @@ import math
 from typing import Annotated, Literal, Union
 
 import numpy as np
+import orjson
 import pydantic
 from kserve.errors import InvalidInput
-from kserve.protocol.infer_type import InferInput, InferRequest, RequestedOutput
+from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse, RequestedOutput
 from pydantic import Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from bisenet_jax.serve.faults import TooLarge
@@ -270,3 +271,44 @@ def _number_array(data, name: str, datatype: str, shape: list[int], count: int) 
   elif array.size and array.dtype.kind not in 'iuf':
     raise InvalidInput(f'input {name!r}: {datatype} data must be numbers')
   return array.astype(dtype).reshape(shape)
+
+
+def binary_output(request: InferRequest, name: str) -> bool:
+  """Whether a REST answer carries output ``name`` as binary data: the output's own
+  ``binary_data`` where the request names it with one, else the request's
+  ``binary_data_output`` (default false: JSON)."""
+  for output in request.request_outputs or ():
+    if output.name == name and output.binary_data is not None:
+      return output.binary_data
+  return bool((request.parameters or {}).get('binary_data_output', False))
+
+
+def encode_answer(response: InferResponse, request: InferRequest) -> tuple[bytes, dict]:
+  """A REST answer's body and headers: JSON, or the binary extension's JSON header followed by
+  each binary output's bytes when any output is binary (``binary_output``).
+
+  Not kserve's ``InferResponse.to_rest``: it ignores ``binary_data_output`` for the outputs a
+  request names (they came back as JSON), and writes JSON numbers through a Python list per
+  element; here ``orjson`` writes them from the array.
+  """
+  outputs, parts = [], []
+  for output in response.outputs:
+    entry = {'name': output.name, 'shape': list(output.shape), 'datatype': output.datatype}
+    raw = output._raw_data  # The model sets every output as binary data (model._outputs).
+    if binary_output(request, output.name):
+      entry['parameters'] = {'binary_data_size': len(raw)}
+      parts.append(raw)
+    elif output.datatype == 'BYTES':
+      raise InvalidInput(f'output {output.name!r} holds bytes, which JSON cannot: ask for it '
+                         'with "parameters": {"binary_data": true}')
+    else:
+      entry['data'] = np.frombuffer(raw, _DTYPES[output.datatype])
+    outputs.append(entry)
+  header = orjson.dumps({'id': response.id, 'model_name': response.model_name,
+                         'model_version': response.model_version, 'outputs': outputs,
+                         'parameters': response.parameters},
+                        option=orjson.OPT_SERIALIZE_NUMPY)
+  if not parts:
+    return header, {'content-type': 'application/json'}
+  return header + b''.join(parts), {'content-type': 'application/octet-stream',
+                                    HEADER_LENGTH: str(len(header))}

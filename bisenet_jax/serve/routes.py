@@ -51,10 +51,8 @@ def build_app(dataplane: DataPlane, model: SegmentationModel, limits: Limits):
     infer_request = protocol.read_request(await request.body(), length, model_name,
                                           limits.max_json_bytes)
     response, _ = await dataplane.infer(model_name, infer_request, headers)
-    body, response_headers = dataplane.encode(model_name, response, headers, {})
-    if isinstance(body, bytes):
-      return Response(body, media_type='application/octet-stream', headers=response_headers)
-    return JSONResponse(body, headers=response_headers)
+    body, response_headers = protocol.encode_answer(response, infer_request)
+    return Response(body, headers=response_headers)
 
   @app.get('/')
   async def page():
