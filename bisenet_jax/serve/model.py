@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import time
 from pathlib import Path
 
@@ -40,8 +41,30 @@ _SEND = f"send '{IMAGE}' (UINT8 [N, H, W, 3] RGB) or '{IMAGE_BYTES}' (BYTES [N],
 ARRIVAL: contextvars.ContextVar[float] = contextvars.ContextVar('arrival')
 
 
+@dataclasses.dataclass(frozen=True)
+class Images:
+  """A request's images as it declares them, checked before any is decoded.
+
+  Attributes:
+    count: N, the number of images.
+    size: (H, W) of every image.
+    tensor: the request's input.
+    encoded: the encoded files of ``image_bytes``; None for ``image``.
+  """
+  count: int
+  size: tuple[int, int]
+  tensor: object
+  encoded: tuple[bytes, ...] | None = None
+
+
 def request_images(request: InferRequest, limits: Limits) -> np.ndarray:
   """The request's uint8 [N, H, W, 3] RGB images, or a one-line ``InvalidInput``."""
+  return decode_images(declared_images(request, limits))
+
+
+def declared_images(request: InferRequest, limits: Limits) -> Images:
+  """The count and size of the request's images from its input's shape (``image``) or the
+  files' headers (``image_bytes``), every limit checked: nothing is decoded yet."""
   names = [tensor.name for tensor in request.inputs]
   unknown = [name for name in names if name not in (IMAGE, IMAGE_BYTES)]
   if unknown:
@@ -51,11 +74,25 @@ def request_images(request: InferRequest, limits: Limits) -> np.ndarray:
                        'exactly one')
   tensor = request.inputs[0]
   if tensor.name == IMAGE:
-    return _array_images(tensor, limits)
-  return _encoded_images(tensor, limits)
+    return _declared_array(tensor, limits)
+  return _declared_files(tensor, limits)
 
 
-def _array_images(tensor, limits: Limits) -> np.ndarray:
+def decode_images(images: Images) -> np.ndarray:
+  """The declared images as uint8 [N, H, W, 3] RGB (files decoded, arrays read)."""
+  if images.encoded is None:
+    return protocol.input_array(images.tensor)
+  decoded = []
+  for index, data in enumerate(images.encoded):
+    try:
+      decoded.append(image_files.decode_image(data, f'{IMAGE_BYTES}[{index}]',
+                                              'send a PNG or JPEG'))
+    except UserError as error:
+      raise InvalidInput(str(error)) from None
+  return np.stack(decoded)
+
+
+def _declared_array(tensor, limits: Limits) -> Images:
   shape = protocol.checked_shape(tensor)
   if tensor.datatype != 'UINT8':
     raise InvalidInput(f"input '{IMAGE}' must be UINT8, not {tensor.datatype}")
@@ -64,32 +101,44 @@ def _array_images(tensor, limits: Limits) -> np.ndarray:
                        f'{shape}')
   _check_count(IMAGE, shape[0], limits)
   _check_pixels(IMAGE, shape[1:3], limits)
-  return protocol.input_array(tensor)
+  return Images(shape[0], (shape[1], shape[2]), tensor)
 
 
-def _encoded_images(tensor, limits: Limits) -> np.ndarray:
+def _declared_files(tensor, limits: Limits) -> Images:
   shape = protocol.checked_shape(tensor)
   if tensor.datatype != 'BYTES':
     raise InvalidInput(f"input '{IMAGE_BYTES}' must be BYTES, not {tensor.datatype}")
   if len(shape) != 1 or shape[0] < 1:
     raise InvalidInput(f"input '{IMAGE_BYTES}' must have shape [N] with N >= 1, not {shape}")
   _check_count(IMAGE_BYTES, shape[0], limits)
-  elements = protocol.input_array(tensor)
-  decoded = []
-  for index, data in enumerate(elements):
+  encoded = tuple(protocol.input_array(tensor))
+  sizes = []
+  for index, data in enumerate(encoded):
     name = f'{IMAGE_BYTES}[{index}]'
     try:
-      # The size from the header first: an image over the limit is never decoded.
-      _check_pixels(name, image_files.image_size(data, 'send a PNG or JPEG'), limits)
-      decoded.append(image_files.decode_image(data, name, 'send a PNG or JPEG'))
+      # The size from the header: an image over the limit is never decoded.
+      sizes.append(image_files.image_size(data, 'send a PNG or JPEG'))
     except UserError as error:
       raise InvalidInput(str(error)) from None
-  sizes = {image.shape for image in decoded}
-  if len(sizes) > 1:
+    _check_pixels(name, sizes[-1], limits)
+  if len(set(sizes)) > 1:
     raise InvalidInput(f"the images of '{IMAGE_BYTES}' have several sizes "
-                       f'({", ".join(f"{h}x{w}" for h, w, _ in sorted(sizes))}): send images '
+                       f'({", ".join(f"{h}x{w}" for h, w in sorted(set(sizes)))}): send images '
                        'of one size per request')
-  return np.stack(decoded)
+  return Images(len(encoded), tuple(sizes[0]), tensor, encoded)
+
+
+def check_json_answer(request: InferRequest, names: list[str], images: Images,
+                      limits: Limits) -> None:
+  """Labels asked as JSON (REST) are refused before any work when they could be over
+  ``max_json_bytes``: up to 4 bytes per value ('255,')."""
+  if request.from_grpc or LABELS not in names or protocol.binary_output(request, LABELS):
+    return
+  values = images.count * images.size[0] * images.size[1]
+  if values * 4 > limits.max_json_bytes:
+    raise InvalidInput(f"'{LABELS}' as JSON would be {values} numbers, up to {values * 4} bytes, "
+                       f"over the server's --max-json-bytes {limits.max_json_bytes}: ask for it "
+                       'as binary data, "parameters": {"binary_data": true}')
 
 
 def _check_count(name: str, count: int, limits: Limits) -> None:
@@ -175,7 +224,9 @@ class SegmentationModel(Model):
   async def predict(self, request: InferRequest, headers=None) -> InferResponse:
     arrival = ARRIVAL.get(time.perf_counter())
     names = requested_outputs(request)
-    images = await asyncio.to_thread(request_images, request, self.limits)
+    declared = await asyncio.to_thread(declared_images, request, self.limits)
+    check_json_answer(request, names, declared, self.limits)
+    images = await asyncio.to_thread(decode_images, declared)
     result = await asyncio.wrap_future(self.batcher.submit(images))
     outputs = await asyncio.to_thread(_outputs, result.labels, names, self.segmenter.palette)
     parameters = {'server_ms': (time.perf_counter() - arrival) * 1000,

@@ -10,6 +10,7 @@ decode is a 400 (kserve's answer is a 500), and GET / serves the page.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import fastapi
@@ -27,6 +28,8 @@ from bisenet_jax.serve.model import SegmentationModel
 from bisenet_jax.serve.spec import Limits
 
 STATIC = Path(__file__).resolve().parent / 'static'
+# Bodies and answers bigger than this are read and written on a worker thread.
+OFF_THE_LOOP_BYTES = 1 << 16
 
 
 async def _error_handler(_, error: Exception) -> JSONResponse:
@@ -34,6 +37,15 @@ async def _error_handler(_, error: Exception) -> JSONResponse:
   if status == 500:
     logger.exception('inference failed', exc_info=error)
   return error_response(error, status)
+
+
+async def _off_the_loop(size: int, function, *args):
+  """``function(*args)`` on a worker thread when it handles over ``OFF_THE_LOOP_BYTES``, so the
+  event loop that serves every connection (health probes included) goes on meanwhile; small
+  bodies and answers are cheaper to handle in place than to hand over."""
+  if size > OFF_THE_LOOP_BYTES:
+    return await asyncio.to_thread(function, *args)
+  return function(*args)
 
 
 def build_app(dataplane: DataPlane, model: SegmentationModel, limits: Limits):
@@ -48,11 +60,14 @@ def build_app(dataplane: DataPlane, model: SegmentationModel, limits: Limits):
   async def infer(model_name: str, request: fastapi.Request):
     headers = dict(request.headers)
     length = protocol.header_length(headers.get(protocol.HEADER_LENGTH), limits.max_json_bytes)
-    infer_request = protocol.read_request(await request.body(), length, model_name,
-                                          limits.max_json_bytes)
+    body = await request.body()
+    infer_request = await _off_the_loop(len(body), protocol.read_request, body, length,
+                                        model_name, limits.max_json_bytes)
     response, _ = await dataplane.infer(model_name, infer_request, headers)
-    body, response_headers = protocol.encode_answer(response, infer_request)
-    return Response(body, headers=response_headers)
+    size = sum(len(output._raw_data) for output in response.outputs)
+    answer, response_headers = await _off_the_loop(size, protocol.encode_answer, response,
+                                                   infer_request)
+    return Response(answer, headers=response_headers)
 
   @app.get('/')
   async def page():
