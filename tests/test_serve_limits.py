@@ -5,7 +5,8 @@ no traceback in the server's log.
 """
 
 import concurrent.futures
-import threading
+import json
+import socket
 import time
 
 import cv2
@@ -13,8 +14,9 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
-from serve_support import LoggedServer, binary_body, serialized, tensor_header
+from serve_support import LoggedServer, binary_body, serialized, tensor_header, wait_until
 from test_evaluate import write_red_channel_model
 from test_serve import MODEL
 
@@ -62,5 +64,215 @@ def test_health_answers_while_big_json_answers_are_written(red_model, log):
     assert len(probes) >= 3, (probes, big_s)
     assert max(probes) < 1.0, (max(probes), big_s)
     assert 'Traceback' not in server.log_text()
+  finally:
+    server.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# Slow clients: headers and bodies that trickle, answers nobody takes, idle and surplus
+# connections.
+
+HEADERS = b'POST /v2/models/bisenet/infer HTTP/1.1\r\nHost: x\r\n'
+
+
+def trickle(sockets, byte=b'x', header=True):
+  """One more byte on each open socket (a header line's, or the body's)."""
+  for sock in sockets:
+    try:
+      sock.sendall(b'X-Slow: ' + byte + b'\r\n' if header else byte)
+    except OSError:
+      pass
+
+
+def answer_of(sock, timeout=5.0) -> bytes:
+  """What the server sent before it closed, or b'' if it keeps the socket open."""
+  sock.settimeout(timeout)
+  data = b''
+  try:
+    while chunk := sock.recv(65536):
+      data += chunk
+  except (TimeoutError, ConnectionResetError):
+    return data if data else b'(open)' if not data else data
+  return data
+
+
+def slow_sockets(server, count, phase):
+  sockets = [server.connect() for _ in range(count)]
+  for sock in sockets:
+    sock.sendall(HEADERS if phase == 'headers' else HEADERS + b'Content-Length: 1000\r\n\r\n')
+  return sockets
+
+
+def one_line_refusal(answer: bytes, code: int, words: str) -> bool:
+  head, _, body = answer.partition(b'\r\n\r\n')
+  error = json.loads(body)['error'] if body else ''
+  return head.startswith(b'HTTP/1.1 %d ' % code) and words in error and '\n' not in error
+
+
+@pytest.mark.parametrize('phase', ['headers', 'body'])
+def test_sockets_that_trickle_a_request_are_answered_408_and_closed(red_model, log, phase):
+  """20 sockets send their headers (or, headers done, a body of 1000 bytes) a byte at a time:
+  each is answered 408 and closed once --header-timeout-s (--body-timeout-s) is over, and the
+  server's open files are back where they were. Meanwhile a client is served."""
+  server = LoggedServer(red_model, log, '--header-timeout-s', '1', '--body-timeout-s', '1')
+  try:
+    before = server.open_fds()
+    sockets = slow_sockets(server, 20, phase)
+    for _ in range(6):  # 1.2 s of trickling.
+      trickle(sockets, header=phase == 'headers')
+      time.sleep(0.2)
+      assert server.get('/v2/health/ready').status_code == 200
+    flag = '--header-timeout-s' if phase == 'headers' else '--body-timeout-s'
+    for sock in sockets:
+      answer = answer_of(sock)
+      assert one_line_refusal(answer, 408, flag), answer[:300]
+      sock.close()
+    assert wait_until(lambda: server.open_fds() <= before, 5), (server.open_fds(), before)
+    assert 'Traceback' not in server.log_text()
+  finally:
+    server.stop()
+
+
+@pytest.mark.parametrize('phase', ['headers', 'body'])
+def test_slow_sockets_beyond_max_connections_make_room_for_new_ones(red_model, log, phase):
+  """30 slow sockets against --max-connections 8: each new connection closes the one waiting
+  longest for its request (503), so a client that sends its request at once is served
+  throughout, and the server holds at most 8 connections."""
+  server = LoggedServer(red_model, log, '--max-connections', '8')
+  try:
+    before = server.open_fds()
+    sockets = slow_sockets(server, 30, phase)
+    for _ in range(5):
+      trickle(sockets, header=phase == 'headers')
+      assert server.get('/v2/health/ready').status_code == 200
+      time.sleep(0.1)
+    assert server.open_fds() <= before + 8
+    answers = [answer_of(sock, timeout=0.5) for sock in sockets]
+    closed = [answer for answer in answers if answer != b'(open)']
+    assert len(closed) >= 22
+    for answer in closed:
+      # Closed while its body was read: no answer (the routes see the client leave).
+      assert one_line_refusal(answer, 503, '--max-connections 8') or (
+          phase == 'body' and answer == b''), answer[:300]
+    for sock in sockets:
+      sock.close()
+    assert 'Traceback' not in server.log_text()
+  finally:
+    server.stop()
+
+
+def test_a_connection_beyond_max_connections_of_busy_ones_is_503(red_model, log):
+  """Every connection busy with a request that arrived whole (its forward pass slowed down):
+  a new one is answered 503 at once and closed."""
+  server = LoggedServer(red_model, log, '--max-connections', '2', '--max-batch-size', '1',
+                        slow=1.0)
+  try:
+    body, headers = zero_pngs(1, (4, 4))
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+      busy = [pool.submit(server.post, body, headers) for _ in range(2)]
+      time.sleep(0.5)
+      sock = server.connect()
+      answer = answer_of(sock)
+      assert one_line_refusal(answer, 503, '--max-connections 2 connections busy'), answer
+      assert [request.result().status_code for request in busy] == [200, 200]
+    assert server.get('/v2/health/ready').status_code == 200
+  finally:
+    server.stop()
+
+
+def test_headers_over_max_header_bytes_are_431(red_model, log):
+  server = LoggedServer(red_model, log, '--max-header-bytes', '4096')
+  try:
+    sock = server.connect()
+    sock.sendall(HEADERS + b'X-Big: ' + b'y' * 8000 + b'\r\n')
+    assert one_line_refusal(answer_of(sock), 431, '--max-header-bytes 4096')
+    assert server.get('/v2/health/ready').status_code == 200
+  finally:
+    server.stop()
+
+
+def test_an_idle_kept_alive_connection_is_closed_after_keep_alive_s(red_model, log):
+  server = LoggedServer(red_model, log, '--keep-alive-s', '0.5')
+  try:
+    sock = server.connect()
+    sock.sendall(b'GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n')
+    start = time.monotonic()
+    answer = answer_of(sock)
+    assert answer.startswith(b'HTTP/1.1 200 ') and time.monotonic() - start < 3
+  finally:
+    server.stop()
+
+
+def test_an_answer_nobody_takes_closes_its_connection_after_body_timeout_s(red_model, log):
+  """A client asks for 8 MB of labels and reads none of them (a small receive buffer): the
+  server drops the answer and the connection once it has waited --body-timeout-s."""
+  server = LoggedServer(red_model, log, '--body-timeout-s', '1')
+  try:
+    before = server.open_fds()
+    image = np.zeros((8, 1000, 1000, 3), np.uint8)
+    body, headers = binary_body({'inputs': [tensor_header(shape=image.shape,
+                                                          binary_data_size=image.size)],
+                                 'parameters': {'binary_data_output': True}}, image.tobytes())
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(('127.0.0.1', server.port))
+    sock.sendall(b'POST /v2/models/%s/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n'
+                 b'Inference-Header-Content-Length: %s\r\n\r\n' % (
+                     MODEL.encode(), len(body),
+                     headers['inference-header-content-length'].encode()) + body)
+    assert wait_until(lambda: server.open_fds() > before, 5)
+    time.sleep(0.5)  # The answer is written, the client reads nothing.
+    assert wait_until(lambda: server.open_fds() <= before, 10), (server.open_fds(), before)
+    sock.close()
+    assert server.get('/v2/health/ready').status_code == 200
+    assert 'Traceback' not in server.log_text()
+  finally:
+    server.stop()
+
+
+def test_json_bodies_and_answers_over_max_json_bytes(red_model, log):
+  """A JSON body over --max-json-bytes is a 413 by its Content-Length, before it is read; labels
+  asked as JSON that could be over it are a 400 before any work; both say to send binary."""
+  server = LoggedServer(red_model, log, '--max-json-bytes', '100000')
+  try:
+    response = server.post(json.dumps({'inputs': [{'name': 'image', 'datatype': 'UINT8',
+                                                   'shape': [1, 200, 100, 3],
+                                                   'data': [0] * 60000}]}))
+    assert response.status_code == 413 and 'send the images as binary data' in (
+        response.json()['error'])
+    assert response.headers['connection'] == 'close'
+    body, headers = zero_pngs(1, (200, 200))
+    response = server.post(body, headers)
+    assert response.status_code == 400, response.text
+    assert "'labels' as JSON would be 40000 numbers" in response.json()['error']
+    assert 'binary_data' in response.json()['error']
+    assert 'Traceback' not in server.log_text()
+  finally:
+    server.stop()
+
+
+def test_grpc_calls_beyond_grpc_max_rpcs_are_resource_exhausted(red_model, log):
+  server = LoggedServer(red_model, log, '--grpc-max-rpcs', '2', '--max-batch-size', '1',
+                        slow=0.5)
+  try:
+    image = np.zeros((1, 4, 4, 3), np.uint8)
+
+    def call(_):
+      client = grpcclient.InferenceServerClient(server.grpc_url)
+      tensor = grpcclient.InferInput('image', list(image.shape), 'UINT8')
+      tensor.set_data_from_numpy(image)
+      try:
+        client.infer(MODEL, [tensor])
+        return 'ok'
+      except InferenceServerException as error:
+        return error.status()
+      finally:
+        client.close()
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+      outcomes = list(pool.map(call, range(6)))
+    assert outcomes.count('ok') >= 2 and 'StatusCode.RESOURCE_EXHAUSTED' in outcomes, outcomes
+    assert set(outcomes) <= {'ok', 'StatusCode.RESOURCE_EXHAUSTED'}
+    assert server.grpc.is_server_ready()
   finally:
     server.stop()

@@ -50,6 +50,25 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--max-json-bytes', type=cli.positive_int('--max-json-bytes'),
                       default=8 << 20, help='largest JSON body, or JSON header of a binary '
                       'body, else 413 (8388608)')
+  parser.add_argument('--max-connections', type=cli.positive_int('--max-connections'),
+                      default=32, help='most REST connections open at once; a request beyond '
+                      'them is answered 503 (32)')
+  parser.add_argument('--max-header-bytes', type=cli.positive_int('--max-header-bytes'),
+                      default=64 << 10, help="most bytes of a request's headers, else 431 "
+                      '(65536)')
+  parser.add_argument('--header-timeout-s', type=_seconds('--header-timeout-s'), default=10.0,
+                      help="seconds a request's headers may take to arrive whole, else 408 and "
+                      'the connection is closed (10)')
+  parser.add_argument('--body-timeout-s', type=_seconds('--body-timeout-s'), default=30.0,
+                      help="seconds a request's body may take to arrive whole, else 408; and "
+                      'an answer may wait for a client that takes none of it (30)')
+  parser.add_argument('--keep-alive-s', type=_seconds('--keep-alive-s'), default=5.0,
+                      help='seconds an idle connection stays open (5)')
+  parser.add_argument('--grpc-max-rpcs', type=cli.positive_int('--grpc-max-rpcs'), default=32,
+                      help='most gRPC calls at once; beyond them a call is RESOURCE_EXHAUSTED '
+                      '(32)')
+  parser.add_argument('--grpc-max-streams', type=cli.positive_int('--grpc-max-streams'),
+                      default=16, help='most calls at once on one gRPC connection (16)')
   parser.add_argument('--threads', type=cli.positive_int('--threads'),
                       help="ONNX Runtime's intra-op threads (default: one per core)")
   parser.add_argument('--warmup', type=_sizes, default=(), metavar=f'{SIZE_FORMAT},...',
@@ -64,7 +83,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def serve_spec(args: argparse.Namespace) -> ServeSpec:
   """The server's spec of its flags: everything below this edge receives it, never the flags."""
   limits = Limits(max_batch_size=args.max_batch_size, max_pixels=args.max_pixels,
-                  max_request_bytes=args.max_request_bytes, max_json_bytes=args.max_json_bytes)
+                  max_request_bytes=args.max_request_bytes, max_json_bytes=args.max_json_bytes,
+                  max_connections=args.max_connections, max_header_bytes=args.max_header_bytes,
+                  header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
+                  keep_alive_s=args.keep_alive_s, grpc_max_rpcs=args.grpc_max_rpcs,
+                  grpc_max_streams=args.grpc_max_streams)
   return ServeSpec(model_name=args.model_name, host=args.host, port=args.port,
                    grpc_port=args.grpc_port, max_batch_delay_s=args.max_batch_delay_ms / 1000,
                    max_queue=args.max_queue, warmup=args.warmup, limits=limits)
@@ -86,6 +109,18 @@ def _non_negative(flag: str):
       value = -1.0
     if not value >= 0:
       raise UserError(f'{flag} {text!r} must be a number of milliseconds, 0 or more')
+    return value
+  return parse
+
+
+def _seconds(flag: str):
+  def parse(text: str) -> float:
+    try:
+      value = float(text)
+    except ValueError:
+      value = 0.0
+    if not 0 < value < float('inf'):
+      raise UserError(f'{flag} {text!r} must be a number of seconds above 0')
     return value
   return parse
 

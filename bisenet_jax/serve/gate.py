@@ -1,73 +1,246 @@
-"""The gate every REST inference request passes before the routes: the request body's size
-limit, and the metrics of every answer."""
+"""The gate of the REST server, in two layers, and the bounds it keeps (``Limits``):
+
+* ``guarded_http``, the connection (uvicorn's httptools protocol): a request's headers must
+  arrive whole within ``header_timeout_s`` of the connection's opening, or of the request's
+  first byte on a kept-alive connection, and hold at most ``max_header_bytes`` (else 408 or 431,
+  and the connection is closed); an answer the client stops taking for ``body_timeout_s`` closes
+  the connection; beyond ``max_connections`` open connections a request is answered 503 at once.
+  A kept-alive connection idle for ``keep_alive_s`` is closed by uvicorn.
+* ``RequestGate``, the request (ASGI middleware): a body over its limit is a 413 before it is
+  read (Content-Length) or as soon as it is counted (chunked); a body must arrive whole within
+  ``body_timeout_s`` of the headers (else 408); the routes receive it whole, and every inference
+  answer is counted and timed (metrics) from its arrival.
+
+Every refusal here is one line of JSON, ``{"error": "..."}``, as the routes answer theirs, and
+closes the connection when the body was not read.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import json
 import time
 
-from fastapi.responses import JSONResponse
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from bisenet_jax.serve import metrics
-from bisenet_jax.serve.faults import one_line
+from bisenet_jax.serve import metrics, protocol
+from bisenet_jax.serve.faults import TooLarge, one_line, status
 from bisenet_jax.serve.model import ARRIVAL
+from bisenet_jax.serve.spec import Limits
+
+# The most bytes of a body that a route other than inference reads (they take none).
+OTHER_BODY_BYTES = 1 << 16
+REASONS = {400: 'Bad Request', 408: 'Request Timeout', 413: 'Content Too Large',
+           431: 'Request Header Fields Too Large', 503: 'Service Unavailable'}
 
 
-def error_response(error: BaseException, status: int) -> JSONResponse:
-  """{"error": "<one line>"}, as kserve answers its errors."""
-  return JSONResponse({'error': one_line(error)}, status_code=status)
+def _error_body(message: str) -> bytes:
+  return json.dumps({'error': message}).encode()
+
+
+def guarded_http(limits: Limits) -> type:
+  """uvicorn's httptools protocol keeping the connection's bounds of ``limits`` (module
+  docstring); uvicorn makes one per connection (``uvicorn.Config(http=...)``)."""
+  # The connections whose request has not arrived whole yet (headers or body), the one waiting
+  # longest first: over --max-connections, it makes room for a new one.
+  waiting: collections.OrderedDict = collections.OrderedDict()
+
+  class GuardedHttp(HttpToolsProtocol):
+    """One connection, its request timed and counted, its stalled answers cut off."""
+
+    def connection_made(self, transport):
+      super().connection_made(transport)
+      self._timer = self._stall = None
+      self._expect_request()
+      if len(self.connections) > limits.max_connections:
+        oldest = next(iter(waiting))
+        if oldest is self:  # Every other connection is busy with its request or answer.
+          self._refuse(503, f'the server has its --max-connections {limits.max_connections} '
+                       'connections busy: retry later')
+        else:
+          oldest._refuse(503, f'the server has its --max-connections {limits.max_connections}'
+                         ' connections open and closed this one, the longest waiting for its '
+                         'request: send the whole request at once')
+
+    def _expect_request(self):
+      self._header_bytes, self._in_headers = 0, True
+      self._timer = self.loop.call_later(limits.header_timeout_s, self._headers_too_slow)
+      waiting[self] = None
+
+    def data_received(self, data):
+      if self._in_headers:
+        self._header_bytes += len(data)
+      super().data_received(data)
+      if (self._in_headers and self._header_bytes > limits.max_header_bytes
+          and not self.transport.is_closing()):
+        self._refuse(431, f"the request's headers are over the server's --max-header-bytes "
+                     f'{limits.max_header_bytes}: send fewer or shorter headers')
+
+    def on_message_begin(self):
+      super().on_message_begin()
+      if self not in waiting:  # The next request on a kept-alive connection.
+        self._expect_request()
+
+    def on_headers_complete(self):
+      self._in_headers = False
+      self._cancel_timer()
+      super().on_headers_complete()
+
+    def on_message_complete(self):
+      waiting.pop(self, None)
+      super().on_message_complete()
+
+    def _headers_too_slow(self):
+      self._refuse(408, f"the request's headers took over the server's --header-timeout-s "
+                   f'{limits.header_timeout_s:g} s: send the whole request at once')
+
+    def _refuse(self, code: int, message: str):
+      """Answers ``code`` and closes; only closes when the request's body is being read (the
+      routes see the client leave) or an answer is under way."""
+      self._cancel_timer()
+      waiting.pop(self, None)
+      if self.transport.is_closing():
+        return
+      if self.cycle is None or self.cycle.response_complete:
+        body = _error_body(message)
+        self.transport.write(
+            f'HTTP/1.1 {code} {REASONS[code]}\r\ncontent-type: application/json\r\n'
+            f'content-length: {len(body)}\r\nconnection: close\r\n\r\n'.encode() + body)
+      self.transport.close()
+
+    def pause_writing(self):
+      super().pause_writing()
+      if self._stall is None:
+        self._stall = self.loop.call_later(limits.body_timeout_s, self._reader_too_slow)
+
+    def resume_writing(self):
+      super().resume_writing()
+      if self._stall is not None:
+        self._stall.cancel()
+        self._stall = None
+
+    def _reader_too_slow(self):
+      self._stall = None
+      self.transport.abort()  # The client takes nothing: what is buffered for it is dropped.
+
+    def _cancel_timer(self):
+      if self._timer is not None:
+        self._timer.cancel()
+        self._timer = None
+
+    def connection_lost(self, exc):
+      self._cancel_timer()
+      waiting.pop(self, None)
+      if self._stall is not None:
+        self._stall.cancel()
+        self._stall = None
+      super().connection_lost(exc)
+
+  return GuardedHttp
+
+
+def _is_inference(scope) -> bool:
+  return scope['method'] == 'POST' and scope['path'].endswith('/infer')
+
+
+async def _send_error(send, code: int, message: str, close: bool = False) -> None:
+  body = _error_body(message)
+  headers = [(b'content-type', b'application/json'),
+             (b'content-length', str(len(body)).encode())]
+  if close:
+    headers.append((b'connection', b'close'))
+  await send({'type': 'http.response.start', 'status': code, 'headers': headers})
+  await send({'type': 'http.response.body', 'body': body})
+
+
+class _Refusal(Exception):
+  """A request the gate answers itself: ``code``, one line, the connection closed."""
+
+  def __init__(self, code: int, message: str):
+    super().__init__(message)
+    self.code = code
 
 
 class RequestGate:
-  """ASGI middleware of POST .../infer: a body over ``max_bytes`` is a 413 before it is read
-  (Content-Length) or while it is (a chunked body's bytes are counted), and every answer is
-  counted and timed (metrics) from its arrival."""
+  """ASGI middleware of every HTTP request (module docstring)."""
 
-  def __init__(self, app, max_bytes: int):
-    self.app, self.max_bytes = app, max_bytes
+  def __init__(self, app, limits: Limits):
+    self.app, self.limits = app, limits
 
   async def __call__(self, scope, receive, send):
-    if scope['type'] != 'http' or not scope['path'].endswith('/infer'):
+    if scope['type'] != 'http':
       return await self.app(scope, receive, send)
+    inference = _is_inference(scope)
     start = time.perf_counter()
     ARRIVAL.set(start)
-    status = 500
+    answered = 500
 
     async def counted_send(message):
-      nonlocal status
+      nonlocal answered
       if message['type'] == 'http.response.start':
-        status = message['status']
+        answered = message['status']
       await send(message)
 
     try:
-      body = await self._body(scope, receive)
-      if body is None:
-        response = error_response(
-            ValueError(f'the request body is over the server\'s --max-request-bytes '
-                       f'{self.max_bytes}: send smaller or fewer images'), 413)
-        return await response(scope, receive, counted_send)
+      try:
+        limit = self._body_limit(scope) if inference else (OTHER_BODY_BYTES, None)
+        async with asyncio.timeout(self.limits.body_timeout_s):
+          body = await _read_body(receive, *limit)
+      except TimeoutError:
+        raise _Refusal(408, f'the request body took over the server\'s --body-timeout-s '
+                       f'{self.limits.body_timeout_s:g} s: send it at once') from None
+      except Exception as error:  # A refusal before the body: nothing more is read.
+        code = error.code if isinstance(error, _Refusal) else status(error)[0]
+        raise _Refusal(code, one_line(error)) from None
+      if body is None:  # The client left before its body arrived: nobody to answer.
+        answered = 499
+        return
       await self.app(scope, _replay(body), counted_send)
+    except _Refusal as refusal:
+      await _send_error(counted_send, refusal.code, str(refusal), close=True)
     finally:
-      metrics.record_request('rest', status, time.perf_counter() - start)
+      if inference:
+        metrics.record_request('rest', answered, time.perf_counter() - start)
 
-  async def _body(self, scope, receive) -> bytes | None:
-    """The whole body, or None when it is over the limit."""
+  def _body_limit(self, scope) -> tuple[int, str | None]:
+    """(most bytes, the flag that sets them) of an inference body, or a refusal from its
+    headers: Content-Length over the limit, a bad binary header length."""
     headers = dict(scope['headers'])
     length = headers.get(b'content-length', b'').strip()
-    if length.isdigit() and int(length) > self.max_bytes:
+    header = headers.get(protocol.HEADER_LENGTH.encode())
+    json_length = protocol.header_length(header and header.decode('latin-1'),
+                                         self.limits.max_json_bytes)
+    limit, flag = self.limits.max_request_bytes, '--max-request-bytes'
+    if json_length is None and self.limits.max_json_bytes < limit:
+      limit, flag = self.limits.max_json_bytes, '--max-json-bytes'
+    if length.isdigit() and int(length) > limit:
+      raise TooLarge(_too_large(int(length), limit, flag))
+    return limit, flag
+
+
+def _too_large(size: int | None, limit: int, flag: str | None) -> str:
+  what = 'the request body' if size is None else f'the request body of {size} bytes'
+  if flag is None:
+    return f'{what} is over {limit} bytes, the most this route reads: send no body'
+  remedy = ('send the images as binary data or as image_bytes' if flag == '--max-json-bytes'
+            else 'send smaller or fewer images')
+  return f'{what} is over the server\'s {flag} {limit}: {remedy}'
+
+
+async def _read_body(receive, limit: int, flag: str | None) -> bytes | None:
+  """The whole body; None when the client disconnected first; ``TooLarge`` past ``limit``."""
+  chunks, size = [], 0
+  while True:
+    message = await receive()
+    if message['type'] == 'http.disconnect':
       return None
-    chunks, size = [], 0
-    while True:
-      message = await receive()
-      if message['type'] == 'http.disconnect':
-        break
-      chunks.append(message.get('body', b''))
-      size += len(chunks[-1])
-      if size > self.max_bytes:
-        return None
-      if not message.get('more_body'):
-        break
-    return b''.join(chunks)
+    chunks.append(message.get('body', b''))
+    size += len(chunks[-1])
+    if size > limit:
+      raise TooLarge(_too_large(None, limit, flag))
+    if not message.get('more_body'):
+      return b''.join(chunks)
 
 
 def _replay(body: bytes):

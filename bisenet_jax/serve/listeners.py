@@ -30,6 +30,7 @@ from bisenet_jax.errors import UserError
 from bisenet_jax.specs import format_size
 from bisenet_jax.serve import metrics
 from bisenet_jax.serve.batching import Batcher, fastest_batch
+from bisenet_jax.serve.gate import guarded_http
 from bisenet_jax.serve.model import SegmentationModel, network_name
 from bisenet_jax.serve.routes import build_app
 from bisenet_jax.serve.rpc import StatusAndMetrics
@@ -67,11 +68,22 @@ def listening_socket(host: str, port: int) -> socket.socket:
                     'or --port') from None
 
 
+def grpc_options(limits: Limits) -> list[tuple[str, int]]:
+  """gRPC core's channel arguments for ``limits``: the largest message each way (an answer
+  holds at most two bytes per pixel of a full request: labels and a PNG no bigger, plus room for
+  the PNGs' own headers), streams per connection, the handshake's deadline, idle connections."""
+  answer_bytes = 2 * limits.max_batch_size * limits.max_pixels + (1 << 20)
+  return [('grpc.max_receive_message_length', limits.max_request_bytes),
+          ('grpc.max_send_message_length', answer_bytes),
+          ('grpc.max_concurrent_streams', limits.grpc_max_streams),
+          ('grpc.server_handshake_timeout_ms', int(limits.header_timeout_s * 1000)),
+          ('grpc.max_connection_idle_ms', int(limits.keep_alive_s * 1000)),
+          ('grpc.so_reuseport', 0)]
+
+
 def grpc_server(dataplane: DataPlane, host: str, port: int, limits: Limits):
-  server = aio.server(interceptors=[StatusAndMetrics()],
-                      options=[('grpc.max_receive_message_length', limits.max_request_bytes),
-                               ('grpc.max_send_message_length', -1),
-                               ('grpc.so_reuseport', 0)])
+  server = aio.server(interceptors=[StatusAndMetrics()], options=grpc_options(limits),
+                      maximum_concurrent_rpcs=limits.grpc_max_rpcs)
   grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
       InferenceServicer(dataplane, None), server)
   address = f'[{host}]:{port}' if ':' in host else f'{host}:{port}'
@@ -92,7 +104,9 @@ async def serve(model: SegmentationModel, spec: ServeSpec, ready_line: str) -> N
   app = build_app(dataplane, model, spec.limits)
   rest_socket = listening_socket(spec.host, spec.port)
   config = uvicorn.Config(app, log_config=None, access_log=False, lifespan='off',
-                          timeout_graceful_shutdown=GRACE_S, loop='asyncio')
+                          timeout_graceful_shutdown=GRACE_S, loop='asyncio',
+                          http=guarded_http(spec.limits),
+                          timeout_keep_alive=spec.limits.keep_alive_s)
   rest = _Uvicorn(config)
   grpc = grpc_server(dataplane, spec.host, spec.grpc_port, spec.limits)
   stop = asyncio.Event()

@@ -23,7 +23,7 @@ from kserve.protocol.rest.server import metrics_handler
 from kserve.protocol.rest.v2_endpoints import register_v2_endpoints
 
 from bisenet_jax.serve import faults, protocol
-from bisenet_jax.serve.gate import RequestGate, error_response
+from bisenet_jax.serve.gate import RequestGate
 from bisenet_jax.serve.model import SegmentationModel
 from bisenet_jax.serve.spec import Limits
 
@@ -33,10 +33,11 @@ OFF_THE_LOOP_BYTES = 1 << 16
 
 
 async def _error_handler(_, error: Exception) -> JSONResponse:
+  """{"error": "<one line>"}, as kserve answers its errors."""
   status = faults.status(error)[0]
   if status == 500:
     logger.exception('inference failed', exc_info=error)
-  return error_response(error, status)
+  return JSONResponse({'error': faults.one_line(error)}, status_code=status)
 
 
 async def _off_the_loop(size: int, function, *args):
@@ -81,5 +82,5 @@ def build_app(dataplane: DataPlane, model: SegmentationModel, limits: Limits):
   for kind in (Exception, *faults.REFUSALS):
     app.add_exception_handler(kind, _error_handler)
   app.add_exception_handler(errors.ServerNotReady, errors.server_not_ready_handler)
-  app.add_middleware(RequestGate, max_bytes=limits.max_request_bytes)
+  app.add_middleware(RequestGate, limits=limits)
   return app

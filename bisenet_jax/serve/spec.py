@@ -22,11 +22,30 @@ class Limits:
     max_request_bytes: largest request body (REST) or message (gRPC).
     max_json_bytes: largest JSON body, or JSON header of a binary one (REST): JSON is parsed
       into Python objects, far slower and bigger than binary data.
+    max_connections: most REST connections open at once; a request beyond them is a 503.
+    max_header_bytes: most bytes of a request's headers (REST).
+    header_timeout_s: seconds a request's headers may take to arrive whole (REST), and a
+      connection's opening handshake (gRPC).
+    body_timeout_s: seconds a request's body may take to arrive whole after its headers, and an
+      answer may wait for a client that takes none of it (REST).
+    keep_alive_s: seconds an idle connection is kept open (REST; gRPC: an idle connection is
+      sent GOAWAY after them).
+    grpc_max_rpcs: most gRPC calls at once, every connection together; beyond them a call is
+      RESOURCE_EXHAUSTED.
+    grpc_max_streams: most calls at once on one gRPC connection (HTTP/2 streams); the client
+      waits for one to end before it starts another.
   """
   max_batch_size: int = 8
   max_pixels: int = 8388608
   max_request_bytes: int = 64 << 20
   max_json_bytes: int = 8 << 20
+  max_connections: int = 32
+  max_header_bytes: int = 64 << 10
+  header_timeout_s: float = 10.0
+  body_timeout_s: float = 30.0
+  keep_alive_s: float = 5.0
+  grpc_max_rpcs: int = 32
+  grpc_max_streams: int = 16
 
 
 @dataclasses.dataclass(frozen=True)
