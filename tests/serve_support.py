@@ -24,14 +24,14 @@ class LoggedServer:
   """``python -m bisenet_jax.serve`` (JAX unimportable, as tests/test_serve.py's) with its stderr
   in ``log``: ``log_text()`` is everything it wrote."""
 
-  def __init__(self, checkpoint, log, *flags, slow=0.0, env=None, timeout=120):
+  def __init__(self, checkpoint, log, *flags, slow=0.0, env=None, timeout=120, preamble=SERVER):
     self.port, self.grpc_port = free_port(), free_port()
     self.url, self.grpc_url = f'127.0.0.1:{self.port}', f'127.0.0.1:{self.grpc_port}'
     self.base = f'http://{self.url}'
     self.log = log
     with open(log, 'w') as stderr:
       self.process = subprocess.Popen(
-          [sys.executable, '-c', SERVER, '--checkpoint', str(checkpoint), '--port',
+          [sys.executable, '-c', preamble, '--checkpoint', str(checkpoint), '--port',
            str(self.port), '--grpc-port', str(self.grpc_port), *flags],
           cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True,
           env={**os.environ, 'SLOW_BATCHES': str(slow), **(env or {})})
@@ -62,6 +62,15 @@ class LoggedServer:
 
   def connect(self) -> socket.socket:
     return socket.create_connection(('127.0.0.1', self.port), timeout=30)
+
+  def metric(self, sample: str) -> float:
+    """A sample of GET /metrics, named as it is printed, e.g. 'bisenet_batch_images_count' or
+    'bisenet_requests_total{outcome="ok",protocol="rest"}'; 0 when absent."""
+    for line in self.get('/metrics').text.splitlines():
+      name, _, value = line.rpartition(' ')
+      if name == sample:
+        return float(value)
+    return 0.0
 
   def open_fds(self) -> int:
     return len(os.listdir(f'/proc/{self.process.pid}/fd'))

@@ -276,3 +276,155 @@ def test_grpc_calls_beyond_grpc_max_rpcs_are_resource_exhausted(red_model, log):
     assert server.grpc.is_server_ready()
   finally:
     server.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# Admission, deadlines, clients that leave, a worker that stops.
+
+
+def image_request(count=1, size=(4, 4), value=0):
+  image = np.full((count, *size, 3), value, np.uint8)
+  return binary_body({'inputs': [tensor_header(shape=image.shape, binary_data_size=image.size)],
+                      'parameters': {'binary_data_output': True}}, image.tobytes())
+
+
+def test_a_request_that_can_never_fit_the_queue_is_400_not_503(red_model, log):
+  """3 images against --max-queue 2: no wait would help, so not 'busy' (503) but a one-line
+  400 naming the flag."""
+  server = LoggedServer(red_model, log, '--max-queue', '2', '--max-batch-size', '4')
+  try:
+    response = server.post(*image_request(count=3))
+    assert response.status_code == 400, response.text
+    assert "--max-queue 2" in response.json()['error']
+    assert server.post(*image_request(count=2)).status_code == 200
+  finally:
+    server.stop()
+
+
+def test_a_full_queue_refuses_before_reading_or_decoding(red_model, log):
+  """With the queue full, a request is a 503 before its body is read (its headers promise
+  10 MB that never come) and before its files are decoded (garbage files: not a 400)."""
+  server = LoggedServer(red_model, log, '--max-queue', '1', '--max-batch-size', '1', slow=1.5)
+  try:
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+      running = pool.submit(server.post, *image_request())
+      time.sleep(0.3)
+      waiting = pool.submit(server.post, *image_request())
+      time.sleep(0.3)  # One image runs, one waits: the queue is full.
+      sock = server.connect()
+      sock.sendall(b'POST /v2/models/%s/infer HTTP/1.1\r\nHost: x\r\n'
+                   b'Content-Length: 10000000\r\n\r\n' % MODEL.encode())
+      assert one_line_refusal(answer_of(sock), 503, 'the server is busy')
+      garbage, headers = binary_body(
+          {'inputs': [tensor_header('image_bytes', 'BYTES', [1], binary_data_size=8)]},
+          serialized(b'junk'))
+      response = server.post(garbage, headers)
+      assert response.status_code == 503 and 'busy' in response.json()['error']
+      assert running.result().status_code == 200 and waiting.result().status_code == 200
+  finally:
+    server.stop()
+
+
+def test_a_client_that_leaves_withdraws_its_request(red_model, log):
+  """One request runs (1 s), a second waits; its client disconnects: it is never run (one
+  forward pass in all), it is counted as client_left, and the next request is served."""
+  server = LoggedServer(red_model, log, '--max-batch-size', '1', slow=1.0)
+  try:
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+      running = pool.submit(server.post, *image_request(value=1))
+      time.sleep(0.3)
+      body, headers = image_request(value=2)
+      sock = server.connect()
+      sock.sendall(b'POST /v2/models/%s/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n'
+                   b'Inference-Header-Content-Length: %s\r\n\r\n' % (
+                       MODEL.encode(), len(body),
+                       headers['inference-header-content-length'].encode()) + body)
+      time.sleep(0.3)
+      sock.close()
+      assert running.result().status_code == 200
+    time.sleep(1.5)  # Had it stayed queued, it would have run by now.
+    assert server.metric('bisenet_batch_images_count') == 1
+    assert server.metric('bisenet_requests_total{outcome="client_left",protocol="rest"}') == 1
+    assert server.post(*image_request()).status_code == 200
+    assert server.metric('bisenet_batch_images_count') == 2
+    assert 'Traceback' not in server.log_text()
+  finally:
+    server.stop()
+
+
+def test_a_grpc_call_cancelled_by_its_client_is_withdrawn(red_model, log):
+  server = LoggedServer(red_model, log, '--max-batch-size', '1', slow=1.0)
+  try:
+    image = np.zeros((1, 4, 4, 3), np.uint8)
+    tensor = grpcclient.InferInput('image', list(image.shape), 'UINT8')
+    tensor.set_data_from_numpy(image)
+    done = []
+    server.grpc.async_infer(MODEL, [tensor], callback=lambda result, error: done.append(error))
+    time.sleep(0.3)
+    second = server.grpc.async_infer(MODEL, [tensor], callback=lambda *_: None)
+    time.sleep(0.3)
+    second.cancel()
+    assert wait_until(lambda: done == [None], 10)
+    time.sleep(1.5)  # Had it stayed queued, it would have run by now.
+    assert server.metric('bisenet_batch_images_count') == 1
+    assert server.metric('bisenet_requests_total{outcome="client_left",protocol="grpc"}') == 1
+  finally:
+    server.stop()
+
+
+def test_a_request_still_waiting_at_its_deadline_is_504(red_model, log):
+  """--request-timeout-s 0.5 with each forward pass taking 1 s: of three requests at once the
+  first runs, the others are withdrawn at their deadline (504 / DEADLINE_EXCEEDED) and never
+  run. A gRPC client's own shorter deadline is kept too."""
+  server = LoggedServer(red_model, log, '--max-batch-size', '1', '--request-timeout-s', '0.5',
+                        slow=1.0)
+  try:
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+      answers = [pool.submit(server.post, *image_request()) for _ in range(3)]
+      statuses = sorted(answer.result().status_code for answer in answers)
+    assert statuses == [200, 504, 504], statuses
+    error = [a.result() for a in answers if a.result().status_code == 504][0].json()['error']
+    assert 'at its deadline' in error and '\n' not in error
+    time.sleep(1.0)
+    assert server.metric('bisenet_batch_images_count') == 1
+    assert server.metric('bisenet_requests_total{outcome="deadline",protocol="rest"}') == 2
+    assert 'Traceback' not in server.log_text()
+  finally:
+    server.stop()
+
+
+DYING_SERVER = '''
+import sys
+for name in ('jax', 'jaxlib', 'flax', 'orbax', 'orbax.checkpoint'):
+  sys.modules[name] = None
+from bisenet_jax import segmenter
+labels = segmenter.OnnxBackend.labels
+
+def dying(self, images):
+  if images[0, 0, 0, 0] == 255:
+    raise SystemExit  # The worker thread ends (an uncaught BaseException, silently).
+  return labels(self, images)
+
+segmenter.OnnxBackend.labels = dying
+from bisenet_jax.serve.__main__ import main
+main(sys.argv[1:])
+'''
+
+
+def test_a_stopped_worker_makes_the_server_unready_and_refuses_at_once(red_model, log):
+  server = LoggedServer(red_model, log, '--request-timeout-s', '1', preamble=DYING_SERVER)
+  try:
+    assert server.get('/v2/health/ready').status_code == 200
+    response = server.post(*image_request(value=255))  # Its forward pass ends the worker.
+    assert response.status_code == 503 and 'worker has stopped' in response.json()['error']
+    assert server.get('/v2/health/ready').status_code == 503
+    assert server.get(f'/v2/models/{MODEL}/ready').status_code == 503
+    assert not server.grpc.is_server_ready()
+    start = time.monotonic()
+    response = server.post(*image_request())
+    assert response.status_code == 503 and 'worker has stopped' in response.json()['error']
+    assert time.monotonic() - start < 0.5
+    assert server.get('/v2/health/live').status_code == 200
+    assert 'Traceback' not in server.log_text()
+  finally:
+    server.stop()

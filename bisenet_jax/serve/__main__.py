@@ -64,6 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                       'an answer may wait for a client that takes none of it (30)')
   parser.add_argument('--keep-alive-s', type=_seconds('--keep-alive-s'), default=5.0,
                       help='seconds an idle connection stays open (5)')
+  parser.add_argument('--request-timeout-s', type=_seconds('--request-timeout-s'), default=60.0,
+                      help='seconds a request may wait for its forward pass, else 504 (gRPC: '
+                      "or the client's deadline, DEADLINE_EXCEEDED) (60)")
   parser.add_argument('--grpc-max-rpcs', type=cli.positive_int('--grpc-max-rpcs'), default=32,
                       help='most gRPC calls at once; beyond them a call is RESOURCE_EXHAUSTED '
                       '(32)')
@@ -86,7 +89,8 @@ def serve_spec(args: argparse.Namespace) -> ServeSpec:
                   max_request_bytes=args.max_request_bytes, max_json_bytes=args.max_json_bytes,
                   max_connections=args.max_connections, max_header_bytes=args.max_header_bytes,
                   header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
-                  keep_alive_s=args.keep_alive_s, grpc_max_rpcs=args.grpc_max_rpcs,
+                  keep_alive_s=args.keep_alive_s, request_timeout_s=args.request_timeout_s,
+                  grpc_max_rpcs=args.grpc_max_rpcs,
                   grpc_max_streams=args.grpc_max_streams)
   return ServeSpec(model_name=args.model_name, host=args.host, port=args.port,
                    grpc_port=args.grpc_port, max_batch_delay_s=args.max_batch_delay_ms / 1000,

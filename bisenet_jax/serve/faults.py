@@ -6,7 +6,8 @@ from __future__ import annotations
 from grpc import StatusCode
 from kserve import errors
 
-from bisenet_jax.serve.batching import Closed, QueueFull
+from bisenet_jax.serve.batching import (Closed, DeadlineExceeded, NeverFits, QueueFull,
+                                         Stopped)
 
 
 class TooLarge(Exception):
@@ -15,11 +16,15 @@ class TooLarge(Exception):
 
 # (exception, HTTP status, gRPC status code), the first that matches wins.
 STATUSES = ((errors.InvalidInput, 400, StatusCode.INVALID_ARGUMENT),
+            (NeverFits, 400, StatusCode.INVALID_ARGUMENT),
             (errors.ModelNotFound, 404, StatusCode.NOT_FOUND),
             (TooLarge, 413, StatusCode.RESOURCE_EXHAUSTED),
             (QueueFull, 503, StatusCode.RESOURCE_EXHAUSTED),
             (Closed, 503, StatusCode.UNAVAILABLE),
+            (Stopped, 503, StatusCode.UNAVAILABLE),
+            (DeadlineExceeded, 504, StatusCode.DEADLINE_EXCEEDED),
             (errors.ModelNotReady, 503, StatusCode.UNAVAILABLE),
+            (errors.ServerNotReady, 503, StatusCode.UNAVAILABLE),
             (NotImplementedError, 501, StatusCode.UNIMPLEMENTED))
 REFUSALS = tuple(kind for kind, _, _ in STATUSES)
 

@@ -6,10 +6,13 @@
   and the connection is closed); an answer the client stops taking for ``body_timeout_s`` closes
   the connection; beyond ``max_connections`` open connections a request is answered 503 at once.
   A kept-alive connection idle for ``keep_alive_s`` is closed by uvicorn.
-* ``RequestGate``, the request (ASGI middleware): a body over its limit is a 413 before it is
-  read (Content-Length) or as soon as it is counted (chunked); a body must arrive whole within
-  ``body_timeout_s`` of the headers (else 408); the routes receive it whole, and every inference
-  answer is counted and timed (metrics) from its arrival.
+* ``RequestGate``, the request (ASGI middleware): an inference request is refused before its
+  body is read while none could be queued (503: a full queue, a stopped worker); a body over
+  its limit is a 413 before it is read (Content-Length) or as soon as it is counted (chunked); a
+  body must arrive whole within ``body_timeout_s`` of the headers (else 408); the routes receive
+  it whole, with the request's deadline (``request_timeout_s`` from its arrival); a client that
+  disconnects before its answer cancels its handling (its images leave the queue); every
+  inference answer is counted and timed (metrics) from its arrival.
 
 Every refusal here is one line of JSON, ``{"error": "..."}``, as the routes answer theirs, and
 closes the connection when the body was not read.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import time
 
@@ -26,7 +30,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from bisenet_jax.serve import metrics, protocol
 from bisenet_jax.serve.faults import TooLarge, one_line, status
-from bisenet_jax.serve.model import ARRIVAL
+from bisenet_jax.serve.model import ARRIVAL, DEADLINE
 from bisenet_jax.serve.spec import Limits
 
 # The most bytes of a body that a route other than inference reads (they take none).
@@ -163,10 +167,17 @@ class _Refusal(Exception):
 
 
 class RequestGate:
-  """ASGI middleware of every HTTP request (module docstring)."""
+  """ASGI middleware of every HTTP request (module docstring).
 
-  def __init__(self, app, limits: Limits):
-    self.app, self.limits = app, limits
+  Args:
+    app: the routes.
+    limits: the bounds of each request.
+    refuse_early: raises the refusal of any inference request while none could be queued
+      (``SegmentationModel.refuse_early``): its body is then not read.
+  """
+
+  def __init__(self, app, limits: Limits, refuse_early=lambda: None):
+    self.app, self.limits, self.refuse_early = app, limits, refuse_early
 
   async def __call__(self, scope, receive, send):
     if scope['type'] != 'http':
@@ -174,17 +185,23 @@ class RequestGate:
     inference = _is_inference(scope)
     start = time.perf_counter()
     ARRIVAL.set(start)
-    answered = 500
+    DEADLINE.set(time.monotonic() + self.limits.request_timeout_s)
+    answered, finished = 500, False
 
     async def counted_send(message):
-      nonlocal answered
+      nonlocal answered, finished
       if message['type'] == 'http.response.start':
         answered = message['status']
+      elif not message.get('more_body'):
+        finished = True
       await send(message)
 
     try:
       try:
-        limit = self._body_limit(scope) if inference else (OTHER_BODY_BYTES, None)
+        limit = (OTHER_BODY_BYTES, None)
+        if inference:
+          self.refuse_early()
+          limit = self._body_limit(scope)
         async with asyncio.timeout(self.limits.body_timeout_s):
           body = await _read_body(receive, *limit)
       except TimeoutError:
@@ -196,7 +213,11 @@ class RequestGate:
       if body is None:  # The client left before its body arrived: nobody to answer.
         answered = 499
         return
-      await self.app(scope, _replay(body), counted_send)
+      if not inference:
+        return await self.app(scope, _replay(body), counted_send)
+      if not await _unless_client_leaves(self.app(scope, _replay(body), counted_send), receive,
+                                         lambda: finished):
+        answered = 499
     except _Refusal as refusal:
       await _send_error(counted_send, refusal.code, str(refusal), close=True)
     finally:
@@ -241,6 +262,33 @@ async def _read_body(receive, limit: int, flag: str | None) -> bytes | None:
       raise TooLarge(_too_large(None, limit, flag))
     if not message.get('more_body'):
       return b''.join(chunks)
+
+
+async def _unless_client_leaves(handling, receive, answered) -> bool:
+  """Runs ``handling`` (the routes, the body read) unless the client disconnects before its
+  answer is sent: then ``handling`` is cancelled (a request waiting for its batch is withdrawn
+  from the queue) and the result is False."""
+  task = asyncio.ensure_future(handling)
+  watch = asyncio.ensure_future(_disconnect(receive))
+  try:
+    await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+    if not task.done() and not answered():
+      task.cancel()
+      with contextlib.suppress(asyncio.CancelledError):
+        await task
+      return False
+    await task
+    return True
+  finally:
+    watch.cancel()
+    if not task.done():  # The gate itself was cancelled (the server stopping).
+      task.cancel()
+
+
+async def _disconnect(receive) -> None:
+  """Returns once the client has gone (or its answer is complete: uvicorn says so alike)."""
+  while (await receive())['type'] != 'http.disconnect':
+    pass
 
 
 def _replay(body: bytes):

@@ -32,12 +32,22 @@ from bisenet_jax.serve import metrics
 from bisenet_jax.serve.batching import Batcher, fastest_batch
 from bisenet_jax.serve.gate import guarded_http
 from bisenet_jax.serve.model import SegmentationModel, network_name
+from bisenet_jax.serve.queue_adapter import admitting
 from bisenet_jax.serve.routes import build_app
 from bisenet_jax.serve.rpc import StatusAndMetrics
 from bisenet_jax.serve.spec import Limits, ServeSpec
 
 # Seconds each server waits for the requests in flight at a stop: answered within 10 s in all.
 GRACE_S = 8.0
+
+
+class ServingDataPlane(DataPlane):
+  """kserve's ``DataPlane``, whose server readiness (REST /v2/health/ready, gRPC ServerReady)
+  is its models' (kserve's is always true): false once the batcher's worker has stopped."""
+
+  async def ready(self) -> bool:
+    models = self.model_registry.get_models().values()
+    return all([await model.healthy() for model in models])
 
 
 class _Uvicorn(uvicorn.Server):
@@ -71,18 +81,24 @@ def listening_socket(host: str, port: int) -> socket.socket:
 def grpc_options(limits: Limits) -> list[tuple[str, int]]:
   """gRPC core's channel arguments for ``limits``: the largest message each way (an answer
   holds at most two bytes per pixel of a full request: labels and a PNG no bigger, plus room for
-  the PNGs' own headers), streams per connection, the handshake's deadline, idle connections."""
+  the PNGs' own headers), streams per connection, the handshake's deadline, idle and old
+  connections."""
   answer_bytes = 2 * limits.max_batch_size * limits.max_pixels + (1 << 20)
   return [('grpc.max_receive_message_length', limits.max_request_bytes),
           ('grpc.max_send_message_length', answer_bytes),
           ('grpc.max_concurrent_streams', limits.grpc_max_streams),
           ('grpc.server_handshake_timeout_ms', int(limits.header_timeout_s * 1000)),
           ('grpc.max_connection_idle_ms', int(limits.keep_alive_s * 1000)),
+          # A connection is sent GOAWAY after --request-timeout-s, and its calls get as long
+          # again to end: a call whose message trickles in cannot hold a slot for longer.
+          ('grpc.max_connection_age_ms', int(limits.request_timeout_s * 1000)),
+          ('grpc.max_connection_age_grace_ms', int(limits.request_timeout_s * 1000)),
           ('grpc.so_reuseport', 0)]
 
 
 def grpc_server(dataplane: DataPlane, host: str, port: int, limits: Limits):
-  server = aio.server(interceptors=[StatusAndMetrics()], options=grpc_options(limits),
+  server = aio.server(interceptors=[StatusAndMetrics(limits.request_timeout_s)],
+                      options=grpc_options(limits),
                       maximum_concurrent_rpcs=limits.grpc_max_rpcs)
   grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
       InferenceServicer(dataplane, None), server)
@@ -100,7 +116,7 @@ async def serve(model: SegmentationModel, spec: ServeSpec, ready_line: str) -> N
   """Serves until SIGTERM or SIGINT, then stops as the module docstring says."""
   repository = ModelRepository()
   repository.update(model)
-  dataplane = DataPlane(model_registry=repository)
+  dataplane = ServingDataPlane(model_registry=repository)
   app = build_app(dataplane, model, spec.limits)
   rest_socket = listening_socket(spec.host, spec.port)
   config = uvicorn.Config(app, log_config=None, access_log=False, lifespan='off',
@@ -142,9 +158,9 @@ def run(segmenter, spec: ServeSpec) -> None:
           + ', '.join(f'{rate:.2f}' for rate in rates.values())
           + f' images/s in batches of {", ".join(map(str, rates))}: requests pool into '
           f'batches of up to {batch_limit}', file=sys.stderr, flush=True)
-  batcher = Batcher(segmenter.batch, max_batch_size=limits.max_batch_size,
-                    max_delay=spec.max_batch_delay_s, max_queue=spec.max_queue, pad=pad,
-                    on_batch=metrics.record_batch, batch_limit=batch_limit)
+  batcher = admitting(Batcher(segmenter.batch, max_batch_size=limits.max_batch_size,
+                              max_delay=spec.max_batch_delay_s, max_queue=spec.max_queue,
+                              pad=pad, on_batch=metrics.record_batch, batch_limit=batch_limit))
   model = SegmentationModel(spec.model_name, segmenter, batcher, limits)
   ready_line = (f'serving {spec.model_name} ({network_name(segmenter)}, '
                 f'{segmenter.backend.description}) on {spec.rest_address}, '

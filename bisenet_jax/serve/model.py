@@ -1,5 +1,6 @@
 """The served model: a kserve ``Model`` whose ``predict`` checks an Open Inference Protocol
-request, decodes its images, waits for its batch and answers ``labels`` and/or ``mask_png``.
+request, has it admitted, decodes its images, waits for its batch and answers ``labels`` and/or
+``mask_png``.
 
 kserve decodes the protocol (JSON or the binary tensor extension, REST or gRPC) into an
 ``InferRequest`` and encodes the ``InferResponse``; everything about images is here. Every
@@ -26,7 +27,7 @@ from bisenet_jax.data import images as image_files
 from bisenet_jax.data import masks
 from bisenet_jax.errors import UserError
 from bisenet_jax.serve import protocol
-from bisenet_jax.serve.batching import Batcher
+from bisenet_jax.serve.batching import QueueFull, Stopped
 from bisenet_jax.serve.spec import Limits
 
 IMAGE, IMAGE_BYTES, LABELS, MASK_PNG = 'image', 'image_bytes', 'labels', 'mask_png'
@@ -39,6 +40,9 @@ _SEND = f"send '{IMAGE}' (UINT8 [N, H, W, 3] RGB) or '{IMAGE_BYTES}' (BYTES [N],
 # When the request reached the server (time.perf_counter()), set by the REST middleware; a
 # gRPC request's clock starts when kserve hands it over, after its (cheap) decoding.
 ARRIVAL: contextvars.ContextVar[float] = contextvars.ContextVar('arrival')
+# When a request still waiting for its forward pass is refused (time.monotonic()): the REST
+# gate's and the gRPC interceptor's, from --request-timeout-s and the client's gRPC deadline.
+DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar('deadline', default=None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,16 +201,35 @@ def _parameters(values: dict, grpc: bool) -> dict:
 
 
 class SegmentationModel(Model):
-  """The Open Inference Protocol face of a ``Segmenter`` behind a ``Batcher``.
+  """The Open Inference Protocol face of a ``Segmenter`` behind a batcher.
+
+  A request goes through: its outputs and input checked, the count and size of its images read
+  from its shape or the files' headers (``declared_images``), the batcher's admission
+  (``admit``: a full queue, a request that can never fit, a stopped worker), and only then the
+  images decoded (a worker thread) and submitted with the request's deadline (``DEADLINE``). A
+  request whose handler is cancelled (the client left) cancels its batcher future: it is
+  withdrawn from the queue. The model is ready while it is loaded and the batcher's worker runs.
 
   ``enable_latency_logging`` stays off (kserve's default for a ``Model``): no log line per
   request.
+
+  Args:
+    batcher: ``admit(count, size)``, ``submit(images, deadline)``, ``alive``, ``waiting``,
+      ``max_queue`` and ``close`` (``batching.Batcher``, through ``queue_adapter.admitting``).
   """
 
-  def __init__(self, name: str, segmenter, batcher: Batcher, limits: Limits):
+  def __init__(self, name: str, segmenter, batcher, limits: Limits):
     super().__init__(name)
     self.segmenter, self.batcher, self.limits = segmenter, batcher, limits
     self.ready = True
+
+  @property
+  def ready(self) -> bool:
+    return self._loaded and self.batcher.alive
+
+  @ready.setter
+  def ready(self, loaded: bool) -> None:
+    self._loaded = loaded
 
   def get_input_types(self):
     return INPUTS
@@ -221,13 +244,28 @@ class SegmentationModel(Model):
             'network': network_name(self.segmenter), 'backend': self.segmenter.backend.description,
             'max_batch_size': self.limits.max_batch_size}
 
+  def refuse_early(self) -> None:
+    """Refuses any request at once, before its body is read, while none could be queued: the
+    worker stopped (``Stopped``) or the queue is full (``QueueFull``)."""
+    if not self.batcher.alive:
+      raise Stopped("the server's worker has stopped: no request can be answered, restart the "
+                    'server')
+    if self.batcher.waiting >= self.batcher.max_queue:
+      raise QueueFull(f'the server is busy ({self.batcher.waiting} images waiting, at most '
+                      f'{self.batcher.max_queue}): retry later')
+
+  def admitted_images(self, request: InferRequest, names: list[str]) -> np.ndarray:
+    """The request's images once every check and the batcher's admission passed."""
+    declared = declared_images(request, self.limits)
+    check_json_answer(request, names, declared, self.limits)
+    self.batcher.admit(declared.count, declared.size)
+    return decode_images(declared)
+
   async def predict(self, request: InferRequest, headers=None) -> InferResponse:
     arrival = ARRIVAL.get(time.perf_counter())
     names = requested_outputs(request)
-    declared = await asyncio.to_thread(declared_images, request, self.limits)
-    check_json_answer(request, names, declared, self.limits)
-    images = await asyncio.to_thread(decode_images, declared)
-    result = await asyncio.wrap_future(self.batcher.submit(images))
+    images = await asyncio.to_thread(self.admitted_images, request, names)
+    result = await asyncio.wrap_future(self.batcher.submit(images, deadline=DEADLINE.get()))
     outputs = await asyncio.to_thread(_outputs, result.labels, names, self.segmenter.palette)
     parameters = {'server_ms': (time.perf_counter() - arrival) * 1000,
                   'compute_ms': result.compute_s * 1000, 'batch_size': result.batch_size}

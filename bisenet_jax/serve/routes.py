@@ -16,7 +16,6 @@ from pathlib import Path
 import fastapi
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from kserve import errors
 from kserve.logging import logger
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.rest.server import metrics_handler
@@ -81,6 +80,5 @@ def build_app(dataplane: DataPlane, model: SegmentationModel, limits: Limits):
   register_v2_endpoints(app, dataplane, None)
   for kind in (Exception, *faults.REFUSALS):
     app.add_exception_handler(kind, _error_handler)
-  app.add_exception_handler(errors.ServerNotReady, errors.server_not_ready_handler)
-  app.add_middleware(RequestGate, limits=limits)
+  app.add_middleware(RequestGate, limits=limits, refuse_early=model.refuse_early)
   return app

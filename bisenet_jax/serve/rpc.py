@@ -3,6 +3,7 @@ its status code and records the metrics of every ModelInfer call."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from grpc_interceptor.exceptions import GrpcException
@@ -10,17 +11,30 @@ from grpc_interceptor.exception_to_status import AsyncExceptionToStatusIntercept
 from kserve.logging import logger
 
 from bisenet_jax.serve import faults, metrics
-from bisenet_jax.serve.model import ARRIVAL
+from bisenet_jax.serve.model import ARRIVAL, DEADLINE
 
 
 class StatusAndMetrics(AsyncExceptionToStatusInterceptor):
-  """Errors to gRPC status codes (without kserve's log line per refused request), and the
-  metrics of every ModelInfer call."""
+  """Errors to gRPC status codes (without kserve's log line per refused request), each call's
+  deadline (``DEADLINE``: --request-timeout-s, or the client's if sooner), and the metrics of
+  every ModelInfer call."""
+
+  def __init__(self, request_timeout_s: float):
+    super().__init__()
+    self.request_timeout_s = request_timeout_s
 
   async def intercept(self, method, request_or_iterator, context, method_name):
     ARRIVAL.set(time.perf_counter())
-    response = await super().intercept(method, request_or_iterator, context, method_name)
-    if method_name.endswith('/ModelInfer'):
+    remaining = context.time_remaining()  # The client's deadline, None without one.
+    DEADLINE.set(time.monotonic() + min(self.request_timeout_s, remaining or float('inf')))
+    inference = method_name.endswith('/ModelInfer')
+    try:
+      response = await super().intercept(method, request_or_iterator, context, method_name)
+    except asyncio.CancelledError:  # The client cancelled or left: its images left the queue.
+      if inference:
+        metrics.record_request('grpc', 499, time.perf_counter() - ARRIVAL.get())
+      raise
+    if inference:
       metrics.record_request('grpc', 200, time.perf_counter() - ARRIVAL.get())
     return response
 

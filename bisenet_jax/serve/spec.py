@@ -30,6 +30,8 @@ class Limits:
       answer may wait for a client that takes none of it (REST).
     keep_alive_s: seconds an idle connection is kept open (REST; gRPC: an idle connection is
       sent GOAWAY after them).
+    request_timeout_s: seconds a request may wait for its forward pass after it arrived (a gRPC
+      client's shorter deadline wins); beyond them it is withdrawn from the queue (504).
     grpc_max_rpcs: most gRPC calls at once, every connection together; beyond them a call is
       RESOURCE_EXHAUSTED.
     grpc_max_streams: most calls at once on one gRPC connection (HTTP/2 streams); the client
@@ -44,6 +46,7 @@ class Limits:
   header_timeout_s: float = 10.0
   body_timeout_s: float = 30.0
   keep_alive_s: float = 5.0
+  request_timeout_s: float = 60.0
   grpc_max_rpcs: int = 32
   grpc_max_streams: int = 16
 
