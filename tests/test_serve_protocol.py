@@ -318,3 +318,38 @@ def test_grpc_answers_both_outputs_whatever_the_flags(server, segmenter):
   want = segmenter.batch(image)
   np.testing.assert_array_equal(result.as_numpy('labels'), want)
   assert bytes(result.as_numpy('mask_png')[0]) == encode_index_png(want[0], segmenter.palette)
+
+
+# ---------------------------------------------------------------------------------------------
+# Routes the server does not have.
+
+ABSENT_ROUTES = {
+    'load': ('POST', f'/v2/repository/models/{MODEL}/load', 501, 'repository extension'),
+    'unload': ('POST', f'/v2/repository/models/{MODEL}/unload', 501, 'repository extension'),
+    'load another': ('POST', '/v2/repository/models/other/load', 501, 'repository extension'),
+    'index': ('POST', '/v2/repository/index', 501, 'repository extension'),
+    'versioned infer': ('POST', f'/v2/models/{MODEL}/versions/1/infer', 501, 'versions'),
+    'versioned metadata': ('GET', f'/v2/models/{MODEL}/versions/1', 501, 'versioning'),
+    'no such route': ('GET', '/v2/nothing', 404, 'Not Found'),
+    'wrong method': ('GET', f'/v2/models/{MODEL}/infer', 405, 'Method Not Allowed'),
+}
+
+
+@pytest.mark.parametrize('case', ABSENT_ROUTES)
+def test_routes_the_server_does_not_have_are_one_line_refusals(server, case):
+  method, path, status, words = ABSENT_ROUTES[case]
+  response = httpx.request(method, server.base + path, content=b'{}', timeout=30)
+  assert response.status_code == status, response.text
+  error = response.json()['error']
+  assert words in error and '\n' not in error
+  assert 'Traceback' not in server.log_text()
+
+
+@pytest.mark.parametrize('call', ['load_model', 'unload_model', 'get_model_repository_index'])
+def test_grpc_repository_calls_are_unimplemented_in_one_line(server, call):
+  arguments = () if call == 'get_model_repository_index' else (MODEL,)
+  with pytest.raises(InferenceServerException) as error:
+    getattr(server.grpc, call)(*arguments)
+  assert error.value.status() == 'StatusCode.UNIMPLEMENTED'
+  assert '\n' not in error.value.message()
+  assert 'Traceback' not in server.log_text()

@@ -10,6 +10,13 @@ from bisenet_jax.serve.batching import (Closed, DeadlineExceeded, NeverFits, Que
                                          Stopped)
 
 
+# The Open Inference Protocol's repository extension and model versions: this server serves the
+# one model it loaded at its start (HTTP 501, gRPC UNIMPLEMENTED).
+NO_REPOSITORY = ('this server serves the one model it loaded at its start: the model repository '
+                 'extension (index, load, unload) is not supported; start a server per model')
+NO_VERSIONS = 'model versions are not supported: POST /v2/models/<name>/infer'
+
+
 class TooLarge(Exception):
   """More bytes than a limit of the server allows (HTTP 413, gRPC RESOURCE_EXHAUSTED)."""
 

@@ -24,7 +24,6 @@ from grpc import aio
 from kserve import ModelRepository
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc
-from kserve.protocol.grpc.servicer import InferenceServicer
 
 from bisenet_jax.errors import UserError
 from bisenet_jax.specs import format_size
@@ -34,7 +33,7 @@ from bisenet_jax.serve.gate import guarded_http
 from bisenet_jax.serve.model import SegmentationModel, network_name
 from bisenet_jax.serve.queue_adapter import admitting
 from bisenet_jax.serve.routes import build_app
-from bisenet_jax.serve.rpc import StatusAndMetrics
+from bisenet_jax.serve.rpc import Servicer, StatusAndMetrics
 from bisenet_jax.serve.spec import Limits, ServeSpec
 
 # Seconds each server waits for the requests in flight at a stop: answered within 10 s in all.
@@ -101,7 +100,7 @@ def grpc_server(dataplane: DataPlane, host: str, port: int, limits: Limits):
                       options=grpc_options(limits),
                       maximum_concurrent_rpcs=limits.grpc_max_rpcs)
   grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-      InferenceServicer(dataplane, None), server)
+      Servicer(dataplane, None), server)
   address = f'[{host}]:{port}' if ':' in host else f'{host}:{port}'
   try:
     bound = server.add_insecure_port(address)

@@ -1,11 +1,13 @@
-"""The REST routes: kserve's Open Inference Protocol routes, three of this server's own before
-them, the page, and the status of each refusal.
+"""The REST routes: kserve's Open Inference Protocol routes, this server's own before them,
+the page, and the status of each refusal.
 
-kserve provides ``register_v2_endpoints`` (health, model list and readiness routes). Three routes
-come before its router and take precedence over its own: GET /v2/models/{name} adds
+kserve provides ``register_v2_endpoints`` (health, model list and readiness routes). Routes of
+this server come before its router and take precedence over its own: GET /v2/models/{name} adds
 ``parameters`` to kserve's metadata (classes, palette: the page's legend), POST
-/v2/models/{name}/infer reads the body itself (``protocol``) so that any body kserve cannot
-decode is a 400 (kserve's answer is a 500), and GET / serves the page.
+/v2/models/{name}/infer reads the body and writes the answer itself (``protocol``), the
+repository extension's routes and versioned inference are a one-line 501 (kserve's answer is a
+500 with a traceback in the log), and GET / serves the page. Every refusal is
+``{"error": "<one line>"}``, no such route (404) and a wrong method (405) included.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import fastapi
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from kserve.logging import logger
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.rest.server import metrics_handler
 from kserve.protocol.rest.v2_endpoints import register_v2_endpoints
@@ -32,11 +34,15 @@ OFF_THE_LOOP_BYTES = 1 << 16
 
 
 async def _error_handler(_, error: Exception) -> JSONResponse:
-  """{"error": "<one line>"}, as kserve answers its errors."""
-  status = faults.status(error)[0]
-  if status == 500:
-    logger.exception('inference failed', exc_info=error)
-  return JSONResponse({'error': faults.one_line(error)}, status_code=status)
+  """{"error": "<one line>"}, as kserve answers its errors. An unforeseen error (500) is also
+  logged with its traceback, once, by uvicorn (Starlette raises it again after this answer)."""
+  return JSONResponse({'error': faults.one_line(error)}, status_code=faults.status(error)[0])
+
+
+async def _http_error_handler(_, error: StarletteHTTPException) -> JSONResponse:
+  """Routing's own refusals (no such route 404, wrong method 405) in the same one-line form."""
+  return JSONResponse({'error': f'{error.detail}: see the routes in docs/serving.md'},
+                      status_code=error.status_code, headers=error.headers)
 
 
 async def _off_the_loop(size: int, function, *args):
@@ -69,6 +75,16 @@ def build_app(dataplane: DataPlane, model: SegmentationModel, limits: Limits):
                                                    infer_request)
     return Response(answer, headers=response_headers)
 
+  @app.post('/v2/models/{model_name}/versions/{version}/infer')
+  async def versioned_infer(model_name: str, version: str):
+    raise NotImplementedError(faults.NO_VERSIONS)
+
+  @app.post('/v2/repository/index')
+  @app.post('/v2/repository/models/{model_name}/load')
+  @app.post('/v2/repository/models/{model_name}/unload')
+  async def repository(model_name: str = ''):
+    raise NotImplementedError(faults.NO_REPOSITORY)
+
   @app.get('/')
   async def page():
     if not (STATIC / 'index.html').is_file():
@@ -80,5 +96,6 @@ def build_app(dataplane: DataPlane, model: SegmentationModel, limits: Limits):
   register_v2_endpoints(app, dataplane, None)
   for kind in (Exception, *faults.REFUSALS):
     app.add_exception_handler(kind, _error_handler)
+  app.add_exception_handler(StarletteHTTPException, _http_error_handler)
   app.add_middleware(RequestGate, limits=limits, refuse_early=model.refuse_early)
   return app

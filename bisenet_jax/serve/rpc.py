@@ -1,5 +1,6 @@
-"""The gRPC side: kserve's ``InferenceServicer`` behind an interceptor that gives each refusal
-its status code and records the metrics of every ModelInfer call."""
+"""The gRPC side: kserve's ``InferenceServicer`` (its repository calls refused in one line)
+behind an interceptor that gives each refusal its status code and each call its deadline, and
+records the metrics of every ModelInfer call."""
 
 from __future__ import annotations
 
@@ -9,9 +10,22 @@ import time
 from grpc_interceptor.exceptions import GrpcException
 from grpc_interceptor.exception_to_status import AsyncExceptionToStatusInterceptor
 from kserve.logging import logger
+from kserve.protocol.grpc.servicer import InferenceServicer
 
 from bisenet_jax.serve import faults, metrics
 from bisenet_jax.serve.model import ARRIVAL, DEADLINE
+
+
+class Servicer(InferenceServicer):
+  """kserve's servicer without a model repository: RepositoryModelLoad and
+  RepositoryModelUnload are UNIMPLEMENTED in one line (kserve's were INTERNAL: it has no
+  repository to call). RepositoryIndex is not in kserve's service: gRPC answers UNIMPLEMENTED."""
+
+  async def RepositoryModelLoad(self, request, context):
+    raise NotImplementedError(faults.NO_REPOSITORY)
+
+  async def RepositoryModelUnload(self, request, context):
+    raise NotImplementedError(faults.NO_REPOSITORY)
 
 
 class StatusAndMetrics(AsyncExceptionToStatusInterceptor):
