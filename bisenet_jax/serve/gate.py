@@ -14,8 +14,10 @@
   disconnects before its answer cancels its handling (its images leave the queue); every
   inference answer is counted and timed (metrics) from its arrival.
 
-Every refusal here is one line of JSON, ``{"error": "..."}``, as the routes answer theirs, and
-closes the connection when the body was not read.
+Every refusal here is one line of JSON, ``{"error": "..."}``, as the routes answer theirs. A
+request refused before its body was read keeps its connection: uvicorn reads the rest of the
+body and drops it, and a body that is not whole within ``body_timeout_s`` (and a second) closes
+the connection.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ from bisenet_jax.serve.spec import Limits
 
 # The most bytes of a body that a route other than inference reads (they take none).
 OTHER_BODY_BYTES = 1 << 16
+# Seconds a connection's request must have been arriving before a new connection beyond
+# --max-connections may close it: a client that sends its request at once is never closed.
+EVICTABLE_S = 1.0
 REASONS = {400: 'Bad Request', 408: 'Request Timeout', 413: 'Content Too Large',
            431: 'Request Header Fields Too Large', 503: 'Service Unavailable'}
 
@@ -46,8 +51,9 @@ def _error_body(message: str) -> bytes:
 def guarded_http(limits: Limits) -> type:
   """uvicorn's httptools protocol keeping the connection's bounds of ``limits`` (module
   docstring); uvicorn makes one per connection (``uvicorn.Config(http=...)``)."""
-  # The connections whose request has not arrived whole yet (headers or body), the one waiting
-  # longest first: over --max-connections, it makes room for a new one.
+  # The connections whose request has not arrived whole yet (headers or body), with when it
+  # began, the one waiting longest first: over --max-connections, it makes room for a new one
+  # once it has waited EVICTABLE_S.
   waiting: collections.OrderedDict = collections.OrderedDict()
 
   class GuardedHttp(HttpToolsProtocol):
@@ -58,8 +64,8 @@ def guarded_http(limits: Limits) -> type:
       self._timer = self._stall = None
       self._expect_request()
       if len(self.connections) > limits.max_connections:
-        oldest = next(iter(waiting))
-        if oldest is self:  # Every other connection is busy with its request or answer.
+        oldest, since = next(iter(waiting.items()))
+        if oldest is self or self.loop.time() - since < EVICTABLE_S:
           self._refuse(503, f'the server has its --max-connections {limits.max_connections} '
                        'connections busy: retry later')
         else:
@@ -69,8 +75,12 @@ def guarded_http(limits: Limits) -> type:
 
     def _expect_request(self):
       self._header_bytes, self._in_headers = 0, True
-      self._timer = self.loop.call_later(limits.header_timeout_s, self._headers_too_slow)
-      waiting[self] = None
+      self._arm(limits.header_timeout_s, self._headers_too_slow)
+      waiting[self] = self.loop.time()
+
+    def _arm(self, seconds: float, callback):
+      self._cancel_timer()
+      self._timer = self.loop.call_later(seconds, callback)
 
     def data_received(self, data):
       if self._in_headers:
@@ -88,10 +98,13 @@ def guarded_http(limits: Limits) -> type:
 
     def on_headers_complete(self):
       self._in_headers = False
-      self._cancel_timer()
+      # The gate answers a body that is late (408) at --body-timeout-s; this closes a
+      # connection whose body nobody reads (its request was answered early) a second later.
+      self._arm(limits.body_timeout_s + 1.0, self._close)
       super().on_headers_complete()
 
     def on_message_complete(self):
+      self._cancel_timer()
       waiting.pop(self, None)
       super().on_message_complete()
 
@@ -100,18 +113,20 @@ def guarded_http(limits: Limits) -> type:
                    f'{limits.header_timeout_s:g} s: send the whole request at once')
 
     def _refuse(self, code: int, message: str):
-      """Answers ``code`` and closes; only closes when the request's body is being read (the
-      routes see the client leave) or an answer is under way."""
-      self._cancel_timer()
-      waiting.pop(self, None)
-      if self.transport.is_closing():
-        return
-      if self.cycle is None or self.cycle.response_complete:
+      """Answers ``code`` and closes while the request's headers are awaited; once they have
+      arrived, only closes (the gate sees the client leave, or has answered)."""
+      if self._in_headers and not self.transport.is_closing():
         body = _error_body(message)
         self.transport.write(
             f'HTTP/1.1 {code} {REASONS[code]}\r\ncontent-type: application/json\r\n'
             f'content-length: {len(body)}\r\nconnection: close\r\n\r\n'.encode() + body)
-      self.transport.close()
+      self._close()
+
+    def _close(self):
+      self._cancel_timer()
+      waiting.pop(self, None)
+      if not self.transport.is_closing():
+        self.transport.close()
 
     def pause_writing(self):
       super().pause_writing()
@@ -219,7 +234,9 @@ class RequestGate:
                                          lambda: finished):
         answered = 499
     except _Refusal as refusal:
-      await _send_error(counted_send, refusal.code, str(refusal), close=True)
+      # The rest of an unread body is read and dropped by uvicorn (closing now could reset the
+      # connection before the client reads the answer); a late one is closed.
+      await _send_error(counted_send, refusal.code, str(refusal), close=refusal.code == 408)
     finally:
       if inference:
         metrics.record_request('rest', answered, time.perf_counter() - start)
