@@ -328,7 +328,11 @@ def binary_outputs(spec: AttackSpec, client: Client) -> str:
   with httpx.Client(base_url=spec.base, timeout=spec.seconds) as client:
     for name in ('mask_png', 'labels') * 30:
       body, headers = binary_request(image, {'binary_data_output': True}, [{'name': name}])
-      response = client.post(spec.infer_path, content=body, headers=headers)
+      try:
+        response = client.post(spec.infer_path, content=body, headers=headers)
+      except httpx.HTTPError as error:
+        seen[f'{name}: {type(error).__name__}'] += 1
+        continue
       binary = 'inference-header-content-length' in response.headers
       what = f'{response.status_code} {"binary" if binary else "JSON"}'
       if response.status_code != 200:
@@ -344,10 +348,13 @@ def big_json(spec: AttackSpec, client: Client) -> str:
 
   def send(_):
     start = time.perf_counter()
-    with httpx.Client(base_url=spec.base, timeout=spec.seconds) as client:
-      response = client.post(spec.infer_path, content=body, headers=headers)
-    answers.append((response.status_code, len(response.content),
-                    time.perf_counter() - start))
+    try:
+      with httpx.Client(base_url=spec.base, timeout=spec.seconds) as client:
+        response = client.post(spec.infer_path, content=body, headers=headers)
+      answers.append((response.status_code, len(response.content),
+                      time.perf_counter() - start))
+    except httpx.HTTPError as error:
+      answers.append((type(error).__name__, 0, time.perf_counter() - start))
 
   with concurrent.futures.ThreadPoolExecutor(2) as pool:
     list(pool.map(send, range(8)))
@@ -398,7 +405,10 @@ def repository(spec: AttackSpec, client: Client) -> str:
   with httpx.Client(base_url=spec.base, timeout=spec.seconds) as client:
     for path in (f'/v2/repository/models/{spec.model}/load',
                  f'/v2/repository/models/{spec.model}/unload', '/v2/repository/index') * 30:
-      rest[client.post(path).status_code] += 1
+      try:
+        rest[client.post(path).status_code] += 1
+      except httpx.HTTPError as error:
+        rest[type(error).__name__] += 1
   codes = collections.Counter()
   grpc = grpcclient.InferenceServerClient(f'{spec.host}:{spec.grpc_port}')
   for call in ('load_model', 'unload_model') * 10:

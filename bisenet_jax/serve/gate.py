@@ -2,10 +2,11 @@
 
 * ``guarded_http``, the connection (uvicorn's httptools protocol): a request's headers must
   arrive whole within ``header_timeout_s`` of the connection's opening, or of the request's
-  first byte on a kept-alive connection, and hold at most ``max_header_bytes`` (else 408 or 431,
-  and the connection is closed); an answer the client stops taking for ``body_timeout_s`` closes
-  the connection; beyond ``max_connections`` open connections a request is answered 503 at once.
-  A kept-alive connection idle for ``keep_alive_s`` is closed by uvicorn.
+  first byte on a kept-alive connection, and hold at most ``max_header_bytes`` (else 408 or
+  431); an answer the client stops taking for ``body_timeout_s`` closes the connection. At most
+  ``max_connections`` are open: a new one beyond them closes a connection whose request arrives
+  too slowly (``EVICTABLE_S``, ``MIN_RATE``; 503 while its headers are awaited), or is itself
+  answered 503. A kept-alive connection idle for ``keep_alive_s`` is closed by uvicorn.
 * ``RequestGate``, the request (ASGI middleware): an inference request is refused before its
   body is read while none could be queued (503: a full queue, a stopped worker); a body over
   its limit is a 413 before it is read (Content-Length) or as soon as it is counted (chunked); a
@@ -14,10 +15,11 @@
   disconnects before its answer cancels its handling (its images leave the queue); every
   inference answer is counted and timed (metrics) from its arrival.
 
-Every refusal here is one line of JSON, ``{"error": "..."}``, as the routes answer theirs. A
-request refused before its body was read keeps its connection: uvicorn reads the rest of the
-body and drops it, and a body that is not whole within ``body_timeout_s`` (and a second) closes
-the connection.
+Every refusal here is one line of JSON, ``{"error": "..."}``, as the routes answer theirs, and
+none resets a connection under a client that is still sending: a connection refused before
+its headers arrived lingers (``LINGER_S``), and a request refused before its body was read
+keeps its connection while uvicorn reads the rest of the body and drops it (a body not whole
+within ``body_timeout_s`` and a second closes the connection).
 """
 
 from __future__ import annotations
@@ -37,9 +39,14 @@ from bisenet_jax.serve.spec import Limits
 
 # The most bytes of a body that a route other than inference reads (they take none).
 OTHER_BODY_BYTES = 1 << 16
-# Seconds a connection's request must have been arriving before a new connection beyond
-# --max-connections may close it: a client that sends its request at once is never closed.
+# A new connection beyond --max-connections closes one whose request has been arriving for
+# EVICTABLE_S seconds at under MIN_RATE bytes a second, the one waiting longest first: a client
+# that sends its request at once, or as fast as a slow network goes, is never closed.
 EVICTABLE_S = 1.0
+MIN_RATE = 16 << 10
+# Seconds a connection refused by the gate itself goes on reading (and dropping) what its client
+# sends, so that the client reads the answer rather than a reset.
+LINGER_S = 2.0
 REASONS = {400: 'Bad Request', 408: 'Request Timeout', 413: 'Content Too Large',
            431: 'Request Header Fields Too Large', 503: 'Service Unavailable'}
 
@@ -62,29 +69,38 @@ def guarded_http(limits: Limits) -> type:
     def connection_made(self, transport):
       super().connection_made(transport)
       self._timer = self._stall = None
+      self._lingering = False
       self._expect_request()
       if len(self.connections) > limits.max_connections:
-        oldest, since = next(iter(waiting.items()))
-        if oldest is self or self.loop.time() - since < EVICTABLE_S:
+        slow = next((other for other in waiting if other._is_slow()), None)
+        if slow is None:
           self._refuse(503, f'the server has its --max-connections {limits.max_connections} '
                        'connections busy: retry later')
         else:
-          oldest._refuse(503, f'the server has its --max-connections {limits.max_connections}'
-                         ' connections open and closed this one, the longest waiting for its '
-                         'request: send the whole request at once')
+          slow._refuse(503, f'the server has its --max-connections {limits.max_connections}'
+                       ' connections open and closed this one, whose request was arriving too '
+                       'slowly: send the whole request at once')
 
     def _expect_request(self):
-      self._header_bytes, self._in_headers = 0, True
+      self._header_bytes, self._in_headers, self._received = 0, True, 0
       self._arm(limits.header_timeout_s, self._headers_too_slow)
       waiting[self] = self.loop.time()
+
+    def _is_slow(self) -> bool:
+      """Whether the request has been arriving for ``EVICTABLE_S`` at under ``MIN_RATE``."""
+      elapsed = self.loop.time() - waiting.get(self, self.loop.time())
+      return elapsed >= EVICTABLE_S and self._received < MIN_RATE * elapsed
 
     def _arm(self, seconds: float, callback):
       self._cancel_timer()
       self._timer = self.loop.call_later(seconds, callback)
 
     def data_received(self, data):
+      if self._lingering:  # Refused: what the client still sends is dropped.
+        return
       if self._in_headers:
         self._header_bytes += len(data)
+      self._received += len(data)
       super().data_received(data)
       if (self._in_headers and self._header_bytes > limits.max_header_bytes
           and not self.transport.is_closing()):
@@ -113,14 +129,26 @@ def guarded_http(limits: Limits) -> type:
                    f'{limits.header_timeout_s:g} s: send the whole request at once')
 
     def _refuse(self, code: int, message: str):
-      """Answers ``code`` and closes while the request's headers are awaited; once they have
-      arrived, only closes (the gate sees the client leave, or has answered)."""
-      if self._in_headers and not self.transport.is_closing():
-        body = _error_body(message)
-        self.transport.write(
-            f'HTTP/1.1 {code} {REASONS[code]}\r\ncontent-type: application/json\r\n'
-            f'content-length: {len(body)}\r\nconnection: close\r\n\r\n'.encode() + body)
-      self._close()
+      """Answers ``code`` while the request's headers are awaited, then lingers: what the
+      client still sends is read and dropped until it closes, or for ``LINGER_S`` (closing at
+      once would reset the connection, and the client could lose the answer). Once the headers
+      have arrived, only closes (the gate sees the client leave, or has answered)."""
+      if not self._in_headers or self.transport.is_closing():
+        return self._close()
+      body = _error_body(message)
+      self.transport.write(
+          f'HTTP/1.1 {code} {REASONS[code]}\r\ncontent-type: application/json\r\n'
+          f'content-length: {len(body)}\r\nconnection: close\r\n\r\n'.encode() + body)
+      self._lingering = True
+      waiting.pop(self, None)
+      self._arm(LINGER_S, self._close)
+      if self.transport.can_write_eof():
+        self.transport.write_eof()
+
+    def eof_received(self):
+      if self._lingering:
+        self._close()
+      return super().eof_received()
 
     def _close(self):
       self._cancel_timer()
