@@ -136,13 +136,14 @@ def test_sockets_that_trickle_a_request_are_answered_408_and_closed(red_model, l
 @pytest.mark.parametrize('phase', ['headers', 'body'])
 def test_slow_sockets_beyond_max_connections_make_room_for_new_ones(red_model, log, phase):
   """30 slow sockets against --max-connections 8: each new connection closes the one waiting
-  longest for its request (503) once that has waited a second, so a client that sends its
-  request at once is served throughout, and the server holds at most 8 connections."""
+  longest for its headers (503), or for a body arriving slowly for a second, so a client that
+  sends its request at once is served throughout, and the server holds at most 8
+  connections."""
   server = LoggedServer(red_model, log, '--max-connections', '8')
   try:
     before = server.open_fds()
     sockets = slow_sockets(server, 30, phase)
-    time.sleep(1.1)  # Connections make room only once they have waited a second.
+    time.sleep(1.1)  # Slow bodies make room once they have been arriving for a second.
     for _ in range(5):
       trickle(sockets, header=phase == 'headers')
       assert server.get('/v2/health/ready').status_code == 200

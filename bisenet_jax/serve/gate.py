@@ -4,9 +4,9 @@
   arrive whole within ``header_timeout_s`` of the connection's opening, or of the request's
   first byte on a kept-alive connection, and hold at most ``max_header_bytes`` (else 408 or
   431); an answer the client stops taking for ``body_timeout_s`` closes the connection. At most
-  ``max_connections`` are open: a new one beyond them closes a connection whose request arrives
-  too slowly (``EVICTABLE_S``, ``MIN_RATE``; 503 while its headers are awaited), or is itself
-  answered 503. A kept-alive connection idle for ``keep_alive_s`` is closed by uvicorn.
+  ``max_connections`` are open: a new one beyond them closes a connection whose headers are
+  still awaited (503), or whose body arrives too slowly (``EVICTABLE_S``, ``MIN_RATE``), or is
+  itself answered 503. A kept-alive connection idle for ``keep_alive_s`` is closed by uvicorn.
 * ``RequestGate``, the request (ASGI middleware): an inference request is refused before its
   body is read while none could be queued (503: a full queue, a stopped worker); a body over
   its limit is a 413 before it is read (Content-Length) or as soon as it is counted (chunked); a
@@ -39,9 +39,10 @@ from bisenet_jax.serve.spec import Limits
 
 # The most bytes of a body that a route other than inference reads (they take none).
 OTHER_BODY_BYTES = 1 << 16
-# A new connection beyond --max-connections closes one whose request has been arriving for
-# EVICTABLE_S seconds at under MIN_RATE bytes a second, the one waiting longest first: a client
-# that sends its request at once, or as fast as a slow network goes, is never closed.
+# A new connection beyond --max-connections closes one whose headers are still awaited, or whose
+# body has been arriving for EVICTABLE_S seconds at under MIN_RATE bytes a second, the one
+# waiting longest first: a client that sends its request at once, or its body as fast as a
+# slow network goes, is not closed.
 EVICTABLE_S = 1.0
 MIN_RATE = 16 << 10
 # Seconds a connection refused by the gate itself goes on reading (and dropping) what its client
@@ -72,7 +73,8 @@ def guarded_http(limits: Limits) -> type:
       self._lingering = False
       self._expect_request()
       if len(self.connections) > limits.max_connections:
-        slow = next((other for other in waiting if other._is_slow()), None)
+        slow = next((other for other in waiting if other is not self and other._is_slow()),
+                    None)
         if slow is None:
           self._refuse(503, f'the server has its --max-connections {limits.max_connections} '
                        'connections busy: retry later')
@@ -87,9 +89,10 @@ def guarded_http(limits: Limits) -> type:
       waiting[self] = self.loop.time()
 
     def _is_slow(self) -> bool:
-      """Whether the request has been arriving for ``EVICTABLE_S`` at under ``MIN_RATE``."""
+      """Whether the request's headers are still awaited (a client sends them at once), or its
+      body has been arriving for ``EVICTABLE_S`` at under ``MIN_RATE``."""
       elapsed = self.loop.time() - waiting.get(self, self.loop.time())
-      return elapsed >= EVICTABLE_S and self._received < MIN_RATE * elapsed
+      return self._in_headers or (elapsed >= EVICTABLE_S and self._received < MIN_RATE * elapsed)
 
     def _arm(self, seconds: float, callback):
       self._cancel_timer()
