@@ -95,6 +95,7 @@ def test_a_cancelled_request_is_never_run():
   assert asyncio.run(scenario()) == [1]
 
 
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnhandledThreadExceptionWarning')
 def test_a_stopped_worker_refuses_everything_and_fails_what_it_held():
   async def scenario():
     batcher = queue(SlowModel())

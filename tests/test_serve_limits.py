@@ -6,7 +6,10 @@ no traceback in the server's log.
 
 import concurrent.futures
 import json
+import re
 import socket
+import subprocess
+import sys
 import time
 
 import cv2
@@ -16,6 +19,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from conftest import ROOT
 from serve_support import LoggedServer, binary_body, serialized, tensor_header, wait_until
 from test_evaluate import write_red_channel_model
 from test_serve import MODEL
@@ -433,5 +437,32 @@ def test_a_stopped_worker_makes_the_server_unready_and_refuses_at_once(red_model
     assert time.monotonic() - start < 0.5
     assert server.get('/v2/health/live').status_code == 200
     assert 'Traceback' not in server.log_text()
+  finally:
+    server.stop()
+
+
+def test_the_attack_script_reports_each_attack(red_model, log):
+  """``python -m bisenet_jax.bench.serve_attack`` against a server, a few small attacks: one
+  row each, the client's latency, the server's open files, no tracebacks."""
+  server = LoggedServer(red_model, log)
+  try:
+    result = subprocess.run(
+        [sys.executable, '-m', 'bisenet_jax.bench.serve_attack', '--url', server.base,
+         '--grpc-port', str(server.grpc_port), '--server-log', str(log), '--seconds', '2',
+         '--sockets', '5', '--attacks', 'slow-headers,malformed,binary-outputs,repository'],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith('{')]
+    assert [row['attack'] for row in rows] == ['slow-headers', 'malformed', 'binary-outputs',
+                                               'repository']
+    outcomes = {row['attack']: row['outcome'] for row in rows}
+    assert outcomes['slow-headers'] == '5 sockets after 2 s: still open x5'
+    # Within 2 s: what was sent was refused.
+    sent = r'REST (not sent \(time limit\) x\d+, )?400 x\d+; gRPC INVALID_ARGUMENT x20'
+    assert re.fullmatch(sent, outcomes['malformed']), outcomes['malformed']
+    assert outcomes['binary-outputs'] == 'labels: 200 binary x30, mask_png: 200 binary x30'
+    assert outcomes['repository'] == 'REST 501 x90; gRPC UNIMPLEMENTED x20'
+    assert all(row['tracebacks'] == 0 and row['fds'] != '0 / 0 / 0' for row in rows)
+    assert '| attack |' in result.stdout
   finally:
     server.stop()

@@ -1,6 +1,6 @@
-"""``python -m bisenet_jax.bench.serve_attack``: attacks on a running ``python -m bisenet_jax.serve``
-from another process on this machine, each with fixed counts and a time limit, and what each
-costs the server and a normal client.
+"""``python -m bisenet_jax.bench.serve_attack``: attacks on a running server
+(``python -m bisenet_jax.serve``) from another process on this machine, each with fixed counts
+and a time limit, and what each costs the server and a normal client.
 
   python -m bisenet_jax.serve --checkpoint runs/fastscnn --warmup 64x64,1024x1024 \\
       2> serve.log &

@@ -33,7 +33,7 @@ import time
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from bisenet_jax.serve import metrics, protocol
-from bisenet_jax.serve.faults import TooLarge, one_line, status
+from bisenet_jax.serve.faults import REFUSALS, TooLarge, one_line, status
 from bisenet_jax.serve.model import ARRIVAL, DEADLINE
 from bisenet_jax.serve.spec import Limits
 
@@ -205,7 +205,7 @@ async def _send_error(send, code: int, message: str, close: bool = False) -> Non
 
 
 class _Refusal(Exception):
-  """A request the gate answers itself: ``code``, one line, the connection closed."""
+  """A request the gate answers itself: ``code`` and one line."""
 
   def __init__(self, code: int, message: str):
     super().__init__(message)
@@ -253,9 +253,8 @@ class RequestGate:
       except TimeoutError:
         raise _Refusal(408, f'the request body took over the server\'s --body-timeout-s '
                        f'{self.limits.body_timeout_s:g} s: send it at once') from None
-      except Exception as error:  # A refusal before the body: nothing more is read.
-        code = error.code if isinstance(error, _Refusal) else status(error)[0]
-        raise _Refusal(code, one_line(error)) from None
+      except REFUSALS as error:  # A refusal before the whole body was read.
+        raise _Refusal(status(error)[0], one_line(error)) from None
       if body is None:  # The client left before its body arrived: nobody to answer.
         answered = 499
         return

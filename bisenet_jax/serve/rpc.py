@@ -39,8 +39,10 @@ class StatusAndMetrics(AsyncExceptionToStatusInterceptor):
 
   async def intercept(self, method, request_or_iterator, context, method_name):
     ARRIVAL.set(time.perf_counter())
-    remaining = context.time_remaining()  # The client's deadline, None without one.
-    DEADLINE.set(time.monotonic() + min(self.request_timeout_s, remaining or float('inf')))
+    remaining = context.time_remaining()  # Until the client's deadline, None without one.
+    seconds = self.request_timeout_s if remaining is None else min(self.request_timeout_s,
+                                                                   remaining)
+    DEADLINE.set(time.monotonic() + seconds)
     inference = method_name.endswith('/ModelInfer')
     try:
       response = await super().intercept(method, request_or_iterator, context, method_name)
