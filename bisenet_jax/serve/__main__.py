@@ -51,8 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                       default=8 << 20, help='largest JSON body, or JSON header of a binary '
                       'body, else 413 (8388608)')
   parser.add_argument('--max-connections', type=cli.positive_int('--max-connections'),
-                      default=32, help='most REST connections open at once; a request beyond '
-                      'them is answered 503 (32)')
+                      default=32, help='most REST connections open at once; a new one beyond '
+                      'them closes one whose request arrives too slowly, else is answered 503 '
+                      '(32)')
   parser.add_argument('--max-header-bytes', type=cli.positive_int('--max-header-bytes'),
                       default=64 << 10, help="most bytes of a request's headers, else 431 "
                       '(65536)')

@@ -15,6 +15,11 @@
   disconnects before its answer cancels its handling (its images leave the queue); every
   inference answer is counted and timed (metrics) from its arrival.
 
+Not uvicorn's own ``limit_concurrency``: it answers its 503 (text, "Service Unavailable") only
+once a request's headers have arrived, so sockets that never finish their headers are never
+refused, and they hold their places for good; nor ``timeout_keep_alive`` alone, which uvicorn
+arms only after an answer, never while a request arrives.
+
 Every refusal here is one line of JSON, ``{"error": "..."}``, as the routes answer theirs, and
 none resets a connection under a client that is still sending: a connection refused before
 its headers arrived lingers (``LINGER_S``), and a request refused before its body was read
