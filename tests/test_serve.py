@@ -275,7 +275,7 @@ BAD_REQUESTS = {
     'channels': (image_request([1, 8, 8, 4]), 'shape [N, H, W, 3]'),
     'zero images': (image_request([0, 8, 8, 3]), 'shape [N, H, W, 3]'),
     'zero size': (image_request([1, 0, 8, 3]), 'shape [N, H, W, 3]'),
-    'data size': (image_request([1, 8, 8, 3], data=bytes(10)), 'does not hold the 192 uint8'),
+    'data size': (image_request([1, 8, 8, 3], data=bytes(10)), 'not the 192 of UINT8'),
     'too many images': (image_request([5, 8, 8, 3]), 'more than the server\'s --max-batch-size'),
     'too many pixels': (image_request([1, 65, 128, 3]), '--max-pixels 8192'),
     'not an image': (bytes_request(b'not an image'),
@@ -461,7 +461,7 @@ def test_without_kserve_the_command_names_the_extra(red_model, monkeypatch, caps
     return real_import(name, *args, **kwargs)
 
   monkeypatch.setattr(builtins, '__import__', without_kserve)
-  for module in [name for name in sys.modules if name == 'bisenet_jax.serve.app']:
+  for module in [name for name in sys.modules if name == 'bisenet_jax.serve.listeners']:
     monkeypatch.delitem(sys.modules, module)
   from bisenet_jax.serve.__main__ import main
   with pytest.raises(SystemExit) as exit_info:
@@ -473,7 +473,7 @@ def test_without_kserve_the_command_names_the_extra(red_model, monkeypatch, caps
 
 NODELAY_PROBE = textwrap.dedent("""
     import asyncio, socket, sys
-    from bisenet_jax.serve.app import listening_socket
+    from bisenet_jax.serve.listeners import listening_socket
 
     async def nodelay_of_an_accepted_connection():
       loop = asyncio.get_running_loop()

@@ -15,6 +15,7 @@ import sys
 
 from bisenet_jax import cli
 from bisenet_jax.errors import UserError
+from bisenet_jax.serve.spec import Limits, ServeSpec
 from bisenet_jax.specs import SIZE_FORMAT
 
 
@@ -46,6 +47,32 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help='most pixels per image, H x W (8388608: 2048x4096)')
   parser.add_argument('--max-request-bytes', type=cli.positive_int('--max-request-bytes'),
                       default=64 << 20, help='largest request body, else 413 (67108864)')
+  parser.add_argument('--max-json-bytes', type=cli.positive_int('--max-json-bytes'),
+                      default=8 << 20, help='largest JSON body, or JSON header of a binary '
+                      'body, else 413 (8388608)')
+  parser.add_argument('--max-connections', type=cli.positive_int('--max-connections'),
+                      default=32, help='most REST connections open at once; a new one beyond '
+                      'them closes one whose request arrives too slowly, else is answered 503 '
+                      '(32)')
+  parser.add_argument('--max-header-bytes', type=cli.positive_int('--max-header-bytes'),
+                      default=64 << 10, help="most bytes of a request's headers, else 431 "
+                      '(65536)')
+  parser.add_argument('--header-timeout-s', type=_seconds('--header-timeout-s'), default=10.0,
+                      help="seconds a request's headers may take to arrive whole, else 408 and "
+                      'the connection is closed (10)')
+  parser.add_argument('--body-timeout-s', type=_seconds('--body-timeout-s'), default=30.0,
+                      help="seconds a request's body may take to arrive whole, else 408; and "
+                      'an answer may wait for a client that takes none of it (30)')
+  parser.add_argument('--keep-alive-s', type=_seconds('--keep-alive-s'), default=5.0,
+                      help='seconds an idle connection stays open (5)')
+  parser.add_argument('--request-timeout-s', type=_seconds('--request-timeout-s'), default=60.0,
+                      help='seconds a request may wait for its forward pass, else 504 (gRPC: '
+                      "or the client's deadline, DEADLINE_EXCEEDED) (60)")
+  parser.add_argument('--grpc-max-rpcs', type=cli.positive_int('--grpc-max-rpcs'), default=32,
+                      help='most gRPC calls at once; beyond them a call is RESOURCE_EXHAUSTED '
+                      '(32)')
+  parser.add_argument('--grpc-max-streams', type=cli.positive_int('--grpc-max-streams'),
+                      default=16, help='most calls at once on one gRPC connection (16)')
   parser.add_argument('--threads', type=cli.positive_int('--threads'),
                       help="the threads the model computes on: ONNX Runtime's intra-op threads "
                       "or XLA's CPU thread pool (default: one per core)")
@@ -56,6 +83,20 @@ def parse_args(argv=None) -> argparse.Namespace:
   cli.add_dataset_arguments(parser, layout=False)
   cli.add_inference_arguments(parser)
   return parser.parse_args(argv)
+
+
+def serve_spec(args: argparse.Namespace) -> ServeSpec:
+  """The server's spec of its flags: everything below this edge receives it, never the flags."""
+  limits = Limits(max_batch_size=args.max_batch_size, max_pixels=args.max_pixels,
+                  max_request_bytes=args.max_request_bytes, max_json_bytes=args.max_json_bytes,
+                  max_connections=args.max_connections, max_header_bytes=args.max_header_bytes,
+                  header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
+                  keep_alive_s=args.keep_alive_s, request_timeout_s=args.request_timeout_s,
+                  grpc_max_rpcs=args.grpc_max_rpcs,
+                  grpc_max_streams=args.grpc_max_streams)
+  return ServeSpec(model_name=args.model_name, host=args.host, port=args.port,
+                   grpc_port=args.grpc_port, max_batch_delay_s=args.max_batch_delay_ms / 1000,
+                   max_queue=args.max_queue, warmup=args.warmup, limits=limits)
 
 
 def _port(flag: str):
@@ -74,6 +115,18 @@ def _non_negative(flag: str):
       value = -1.0
     if not value >= 0:
       raise UserError(f'{flag} {text!r} must be a number of milliseconds, 0 or more')
+    return value
+  return parse
+
+
+def _seconds(flag: str):
+  def parse(text: str) -> float:
+    try:
+      value = float(text)
+    except ValueError:
+      value = 0.0
+    if not 0 < value < float('inf'):
+      raise UserError(f'{flag} {text!r} must be a number of seconds above 0')
     return value
   return parse
 
@@ -98,13 +151,15 @@ def _argv_hidden():
 @cli.user_errors_exit
 def main(argv=None) -> None:
   args = parse_args(argv)
+  spec = serve_spec(args)
   with _argv_hidden():
     try:
-      from bisenet_jax.serve import app
+      from bisenet_jax.serve import listeners
     except ImportError as error:
       raise UserError(f'serving needs the serve extra ({error.name} is missing): '
                       "pip install -e '.[serve]'") from None
-  app.run(args)
+  segmenter = cli.load_segmenter(args, cli.inference_spec(args), root=None)
+  listeners.run(segmenter, spec)
 
 
 if __name__ == '__main__':

@@ -94,6 +94,19 @@ class DeadlineExceeded(Exception):
   """The request's deadline passed while it waited; it was not run (HTTP 504)."""
 
 
+class NeverFits(Exception):
+  """The request can never be served as it is (more images than the batch or the queue holds,
+  or an image size the server was not prepared for): refused before any work (HTTP 400)."""
+
+
+class DeadlineExceeded(Exception):
+  """The request was still waiting when its deadline passed: it is not run (HTTP 504)."""
+
+
+class Stopped(Exception):
+  """The worker stopped: no request can be answered any more (HTTP 503)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Result:
   """One request's answer: its labels, the forward pass's seconds and the batch's image count

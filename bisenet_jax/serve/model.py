@@ -1,5 +1,6 @@
 """The served model: a kserve ``Model`` whose ``predict`` checks an Open Inference Protocol
-request, decodes its images, waits for its batch and answers ``labels`` and/or ``mask_png``.
+request, has it admitted, decodes its images, waits for its batch and answers ``labels`` and/or
+``mask_png``.
 
 kserve decodes the protocol (JSON or the binary tensor extension, REST or gRPC) into an
 ``InferRequest`` and encodes the ``InferResponse``; everything about images is here. Every
@@ -25,7 +26,9 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from bisenet_jax.data import images as image_files
 from bisenet_jax.data import masks
 from bisenet_jax.errors import UserError
-from bisenet_jax.serve.batching import Batcher
+from bisenet_jax.serve import protocol
+from bisenet_jax.serve.batching import QueueFull, Stopped
+from bisenet_jax.serve.spec import Limits
 
 IMAGE, IMAGE_BYTES, LABELS, MASK_PNG = 'image', 'image_bytes', 'labels', 'mask_png'
 INPUTS = [{'name': IMAGE, 'datatype': 'UINT8', 'shape': [-1, -1, -1, 3]},
@@ -37,16 +40,35 @@ _SEND = f"send '{IMAGE}' (UINT8 [N, H, W, 3] RGB) or '{IMAGE_BYTES}' (BYTES [N],
 # When the request reached the server (time.perf_counter()), set by the REST middleware; a
 # gRPC request's clock starts when kserve hands it over, after its (cheap) decoding.
 ARRIVAL: contextvars.ContextVar[float] = contextvars.ContextVar('arrival')
+# When a request still waiting for its forward pass is refused (time.monotonic()): the REST
+# gate's and the gRPC interceptor's, from --request-timeout-s and the client's gRPC deadline.
+DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar('deadline', default=None)
 
 
 @dataclasses.dataclass(frozen=True)
-class Limits:
-  max_batch_size: int
-  max_pixels: int
+class Images:
+  """A request's images as it declares them, checked before any is decoded.
+
+  Attributes:
+    count: N, the number of images.
+    size: (H, W) of every image.
+    tensor: the request's input.
+    encoded: the encoded files of ``image_bytes``; None for ``image``.
+  """
+  count: int
+  size: tuple[int, int]
+  tensor: object
+  encoded: tuple[bytes, ...] | None = None
 
 
 def request_images(request: InferRequest, limits: Limits) -> np.ndarray:
   """The request's uint8 [N, H, W, 3] RGB images, or a one-line ``InvalidInput``."""
+  return decode_images(declared_images(request, limits))
+
+
+def declared_images(request: InferRequest, limits: Limits) -> Images:
+  """The count and size of the request's images from its input's shape (``image``) or the
+  files' headers (``image_bytes``), every limit checked: nothing is decoded yet."""
   names = [tensor.name for tensor in request.inputs]
   unknown = [name for name in names if name not in (IMAGE, IMAGE_BYTES)]
   if unknown:
@@ -56,12 +78,26 @@ def request_images(request: InferRequest, limits: Limits) -> np.ndarray:
                        'exactly one')
   tensor = request.inputs[0]
   if tensor.name == IMAGE:
-    return _array_images(tensor, limits)
-  return _encoded_images(tensor, limits)
+    return _declared_array(tensor, limits)
+  return _declared_files(tensor, limits)
 
 
-def _array_images(tensor, limits: Limits) -> np.ndarray:
-  shape = list(tensor.shape)
+def decode_images(images: Images) -> np.ndarray:
+  """The declared images as uint8 [N, H, W, 3] RGB (files decoded, arrays read)."""
+  if images.encoded is None:
+    return protocol.input_array(images.tensor)
+  decoded = []
+  for index, data in enumerate(images.encoded):
+    try:
+      decoded.append(image_files.decode_image(data, f'{IMAGE_BYTES}[{index}]',
+                                              'send a PNG or JPEG'))
+    except UserError as error:
+      raise InvalidInput(str(error)) from None
+  return np.stack(decoded)
+
+
+def _declared_array(tensor, limits: Limits) -> Images:
+  shape = protocol.checked_shape(tensor)
   if tensor.datatype != 'UINT8':
     raise InvalidInput(f"input '{IMAGE}' must be UINT8, not {tensor.datatype}")
   if len(shape) != 4 or shape[3] != 3 or min(shape) < 1:
@@ -69,46 +105,44 @@ def _array_images(tensor, limits: Limits) -> np.ndarray:
                        f'{shape}')
   _check_count(IMAGE, shape[0], limits)
   _check_pixels(IMAGE, shape[1:3], limits)
-  try:
-    images = np.asarray(tensor.as_numpy())
-    if images.dtype != np.uint8:
-      images = images.astype(np.uint8, casting='safe')
-    return images.reshape(shape)
-  except (ValueError, TypeError, OverflowError):
-    raise InvalidInput(f"input '{IMAGE}' does not hold the {int(np.prod(shape))} uint8 values "
-                       f'of its shape {shape}') from None
+  return Images(shape[0], (shape[1], shape[2]), tensor)
 
 
-def _encoded_images(tensor, limits: Limits) -> np.ndarray:
-  shape = list(tensor.shape)
+def _declared_files(tensor, limits: Limits) -> Images:
+  shape = protocol.checked_shape(tensor)
   if tensor.datatype != 'BYTES':
     raise InvalidInput(f"input '{IMAGE_BYTES}' must be BYTES, not {tensor.datatype}")
   if len(shape) != 1 or shape[0] < 1:
     raise InvalidInput(f"input '{IMAGE_BYTES}' must have shape [N] with N >= 1, not {shape}")
   _check_count(IMAGE_BYTES, shape[0], limits)
-  try:
-    elements = [bytes(e) if not isinstance(e, str) else e.encode()
-                for e in tensor.as_numpy().reshape(-1)]
-  except (ValueError, TypeError):
-    raise InvalidInput(f"input '{IMAGE_BYTES}' does not hold {shape[0]} byte strings") from None
-  if len(elements) != shape[0]:
-    raise InvalidInput(f"input '{IMAGE_BYTES}' holds {len(elements)} byte strings, its shape "
-                       f'says {shape[0]}')
-  decoded = []
-  for index, data in enumerate(elements):
+  encoded = tuple(protocol.input_array(tensor))
+  sizes = []
+  for index, data in enumerate(encoded):
     name = f'{IMAGE_BYTES}[{index}]'
     try:
-      # The size from the header first: an image over the limit is never decoded.
-      _check_pixels(name, image_files.image_size(data, 'send a PNG or JPEG'), limits)
-      decoded.append(image_files.decode_image(data, name, 'send a PNG or JPEG'))
+      # The size from the header: an image over the limit is never decoded.
+      sizes.append(image_files.image_size(data, 'send a PNG or JPEG'))
     except UserError as error:
       raise InvalidInput(str(error)) from None
-  sizes = {image.shape for image in decoded}
-  if len(sizes) > 1:
+    _check_pixels(name, sizes[-1], limits)
+  if len(set(sizes)) > 1:
     raise InvalidInput(f"the images of '{IMAGE_BYTES}' have several sizes "
-                       f'({", ".join(f"{h}x{w}" for h, w, _ in sorted(sizes))}): send images '
+                       f'({", ".join(f"{h}x{w}" for h, w in sorted(set(sizes)))}): send images '
                        'of one size per request')
-  return np.stack(decoded)
+  return Images(len(encoded), tuple(sizes[0]), tensor, encoded)
+
+
+def check_json_answer(request: InferRequest, names: list[str], images: Images,
+                      limits: Limits) -> None:
+  """Labels asked as JSON (REST) are refused before any work when they could be over
+  ``max_json_bytes``: up to 4 bytes per value ('255,')."""
+  if request.from_grpc or LABELS not in names or protocol.binary_output(request, LABELS):
+    return
+  values = images.count * images.size[0] * images.size[1]
+  if values * 4 > limits.max_json_bytes:
+    raise InvalidInput(f"'{LABELS}' as JSON would be {values} numbers, up to {values * 4} bytes, "
+                       f"over the server's --max-json-bytes {limits.max_json_bytes}: ask for it "
+                       'as binary data, "parameters": {"binary_data": true}')
 
 
 def _check_count(name: str, count: int, limits: Limits) -> None:
@@ -124,18 +158,20 @@ def _check_pixels(name: str, size, limits: Limits) -> None:
 
 
 def requested_outputs(request: InferRequest) -> list[str]:
-  """The outputs a request names (default: ``labels``), or a one-line ``InvalidInput``."""
+  """The outputs a request names (default: ``labels``), or a one-line ``InvalidInput``.
+
+  ``mask_png`` over REST must be asked as binary data (its own ``binary_data`` or the request's
+  ``binary_data_output``): JSON holds text, not PNG bytes. gRPC always carries bytes.
+  """
   requested = request.request_outputs or ()
   for output in requested:
     if output.name not in (LABELS, MASK_PNG):
       raise InvalidInput(f"unknown output {output.name!r}: ask for '{LABELS}' and/or "
                          f"'{MASK_PNG}'")
-    binary = output.binary_data if output.binary_data is not None else (
-        request.use_binary_outputs)
-    # JSON holds text only; gRPC always carries bytes.
-    if output.name == MASK_PNG and not binary and not request.from_grpc:
-      raise InvalidInput(f"'{MASK_PNG}' holds PNG bytes: ask for it with \"parameters\": "
-                         '{"binary_data": true}')
+    if (output.name == MASK_PNG and not request.from_grpc
+        and not protocol.binary_output(request, MASK_PNG)):
+      raise InvalidInput(f"'{MASK_PNG}' holds PNG bytes: ask for it as binary data, "
+                         '"parameters": {"binary_data": true} or "binary_data_output": true')
   return [output.name for output in requested] or [LABELS]
 
 
@@ -165,16 +201,35 @@ def _parameters(values: dict, grpc: bool) -> dict:
 
 
 class SegmentationModel(Model):
-  """The Open Inference Protocol face of a ``Segmenter`` behind a ``Batcher``.
+  """The Open Inference Protocol face of a ``Segmenter`` behind a batcher.
+
+  A request goes through: its outputs and input checked, the count and size of its images read
+  from its shape or the files' headers (``declared_images``), the batcher's admission
+  (``admit``: a full queue, a request that can never fit, a stopped worker), and only then the
+  images decoded (a worker thread) and submitted with the request's deadline (``DEADLINE``). A
+  request whose handler is cancelled (the client left) cancels its batcher future: it is
+  withdrawn from the queue. The model is ready while it is loaded and the batcher's worker runs.
 
   ``enable_latency_logging`` stays off (kserve's default for a ``Model``): no log line per
   request.
+
+  Args:
+    batcher: ``admit(count, size)``, ``submit(images, deadline)``, ``alive``, ``waiting``,
+      ``max_queue`` and ``close`` (``batching.Batcher``, through ``queue_adapter.admitting``).
   """
 
-  def __init__(self, name: str, segmenter, batcher: Batcher, limits: Limits):
+  def __init__(self, name: str, segmenter, batcher, limits: Limits):
     super().__init__(name)
     self.segmenter, self.batcher, self.limits = segmenter, batcher, limits
     self.ready = True
+
+  @property
+  def ready(self) -> bool:
+    return self._loaded and self.batcher.alive
+
+  @ready.setter
+  def ready(self, loaded: bool) -> None:
+    self._loaded = loaded
 
   def get_input_types(self):
     return INPUTS
@@ -189,11 +244,28 @@ class SegmentationModel(Model):
             'network': network_name(self.segmenter), 'backend': self.segmenter.backend.description,
             'max_batch_size': self.limits.max_batch_size}
 
+  def refuse_early(self) -> None:
+    """Refuses any request at once, before its body is read, while none could be queued: the
+    worker stopped (``Stopped``) or the queue is full (``QueueFull``)."""
+    if not self.batcher.alive:
+      raise Stopped("the server's worker has stopped: no request can be answered, restart the "
+                    'server')
+    if self.batcher.waiting >= self.batcher.max_queue:
+      raise QueueFull(f'the server is busy ({self.batcher.waiting} images waiting, at most '
+                      f'{self.batcher.max_queue}): retry later')
+
+  def admitted_images(self, request: InferRequest, names: list[str]) -> np.ndarray:
+    """The request's images once every check and the batcher's admission passed."""
+    declared = declared_images(request, self.limits)
+    check_json_answer(request, names, declared, self.limits)
+    self.batcher.admit(declared.count, declared.size)
+    return decode_images(declared)
+
   async def predict(self, request: InferRequest, headers=None) -> InferResponse:
     arrival = ARRIVAL.get(time.perf_counter())
     names = requested_outputs(request)
-    images = await asyncio.to_thread(request_images, request, self.limits)
-    result = await asyncio.wrap_future(self.batcher.submit(images))
+    images = await asyncio.to_thread(self.admitted_images, request, names)
+    result = await asyncio.wrap_future(self.batcher.submit(images, deadline=DEADLINE.get()))
     outputs = await asyncio.to_thread(_outputs, result.labels, names, self.segmenter.palette)
     parameters = {'server_ms': (time.perf_counter() - arrival) * 1000,
                   'compute_ms': result.compute_s * 1000, 'batch_size': result.batch_size}
