@@ -155,8 +155,8 @@ def _scales(text: str) -> tuple[float, ...]:
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser, layout: bool = True) -> None:
-  """The dataset flags: its kind and classes and, with ``layout``, a folder dataset's layout
-  (``specs.FolderLayout``'s fields) and the test resize target."""
+  """The dataset flags: its kind, classes and test resize target and, with ``layout``, a folder
+  dataset's layout (``specs.FolderLayout``'s fields)."""
   group = parser.add_argument_group(
       'dataset (default: what the checkpoint records; official checkpoints are Cityscapes)')
   group.add_argument('--dataset', choices=KINDS,
@@ -165,13 +165,14 @@ def add_dataset_arguments(parser: argparse.ArgumentParser, layout: bool = True) 
   group.add_argument('--classes', metavar='FILE',
                      help="--dataset folder: a classes.txt (default: the checkpoint's classes, "
                      'else <data root>/classes.txt)')
-  if not layout:
-    return
   group.add_argument('--resize-to', type=size_argument('--resize-to'), metavar=SIZE_FORMAT,
                      help='the test Resize target: images are resized to fit it, keeping their '
-                     "aspect ratio (a no-op for 1024x2048 Cityscapes frames). Default: the "
-                     "checkpoint's recipe's, else the dataset's")
+                     'aspect ratio, and their masks come back at their own size (a no-op for '
+                     "1024x2048 Cityscapes frames). Default: the checkpoint's (or exported "
+                     "file's) recipe's, else the dataset's")
   add_renamed_flags(parser, {'--base-size': f'--resize-to {SIZE_FORMAT} (height first)'})
+  if not layout:
+    return
   for field in FolderLayout.__dataclass_fields__.values():
     flag = f'--{field.name.replace("_", "-")}'
     help_text = f'{field.metadata["help"]} (default {field.default!r})'

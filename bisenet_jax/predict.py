@@ -50,7 +50,6 @@ from bisenet_jax import cli, video
 from bisenet_jax.data import masks
 from bisenet_jax.data.images import IMAGE_SUFFIXES, read_image
 from bisenet_jax.errors import UserError
-from bisenet_jax.specs import SIZE_FORMAT
 
 LEGEND_NAME = 'legend.png'
 
@@ -267,10 +266,6 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--max-latency-ms', type=float, metavar='MS',
                       help='cameras and streams: skip frames that waited longer than this for '
                       'the model, so the output keeps up (skipped frames are counted)')
-  parser.add_argument('--resize-to', type=cli.size_argument('--resize-to'), metavar=SIZE_FORMAT,
-                      help='the test Resize target: images are resized to fit it, keeping their '
-                      "aspect ratio, and their masks come back at their own size. Default: the "
-                      "checkpoint's (or file's) recipe's, else the dataset's")
   cli.add_ema_argument(parser)
   cli.add_dataset_arguments(parser, layout=False)
   cli.add_inference_arguments(parser)

@@ -1,127 +1,18 @@
 """The model's side of the batcher: admission before any decoding, the request's deadline, a
 cancelled request withdrawn, readiness from the worker's liveness; against a fake batcher (the
-order of the calls) and ``queue_adapter`` around the real ``Batcher``.
+order of the calls). tests/test_batching.py tests the real ``Batcher``'s side.
 
 The model is tested in a process of its own: kserve's protocol buffers and tritonclient.grpc's
 (tests/test_serve.py) cannot share one.
 """
 
-import asyncio
 import json
 import subprocess
 import sys
 import textwrap
-import time
 
-import numpy as np
-import pytest
-
-from bisenet_jax.serve.batching import (Batcher, DeadlineExceeded, NeverFits, QueueFull,
-                                         Stopped)
-from bisenet_jax.serve.queue_adapter import AdmittingQueue, admitting
 
 from conftest import ROOT
-
-
-class SlowModel:
-  def __init__(self, seconds=0.3):
-    self.seconds, self.runs = seconds, []
-
-  def __call__(self, images):
-    self.runs.append(int(images[0, 0, 0, 0]))
-    if images[0, 0, 0, 0] == 255:
-      raise SystemExit  # Ends the worker thread, as any uncaught BaseException would.
-    time.sleep(self.seconds)
-    return images[..., 0].copy()
-
-
-def images(value=0, count=1, width=2):
-  return np.full((count, 2, width, 3), value, np.uint8)
-
-
-def queue(model, **options):
-  return AdmittingQueue(Batcher(model, **{'max_batch_size': 2, 'max_delay': 0.0,
-                                          'max_queue': 3, **options}))
-
-
-def test_admission_tells_never_from_not_now():
-  batcher = queue(SlowModel())
-  with pytest.raises(NeverFits, match='--max-batch-size 2'):
-    batcher.admit(3, (2, 2))
-  wide = queue(SlowModel(), max_batch_size=8, max_queue=3)
-  with pytest.raises(NeverFits, match='--max-queue 3'):
-    wide.admit(4, (2, 2))
-  # Of three sizes: they cannot share a batch. The first runs, two wait.
-  futures = [wide.submit(images(value, width=value)) for value in (1, 2, 3)]
-  time.sleep(0.05)
-  with pytest.raises(QueueFull, match='retry later'):
-    wide.admit(2, (2, 2))
-  wide.admit(1, (2, 2))
-  for future in futures:
-    future.result(5)
-  batcher.close()
-  wide.close()
-
-
-def test_a_request_still_waiting_at_its_deadline_is_withdrawn():
-  async def scenario():
-    model = SlowModel()
-    batcher = queue(model, max_batch_size=1)
-    first = batcher.submit(images(1), deadline=time.monotonic() + 5)
-    late = batcher.submit(images(2), deadline=time.monotonic() + 0.1)
-    with pytest.raises(DeadlineExceeded, match='at its deadline'):
-      await asyncio.wrap_future(late)
-    assert (await asyncio.wrap_future(first)).labels[0, 0, 0] == 1
-    await asyncio.sleep(0.1)
-    batcher.close()
-    return model.runs
-
-  assert asyncio.run(scenario()) == [1]
-
-
-def test_a_cancelled_request_is_never_run():
-  async def scenario():
-    model = SlowModel()
-    batcher = queue(model, max_batch_size=1)
-    first = batcher.submit(images(1))
-    waiting = asyncio.ensure_future(asyncio.wrap_future(batcher.submit(images(2))))
-    await asyncio.sleep(0.05)
-    waiting.cancel()  # What the handler's cancellation does when its client leaves.
-    await asyncio.wrap_future(first)
-    await asyncio.sleep(0.1)
-    batcher.close()
-    return model.runs
-
-  assert asyncio.run(scenario()) == [1]
-
-
-@pytest.mark.filterwarnings('ignore::pytest.PytestUnhandledThreadExceptionWarning')
-def test_a_stopped_worker_refuses_everything_and_fails_what_it_held():
-  async def scenario():
-    batcher = queue(SlowModel())
-    assert batcher.alive
-    dying = batcher.submit(images(255), deadline=time.monotonic() + 0.3)
-    with pytest.raises(Stopped, match='restart the server'):
-      await asyncio.wrap_future(dying)
-    assert not batcher.alive
-    with pytest.raises(Stopped):
-      batcher.admit(1, (2, 2))
-    with pytest.raises(Stopped):
-      batcher.submit(images(1))
-
-  asyncio.run(scenario())
-
-
-def test_a_batcher_that_admits_is_used_as_it_is():
-  class Admitting:
-    def admit(self, count, size):
-      pass
-
-  batcher = Admitting()
-  assert admitting(batcher) is batcher
-  plain = Batcher(SlowModel(), max_batch_size=1, max_delay=0.0, max_queue=1)
-  assert isinstance(admitting(plain), AdmittingQueue)
-  plain.close()
 
 
 # The model against a fake batcher that records the calls it gets, in a process of its own.
@@ -185,7 +76,7 @@ MODEL_SCRIPT = textwrap.dedent('''
       report['files'] = list(calls)
       report['cancelled'] = batcher.future.cancelled()
       calls.clear()
-      batcher.refusal = NeverFits('never')
+      batcher.refusal = NeverFits('never', '--max-queue')
       try:
         await model.predict(array_request((1, 3, 3, 3)))
       except NeverFits:

@@ -13,7 +13,6 @@ import sys
 import time
 
 import cv2
-import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient

@@ -94,19 +94,6 @@ class DeadlineExceeded(Exception):
   """The request's deadline passed while it waited; it was not run (HTTP 504)."""
 
 
-class NeverFits(Exception):
-  """The request can never be served as it is (more images than the batch or the queue holds,
-  or an image size the server was not prepared for): refused before any work (HTTP 400)."""
-
-
-class DeadlineExceeded(Exception):
-  """The request was still waiting when its deadline passed: it is not run (HTTP 504)."""
-
-
-class Stopped(Exception):
-  """The worker stopped: no request can be answered any more (HTTP 503)."""
-
-
 @dataclasses.dataclass(frozen=True)
 class Result:
   """One request's answer: its labels, the forward pass's seconds and the batch's image count
@@ -434,7 +421,8 @@ class Batcher:
         job.future.set_result(Result(labels[offset:offset + n], seconds, count))
         offset += n
     except BaseException as error:  # These requests fail; the server goes on.
-      _fail([job for job in batch if not job.future.done()], lambda: error)
+      failure = error  # `error` is unbound after this block; the lambda may outlive it.
+      _fail([job for job in batch if not job.future.done()], lambda: failure)
       try:
         self._report(count, start, failed=True)
       except Exception:

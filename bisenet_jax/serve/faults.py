@@ -7,7 +7,7 @@ from grpc import StatusCode
 from kserve import errors
 
 from bisenet_jax.serve.batching import (Closed, DeadlineExceeded, NeverFits, QueueFull,
-                                         Stopped)
+                                         UnservedSize)
 
 
 # The Open Inference Protocol's repository extension and model versions: this server serves the
@@ -24,11 +24,11 @@ class TooLarge(Exception):
 # (exception, HTTP status, gRPC status code), the first that matches wins.
 STATUSES = ((errors.InvalidInput, 400, StatusCode.INVALID_ARGUMENT),
             (NeverFits, 400, StatusCode.INVALID_ARGUMENT),
+            (UnservedSize, 400, StatusCode.INVALID_ARGUMENT),
             (errors.ModelNotFound, 404, StatusCode.NOT_FOUND),
             (TooLarge, 413, StatusCode.RESOURCE_EXHAUSTED),
             (QueueFull, 503, StatusCode.RESOURCE_EXHAUSTED),
-            (Closed, 503, StatusCode.UNAVAILABLE),
-            (Stopped, 503, StatusCode.UNAVAILABLE),
+            (Closed, 503, StatusCode.UNAVAILABLE),  # Stopped included.
             (DeadlineExceeded, 504, StatusCode.DEADLINE_EXCEEDED),
             (errors.ModelNotReady, 503, StatusCode.UNAVAILABLE),
             (errors.ServerNotReady, 503, StatusCode.UNAVAILABLE),

@@ -31,7 +31,6 @@ from bisenet_jax.serve import metrics
 from bisenet_jax.serve.batching import Batcher, fastest_batch
 from bisenet_jax.serve.gate import guarded_http
 from bisenet_jax.serve.model import SegmentationModel, network_name
-from bisenet_jax.serve.queue_adapter import admitting
 from bisenet_jax.serve.routes import build_app
 from bisenet_jax.serve.rpc import Servicer, StatusAndMetrics
 from bisenet_jax.serve.spec import Limits, ServeSpec
@@ -150,6 +149,9 @@ def run(segmenter, spec: ServeSpec) -> None:
   limits = spec.limits
   # JAX compiles a program per batch shape: batches run padded to few shapes (batching.py).
   pad = segmenter.backend.name == 'jax'
+  if pad and not spec.warmup:
+    raise UserError('a JAX model serves only the image sizes it compiles before it is ready: '
+                    'pass --warmup HxW[,HxW...], or serve an exported .onnx (any size)')
   batch_limit = None
   if spec.warmup:
     batch_limit, rates = fastest_batch(segmenter.batch, spec.warmup, limits.max_batch_size)
@@ -157,9 +159,12 @@ def run(segmenter, spec: ServeSpec) -> None:
           + ', '.join(f'{rate:.2f}' for rate in rates.values())
           + f' images/s in batches of {", ".join(map(str, rates))}: requests pool into '
           f'batches of up to {batch_limit}', file=sys.stderr, flush=True)
-  batcher = admitting(Batcher(segmenter.batch, max_batch_size=limits.max_batch_size,
-                              max_delay=spec.max_batch_delay_s, max_queue=spec.max_queue,
-                              pad=pad, on_batch=metrics.record_batch, batch_limit=batch_limit))
+  # A JAX model serves the sizes it compiled at warm-up only: a new size would compile on the
+  # batcher's one thread (seconds, and memory that is never given back).
+  batcher = Batcher(segmenter.batch, max_batch_size=limits.max_batch_size,
+                    max_delay=spec.max_batch_delay_s, max_queue=spec.max_queue, pad=pad,
+                    on_batch=metrics.record_batch, batch_limit=batch_limit,
+                    sizes=spec.warmup if pad else None)
   model = SegmentationModel(spec.model_name, segmenter, batcher, limits)
   ready_line = (f'serving {spec.model_name} ({network_name(segmenter)}, '
                 f'{segmenter.backend.description}) on {spec.rest_address}, '

@@ -215,7 +215,7 @@ class SegmentationModel(Model):
 
   Args:
     batcher: ``admit(count, size)``, ``submit(images, deadline)``, ``alive``, ``waiting``,
-      ``max_queue`` and ``close`` (``batching.Batcher``, through ``queue_adapter.admitting``).
+      ``max_queue`` and ``close`` (``batching.Batcher``).
   """
 
   def __init__(self, name: str, segmenter, batcher, limits: Limits):
