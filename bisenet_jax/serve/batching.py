@@ -301,8 +301,7 @@ class Batcher:
 
   def _check(self, count: int, size: Size | None) -> None:
     if self._stopped is not None:
-      raise Stopped(f'the server stopped running its model ({self._stopped}): retry once it is '
-                    'restarted')
+      raise _stopped(self._stopped)
     if self._closed:
       raise Closed('the server is shutting down')
     if count > self.max_batch_size:
@@ -361,17 +360,16 @@ class Batcher:
           return
         self._answer(batch)
     except BaseException as error:  # Not a failed batch (those are answered): a fault here.
-      _log.critical('the batcher stopped', exc_info=error)
+      _log.critical('the batcher stopped: %s', _reason(error))
       with self._condition:
-        self._stopped = f'{type(error).__name__}: {error}' if str(error) else type(error).__name__
+        self._stopped = _reason(error)
     finally:
       with self._condition:
         self._finished = True
         orphans = [job for job in list(self._jobs) if self._claim(job)]
         self._condition.notify_all()
       reason = self._stopped or 'closed'
-      _fail(orphans, lambda: Stopped(f'the server stopped running its model ({reason}): retry '
-                                     'once it is restarted'))
+      _fail(orphans, lambda: _stopped(reason))
 
   def _next_batch(self) -> tuple[list[_Job], list[_Job] | None]:
     """(expired jobs, the next batch): the oldest job and the later ones of its size that fit,
@@ -421,7 +419,9 @@ class Batcher:
         job.future.set_result(Result(labels[offset:offset + n], seconds, count))
         offset += n
     except BaseException as error:  # These requests fail; the server goes on.
-      failure = error  # `error` is unbound after this block; the lambda may outlive it.
+      # `error` is unbound after this block. A SystemExit and the like stop the worker below:
+      # its batch is told so, as every waiting request will be.
+      failure = error if isinstance(error, Exception) else _stopped(_reason(error))
       _fail([job for job in batch if not job.future.done()], lambda: failure)
       try:
         self._report(count, start, failed=True)
@@ -453,6 +453,14 @@ class Batcher:
 def _deadline_exceeded() -> DeadlineExceeded:
   return DeadlineExceeded('the request waited past its deadline for a forward pass: retry later '
                           'or with a longer deadline')
+
+
+def _reason(error: BaseException) -> str:
+  return f'{type(error).__name__}: {error}' if str(error) else type(error).__name__
+
+
+def _stopped(reason: str) -> Stopped:
+  return Stopped(f'the server stopped running its model ({reason}): retry once it is restarted')
 
 
 def _fail(jobs: list[_Job], error: Callable[[], BaseException]) -> None:
