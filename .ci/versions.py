@@ -3,7 +3,7 @@
 from importlib import metadata
 
 PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'grain', 'opencv-python-headless',
-            'numpy', 'torch', 'tensorflow-datasets', 'jax2onnx', 'onnx', 'onnxruntime')
+            'numpy', 'numba', 'torch', 'tensorflow-datasets', 'jax2onnx', 'onnx', 'onnxruntime')
 
 
 def version(name: str) -> str:
