@@ -144,7 +144,7 @@ def test_onnx_file_is_valid_and_carries_its_interface(r18_onnx, capsys):
   onnx.checker.check_model(model)
   metadata = {p.key: p.value for p in model.metadata_props}
   interface = Interface.from_json(metadata[INTERFACE_KEY])
-  assert interface == Interface(*ODD, 19, any_input_size=True)
+  assert interface == Interface(*ODD, 19, any_input_size=True, resize_to=(1024, 2048))
   assert DatasetSpec.from_json(json.loads(metadata[DATASET_KEY])).kind == 'cityscapes'
   session = onnx_runtime.session(r18_onnx)
   (given,), (returned,) = session.get_inputs(), session.get_outputs()

@@ -122,7 +122,8 @@ def zero_fastscnn(tmp_path_factory):
 @pytest.mark.parametrize('threads', [1, 2])
 def test_a_jax_server_computes_on_its_threads(zero_fastscnn, threads):
   assert served_busy_threads(zero_fastscnn, threads, (512, 512), '--max-batch-size', '1',
-                             '--warmup', '512x512', requests=16) == threads
+                             '--warmup', '512x512', '--resize-to', '512x512',
+                             requests=16) == threads
 
 
 JAX_THREADS = textwrap.dedent('''

@@ -105,18 +105,22 @@ class CpuClock:
     return self._now() - self.started
 
 
-def time_batches(iterator, steps: int, batch: int) -> dict:
-  """img/s of ``steps`` batches of ``batch`` images from a started iterator, and img/s per CPU
-  core (images per CPU-second of this process and its workers: the rate one core sustains,
-  whatever the thread count)."""
+def time_batches(iterator, steps: int, batch: int, min_cpu_seconds: float = 0.25) -> dict:
+  """img/s of at least ``steps`` batches of ``batch`` images from a started iterator, and img/s
+  per CPU core (images per CPU-second of this process and its workers: the rate one core
+  sustains, whatever the thread count). Batches are taken until ``min_cpu_seconds`` of CPU
+  time have passed as well: the OS counts CPU time in ticks (10 ms), which a few small batches
+  may not reach."""
   cpu = CpuClock()
   cpu.start()
   start = time.perf_counter()
-  for _ in range(steps):
+  count = 0
+  while count < steps or cpu.seconds() < min_cpu_seconds:
     next(iterator)
+    count += 1
   seconds, cpu_seconds = time.perf_counter() - start, cpu.seconds()
-  return {'data_img_per_s': steps * batch / seconds,
-          'data_img_per_s_per_core': steps * batch / cpu_seconds, 'cpu_seconds': cpu_seconds}
+  return {'data_img_per_s': count * batch / seconds,
+          'data_img_per_s_per_core': count * batch / cpu_seconds, 'cpu_seconds': cpu_seconds}
 
 
 def measure(arch: str, read: str, workers: int, threads: int, steps: int,
