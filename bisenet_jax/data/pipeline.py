@@ -112,12 +112,18 @@ def prepare_process(*_):
     default every buffer above 32 MiB (a batch), and many above 128 KiB (a crop), is mapped
     afresh, so the kernel faults in and zeroes its pages again for every image, 1-3 ms of
     system time per 1024x1024 crop. The process keeps its peak usage instead.
+  * Threads started from now on share the heaps that exist instead of each making its own: a
+    reader thread's own heap cannot hold a batch (at most 64 MiB), so its batches were mapped
+    afresh every time (R18's crops: 85-97 images per CPU-second with a heap per thread, 108-110
+    with one, on two cores, in a process that runs the pipeline alone). Threads started before
+    (JAX's, in a training process) keep theirs: making JAX's threads share one heap from the
+    start slowed the CPU demo's training by a tenth, so it is not done.
   """
   cv2.setNumThreads(1)
   _keep_freed_memory()
 
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # mallopt parameters (malloc.h).
 
 
 def _keep_freed_memory():
@@ -126,6 +132,7 @@ def _keep_freed_memory():
   libc = ctypes.CDLL(None)
   libc.mallopt(_M_MMAP_THRESHOLD, 256 << 20)
   libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+  libc.mallopt(_M_ARENA_MAX, 1)
 
 
 class EvalBatches:
